@@ -1,0 +1,117 @@
+/**
+ * Error types of rdzv. Every error carries a stable string `code`; callers branch on `code`
+ * (or on the subclass), never on message text.
+ *
+ * Mirrors PyTorch's `torch.distributed.elastic.rendezvous.api` error hierarchy
+ * (`RendezvousError`, `RendezvousClosedError`, `RendezvousTimeoutError`, ...), plus store errors.
+ */
+
+/** Every error code rdzv raises. */
+export const ErrorCode = {
+  /** Generic rendezvous failure. */
+  Rendezvous: "RDZV_ERROR",
+  /** The rendezvous was closed (PyTorch `RendezvousClosedError`). */
+  Closed: "RDZV_CLOSED",
+  /** A rendezvous or store operation ran past its deadline. */
+  Timeout: "RDZV_TIMEOUT",
+  /** The backend or store server could not be reached, or the connection broke. */
+  Connection: "RDZV_CONNECTION",
+  /** The rendezvous state is corrupt or inconsistent. */
+  State: "RDZV_STATE",
+  /** The node left the rendezvous on purpose (shutdown). */
+  GracefulExit: "RDZV_GRACEFUL_EXIT",
+  /** The operation was aborted through an `AbortSignal`. */
+  Aborted: "RDZV_ABORTED",
+  /** Bad arguments or options. */
+  InvalidArgument: "RDZV_INVALID_ARGUMENT",
+  /** A store operation failed on the server side (e.g. `add` on a non-numeric value). */
+  Store: "RDZV_STORE",
+  /** A configured limit was exceeded (key/value size, connections, waiters). */
+  LimitExceeded: "RDZV_LIMIT_EXCEEDED",
+  /** Malformed bytes on the wire. */
+  Protocol: "RDZV_PROTOCOL",
+  /** A non-blocking queue pop found the queue empty. */
+  QueueEmpty: "RDZV_QUEUE_EMPTY",
+  /** The resource was closed by its owner. */
+  ResourceClosed: "RDZV_RESOURCE_CLOSED",
+} as const;
+
+/** Union of all error code strings. */
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Options accepted by every rdzv error constructor. */
+export interface RendezvousErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every error rdzv throws. */
+export class RendezvousError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(message: string, code: ErrorCode = ErrorCode.Rendezvous, options?: RendezvousErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** The rendezvous is closed: no further rounds will form. */
+export class RendezvousClosedError extends RendezvousError {
+  constructor(message = "The rendezvous is closed.", options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.Closed, options);
+  }
+}
+
+/** A rendezvous or blocking store call did not complete in time. */
+export class RendezvousTimeoutError extends RendezvousError {
+  constructor(message: string, options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.Timeout, options);
+  }
+}
+
+/** The store server or backend cannot be reached, or the connection dropped. */
+export class RendezvousConnectionError extends RendezvousError {
+  constructor(message: string, options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.Connection, options);
+  }
+}
+
+/** The rendezvous state is corrupt, or a state transition is invalid. */
+export class RendezvousStateError extends RendezvousError {
+  constructor(message: string, options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.State, options);
+  }
+}
+
+/** This node left the rendezvous on purpose (after `shutdown()`). */
+export class RendezvousGracefulExitError extends RendezvousError {
+  constructor(message = "The node exited the rendezvous gracefully.", options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.GracefulExit, options);
+  }
+}
+
+/** A blocking call was cancelled through its `AbortSignal`. */
+export class AbortedError extends RendezvousError {
+  constructor(message = "The operation was aborted.", options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.Aborted, options);
+  }
+}
+
+/** Bad arguments or options; the message names the bad value. */
+export class InvalidArgumentError extends RendezvousError {
+  constructor(message: string, options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.InvalidArgument, options);
+  }
+}
+
+/** A store operation failed (the server rejected it, or the value was not what the operation needs). */
+export class StoreError extends RendezvousError {
+  constructor(message: string, code: ErrorCode = ErrorCode.Store, options?: RendezvousErrorOptions) {
+    super(message, code, options);
+  }
+}
+
+/** True when `err` is an rdzv error with the given code. */
+export function hasErrorCode(err: unknown, code: ErrorCode): err is RendezvousError {
+  return err instanceof RendezvousError && err.code === code;
+}

@@ -1,0 +1,64 @@
+/** Timeouts and cancellation for blocking calls. */
+
+import { AbortedError, InvalidArgumentError, RendezvousTimeoutError } from "../errors.js";
+import type { CallOptions } from "./store.js";
+
+/** Validates a timeout in milliseconds (finite, >= 0), naming `what` in the error. */
+export function checkTimeoutMs(timeoutMs: number, what = "timeoutMs"): number {
+  if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
+    throw new InvalidArgumentError(`${what} must be a finite number >= 0, got ${String(timeoutMs)}`);
+  }
+  return timeoutMs;
+}
+
+/** Throws an `AbortedError` when `signal` has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError(undefined, { cause: signal.reason });
+}
+
+/**
+ * Runs `start(settle)` and resolves or rejects with whatever it settles with, unless the timeout passes
+ * (`RendezvousTimeoutError` with `describe()` as message) or the signal fires (`AbortedError`) first.
+ * `cancel` runs when the call is given up, so the caller can drop its registration.
+ */
+export function blockingCall<T>(
+  options: CallOptions | undefined,
+  defaultTimeoutMs: number,
+  describe: (timeoutMs: number) => string,
+  start: (resolve: (value: T) => void, reject: (err: unknown) => void) => void,
+  cancel: () => void,
+): Promise<T> {
+  const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? defaultTimeoutMs);
+  const signal = options?.signal;
+  return new Promise<T>((resolve, reject) => {
+    throwIfAborted(signal);
+    let done = false;
+    const finish = (): boolean => {
+      if (done) return false;
+      done = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      return true;
+    };
+    const onAbort = (): void => {
+      if (!finish()) return;
+      cancel();
+      reject(new AbortedError(undefined, { cause: signal?.reason }));
+    };
+    const timer = setTimeout(() => {
+      if (!finish()) return;
+      cancel();
+      reject(new RendezvousTimeoutError(describe(timeoutMs)));
+    }, timeoutMs);
+    timer.unref?.();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    start(
+      (value) => {
+        if (finish()) resolve(value);
+      },
+      (err) => {
+        if (finish()) reject(err);
+      },
+    );
+  });
+}

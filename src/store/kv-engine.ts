@@ -1,0 +1,216 @@
+/**
+ * The in-memory key-value engine shared by `MemoryStore` and the TCP store server: a flat key map, FIFO
+ * queues in their own namespace, and waiter bookkeeping that wakes blocked callers the moment their keys
+ * appear (no polling). Synchronous and single-threaded, so every operation is atomic.
+ *
+ * Waking rules follow PyTorch's libuv server where it is sound (see docs/tcpstore-compat.md): set, add,
+ * append, multi-set and a compare-set that creates or changes a key wake all waiters of the key; delete
+ * wakes nobody; a queue push wakes one waiter.
+ */
+
+import { StoreError } from "../errors.js";
+import { bytesEqual, concatBytes } from "./bytes.js";
+
+/** Someone blocked until a set of keys exists. */
+export interface Waiter {
+  /** Called once, synchronously, when every key it waits for exists. */
+  wake(): void;
+}
+
+interface Registration {
+  readonly waiter: Waiter;
+  readonly pending: Set<string>;
+}
+
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+
+/**
+ * Parses a counter as C++ `std::stoll` does: leading whitespace, optional sign, decimal digits; trailing
+ * bytes are ignored. Throws a `StoreError` when there are no digits or the value is out of 64-bit range.
+ */
+export function parseCounter(value: Uint8Array): bigint {
+  let i = 0;
+  while (i < value.length && isSpace(value[i]!)) i++;
+  const start = i;
+  if (value[i] === 0x2b || value[i] === 0x2d) i++;
+  const digitsStart = i;
+  while (i < value.length && value[i]! >= 0x30 && value[i]! <= 0x39) i++;
+  if (i === digitsStart) {
+    throw new StoreError(`add: the stored value ${describe(value)} is not an integer`);
+  }
+  const n = BigInt(String.fromCharCode(...value.subarray(start, i)));
+  if (n < I64_MIN || n > I64_MAX) {
+    throw new StoreError(`add: the stored value ${describe(value)} is out of 64-bit range`);
+  }
+  return n;
+}
+
+function isSpace(b: number): boolean {
+  return b === 0x20 || (b >= 0x09 && b <= 0x0d);
+}
+
+function describe(value: Uint8Array): string {
+  const text = Buffer.from(value.subarray(0, 32)).toString("latin1");
+  return JSON.stringify(value.length > 32 ? `${text}...` : text);
+}
+
+/** Wraps `n` to a signed 64-bit integer. */
+export function wrapI64(n: bigint): bigint {
+  return BigInt.asIntN(64, n);
+}
+
+/** The store's data and its waiters. */
+export class KvEngine {
+  private readonly data = new Map<string, Uint8Array>();
+  private readonly queues = new Map<string, Uint8Array[]>();
+  private readonly waitersByKey = new Map<string, Set<Registration>>();
+  private readonly registrations = new Map<Waiter, Registration>();
+
+  /** Number of keys (queues excluded). */
+  get size(): number {
+    return this.data.size;
+  }
+
+  /** Number of registered waiters. */
+  get waiterCount(): number {
+    return this.registrations.size;
+  }
+
+  /** The value of `key`, or `undefined`. */
+  get(key: string): Uint8Array | undefined {
+    return this.data.get(key);
+  }
+
+  /** True when `key` exists, or a non-empty queue has that name (as PyTorch's libuv server). */
+  has(key: string): boolean {
+    return this.data.has(key) || (this.queues.get(key)?.length ?? 0) > 0;
+  }
+
+  /** Every key, in insertion order. */
+  keys(): IterableIterator<string> {
+    return this.data.keys();
+  }
+
+  set(key: string, value: Uint8Array): void {
+    this.data.set(key, value);
+    this.wakeAll(key);
+  }
+
+  /** Adds `delta` to the counter at `key` (missing = 0), wrapping at 64 bits; returns the new value. */
+  add(key: string, delta: bigint): bigint {
+    const old = this.data.get(key);
+    const sum = wrapI64((old === undefined ? 0n : parseCounter(old)) + delta);
+    this.data.set(key, Buffer.from(sum.toString(), "latin1"));
+    this.wakeAll(key);
+    return sum;
+  }
+
+  /** PyTorch compare-set semantics (see `Store.compareSet`). */
+  compareSet(key: string, expected: Uint8Array, desired: Uint8Array): Uint8Array {
+    const current = this.data.get(key);
+    if (current === undefined) {
+      if (expected.length !== 0) return expected;
+    } else if (!bytesEqual(current, expected)) {
+      return current;
+    }
+    this.data.set(key, desired);
+    this.wakeAll(key);
+    return desired;
+  }
+
+  append(key: string, value: Uint8Array): void {
+    const old = this.data.get(key);
+    this.data.set(key, old === undefined ? value : concatBytes(old, value));
+    this.wakeAll(key);
+  }
+
+  /** Deletes `key`; true when it existed. Wakes nobody. */
+  delete(key: string): boolean {
+    return this.data.delete(key);
+  }
+
+  queuePush(key: string, value: Uint8Array): void {
+    let queue = this.queues.get(key);
+    if (queue === undefined) {
+      queue = [];
+      this.queues.set(key, queue);
+    }
+    queue.push(value);
+    this.wakeOne(key);
+  }
+
+  /** Removes and returns the head of queue `key`, or `undefined` when empty. */
+  queuePop(key: string): Uint8Array | undefined {
+    const queue = this.queues.get(key);
+    const value = queue?.shift();
+    if (queue !== undefined && queue.length === 0) this.queues.delete(key);
+    return value;
+  }
+
+  queueLen(key: string): number {
+    return this.queues.get(key)?.length ?? 0;
+  }
+
+  /**
+   * Registers `waiter` until every key in `keys` exists. Returns true (and registers nothing) when they all
+   * exist already. A waiter may hold one registration at a time; registering again replaces the old one.
+   */
+  addWaiter(keys: Iterable<string>, waiter: Waiter): boolean {
+    this.removeWaiter(waiter);
+    const pending = new Set<string>();
+    for (const key of keys) if (!this.has(key)) pending.add(key);
+    if (pending.size === 0) return true;
+    const reg: Registration = { waiter, pending };
+    this.registrations.set(waiter, reg);
+    for (const key of pending) {
+      let set = this.waitersByKey.get(key);
+      if (set === undefined) {
+        set = new Set();
+        this.waitersByKey.set(key, set);
+      }
+      set.add(reg);
+    }
+    return false;
+  }
+
+  /** Drops `waiter`'s registration, if any; true when there was one. */
+  removeWaiter(waiter: Waiter): boolean {
+    const reg = this.registrations.get(waiter);
+    if (reg === undefined) return false;
+    this.registrations.delete(waiter);
+    for (const key of reg.pending) this.unlink(key, reg);
+    return true;
+  }
+
+  private unlink(key: string, reg: Registration): void {
+    const set = this.waitersByKey.get(key);
+    if (set === undefined) return;
+    set.delete(reg);
+    if (set.size === 0) this.waitersByKey.delete(key);
+  }
+
+  private wakeAll(key: string): void {
+    const set = this.waitersByKey.get(key);
+    if (set === undefined) return;
+    this.waitersByKey.delete(key);
+    for (const reg of set) this.satisfy(reg, key);
+  }
+
+  private wakeOne(key: string): void {
+    const set = this.waitersByKey.get(key);
+    if (set === undefined) return;
+    for (const reg of set) {
+      this.unlink(key, reg);
+      this.satisfy(reg, key);
+      return;
+    }
+  }
+
+  private satisfy(reg: Registration, key: string): void {
+    reg.pending.delete(key);
+    if (reg.pending.size > 0) return;
+    this.registrations.delete(reg.waiter);
+    reg.waiter.wake();
+  }
+}

@@ -1,0 +1,176 @@
+/** An in-process `Store`, for tests and single-process jobs. */
+
+import { ErrorCode, RendezvousError, StoreError } from "../errors.js";
+import { toBytes } from "./bytes.js";
+import { blockingCall, checkTimeoutMs, throwIfAborted } from "./deadline.js";
+import { KvEngine, type Waiter } from "./kv-engine.js";
+import {
+  type CallOptions,
+  DEFAULT_STORE_TIMEOUT_MS,
+  type QueuePopOptions,
+  type QueueStore,
+  type StoreValue,
+} from "./store.js";
+
+/** Options of `MemoryStore`. */
+export interface MemoryStoreOptions {
+  /** Default timeout of blocking calls (default 300 000 ms, as PyTorch). */
+  timeoutMs?: number;
+}
+
+/**
+ * A `Store` held in this process's memory. Blocking calls are woken the moment their keys appear.
+ * Several handles may share one engine (`new MemoryStore({}, other.engine)`) to model several clients.
+ */
+export class MemoryStore implements QueueStore {
+  #timeoutMs: number;
+  #closed = false;
+  readonly engine: KvEngine;
+
+  constructor(options: MemoryStoreOptions = {}, engine: KvEngine = new KvEngine()) {
+    this.#timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS, "timeoutMs");
+    this.engine = engine;
+  }
+
+  get timeoutMs(): number {
+    return this.#timeoutMs;
+  }
+
+  set timeoutMs(value: number) {
+    this.#timeoutMs = checkTimeoutMs(value, "timeoutMs");
+  }
+
+  async set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    this.enter(options);
+    this.engine.set(key, toBytes(value));
+  }
+
+  async get(key: string, options?: CallOptions): Promise<Uint8Array> {
+    await this.wait([key], options);
+    const value = this.engine.get(key);
+    if (value === undefined) throw new StoreError(`get: key ${JSON.stringify(key)} was deleted while waiting`);
+    return value;
+  }
+
+  async add(key: string, delta: number, options?: CallOptions): Promise<number> {
+    this.enter(options);
+    return Number(this.engine.add(key, toI64(delta)));
+  }
+
+  async compareSet(
+    key: string,
+    expected: StoreValue,
+    desired: StoreValue,
+    options?: CallOptions,
+  ): Promise<Uint8Array> {
+    this.enter(options);
+    return this.engine.compareSet(key, toBytes(expected), toBytes(desired));
+  }
+
+  async wait(keys: readonly string[], options?: CallOptions): Promise<void> {
+    this.enter(options);
+    let waiter: Waiter | undefined;
+    await blockingCall<void>(
+      options,
+      this.#timeoutMs,
+      (ms) => `wait timeout after ${ms}ms, keys: ${keys.join(", ")}`,
+      (resolve) => {
+        waiter = { wake: () => resolve() };
+        if (this.engine.addWaiter(keys, waiter)) resolve();
+      },
+      () => {
+        if (waiter !== undefined) this.engine.removeWaiter(waiter);
+      },
+    );
+  }
+
+  async check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
+    this.enter(options);
+    return keys.every((key) => this.engine.has(key));
+  }
+
+  async deleteKey(key: string, options?: CallOptions): Promise<boolean> {
+    this.enter(options);
+    return this.engine.delete(key);
+  }
+
+  async numKeys(options?: CallOptions): Promise<number> {
+    this.enter(options);
+    return this.engine.size;
+  }
+
+  async multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
+    await this.wait(keys, options);
+    return keys.map((key) => {
+      const value = this.engine.get(key);
+      if (value === undefined) throw new StoreError(`multiGet: key ${JSON.stringify(key)} was deleted while waiting`);
+      return value;
+    });
+  }
+
+  async multiSet(keys: readonly string[], values: readonly StoreValue[], options?: CallOptions): Promise<void> {
+    this.enter(options);
+    checkSameLength(keys, values);
+    const bytes = values.map(toBytes);
+    keys.forEach((key, i) => this.engine.set(key, bytes[i]!));
+  }
+
+  async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    this.enter(options);
+    this.engine.append(key, toBytes(value));
+  }
+
+  async listKeys(options?: CallOptions): Promise<string[]> {
+    this.enter(options);
+    return [...this.engine.keys()];
+  }
+
+  async queuePush(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    this.enter(options);
+    this.engine.queuePush(key, toBytes(value));
+  }
+
+  async queuePop(key: string, options?: QueuePopOptions): Promise<Uint8Array> {
+    if (options?.block ?? true) await this.wait([key], options);
+    else this.enter(options);
+    const value = this.engine.queuePop(key);
+    if (value === undefined) throw new StoreError(`queue ${JSON.stringify(key)} is empty`, ErrorCode.QueueEmpty);
+    return value;
+  }
+
+  async queueLen(key: string, options?: CallOptions): Promise<number> {
+    this.enter(options);
+    return this.engine.queueLen(key);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private enter(options: CallOptions | undefined): void {
+    if (this.#closed) throw new RendezvousError("the store is closed", ErrorCode.ResourceClosed);
+    throwIfAborted(options?.signal);
+  }
+}
+
+/** `delta` as a 64-bit integer; throws for non-integers. */
+export function toI64(delta: number): bigint {
+  if (!Number.isSafeInteger(delta)) {
+    throw new StoreError(`add: delta must be a safe integer, got ${String(delta)}`, ErrorCode.InvalidArgument);
+  }
+  return BigInt(delta);
+}
+
+/** Throws unless `keys` and `values` have the same length. */
+export function checkSameLength(keys: readonly unknown[], values: readonly unknown[]): void {
+  if (keys.length !== values.length) {
+    throw new StoreError(
+      `multiSet: ${keys.length} keys but ${values.length} values`,
+      ErrorCode.InvalidArgument,
+    );
+  }
+}
