@@ -1,0 +1,95 @@
+/**
+ * A cursor over a byte buffer for incremental decoding: every read returns `undefined` when the buffer ends
+ * too early and records how many bytes in total would be needed, so a caller can wait for more data
+ * without re-reading what it has.
+ */
+
+import { ErrorCode, RendezvousError } from "../../errors.js";
+
+/** Malformed or oversized bytes on the wire. */
+export class ProtocolError extends RendezvousError {
+  constructor(message: string, code: typeof ErrorCode.Protocol | typeof ErrorCode.LimitExceeded = ErrorCode.Protocol) {
+    super(message, code);
+  }
+}
+
+const TWO_POW_32 = 2 ** 32;
+
+export class ByteReader {
+  /** Position of the next read. */
+  pos: number;
+  /** After a failed read: the buffer length that read would have needed. */
+  needed = 0;
+
+  constructor(
+    readonly buf: Buffer,
+    start = 0,
+  ) {
+    this.pos = start;
+  }
+
+  private has(n: number): boolean {
+    if (this.pos + n <= this.buf.length) return true;
+    this.needed = this.pos + n;
+    return false;
+  }
+
+  u8(): number | undefined {
+    if (!this.has(1)) return undefined;
+    return this.buf[this.pos++];
+  }
+
+  u32(): number | undefined {
+    if (!this.has(4)) return undefined;
+    const v = this.buf.readUInt32LE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  i64(): bigint | undefined {
+    if (!this.has(8)) return undefined;
+    const v = this.buf.readBigInt64LE(this.pos);
+    this.pos += 8;
+    return v;
+  }
+
+  /** A u64 length or count, checked against `max` (the error names `what`). */
+  length(max: number, what: string): number | undefined {
+    if (!this.has(8)) return undefined;
+    const lo = this.buf.readUInt32LE(this.pos);
+    const hi = this.buf.readUInt32LE(this.pos + 4);
+    this.pos += 8;
+    const n = hi * TWO_POW_32 + lo;
+    if (hi >= 0x200000 || n > max) {
+      throw new ProtocolError(`${what} of ${hi === 0 ? n : `${hi}*2^32+${lo}`} exceeds the limit of ${max}`, ErrorCode.LimitExceeded);
+    }
+    return n;
+  }
+
+  /** A signed 64-bit count, checked to be within 0..max. */
+  count(max: number, what: string): number | undefined {
+    const v = this.i64();
+    if (v === undefined) return undefined;
+    if (v < 0n || v > BigInt(max)) {
+      throw new ProtocolError(`${what} of ${v} is outside 0..${max}`, v < 0n ? ErrorCode.Protocol : ErrorCode.LimitExceeded);
+    }
+    return Number(v);
+  }
+
+  /** `n` raw bytes, copied out of the buffer. */
+  bytes(n: number): Uint8Array | undefined {
+    if (!this.has(n)) return undefined;
+    const out = new Uint8Array(n);
+    out.set(this.buf.subarray(this.pos, this.pos + n));
+    this.pos += n;
+    return out;
+  }
+
+  /** `n` raw bytes as a byte string (latin1). */
+  byteString(n: number): string | undefined {
+    if (!this.has(n)) return undefined;
+    const s = this.buf.toString("latin1", this.pos, this.pos + n);
+    this.pos += n;
+    return s;
+  }
+}

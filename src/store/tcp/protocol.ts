@@ -1,0 +1,175 @@
+/**
+ * PyTorch c10d TCPStore wire protocol: constants and message types shared by the server and the client.
+ * Byte layouts are specified in docs/tcpstore-protocol.md (and the design spec it came from).
+ *
+ * Two dialects exist and are not interoperable in PyTorch itself:
+ * - v1 (PyTorch <= 2.0): no handshake, opcodes 0..8 with WATCH_KEY = 7;
+ * - v2 (PyTorch >= 2.1): first message VALIDATE + magic, opcodes 0..18.
+ * rdzv's server detects the dialect per connection; rdzv's client speaks v2 by default.
+ *
+ * All integers are little-endian. Keys travel as length-prefixed raw bytes; in this module a key is a
+ * "byte string": a JS string whose char codes are the key's bytes (latin1), so keys are exact and cheap to
+ * use as Map keys.
+ */
+
+/** Protocol dialects. */
+export const Dialect = { V1: "v1", V2: "v2" } as const;
+export type Dialect = (typeof Dialect)[keyof typeof Dialect];
+
+/** The VALIDATE magic number of the v2 handshake. */
+export const VALIDATION_MAGIC = 0x3c85f7ce;
+
+/** Dialect-independent command names. */
+export const Command = {
+  Validate: "validate",
+  Set: "set",
+  CompareSet: "compareSet",
+  Get: "get",
+  Add: "add",
+  Check: "check",
+  Wait: "wait",
+  GetNumKeys: "getNumKeys",
+  WatchKey: "watchKey",
+  DeleteKey: "deleteKey",
+  Append: "append",
+  MultiGet: "multiGet",
+  MultiSet: "multiSet",
+  CancelWait: "cancelWait",
+  Ping: "ping",
+  QueuePush: "queuePush",
+  QueuePop: "queuePop",
+  QueueLen: "queueLen",
+  ListKeys: "listKeys",
+  Barrier: "barrier",
+  /** rdzv extension (v2 only): have the server set a key when this connection closes. */
+  OnDisconnectSet: "onDisconnectSet",
+  /** rdzv extension (v2 only): drop an on-disconnect registration. */
+  OnDisconnectClear: "onDisconnectClear",
+} as const;
+export type Command = (typeof Command)[keyof typeof Command];
+
+/** v1 opcodes (PyTorch 1.x and 2.0). */
+export const V1_OPCODES: Readonly<Partial<Record<Command, number>>> = {
+  set: 0x00,
+  compareSet: 0x01,
+  get: 0x02,
+  add: 0x03,
+  check: 0x04,
+  wait: 0x05,
+  getNumKeys: 0x06,
+  watchKey: 0x07,
+  deleteKey: 0x08,
+};
+
+/**
+ * v2 opcodes (PyTorch 2.1+; numbering is append-only upstream). 0x40 and up are rdzv's own extensions,
+ * far from upstream's range; clients use them only after probing (see `EXTENSION_PROBE_KEY`).
+ */
+export const V2_OPCODES: Readonly<Partial<Record<Command, number>>> = {
+  validate: 0x00,
+  set: 0x01,
+  compareSet: 0x02,
+  get: 0x03,
+  add: 0x04,
+  check: 0x05,
+  wait: 0x06,
+  getNumKeys: 0x07,
+  deleteKey: 0x08,
+  append: 0x09,
+  multiGet: 0x0a,
+  multiSet: 0x0b,
+  cancelWait: 0x0c,
+  ping: 0x0d,
+  queuePush: 0x0e,
+  queuePop: 0x0f,
+  queueLen: 0x10,
+  listKeys: 0x11,
+  barrier: 0x12,
+  onDisconnectSet: 0x40,
+  onDisconnectClear: 0x41,
+};
+
+function invert(table: Readonly<Partial<Record<Command, number>>>): ReadonlyMap<number, Command> {
+  const out = new Map<number, Command>();
+  for (const [name, code] of Object.entries(table)) out.set(code as number, name as Command);
+  return out;
+}
+
+/** opcode -> command, per dialect. */
+export const COMMAND_BY_OPCODE: Readonly<Record<Dialect, ReadonlyMap<number, Command>>> = {
+  v1: invert(V1_OPCODES),
+  v2: invert(V2_OPCODES),
+};
+
+/**
+ * A key that rdzv's server reports as present in CHECK (and nowhere else: it is not stored, counted or
+ * listed). A client learns from `CHECK [probe]` whether it talks to an rdzv server with extensions, without
+ * sending anything a PyTorch server would reject.
+ */
+export const EXTENSION_PROBE_KEY = "\u0000rdzv/ext/1";
+
+/** CHECK replies. */
+export const CheckResponse = { Ready: 0, NotReady: 1 } as const;
+/** WAIT / BARRIER / CANCEL_WAIT replies. */
+export const WaitResponse = { StopWaiting: 0, WaitCanceled: 1 } as const;
+/** v1 watch notifications. */
+export const WatchResponse = { KeyUpdated: 0, KeyCreated: 1, KeyDeleted: 2, KeyCallbackRegistered: 3 } as const;
+/** Acknowledgement byte of the rdzv extension commands. */
+export const EXTENSION_ACK = 0;
+
+/** A decoded request. Keys are byte strings (see module doc); values are raw bytes. */
+export type Request =
+  | { readonly type: "validate"; readonly magic: number }
+  | { readonly type: "set"; readonly key: string; readonly value: Uint8Array }
+  | {
+      readonly type: "compareSet";
+      readonly key: string;
+      readonly expected: Uint8Array;
+      readonly desired: Uint8Array;
+    }
+  | { readonly type: "get"; readonly key: string }
+  | { readonly type: "add"; readonly key: string; readonly delta: bigint }
+  | { readonly type: "check"; readonly keys: readonly string[] }
+  | { readonly type: "wait"; readonly keys: readonly string[] }
+  | { readonly type: "getNumKeys" }
+  | { readonly type: "watchKey"; readonly key: string }
+  | { readonly type: "deleteKey"; readonly key: string }
+  | { readonly type: "append"; readonly key: string; readonly value: Uint8Array }
+  | { readonly type: "multiGet"; readonly keys: readonly string[] }
+  | { readonly type: "multiSet"; readonly keys: readonly string[]; readonly values: readonly Uint8Array[] }
+  | { readonly type: "cancelWait" }
+  | { readonly type: "ping"; readonly nonce: number }
+  | { readonly type: "queuePush"; readonly key: string; readonly value: Uint8Array }
+  | { readonly type: "queuePop"; readonly key: string }
+  | { readonly type: "queueLen"; readonly key: string }
+  | { readonly type: "listKeys" }
+  | { readonly type: "barrier"; readonly key: string; readonly worldSize: bigint }
+  | { readonly type: "onDisconnectSet"; readonly key: string; readonly value: Uint8Array }
+  | { readonly type: "onDisconnectClear"; readonly key: string };
+
+/** Limits a decoder enforces on incoming requests. */
+export interface ProtocolLimits {
+  /** Largest key in bytes (default 64 KiB). */
+  maxKeyBytes: number;
+  /** Largest value in bytes (default 64 MiB). */
+  maxValueBytes: number;
+  /** Most keys in one CHECK/WAIT/MULTI_GET/MULTI_SET (default 128 Ki, as PyTorch's libuv server). */
+  maxKeysPerRequest: number;
+}
+
+/** Default protocol limits. Generous enough for every PyTorch client; bounded against garbage. */
+export const DEFAULT_PROTOCOL_LIMITS: Readonly<ProtocolLimits> = {
+  maxKeyBytes: 64 * 1024,
+  maxValueBytes: 64 * 1024 * 1024,
+  maxKeysPerRequest: 128 * 1024,
+};
+
+/** Converts a byte string (latin1) to bytes. */
+export function byteStringToBytes(key: string): Buffer {
+  return Buffer.from(key, "latin1");
+}
+
+/** Converts bytes to a byte string (latin1). */
+export function bytesToByteString(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
+}

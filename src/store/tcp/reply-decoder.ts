@@ -1,0 +1,120 @@
+/**
+ * Client-side incremental decoder of TCPStore replies. Replies carry no type or id: the client knows what
+ * it asked, so it tells the decoder the shape of each reply it expects, in order.
+ */
+
+import { ByteReader } from "./byte-reader.js";
+import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
+
+/** The shape of one expected reply. */
+export type ReplyShape =
+  | { readonly kind: "u8" }
+  | { readonly kind: "u32" }
+  | { readonly kind: "i64" }
+  | { readonly kind: "value" }
+  | { readonly kind: "values"; readonly count: number }
+  | { readonly kind: "queuePop" }
+  | { readonly kind: "keyList" };
+
+/** A decoded reply. */
+export type Reply =
+  | { readonly kind: "u8"; readonly value: number }
+  | { readonly kind: "u32"; readonly value: number }
+  | { readonly kind: "i64"; readonly value: bigint }
+  | { readonly kind: "value"; readonly value: Uint8Array }
+  | { readonly kind: "values"; readonly value: Uint8Array[] }
+  | { readonly kind: "queuePop"; readonly value: Uint8Array | undefined }
+  | { readonly kind: "keyList"; readonly value: string[] };
+
+/** Decodes a reply stream, one expected shape at a time. */
+export class ReplyDecoder {
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  #needed = 1;
+  readonly limits: Readonly<ProtocolLimits>;
+
+  constructor(limits: Partial<ProtocolLimits> = {}) {
+    this.limits = { ...DEFAULT_PROTOCOL_LIMITS, ...limits };
+  }
+
+  get bufferedBytes(): number {
+    return this.#buffered;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+  }
+
+  /** Decodes a reply of `shape`, or returns `undefined` when more bytes are needed. Throws `ProtocolError`. */
+  next(shape: ReplyShape): Reply | undefined {
+    if (this.#buffered < this.#needed) return undefined;
+    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
+    const buf = this.#chunks[0]!;
+    const r = new ByteReader(buf);
+    const reply = this.decode(r, shape);
+    if (reply === undefined) {
+      this.#needed = r.needed;
+      return undefined;
+    }
+    this.#buffered -= r.pos;
+    this.#chunks = this.#buffered === 0 ? [] : [buf.subarray(r.pos)];
+    this.#needed = 1;
+    return reply;
+  }
+
+  private decode(r: ByteReader, shape: ReplyShape): Reply | undefined {
+    switch (shape.kind) {
+      case "u8": {
+        const value = r.u8();
+        return value === undefined ? undefined : { kind: "u8", value };
+      }
+      case "u32": {
+        const value = r.u32();
+        return value === undefined ? undefined : { kind: "u32", value };
+      }
+      case "i64": {
+        const value = r.i64();
+        return value === undefined ? undefined : { kind: "i64", value };
+      }
+      case "value": {
+        const value = this.value(r);
+        return value === undefined ? undefined : { kind: "value", value };
+      }
+      case "values": {
+        const values: Uint8Array[] = [];
+        for (let i = 0; i < shape.count; i++) {
+          const v = this.value(r);
+          if (v === undefined) return undefined;
+          values.push(v);
+        }
+        return { kind: "values", value: values };
+      }
+      case "queuePop": {
+        const len = r.count(Number.MAX_SAFE_INTEGER, "queue length");
+        if (len === undefined) return undefined;
+        if (len === 0) return { kind: "queuePop", value: undefined };
+        const value = this.value(r);
+        return value === undefined ? undefined : { kind: "queuePop", value };
+      }
+      case "keyList": {
+        const n = r.count(Number.MAX_SAFE_INTEGER, "key count");
+        if (n === undefined) return undefined;
+        const keys: string[] = [];
+        for (let i = 0; i < n; i++) {
+          const len = r.length(this.limits.maxKeyBytes, "key length");
+          const key = len === undefined ? undefined : r.byteString(len);
+          if (key === undefined) return undefined;
+          keys.push(key);
+        }
+        return { kind: "keyList", value: keys };
+      }
+    }
+  }
+
+  private value(r: ByteReader): Uint8Array | undefined {
+    const n = r.length(this.limits.maxValueBytes, "value length");
+    return n === undefined ? undefined : r.bytes(n);
+  }
+}
