@@ -50,7 +50,6 @@ export function blockingCall<T>(
       cancel();
       reject(new RendezvousTimeoutError(describe(timeoutMs)));
     }, timeoutMs);
-    timer.unref?.();
     signal?.addEventListener("abort", onAbort, { once: true });
     start(
       (value) => {
