@@ -17,6 +17,16 @@ export interface Waiter {
   wake(): void;
 }
 
+/**
+ * Observes changes to the key map: `oldValue` is `undefined` when the key was created, `newValue` is
+ * `undefined` when it was deleted. Called synchronously after the change and after waiters were woken.
+ */
+export type KeyChangeListener = (
+  key: string,
+  oldValue: Uint8Array | undefined,
+  newValue: Uint8Array | undefined,
+) => void;
+
 interface Registration {
   readonly waiter: Waiter;
   readonly pending: Set<string>;
@@ -66,6 +76,7 @@ export class KvEngine {
   private readonly queues = new Map<string, Uint8Array[]>();
   private readonly waitersByKey = new Map<string, Set<Registration>>();
   private readonly registrations = new Map<Waiter, Registration>();
+  private readonly listeners = new Set<KeyChangeListener>();
 
   /** Number of keys (queues excluded). */
   get size(): number {
@@ -92,17 +103,26 @@ export class KvEngine {
     return this.data.keys();
   }
 
+  /**
+   * Calls `listener` after every change of a key (set, add, append, a compare-set that creates or swaps,
+   * a delete of an existing key; not queue operations). Returns a function that removes the listener.
+   */
+  onChange(listener: KeyChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
   set(key: string, value: Uint8Array): void {
-    this.data.set(key, value);
-    this.wakeAll(key);
+    this.write(key, value);
   }
 
   /** Adds `delta` to the counter at `key` (missing = 0), wrapping at 64 bits; returns the new value. */
   add(key: string, delta: bigint): bigint {
     const old = this.data.get(key);
     const sum = wrapI64((old === undefined ? 0n : parseCounter(old)) + delta);
-    this.data.set(key, Buffer.from(sum.toString(), "latin1"));
-    this.wakeAll(key);
+    this.write(key, Buffer.from(sum.toString(), "latin1"));
     return sum;
   }
 
@@ -114,20 +134,23 @@ export class KvEngine {
     } else if (!bytesEqual(current, expected)) {
       return current;
     }
-    this.data.set(key, desired);
-    this.wakeAll(key);
+    this.write(key, desired);
     return desired;
   }
 
   append(key: string, value: Uint8Array): void {
     const old = this.data.get(key);
-    this.data.set(key, old === undefined ? value : concatBytes(old, value));
-    this.wakeAll(key);
+    this.write(key, old === undefined ? value : concatBytes(old, value));
   }
 
   /** Deletes `key`; true when it existed. Wakes nobody. */
   delete(key: string): boolean {
-    return this.data.delete(key);
+    if (this.listeners.size === 0) return this.data.delete(key);
+    const old = this.data.get(key);
+    if (old === undefined) return false;
+    this.data.delete(key);
+    this.notify(key, old, undefined);
+    return true;
   }
 
   queuePush(key: string, value: Uint8Array): void {
@@ -181,6 +204,18 @@ export class KvEngine {
     this.registrations.delete(waiter);
     for (const key of reg.pending) this.unlink(key, reg);
     return true;
+  }
+
+  /** Stores `value` at `key`, wakes the key's waiters, then tells the listeners. */
+  private write(key: string, value: Uint8Array): void {
+    const old = this.listeners.size === 0 ? undefined : this.data.get(key);
+    this.data.set(key, value);
+    this.wakeAll(key);
+    if (this.listeners.size !== 0) this.notify(key, old, value);
+  }
+
+  private notify(key: string, oldValue: Uint8Array | undefined, newValue: Uint8Array | undefined): void {
+    for (const listener of this.listeners) listener(key, oldValue, newValue);
   }
 
   private unlink(key: string, reg: Registration): void {

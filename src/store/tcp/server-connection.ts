@@ -1,0 +1,424 @@
+/**
+ * One client connection of the TCP store server: decodes its requests, runs them strictly in order and
+ * synchronously against the shared engine (the event loop makes each one atomic), and writes the replies
+ * produced while handling one incoming chunk in a single write.
+ *
+ * A pending WAIT or BARRIER holds back the connection's later requests so replies stay in request order;
+ * only a CANCEL_WAIT gets through (see docs/tcpstore-compat.md, "Pipelining behind a wait").
+ */
+
+import type { Socket } from "node:net";
+import { ErrorCode, RendezvousError } from "../../errors.js";
+import type { Waiter } from "../kv-engine.js";
+import { ProtocolError } from "./byte-reader.js";
+import {
+  encodeI64Reply,
+  encodeKeyListReply,
+  encodeQueuePopReply,
+  encodeU8Reply,
+  encodeU32Reply,
+  encodeValueReply,
+  encodeValuesReply,
+} from "./encode.js";
+import {
+  CheckResponse,
+  Dialect,
+  EXTENSION_ACK,
+  EXTENSION_PROBE_KEY,
+  type ProtocolLimits,
+  type Request,
+  WaitResponse,
+  WatchResponse,
+} from "./protocol.js";
+import { RequestDecoder } from "./request-decoder.js";
+import type { BarrierParty, KeyWatcher, ServerState } from "./server-state.js";
+
+type PendingWait =
+  | { readonly kind: "wait"; readonly waiter: Waiter }
+  | { readonly kind: "barrier"; readonly key: string };
+
+interface Queued {
+  readonly request: Request;
+  readonly bytes: number;
+}
+
+const EMPTY = new Uint8Array(0);
+const STOP_WAITING = encodeU8Reply(WaitResponse.StopWaiting);
+const WAIT_CANCELED = encodeU8Reply(WaitResponse.WaitCanceled);
+const READY = encodeU8Reply(CheckResponse.Ready);
+const NOT_READY = encodeU8Reply(CheckResponse.NotReady);
+const ACK = encodeU8Reply(EXTENSION_ACK);
+const WATCH_REGISTERED = encodeU8Reply(WatchResponse.KeyCallbackRegistered);
+
+/** Replies are written early once this many bytes are waiting, so a burst of big GETs streams out. */
+const FLUSH_BYTES = 1 << 20;
+/** Small replies are joined into one buffer; larger batches go out as one corked writev. */
+const CONCAT_BYTES = 64 * 1024;
+/** Requests queued behind a pending wait, at most (then reading pauses). */
+const MAX_QUEUED = 1024;
+const MAX_QUEUED_BYTES = 1 << 20;
+
+/** A server-side connection. Created by the server for each accepted socket. */
+export class ServerConnection implements BarrierParty, KeyWatcher {
+  readonly decoder: RequestDecoder;
+  #out: Buffer[] = [];
+  #outBytes = 0;
+  /** Watch notifications raised by this connection's own request, sent after its reply (as PyTorch 1.x). */
+  #deferred: Buffer[] | undefined;
+  #dispatching = false;
+  #pending: PendingWait | undefined;
+  #queue: Queued[] = [];
+  #queuedBytes = 0;
+  #writeBlocked = false;
+  #readingPaused = false;
+  #resumeScheduled = false;
+  #dialect: Dialect | undefined;
+  #closed = false;
+  #closeReason: string | undefined;
+  #watched: Set<string> | undefined;
+  #onDisconnect: Map<string, Uint8Array> | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly remote: string,
+    private readonly socket: Socket,
+    private readonly state: ServerState,
+    protocolLimits: Readonly<ProtocolLimits>,
+    private readonly onClosed: (conn: ServerConnection, reason: string) => void,
+  ) {
+    this.decoder = new RequestDecoder(protocolLimits);
+    socket.setNoDelay(true);
+    socket.on("data", (chunk: Buffer) => {
+      if (this.#closed) return;
+      this.decoder.push(chunk);
+      this.pump();
+    });
+    socket.on("drain", () => {
+      this.#writeBlocked = false;
+      this.pump();
+    });
+    socket.on("end", () => {
+      this.#closeReason ??= "peer closed the connection";
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => {
+      this.#closeReason ??= `socket error: ${err.code ?? err.message}`;
+    });
+    socket.on("close", () => {
+      const reason = this.#closeReason ?? "closed";
+      this.teardown();
+      this.onClosed(this, reason);
+    });
+  }
+
+  /** The dialect, once the connection's first bytes decided it. */
+  get dialect(): Dialect | undefined {
+    return this.#dialect;
+  }
+
+  /** Closes the connection at once, dropping unsent replies (server shutdown). */
+  destroy(reason: string): void {
+    this.#closeReason ??= reason;
+    this.teardown();
+    this.socket.destroy();
+  }
+
+  /** BarrierParty: the barrier this connection was parked on reached its count. */
+  barrierReleased(): void {
+    this.#pending = undefined;
+    this.waitDone();
+  }
+
+  /** KeyWatcher: a v1 watch notification for this connection. */
+  notify(message: Buffer): void {
+    if (this.#closed) return;
+    if (this.#dispatching) {
+      this.#deferred ??= [];
+      this.#deferred.push(message);
+      return;
+    }
+    this.reply(message);
+    this.scheduleResume();
+  }
+
+  /** Handles whatever can be handled now, writes the replies, and pauses or resumes reading. */
+  private pump(): void {
+    if (this.#closed) return;
+    try {
+      this.processRequests();
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    this.flush();
+    this.updateReading();
+  }
+
+  private processRequests(): void {
+    while (!this.#closed && !this.#writeBlocked) {
+      if (this.#pending === undefined && this.#queue.length > 0) {
+        const next = this.#queue.shift()!;
+        this.#queuedBytes -= next.bytes;
+        this.dispatch(next.request);
+      } else {
+        if (this.#pending !== undefined && this.queueFull()) return;
+        const before = this.decoder.bufferedBytes;
+        const request = this.decoder.next();
+        if (this.#dialect === undefined && this.decoder.dialect !== undefined) this.dialectDecided();
+        if (request === undefined) return;
+        if (this.#pending === undefined) {
+          this.dispatch(request);
+        } else if (this.#dialect === Dialect.V1) {
+          // A v1 client never pipelines behind its WAIT: a new request means it timed out (spec §4.5).
+          this.cancelPending();
+          this.dispatch(request);
+        } else {
+          // The only thing a v2 client pipelines behind a wait is CANCEL_WAIT; it cancels the wait now
+          // (so the wait gets no reply) and still replies in its place in the queue.
+          if (request.type === "cancelWait") this.cancelPending();
+          this.#queue.push({ request, bytes: before - this.decoder.bufferedBytes });
+          this.#queuedBytes += before - this.decoder.bufferedBytes;
+        }
+      }
+      if (this.#outBytes >= FLUSH_BYTES) this.flush();
+    }
+  }
+
+  private queueFull(): boolean {
+    return this.#queue.length >= MAX_QUEUED || this.#queuedBytes >= MAX_QUEUED_BYTES;
+  }
+
+  private dispatch(req: Request): void {
+    this.state.ops[req.type]++;
+    this.#dispatching = true;
+    this.handle(req);
+    this.#dispatching = false;
+    if (this.#deferred !== undefined) {
+      for (const message of this.#deferred) this.reply(message);
+      this.#deferred = undefined;
+    }
+  }
+
+  private handle(req: Request): void {
+    const { engine } = this.state;
+    switch (req.type) {
+      case "validate":
+        break; // the decoder checked the magic; VALIDATE has no reply
+      case "ping":
+        this.reply(encodeU32Reply(req.nonce));
+        break;
+      case "set":
+        engine.set(req.key, req.value);
+        break;
+      case "compareSet":
+        this.reply(encodeValueReply(engine.compareSet(req.key, req.expected, req.desired)));
+        break;
+      case "get":
+        // A missing key reads as empty, as PyTorch's libuv server (legacy closes the connection).
+        this.reply(encodeValueReply(engine.get(req.key) ?? EMPTY));
+        break;
+      case "add":
+        this.reply(encodeI64Reply(engine.add(req.key, req.delta)));
+        break;
+      case "check": {
+        const ready = req.keys.every((k) => k === EXTENSION_PROBE_KEY || engine.has(k));
+        this.reply(ready ? READY : NOT_READY);
+        break;
+      }
+      case "wait":
+        this.wait(req.keys);
+        break;
+      case "getNumKeys":
+        this.reply(encodeI64Reply(engine.size));
+        break;
+      case "watchKey":
+        this.watch(req.key);
+        break;
+      case "deleteKey":
+        this.reply(encodeI64Reply(engine.delete(req.key) ? 1 : 0));
+        break;
+      case "append":
+        engine.append(req.key, req.value);
+        break;
+      case "multiGet":
+        this.reply(encodeValuesReply(req.keys.map((k) => engine.get(k) ?? EMPTY)));
+        break;
+      case "multiSet":
+        for (let i = 0; i < req.keys.length; i++) engine.set(req.keys[i]!, req.values[i]!);
+        break;
+      case "cancelWait":
+        this.cancelPending();
+        this.reply(WAIT_CANCELED);
+        break;
+      case "queuePush":
+        engine.queuePush(req.key, req.value);
+        break;
+      case "queuePop": {
+        const length = engine.queueLen(req.key);
+        this.reply(encodeQueuePopReply(length, length > 0 ? engine.queuePop(req.key) : undefined));
+        break;
+      }
+      case "queueLen":
+        this.reply(encodeI64Reply(engine.queueLen(req.key)));
+        break;
+      case "listKeys":
+        this.reply(encodeKeyListReply(Array.from(engine.keys())));
+        break;
+      case "barrier":
+        this.barrier(req.key, req.worldSize);
+        break;
+      case "onDisconnectSet":
+        this.onDisconnectSet(req.key, req.value);
+        break;
+      case "onDisconnectClear":
+        this.#onDisconnect?.delete(req.key);
+        this.reply(ACK);
+        break;
+    }
+  }
+
+  private wait(keys: readonly string[]): void {
+    this.checkWaiterLimit(keys.length, "WAIT keys");
+    const waiter: Waiter = {
+      wake: () => {
+        if (this.#pending?.kind !== "wait" || this.#pending.waiter !== waiter) return;
+        this.#pending = undefined;
+        this.waitDone();
+      },
+    };
+    if (this.state.engine.addWaiter(keys, waiter)) this.reply(STOP_WAITING);
+    else this.#pending = { kind: "wait", waiter };
+  }
+
+  private barrier(key: string, worldSize: bigint): void {
+    const count = this.state.engine.add(key, 1n);
+    if (count >= worldSize) {
+      this.state.releaseBarrier(key);
+      this.reply(STOP_WAITING);
+    } else {
+      this.#pending = { kind: "barrier", key };
+      this.state.parkBarrier(key, this);
+    }
+  }
+
+  /** Called (synchronously, from whichever request satisfied it) when the pending wait is over. */
+  private waitDone(): void {
+    if (this.#closed) return;
+    this.reply(STOP_WAITING);
+    this.scheduleResume();
+  }
+
+  /** Drops the pending WAIT/BARRIER registration, if any. */
+  private cancelPending(): void {
+    const pending = this.#pending;
+    if (pending === undefined) return;
+    this.#pending = undefined;
+    if (pending.kind === "wait") this.state.engine.removeWaiter(pending.waiter);
+    else this.state.unparkBarrier(pending.key, this);
+  }
+
+  private watch(key: string): void {
+    this.#watched ??= new Set();
+    if (!this.#watched.has(key)) {
+      this.checkWaiterLimit(this.#watched.size + 1, "watched keys");
+      this.#watched.add(key);
+      this.state.watch(key, this);
+    }
+    this.reply(WATCH_REGISTERED);
+  }
+
+  private onDisconnectSet(key: string, value: Uint8Array): void {
+    this.#onDisconnect ??= new Map();
+    if (!this.#onDisconnect.has(key))
+      this.checkWaiterLimit(this.#onDisconnect.size + 1, "on-disconnect keys");
+    this.#onDisconnect.set(key, value);
+    this.reply(ACK);
+  }
+
+  private checkWaiterLimit(n: number, what: string): void {
+    const max = this.state.limits.maxWaitersPerConnection;
+    if (n > max) {
+      throw new ProtocolError(
+        `${what}: ${n} exceeds maxWaitersPerConnection (${max})`,
+        ErrorCode.LimitExceeded,
+      );
+    }
+  }
+
+  private dialectDecided(): void {
+    this.#dialect = this.decoder.dialect!;
+    this.state.dialects[this.#dialect]++;
+  }
+
+  private reply(buf: Buffer): void {
+    this.#out.push(buf);
+    this.#outBytes += buf.length;
+  }
+
+  /** Runs `pump` once the current request (maybe another connection's) has finished. */
+  private scheduleResume(): void {
+    if (this.#resumeScheduled) return;
+    this.#resumeScheduled = true;
+    queueMicrotask(() => {
+      this.#resumeScheduled = false;
+      this.pump();
+    });
+  }
+
+  private flush(): void {
+    const out = this.#out;
+    if (out.length === 0) return;
+    const bytes = this.#outBytes;
+    this.#out = [];
+    this.#outBytes = 0;
+    let ok: boolean;
+    if (out.length === 1 || bytes <= CONCAT_BYTES) {
+      ok = this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out, bytes));
+    } else {
+      this.socket.cork();
+      for (const buf of out) this.socket.write(buf);
+      this.socket.uncork();
+      ok = !this.socket.writableNeedDrain;
+    }
+    if (!ok) this.#writeBlocked = true;
+  }
+
+  private updateReading(): void {
+    if (this.#closed) return;
+    const pause = this.#writeBlocked || (this.#pending !== undefined && this.queueFull());
+    if (pause === this.#readingPaused) return;
+    this.#readingPaused = pause;
+    if (pause) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  /** Closes the connection for bad input: the replies already produced go out first. */
+  private fail(err: unknown): void {
+    const reason = err instanceof Error ? err.message : String(err);
+    const code = err instanceof RendezvousError ? err.code : ErrorCode.Protocol;
+    this.#closeReason ??= `bad input: ${reason}`;
+    this.state.badInput(this.id, this.remote, reason, code);
+    this.flush();
+    this.teardown();
+    this.socket.destroySoon();
+  }
+
+  /** Drops the connection's waits, watches and queued requests, and runs its on-disconnect sets. Idempotent. */
+  private teardown(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.cancelPending();
+    this.#queue = [];
+    this.#out = [];
+    if (this.#watched !== undefined) {
+      for (const key of this.#watched) this.state.unwatch(key, this);
+      this.#watched = undefined;
+    }
+    if (this.#dialect !== undefined) this.state.dialects[this.#dialect]--;
+    const sets = this.#onDisconnect;
+    this.#onDisconnect = undefined;
+    if (sets !== undefined) {
+      for (const [key, value] of sets) this.state.engine.set(key, value);
+      this.state.logger.debug("TCPStore server: ran on-disconnect sets", { id: this.id, keys: sets.size });
+    }
+  }
+}
