@@ -1,0 +1,270 @@
+/**
+ * The rendezvous backend over any `Store` (PyTorch's `C10dRendezvousBackend` counterpart): our TCP store,
+ * the in-memory store, and later etcd and Redis stores. Key layout under `rdzv/<runId>/`:
+ *
+ * | key                      | written by                          | meaning                                   |
+ * | ------------------------ | ----------------------------------- | ----------------------------------------- |
+ * | `open`                   | the winner of each decision (add 1) | hint: number of decided rounds             |
+ * | `closed`                 | `setClosed()`                       | the rendezvous is closed                  |
+ * | `r<R>/outcome`           | compare-and-set, once               | the round's outcome (see round.ts)        |
+ * | `r<R>/tickets`           | every joiner (add 1)                | join counter; slot = value - 1            |
+ * | `r<R>/node/<slot>`       | the joiner                          | its descriptor (JSON)                     |
+ * | `r<R>/hb/<slot>`         | the joiner, every keep-alive        | keep-alive counter                        |
+ * | `r<R>/gone/<slot>`       | leaver, coordinator, or the server when the node's connection drops | why it is gone |
+ * | `r<R>/ended`             | whoever marks a member gone         | the completed round lost a member         |
+ * | `r<R>/lead`              | compare-and-set                     | slot of the round's coordinator           |
+ * | `r<R>/store/...`         | the round's members                 | the store handed to the round             |
+ */
+
+import { ErrorCode, hasErrorCode, RendezvousStateError } from "../errors.js";
+import type { Logger } from "../log.js";
+import { silentLogger } from "../log.js";
+import type { NodeDescriptor, RendezvousBackend, RendezvousState, SlotLease } from "../rendezvous/backend.js";
+import { decodeOutcome, encodeOutcome, GoneReason, type RoundOutcome } from "../rendezvous/round.js";
+import { bytesToText } from "../store/bytes.js";
+import { PrefixStore } from "../store/prefix-store.js";
+import type { CallOptions, Store, StoreValue } from "../store/store.js";
+
+/** A store that can have the server write keys when this client's connection drops (rdzv's TCP store). */
+interface DisconnectAwareStore extends Store {
+  readonly hasExtensions: boolean;
+  setOnDisconnect(key: string, value: StoreValue, options?: CallOptions): Promise<void>;
+  clearOnDisconnect(key: string, options?: CallOptions): Promise<void>;
+}
+
+function isDisconnectAware(store: Store): store is DisconnectAwareStore {
+  const s = store as Partial<DisconnectAwareStore>;
+  return s.hasExtensions === true && typeof s.setOnDisconnect === "function";
+}
+
+const GONE_REASONS = new Set<string>(Object.values(GoneReason));
+
+function parseGone(text: string): GoneReason {
+  if (!GONE_REASONS.has(text)) throw new RendezvousStateError(`unknown leave marker ${JSON.stringify(text)}`);
+  return text as GoneReason;
+}
+
+/** Options of `StoreRendezvousBackend`. */
+export interface StoreBackendOptions {
+  /** Backend name reported by handlers (default "c10d"). */
+  name?: string;
+  logger?: Logger;
+}
+
+/** A `RendezvousBackend` over any `Store`. */
+export class StoreRendezvousBackend implements RendezvousBackend {
+  readonly name: string;
+  readonly store: Store;
+  readonly runId: string;
+  private readonly base: string;
+  private readonly logger: Logger;
+
+  constructor(store: Store, runId: string, options: StoreBackendOptions = {}) {
+    this.store = store;
+    this.runId = runId;
+    this.name = options.name ?? "c10d";
+    this.base = `rdzv/${runId}`;
+    this.logger = options.logger ?? silentLogger;
+  }
+
+  /** Key of `path` under this run. */
+  key(path: string): string {
+    return `${this.base}/${path}`;
+  }
+
+  private roundKey(round: number, path: string): string {
+    return `${this.base}/r${round}/${path}`;
+  }
+
+  async getState(options?: CallOptions): Promise<RendezvousState> {
+    let open = await this.store.add(this.key("open"), 0, options);
+    let last: RoundOutcome | undefined;
+    if (open > 0) last = await this.readOutcome(open - 1, options);
+    // The hint trails the truth by at most the decisions in flight: step forward past decided rounds.
+    for (;;) {
+      const outcome = await this.readOutcome(open, options);
+      if (outcome === undefined) break;
+      last = outcome;
+      open++;
+    }
+    return last === undefined ? { openRound: open } : { openRound: open, last };
+  }
+
+  private async readOutcome(round: number, options?: CallOptions): Promise<RoundOutcome | undefined> {
+    const key = this.roundKey(round, "outcome");
+    if (!(await this.store.check([key], options))) return undefined;
+    return this.parseOutcome(await this.store.get(key, options), round);
+  }
+
+  private parseOutcome(bytes: Uint8Array, round: number): RoundOutcome {
+    const outcome = decodeOutcome(bytesToText(bytes));
+    if (outcome.round !== round) {
+      throw new RendezvousStateError(`outcome stored for round ${round} names round ${outcome.round}`);
+    }
+    return outcome;
+  }
+
+  async setState(outcome: RoundOutcome, token: number, options?: CallOptions): Promise<RoundOutcome> {
+    if (outcome.round !== token) throw new RendezvousStateError(`outcome of round ${outcome.round} under token ${token}`);
+    const encoded = encodeOutcome(outcome);
+    const held = bytesToText(await this.store.compareSet(this.roundKey(token, "outcome"), "", encoded, options));
+    if (held === encoded) {
+      await this.store.add(this.key("open"), 1, options);
+      return outcome;
+    }
+    return this.parseOutcome(Buffer.from(held), token);
+  }
+
+  async waitOutcome(round: number, options: CallOptions & { timeoutMs: number }): Promise<RoundOutcome | undefined> {
+    const key = this.roundKey(round, "outcome");
+    if (!(await this.waitKeys([key], options))) return undefined;
+    return this.parseOutcome(await this.store.get(key, options), round);
+  }
+
+  async isClosed(options?: CallOptions): Promise<boolean> {
+    return this.store.check([this.key("closed")], options);
+  }
+
+  async markClosed(options?: CallOptions): Promise<void> {
+    await this.store.set(this.key("closed"), "1", options);
+  }
+
+  async join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number> {
+    const slot = (await this.store.add(this.roundKey(round, "tickets"), 1, options)) - 1;
+    await this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
+    return slot;
+  }
+
+  async ticketCount(round: number, options?: CallOptions): Promise<number> {
+    return this.store.add(this.roundKey(round, "tickets"), 0, options);
+  }
+
+  async nodes(round: number, slots: readonly number[], options?: CallOptions): Promise<NodeDescriptor[]> {
+    if (slots.length === 0) return [];
+    const values = await this.store.multiGet(
+      slots.map((s) => this.roundKey(round, `node/${s}`)),
+      options,
+    );
+    return values.map((v, i) => parseDescriptor(bytesToText(v), round, slots[i]!));
+  }
+
+  waitJoined(round: number, slot: number, options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    return this.waitKeys([this.roundKey(round, `node/${slot}`)], options);
+  }
+
+  async keepAlive(round: number, slot: number, intervalMs: number): Promise<SlotLease> {
+    const hbKey = this.roundKey(round, `hb/${slot}`);
+    const goneKey = this.roundKey(round, `gone/${slot}`);
+    const endedKey = this.roundKey(round, "ended");
+    const store = this.store;
+    await store.add(hbKey, 1);
+    const registered: string[] = [];
+    if (isDisconnectAware(store)) {
+      await store.setOnDisconnect(goneKey, GoneReason.Dead);
+      registered.push(goneKey);
+    }
+    const timer = setInterval(() => {
+      store.add(hbKey, 1).catch((err: unknown) => {
+        this.logger.debug("keep-alive failed", { round, slot, error: String(err) });
+      });
+    }, intervalMs);
+    timer.unref();
+    let stopped = false;
+    return {
+      becomeMember: async () => {
+        if (stopped || !isDisconnectAware(store)) return;
+        await store.setOnDisconnect(endedKey, String(slot));
+        registered.push(endedKey);
+      },
+      stop: async () => {
+        if (stopped) return;
+        stopped = true;
+        clearInterval(timer);
+        if (isDisconnectAware(store)) {
+          await Promise.all(registered.map((k) => store.clearOnDisconnect(k).catch(() => undefined)));
+        }
+      },
+    };
+  }
+
+  async keepAliveCounters(round: number, slots: readonly number[], options?: CallOptions): Promise<string[]> {
+    const keys = slots.map((s) => this.roundKey(round, `hb/${s}`));
+    const present = await Promise.all(keys.map((k) => this.store.check([k], options)));
+    const have = keys.filter((_, i) => present[i]);
+    const values = have.length === 0 ? [] : await this.store.multiGet(have, options);
+    let j = 0;
+    return present.map((p) => (p ? bytesToText(values[j++]!) : ""));
+  }
+
+  async markGone(
+    round: number,
+    slot: number,
+    reason: GoneReason,
+    endsRound: boolean,
+    options?: CallOptions,
+  ): Promise<GoneReason> {
+    const held = bytesToText(await this.store.compareSet(this.roundKey(round, `gone/${slot}`), "", reason, options));
+    if (endsRound) await this.store.compareSet(this.roundKey(round, "ended"), "", String(slot), options);
+    return parseGone(held);
+  }
+
+  async goneSlots(round: number, slots: readonly number[], options?: CallOptions): Promise<(GoneReason | undefined)[]> {
+    const keys = slots.map((s) => this.roundKey(round, `gone/${s}`));
+    const present = await Promise.all(keys.map((k) => this.store.check([k], options)));
+    const have = keys.filter((_, i) => present[i]);
+    const values = have.length === 0 ? [] : await this.store.multiGet(have, options);
+    let j = 0;
+    return present.map((p) => (p ? parseGone(bytesToText(values[j++]!)) : undefined));
+  }
+
+  waitAllGone(round: number, slots: readonly number[], options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    return this.waitKeys(
+      slots.map((s) => this.roundKey(round, `gone/${s}`)),
+      options,
+    );
+  }
+
+  waitEnded(round: number, options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    return this.waitKeys([this.roundKey(round, "ended")], options);
+  }
+
+  async tryLead(round: number, slot: number, current?: number, options?: CallOptions): Promise<number> {
+    const expected = current === undefined ? "" : String(current);
+    const held = bytesToText(await this.store.compareSet(this.roundKey(round, "lead"), expected, String(slot), options));
+    const leader = Number(held);
+    if (!Number.isSafeInteger(leader)) throw new RendezvousStateError(`corrupt leader ${JSON.stringify(held)}`);
+    return leader;
+  }
+
+  async leader(round: number, options?: CallOptions): Promise<number | undefined> {
+    const key = this.roundKey(round, "lead");
+    if (!(await this.store.check([key], options))) return undefined;
+    return Number(bytesToText(await this.store.get(key, options)));
+  }
+
+  roundStore(round: number): Store {
+    return new PrefixStore(this.roundKey(round, "store"), this.store);
+  }
+
+  /** Waits for `keys`; false on timeout (other errors propagate). */
+  private async waitKeys(keys: readonly string[], options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    if (keys.length === 0) return true;
+    try {
+      await this.store.wait(keys, options);
+      return true;
+    } catch (err) {
+      if (hasErrorCode(err, ErrorCode.Timeout)) return false;
+      throw err;
+    }
+  }
+}
+
+function parseDescriptor(text: string, round: number, slot: number): NodeDescriptor {
+  try {
+    const d = JSON.parse(text) as NodeDescriptor;
+    if (typeof d.id === "string" && typeof d.addr === "string" && typeof d.pid === "number") return d;
+  } catch {
+    // reported below
+  }
+  throw new RendezvousStateError(`corrupt descriptor of round ${round} slot ${slot}: ${JSON.stringify(text.slice(0, 80))}`);
+}

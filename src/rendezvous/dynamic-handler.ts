@@ -1,0 +1,359 @@
+/**
+ * `DynamicRendezvousHandler`: PyTorch's dynamic rendezvous (barrier, last call, exclusivity, consistent
+ * ranks, fault tolerance, per-round store, closing) over a `RendezvousBackend`, designed to scale:
+ * joining is one atomic ticket, waiting nodes are woken by the store, and one coordinator per round
+ * decides it (see round.ts for the rules and backend.ts for the state layout).
+ */
+
+import { EventEmitter } from "node:events";
+import {
+  ErrorCode,
+  hasErrorCode,
+  RendezvousClosedError,
+  RendezvousGracefulExitError,
+  RendezvousTimeoutError,
+} from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import { bytesToText } from "../store/bytes.js";
+import type { Store } from "../store/store.js";
+import type { RendezvousCallOptions, RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "./api.js";
+import type { NodeDescriptor, RendezvousBackend, SlotLease } from "./backend.js";
+import { coordinateRound } from "./coordinator.js";
+import { pickFreePort } from "./free-port.js";
+import { GoneReason, type RoundOutcome, rankOf } from "./round.js";
+
+/** Settings of a dynamic handler, all durations in milliseconds. */
+export interface DynamicHandlerSettings {
+  readonly minNodes: number;
+  readonly maxNodes: number;
+  /** How long `nextRendezvous()` may take (PyTorch `join_timeout`, default 600 s). */
+  readonly joinTimeoutMs: number;
+  /** Wait for stragglers once `minNodes` joined (PyTorch `last_call_timeout`, default 30 s). */
+  readonly lastCallTimeoutMs: number;
+  /** Keep-alive period (PyTorch `keep_alive_interval`, default 5 s). */
+  readonly keepAliveIntervalMs: number;
+  /** Missed keep-alives before a node counts as dead (PyTorch `keep_alive_max_attempt`, default 3). */
+  readonly keepAliveMaxAttempts: number;
+  /** Keep each node's rank across rounds where the membership allows (default false). */
+  readonly stickyRanks: boolean;
+  /** Workers use the rendezvous store as their bootstrap store (PyTorch `use_agent_store`). */
+  readonly useAgentStore: boolean;
+}
+
+/** Defaults of `DynamicHandlerSettings`, as PyTorch's. */
+export const DEFAULT_DYNAMIC_SETTINGS = {
+  joinTimeoutMs: 600_000,
+  lastCallTimeoutMs: 30_000,
+  keepAliveIntervalMs: 5_000,
+  keepAliveMaxAttempts: 3,
+  stickyRanks: false,
+  useAgentStore: false,
+} as const;
+
+/** Options of `createDynamicRendezvousHandler`. */
+export interface DynamicHandlerOptions {
+  readonly backend: RendezvousBackend;
+  readonly runId: string;
+  readonly settings: Pick<DynamicHandlerSettings, "minNodes" | "maxNodes"> & Partial<DynamicHandlerSettings>;
+  /** This node's advertised address. */
+  readonly localAddr: string;
+  /** Where the rendezvous store is reachable, reported as bootstrap store when `useAgentStore`. */
+  readonly storeEndpoint?: RendezvousStoreInfo;
+  /** Releases what the handler owns (its store client, an embedded server) on `shutdown()`. */
+  readonly onShutdown?: () => Promise<void>;
+  readonly logger?: Logger;
+}
+
+/** Events a handler emits, for logging, dashboards and agents. */
+export interface RendezvousEvents {
+  joined: [{ round: number; slot: number; node: NodeDescriptor }];
+  completed: [{ round: number; rank: number; worldSize: number }];
+  nodeLost: [{ round: number; slot: number; reason: GoneReason }];
+  left: [{ round: number; reason: GoneReason }];
+  closed: [{ round: number }];
+}
+
+interface Membership {
+  readonly round: number;
+  readonly slot: number;
+  readonly lease: SlotLease;
+  readonly rank: number;
+  readonly worldSize: number;
+}
+
+let localCounter = 0;
+
+/** A dynamic rendezvous handler. Create with `createDynamicRendezvousHandler`. */
+export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> implements RendezvousHandler {
+  readonly settings: DynamicHandlerSettings;
+  readonly node: NodeDescriptor;
+  readonly #backend: RendezvousBackend;
+  readonly #runId: string;
+  readonly #options: DynamicHandlerOptions;
+  readonly #logger: Logger;
+  readonly #lifetime = new AbortController();
+  #member: Membership | undefined;
+  #joining: { round: number; slot: number; lease: SlotLease } | undefined;
+  #shutDown = false;
+
+  constructor(options: DynamicHandlerOptions) {
+    super();
+    this.#options = options;
+    this.#backend = options.backend;
+    this.#runId = options.runId;
+    this.#logger = options.logger ?? silentLogger;
+    this.settings = { ...DEFAULT_DYNAMIC_SETTINGS, ...options.settings };
+    this.node = { id: `${options.localAddr}_${process.pid}_${localCounter++}`, addr: options.localAddr, pid: process.pid };
+  }
+
+  getBackend(): string {
+    return this.#backend.name;
+  }
+
+  getRunId(): string {
+    return this.#runId;
+  }
+
+  get useAgentStore(): boolean {
+    return this.settings.useAgentStore;
+  }
+
+  /** The round this node is a member of, if any. */
+  get currentRound(): number | undefined {
+    return this.#member?.round;
+  }
+
+  async nextRendezvous(options: RendezvousCallOptions = {}): Promise<RendezvousInfo> {
+    if (this.#shutDown) throw new RendezvousGracefulExitError();
+    const signal = anySignal(options.signal, this.#lifetime.signal);
+    const deadline = Date.now() + this.settings.joinTimeoutMs;
+    let previous = this.#member;
+    this.#member = undefined;
+    for (;;) {
+      const state = await this.#backend.getState({ signal });
+      if (state.last?.kind === "closed" || (await this.#backend.isClosed({ signal }))) {
+        if (previous !== undefined) await this.#leave(previous, GoneReason.Left);
+        throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
+      }
+      const round = state.openRound;
+      const node = previous === undefined ? this.node : { ...this.node, prevRank: previous.rank };
+      const slot = await this.#backend.join(round, node, { signal });
+      const lease = await this.#backend.keepAlive(round, slot, this.settings.keepAliveIntervalMs);
+      this.#joining = { round, slot, lease };
+      this.emit("joined", { round, slot, node });
+      this.#logger.debug("joined round", { runId: this.#runId, round, slot });
+      if (previous !== undefined) {
+        // Leave the old round only now: once it drains, every survivor already holds a ticket here.
+        await this.#leave(previous, GoneReason.Rejoined);
+        previous = undefined;
+      }
+      const outcome = await this.#awaitOutcome(round, slot, lease, deadline, signal);
+      this.#joining = undefined;
+      const place = rankOf(outcome, slot);
+      if (place !== undefined) return this.#complete(round, slot, lease, place.rank, place.worldSize);
+      // Not a member (a spare beyond maxNodes, or counted out as dead): wait in the next round.
+      await lease.stop();
+    }
+  }
+
+  async #awaitOutcome(
+    round: number,
+    slot: number,
+    lease: SlotLease,
+    deadline: number,
+    signal: AbortSignal,
+  ): Promise<RoundOutcome> {
+    try {
+      let leader = await this.#backend.tryLead(round, slot, undefined, { signal });
+      for (;;) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw await this.#timeoutError(round);
+        const outcome =
+          leader === slot
+            ? await coordinateRound({
+                backend: this.#backend,
+                round,
+                slot,
+                settings: this.settings,
+                deadline,
+                signal,
+                logger: this.#logger,
+                onLost: (lost) => this.emit("nodeLost", lost),
+              })
+            : await this.#backend.waitOutcome(round, {
+                timeoutMs: Math.min(left, this.settings.keepAliveIntervalMs),
+                signal,
+              });
+        if (outcome !== undefined) {
+          if (outcome.kind === "closed") {
+            this.emit("closed", { round });
+            throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
+          }
+          return outcome;
+        }
+        if (leader !== slot) leader = await this.#checkLeader(round, slot, leader, signal);
+      }
+    } catch (err) {
+      this.#joining = undefined;
+      await lease.stop();
+      const reason = hasErrorCode(err, ErrorCode.Closed) ? undefined : GoneReason.Left;
+      if (reason !== undefined) {
+        await this.#backend.markGone(round, slot, reason, false).catch(() => undefined);
+      }
+      throw this.#shutDown && hasErrorCode(err, ErrorCode.Aborted) ? new RendezvousGracefulExitError() : err;
+    }
+  }
+
+  /** Takes over coordination when the coordinator is gone or its keep-alives stopped. */
+  readonly #leaderSeen = new Map<string, { counter: string; since: number }>();
+
+  async #checkLeader(round: number, slot: number, leader: number, signal: AbortSignal): Promise<number> {
+    const [gone] = await this.#backend.goneSlots(round, [leader], { signal });
+    let dead = gone !== undefined;
+    if (!dead) {
+      const [counter = ""] = await this.#backend.keepAliveCounters(round, [leader], { signal });
+      const key = `${round}/${leader}`;
+      const seen = this.#leaderSeen.get(key);
+      const now = Date.now();
+      if (seen === undefined || seen.counter !== counter) this.#leaderSeen.set(key, { counter, since: now });
+      else dead = now - seen.since >= this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts;
+    }
+    if (!dead) return leader;
+    this.#logger.info("coordinator lost; taking over", { runId: this.#runId, round, leader, slot });
+    if (gone === undefined) await this.#backend.markGone(round, leader, GoneReason.Dead, false, { signal });
+    return this.#backend.tryLead(round, slot, leader, { signal });
+  }
+
+  async #complete(
+    round: number,
+    slot: number,
+    lease: SlotLease,
+    rank: number,
+    worldSize: number,
+  ): Promise<RendezvousInfo> {
+    await lease.becomeMember();
+    this.#member = { round, slot, lease, rank, worldSize };
+    const store = this.#backend.roundStore(round);
+    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank);
+    this.emit("completed", { round, rank, worldSize });
+    this.#logger.info("rendezvous completed", { runId: this.#runId, round, rank, worldSize });
+    return { store, rank, worldSize, bootstrapStoreInfo, round };
+  }
+
+  /** PyTorch's `RendezvousStoreInfo.build`: rank 0 publishes where workers bootstrap; the others read it. */
+  async #bootstrapInfo(store: Store, rank: number): Promise<RendezvousStoreInfo> {
+    if (rank === 0) {
+      const endpoint = this.#options.storeEndpoint;
+      const info =
+        this.useAgentStore && endpoint !== undefined
+          ? endpoint
+          : { masterAddr: this.node.addr, masterPort: await pickFreePort() };
+      await store.multiSet(["MASTER_ADDR", "MASTER_PORT"], [info.masterAddr, String(info.masterPort)]);
+      return info;
+    }
+    const [addr, port] = await store.multiGet(["MASTER_ADDR", "MASTER_PORT"], {
+      timeoutMs: this.settings.joinTimeoutMs,
+    });
+    return { masterAddr: bytesToText(addr!), masterPort: Number(bytesToText(port!)) };
+  }
+
+  async #leave(member: Membership, reason: GoneReason): Promise<void> {
+    await member.lease.stop();
+    await this.#backend.markGone(member.round, member.slot, reason, true);
+    this.emit("left", { round: member.round, reason });
+  }
+
+  async #timeoutError(round: number): Promise<RendezvousTimeoutError> {
+    const tickets = await this.#backend.ticketCount(round).catch(() => 0);
+    const slots = Array.from({ length: Math.min(tickets, 64) }, (_, i) => i);
+    const gone = await this.#backend.goneSlots(round, slots).catch(() => slots.map(() => undefined));
+    const live = slots.filter((s, i) => gone[i] === undefined && s !== this.#joining?.slot);
+    const nodes = await this.#backend.nodes(round, live, { timeoutMs: 1000 }).catch(() => []);
+    const names = [this.node.id, ...nodes.map((n) => n.id)];
+    const more = tickets > slots.length ? ` and ${tickets - slots.length} more tickets` : "";
+    return new RendezvousTimeoutError(
+      `round ${round} of run ${JSON.stringify(this.#runId)} did not complete within ` +
+        `${this.settings.joinTimeoutMs / 1000} s: ${names.length} of at least ${this.settings.minNodes} ` +
+        `nodes joined (${names.join(", ")}${more})`,
+    );
+  }
+
+  async isClosed(options: RendezvousCallOptions = {}): Promise<boolean> {
+    return this.#backend.isClosed(options);
+  }
+
+  async setClosed(options: RendezvousCallOptions = {}): Promise<void> {
+    await this.#backend.markClosed(options);
+    for (;;) {
+      const { openRound } = await this.#backend.getState(options);
+      const held = await this.#backend.setState({ kind: "closed", round: openRound }, openRound, options);
+      if (held.kind === "closed") break;
+    }
+    this.emit("closed", { round: this.#member?.round ?? -1 });
+  }
+
+  async numNodesWaiting(options: RendezvousCallOptions = {}): Promise<number> {
+    const { openRound } = await this.#backend.getState(options);
+    const tickets = await this.#backend.ticketCount(openRound, options);
+    if (tickets === 0) return 0;
+    const slots = Array.from({ length: tickets }, (_, i) => i);
+    const gone = await this.#backend.goneSlots(openRound, slots, options);
+    const waiting = gone.filter((g) => g === undefined).length;
+    const member = this.#member;
+    if (member === undefined || member.round !== openRound - 1) return waiting;
+    // Nodes beyond maxNodes are spares, not waiting to be admitted (PyTorch's redundancy list).
+    return Math.min(waiting, this.settings.maxNodes - member.worldSize);
+  }
+
+  /**
+   * Resolves once the round this node is a member of loses a member (one left or died) or nodes wait to
+   * join, so an agent can restart its workers and re-rendezvous without polling. Resolves `false` on
+   * timeout.
+   */
+  async waitForRoundEnd(options: RendezvousCallOptions & { timeoutMs: number }): Promise<boolean> {
+    const member = this.#member;
+    if (member === undefined) return true;
+    return this.#backend.waitEnded(member.round, { timeoutMs: options.timeoutMs, ...optionalSignal(options.signal) });
+  }
+
+  async shutdown(): Promise<boolean> {
+    if (this.#shutDown) return true;
+    this.#shutDown = true;
+    this.#lifetime.abort(new RendezvousGracefulExitError());
+    let clean = true;
+    try {
+      const member = this.#member;
+      this.#member = undefined;
+      if (member !== undefined) await this.#leave(member, GoneReason.Left);
+    } catch (err) {
+      clean = false;
+      this.#logger.warn("could not leave the rendezvous cleanly", { error: String(err) });
+    }
+    await this.#options.onShutdown?.().catch((err: unknown) => {
+      clean = false;
+      this.#logger.warn("shutdown hook failed", { error: String(err) });
+    });
+    return clean;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}
+
+function optionalSignal(signal: AbortSignal | undefined): { signal?: AbortSignal } {
+  return signal === undefined ? {} : { signal };
+}
+
+/** A signal that fires when any of `signals` fires. */
+function anySignal(...signals: (AbortSignal | undefined)[]): AbortSignal {
+  const list = signals.filter((s): s is AbortSignal => s !== undefined);
+  if (list.length === 1) return list[0]!;
+  return AbortSignal.any(list);
+}
+
+/** Creates a dynamic rendezvous handler over `options.backend`. */
+export function createDynamicRendezvousHandler(options: DynamicHandlerOptions): DynamicRendezvousHandler {
+  return new DynamicRendezvousHandler(options);
+}
+
