@@ -49,6 +49,8 @@ export class ReplyDecoder {
 
   /** Decodes a reply of `shape`, or returns `undefined` when more bytes are needed. Throws `ProtocolError`. */
   next(shape: ReplyShape): Reply | undefined {
+    // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives.
+    if (shape.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
     if (this.#buffered < this.#needed) return undefined;
     if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
     const buf = this.#chunks[0]!;
