@@ -1,0 +1,75 @@
+/** `rdzv serve`: the standalone store server. */
+
+import { parseArgs } from "node:util";
+import { createConsoleLogger, LogLevel } from "../log.js";
+import { formatHostPort } from "../store/tcp/address.js";
+import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
+import { intOption, UsageError } from "./args.js";
+
+export const SERVE_HELP = `Usage: rdzv serve [options]
+
+Runs a TCP store server that PyTorch's TCPStore clients (1.x and 2.x) and rdzv's own clients use
+as rendezvous endpoint (e.g. torchrun --rdzv-backend c10d --rdzv-endpoint HOST:PORT).
+
+Options:
+  --host HOST              address to bind (default 127.0.0.1; use 0.0.0.0 or :: to serve other machines)
+  --port PORT              port to bind (default ${DEFAULT_SERVER_PORT}; 0 picks a free port)
+  --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
+  --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
+  --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
+  --log-level LEVEL        debug, info, warn or error (default info)
+  -h, --help               show this help
+`;
+
+const LEVELS = new Set<string>(Object.values(LogLevel));
+
+/** Runs `rdzv serve` until SIGINT/SIGTERM; resolves with the exit code. */
+export async function serveCommand(argv: readonly string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      host: { type: "string" },
+      port: { type: "string" },
+      "max-connections": { type: "string" },
+      "max-key-bytes": { type: "string" },
+      "max-value-bytes": { type: "string" },
+      "log-level": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    out.write(SERVE_HELP);
+    return 0;
+  }
+  const level = values["log-level"] ?? "info";
+  if (!LEVELS.has(level)) throw new UsageError(`--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`);
+  const logger = createConsoleLogger(level as LogLevel);
+  const host = values.host ?? "127.0.0.1";
+  if (host.trim() === "") throw new UsageError("--host must not be empty");
+  const server = await createTCPStoreServer({
+    host,
+    port: intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535),
+    logger,
+    limits: {
+      maxConnections: intOption("max-connections", values["max-connections"], DEFAULT_SERVER_LIMITS.maxConnections, 1, 1_000_000),
+      maxKeyBytes: intOption("max-key-bytes", values["max-key-bytes"], DEFAULT_SERVER_LIMITS.maxKeyBytes, 1, 2 ** 30),
+      maxValueBytes: intOption("max-value-bytes", values["max-value-bytes"], DEFAULT_SERVER_LIMITS.maxValueBytes, 0, 2 ** 31),
+    },
+  });
+  out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+      logger.info(`received ${signal}, shutting down`);
+      resolve();
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+  await server.close();
+  out.write("rdzv store stopped\n");
+  return 0;
+}
