@@ -46,13 +46,11 @@ const v2Request: fc.Arbitrary<Request> = fc.oneof(
   fc.record({ type: fc.constant("deleteKey" as const), key }),
   fc.record({ type: fc.constant("append" as const), key, value }),
   fc.record({ type: fc.constant("multiGet" as const), keys }),
-  fc
-    .array(fc.tuple(key, value), { maxLength: 4 })
-    .map((pairs) => ({
-      type: "multiSet" as const,
-      keys: pairs.map((p) => p[0]),
-      values: pairs.map((p) => p[1]),
-    })),
+  fc.array(fc.tuple(key, value), { maxLength: 4 }).map((pairs) => ({
+    type: "multiSet" as const,
+    keys: pairs.map((p) => p[0]),
+    values: pairs.map((p) => p[1]),
+  })),
   fc.constant({ type: "cancelWait" as const }),
   fc.record({ type: fc.constant("ping" as const), nonce: u32 }),
   fc.record({ type: fc.constant("queuePush" as const), key, value }),
