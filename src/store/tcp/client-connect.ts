@@ -1,0 +1,177 @@
+/**
+ * Opening client connections: TCP connect, the v2 handshake (VALIDATE, PING) and the rdzv extension
+ * probe, retried with exponential backoff and jitter until a deadline, as PyTorch's client does.
+ */
+
+import { connect } from "node:net";
+import { AbortedError, ErrorCode, RendezvousConnectionError, RendezvousError } from "../../errors.js";
+import type { Logger } from "../../log.js";
+import { ClientConnection, Shape, socketError } from "./client-connection.js";
+import {
+  CheckResponse,
+  type Dialect,
+  EXTENSION_PROBE_KEY,
+  type ProtocolLimits,
+  VALIDATION_MAGIC,
+} from "./protocol.js";
+import { ReplyDecoder } from "./reply-decoder.js";
+
+/** Where and how to connect. */
+export interface ConnectTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly dialect: Dialect;
+  readonly limits: Partial<ProtocolLimits>;
+  readonly logger: Logger;
+}
+
+/** A freshly opened connection. */
+export interface OpenedConnection {
+  readonly conn: ClientConnection;
+  /** Whether the server answered the extension probe (only when `probe` was asked for). */
+  readonly hasExtensions: boolean;
+}
+
+export interface OpenOptions {
+  /** Also send the extension probe (v2 only). */
+  readonly probe: boolean;
+  /** Called when the connection ends; `undefined` after a deliberate close. */
+  readonly onClose?: (err: RendezvousError | undefined) => void;
+  /** Stops the attempts (the store is closing). */
+  readonly signal?: AbortSignal;
+}
+
+const MAX_ATTEMPT_MS = 10_000;
+const FIRST_BACKOFF_MS = 10;
+const MAX_BACKOFF_MS = 1000;
+
+/** `host:port`, bracketing IPv6 addresses. */
+export function peerName(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * Opens a connection, retrying failed attempts (refused, reset, handshake failures) with backoff until
+ * `deadline()` (epoch ms; read again after every attempt, so it may move). Rejects with a
+ * `RendezvousConnectionError` naming the server, the last failure as `cause`.
+ */
+export async function connectWithRetry(
+  target: ConnectTarget,
+  deadline: () => number,
+  options: OpenOptions,
+): Promise<OpenedConnection> {
+  const peer = peerName(target.host, target.port);
+  let backoffMs = FIRST_BACKOFF_MS;
+  for (let attempt = 1; ; attempt++) {
+    const attemptMs = Math.min(Math.max(deadline() - Date.now(), 1), MAX_ATTEMPT_MS);
+    try {
+      return await openConnection(target, attemptMs, options);
+    } catch (err) {
+      if (err instanceof AbortedError || options.signal?.aborted) throw err;
+      const left = deadline() - Date.now();
+      target.logger.debug("TCPStore connect attempt failed", { peer, attempt, error: String(err) });
+      if (left <= 0) {
+        const reason = err instanceof Error ? err.message : String(err);
+        throw new RendezvousConnectionError(
+          `could not connect to the TCPStore server at ${peer} (${attempt} attempt${attempt === 1 ? "" : "s"}): ${reason}`,
+          { cause: err },
+        );
+      }
+      await sleep(Math.min(backoffMs * (0.75 + Math.random() / 2), left), options.signal);
+      backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
+    }
+  }
+}
+
+/** One attempt: connect, then (v2) VALIDATE and PING, and the probe. Fails after `attemptMs`. */
+export function openConnection(
+  target: ConnectTarget,
+  attemptMs: number,
+  options: OpenOptions,
+): Promise<OpenedConnection> {
+  const peer = peerName(target.host, target.port);
+  return new Promise<OpenedConnection>((resolve, reject) => {
+    const socket = connect({ host: target.host, port: target.port, noDelay: true });
+    let conn: ClientConnection | undefined;
+    const fail = (err: RendezvousError): void => {
+      cleanup();
+      if (conn === undefined) socket.destroy();
+      else conn.destroy(err);
+      reject(err);
+    };
+    const onError = (err: Error): void => fail(socketError(peer, err));
+    const onAbort = (): void =>
+      fail(new AbortedError("connecting was aborted", { cause: options.signal?.reason }));
+    const timer = setTimeout(
+      () => fail(new RendezvousConnectionError(`connecting to ${peer} timed out after ${attemptMs}ms`)),
+      attemptMs,
+    );
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      socket.off("error", onError);
+      options.signal?.removeEventListener("abort", onAbort);
+    };
+    if (options.signal?.aborted) return onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    socket.once("error", onError);
+    socket.once("connect", () => {
+      socket.off("error", onError);
+      socket.setKeepAlive(true, 30_000);
+      const c = new ClientConnection(socket, {
+        dialect: target.dialect,
+        peer,
+        decoder: new ReplyDecoder(target.limits),
+        onClose: (err) => options.onClose?.(err),
+      });
+      conn = c;
+      handshake(c, options.probe).then(
+        (hasExtensions) => {
+          cleanup();
+          resolve({ conn: c, hasExtensions });
+        },
+        (err: unknown) => fail(err instanceof RendezvousError ? err : socketError(peer, err as Error)),
+      );
+    });
+  });
+}
+
+/** v2: VALIDATE (no reply), PING with the pid as nonce (echoed), and the optional extension probe. */
+async function handshake(conn: ClientConnection, probe: boolean): Promise<boolean> {
+  if (conn.dialect === "v1") return false;
+  const nonce = process.pid >>> 0;
+  void conn.send({ type: "validate", magic: VALIDATION_MAGIC }).catch(() => {});
+  const ping = conn.request({ type: "ping", nonce }, Shape.u32);
+  const check = probe ? conn.request({ type: "check", keys: [EXTENSION_PROBE_KEY] }, Shape.u8) : undefined;
+  const echoed = await ping;
+  if (echoed !== nonce) {
+    throw new RendezvousConnectionError(
+      `${conn.peer} answered PING ${nonce} with ${echoed}: not a TCPStore server?`,
+    );
+  }
+  return check === undefined ? false : (await check) === CheckResponse.Ready;
+}
+
+/** Resolves after `ms` (timer unref'd); rejects with `AbortedError` when `signal` fires first. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new AbortedError(undefined, { cause: signal.reason }));
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(new AbortedError(undefined, { cause: signal?.reason }));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    timer.unref();
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** The error pending calls get when their store is closed. */
+export function storeClosedError(): RendezvousError {
+  return new RendezvousError("the TCPStore was closed", ErrorCode.ResourceClosed);
+}

@@ -1,0 +1,313 @@
+/**
+ * One client connection to a TCPStore server: a pipelined request/reply channel over a socket.
+ *
+ * Replies carry no id, so they are matched to requests by order: every request that expects a reply
+ * appends its reply shape to a FIFO, and the reply stream is decoded in that order. Requests made in the
+ * same tick are gathered into one socket write. Requests without a reply (SET, APPEND, ...) resolve once
+ * their batch has been handed to the kernel.
+ *
+ * A WAIT or BARRIER parks the reply stream on the server, and PyTorch's servers keep answering later
+ * requests of that connection while it is parked (out of order). So a connection carrying a blocking
+ * request must carry nothing else but the CANCEL_WAIT that may follow it; `TCPStore` runs blocking
+ * requests on connections of their own (see `client-wait-pool.ts`).
+ */
+
+import type { Socket } from "node:net";
+import {
+  ErrorCode,
+  RendezvousConnectionError,
+  RendezvousError,
+  RendezvousTimeoutError,
+} from "../../errors.js";
+import { RequestWriter } from "./client-encode.js";
+import { type Dialect, type Request, WaitResponse } from "./protocol.js";
+import type { Reply, ReplyDecoder, ReplyShape } from "./reply-decoder.js";
+
+/** The value type of a reply of kind `K`. */
+export type ReplyValue<K extends ReplyShape["kind"]> = Extract<Reply, { kind: K }>["value"];
+
+/** Reply shapes without parameters, allocated once. */
+export const Shape = {
+  u8: { kind: "u8" },
+  u32: { kind: "u32" },
+  i64: { kind: "i64" },
+  value: { kind: "value" },
+  queuePop: { kind: "queuePop" },
+  keyList: { kind: "keyList" },
+} as const satisfies Record<string, ReplyShape>;
+
+interface Pending {
+  readonly shape: ReplyShape;
+  readonly req: Request;
+  readonly resolve: (value: never) => void;
+  readonly reject: (err: Error) => void;
+}
+
+interface Batch {
+  readonly promise: Promise<void>;
+  readonly resolve: () => void;
+  readonly reject: (err: Error) => void;
+}
+
+/** Describes a request for error messages, keys shown as sent (with their `/`). */
+export function describeRequest(req: Request): string {
+  if ("key" in req) return `${req.type} ${printable(req.key)}`;
+  if ("keys" in req) return `${req.type} [${req.keys.map(printable).join(", ")}]`;
+  return req.type;
+}
+
+/** A byte-string key as readable text (UTF-8 decoded). */
+export function printable(key: string): string {
+  return Buffer.from(key, "latin1").toString("utf8");
+}
+
+export interface ClientConnectionOptions {
+  readonly dialect: Dialect;
+  /** `host:port`, for messages. */
+  readonly peer: string;
+  readonly decoder: ReplyDecoder;
+  /** Called once when the connection ends, with the reason (undefined after `close()`). */
+  readonly onClose?: (err: RendezvousError | undefined) => void;
+}
+
+/** A connected socket speaking the TCPStore protocol as a client. Created by `openConnection`. */
+export class ClientConnection {
+  readonly dialect: Dialect;
+  readonly peer: string;
+  readonly socket: Socket;
+  readonly #decoder: ReplyDecoder;
+  readonly #onClose: ((err: RendezvousError | undefined) => void) | undefined;
+  #pending: Pending[] = [];
+  #head = 0;
+  readonly #out = new RequestWriter();
+  #batch: Batch | undefined;
+  #flushScheduled = false;
+  #closed = false;
+  #repliesDecoded = 0;
+  #watchdog: NodeJS.Timeout | undefined;
+
+  constructor(socket: Socket, options: ClientConnectionOptions) {
+    this.socket = socket;
+    this.dialect = options.dialect;
+    this.peer = options.peer;
+    this.#decoder = options.decoder;
+    this.#onClose = options.onClose;
+    socket.on("data", (chunk: Buffer) => this.#onData(chunk));
+    socket.on("error", (err) => this.destroy(socketError(this.peer, err)));
+    socket.on("close", () => this.destroy(closedByServer(this.peer, this.#headRequest())));
+  }
+
+  /** False once the connection ended, for whatever reason. */
+  get open(): boolean {
+    return !this.#closed;
+  }
+
+  /** Number of requests still waiting for their reply. */
+  get pendingCount(): number {
+    return this.#pending.length - this.#head;
+  }
+
+  /** Sends a request that has no reply; resolves once it was written. */
+  send(req: Request): Promise<void> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    this.#write(req);
+    if (this.#batch === undefined) {
+      let resolve!: () => void;
+      let reject!: (err: Error) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      this.#batch = { promise, resolve, reject };
+    }
+    return this.#batch.promise;
+  }
+
+  /** Sends a request and resolves with its reply of shape `shape`. */
+  request<S extends ReplyShape>(req: Request, shape: S): Promise<ReplyValue<S["kind"]>> {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) {
+        reject(this.#closedError());
+        return;
+      }
+      this.#write(req);
+      this.#pending.push({ shape, req, resolve: resolve as (v: never) => void, reject });
+    });
+  }
+
+  /**
+   * Sends CANCEL_WAIT (v2) after a blocking request of this connection, and resolves once the server
+   * acknowledged it; a reply `00` of the cancelled request that crossed the cancel on the wire is consumed
+   * by that request's own entry.
+   */
+  cancelWait(): Promise<void> {
+    return this.request({ type: "cancelWait" }, Shape.u8).then((v) => {
+      if (v !== WaitResponse.WaitCanceled) throw this.#protocolError(`CANCEL_WAIT answered ${v}`);
+    });
+  }
+
+  /**
+   * Fails the connection when replies stop arriving for `timeoutMs()` while requests are pending, so a
+   * hung (not closed) server cannot hang non-blocking calls forever. Only for connections that never carry
+   * blocking requests.
+   */
+  startWatchdog(timeoutMs: () => number): void {
+    let seen = -1;
+    let since = 0;
+    const tick = (): void => {
+      if (this.pendingCount === 0 || this.#repliesDecoded !== seen) {
+        seen = this.#repliesDecoded;
+        since = Date.now();
+        return;
+      }
+      const ms = timeoutMs();
+      if (Date.now() - since >= ms) {
+        this.destroy(
+          new RendezvousTimeoutError(`no reply from the TCPStore server at ${this.peer} for ${ms}ms`),
+        );
+      }
+    };
+    this.#watchdog = setInterval(tick, Math.min(Math.max(timeoutMs() / 4, 50), 5000));
+    this.#watchdog.unref();
+  }
+
+  /**
+   * Flushes queued requests and half-closes the connection; pending requests reject with `err`. Resolves
+   * when the socket closed (the server saw the end), or after `graceMs`, when it is destroyed.
+   */
+  close(
+    err: RendezvousError = new RendezvousError("the store was closed", ErrorCode.ResourceClosed),
+    graceMs = 1000,
+  ): Promise<void> {
+    const closed = new Promise<void>((resolve) => {
+      if (this.socket.closed) return resolve();
+      this.socket.once("close", () => resolve());
+    });
+    if (!this.#closed) {
+      this.#flush();
+      this.socket.ref();
+      this.socket.end();
+      this.#fail(err, undefined);
+      const timer = setTimeout(() => this.socket.destroy(), graceMs);
+      timer.unref();
+      void closed.then(() => clearTimeout(timer));
+    }
+    return closed;
+  }
+
+  /** Ends the connection at once; pending requests reject with `err`. */
+  destroy(err: RendezvousError): void {
+    if (this.#closed) return;
+    this.socket.destroy();
+    this.#fail(err, err);
+  }
+
+  #fail(err: RendezvousError, reason: RendezvousError | undefined): void {
+    this.#closed = true;
+    clearInterval(this.#watchdog);
+    const pending = this.#pending.slice(this.#head);
+    this.#pending = [];
+    this.#head = 0;
+    this.#out.clear();
+    const batch = this.#batch;
+    this.#batch = undefined;
+    batch?.reject(err);
+    for (const p of pending) p.reject(err);
+    this.#onClose?.(reason);
+  }
+
+  /** Encodes `req` into the pending batch (throws, writing nothing, when it cannot be encoded). */
+  #write(req: Request): void {
+    this.#out.write(this.dialect, req);
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    process.nextTick(() => this.#flush());
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    if (this.#closed || this.#out.length === 0) return;
+    const data = this.#out.take();
+    const batch = this.#batch;
+    this.#batch = undefined;
+    this.socket.write(data, batch === undefined ? undefined : (err) => settleBatch(batch, err, this.peer));
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#closed) return;
+    this.#decoder.push(chunk);
+    try {
+      while (this.#head < this.#pending.length) {
+        const entry = this.#pending[this.#head]!;
+        const reply = this.#decoder.next(entry.shape);
+        if (reply === undefined) return;
+        this.#shift();
+        this.#repliesDecoded++;
+        if (reply.kind === "u8" && reply.value === WaitResponse.WaitCanceled && this.#cancelFollows(entry)) {
+          // The server cancelled `entry` (a WAIT/BARRIER) without answering it: its single `01` answers
+          // both the blocking request and the CANCEL_WAIT behind it.
+          const cancel = this.#pending[this.#head]!;
+          this.#shift();
+          entry.resolve(reply.value as never);
+          cancel.resolve(reply.value as never);
+          continue;
+        }
+        entry.resolve(reply.value as never);
+      }
+      if (this.#decoder.bufferedBytes > 0)
+        throw this.#protocolError("unexpected bytes with no request pending");
+    } catch (err) {
+      const e = err instanceof RendezvousError ? err : this.#protocolError(String(err));
+      this.destroy(new RendezvousConnectionError(`bad reply from ${this.peer}: ${e.message}`, { cause: e }));
+    }
+  }
+
+  #cancelFollows(entry: Pending): boolean {
+    const next = this.#pending[this.#head];
+    return (entry.req.type === "wait" || entry.req.type === "barrier") && next?.req.type === "cancelWait";
+  }
+
+  #shift(): void {
+    this.#pending[this.#head++] = undefined as never;
+    if (this.#head === this.#pending.length) {
+      this.#pending = [];
+      this.#head = 0;
+    } else if (this.#head >= 4096 && this.#head * 2 >= this.#pending.length) {
+      this.#pending = this.#pending.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+
+  #headRequest(): Request | undefined {
+    return this.#pending[this.#head]?.req;
+  }
+
+  #closedError(): RendezvousError {
+    return new RendezvousConnectionError(`the connection to ${this.peer} is closed`);
+  }
+
+  #protocolError(message: string): RendezvousError {
+    return new RendezvousError(message, ErrorCode.Protocol);
+  }
+}
+
+function settleBatch(batch: Batch, err: Error | null | undefined, peer: string): void {
+  if (err === null || err === undefined) batch.resolve();
+  else batch.reject(socketError(peer, err));
+}
+
+/** Maps a Node socket error (ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, ...) to a connection error. */
+export function socketError(peer: string, err: Error): RendezvousError {
+  if (err instanceof RendezvousError) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  return new RendezvousConnectionError(`TCPStore connection to ${peer} failed: ${code ?? err.message}`, {
+    cause: err,
+  });
+}
+
+function closedByServer(peer: string, head: Request | undefined): RendezvousError {
+  let message = `the TCPStore server at ${peer} closed the connection`;
+  if (head !== undefined) message += ` while a reply to ${describeRequest(head)} was pending`;
+  if (head?.type === "add") message += " (likely because the stored value is not an integer)";
+  return new RendezvousConnectionError(message);
+}

@@ -1,0 +1,133 @@
+/** Options of the TCPStore client, their defaults and validation, and the deadline race its calls use. */
+
+import { AbortedError, InvalidArgumentError, type RendezvousError } from "../../errors.js";
+import { type Logger, silentLogger } from "../../log.js";
+import { checkTimeoutMs } from "../deadline.js";
+import { DEFAULT_STORE_TIMEOUT_MS } from "../store.js";
+import type { Dialect, ProtocolLimits } from "./protocol.js";
+
+/** Options of `connectTCPStore` / `new TCPStore`. */
+export interface TCPStoreOptions {
+  /** Server host name or address. */
+  host: string;
+  /** Server port (1..65535). */
+  port: number;
+  /** Default timeout of blocking calls in ms (default 300 000, as PyTorch). Settable later as `timeoutMs`. */
+  timeoutMs?: number;
+  /**
+   * How long to keep retrying a connect (with backoff and jitter) before failing with a
+   * `RendezvousConnectionError`; default `timeoutMs`, as PyTorch. Reconnects made by a later call are
+   * also bounded by that call's own timeout.
+   */
+  connectTimeoutMs?: number;
+  /** Wire dialect: "v2" (PyTorch >= 2.1, default) or "v1" (PyTorch <= 2.0 servers). */
+  dialect?: Dialect;
+  /**
+   * PyTorch's `world_size`: when given (and `waitForWorkers` is not false) the store sends ADD `init/` 1
+   * once after its first connect, as a PyTorch client does. Waiting for the workers is the server's job.
+   */
+  worldSize?: number;
+  /** PyTorch's `wait_for_workers` (default true): false skips the `init/` increment. */
+  waitForWorkers?: boolean;
+  /** Limits applied to replies (sizes of values and keys). */
+  limits?: Partial<ProtocolLimits>;
+  logger?: Logger;
+}
+
+/** `TCPStoreOptions` with defaults applied. */
+export interface ResolvedOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly timeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly dialect: Dialect;
+  readonly worldSize: number | undefined;
+  readonly waitForWorkers: boolean;
+  readonly limits: Partial<ProtocolLimits>;
+  readonly logger: Logger;
+}
+
+/** Validates `options` eagerly (the message names the bad value) and applies defaults. */
+export function resolveOptions(options: TCPStoreOptions): ResolvedOptions {
+  if (options === null || typeof options !== "object") {
+    throw new InvalidArgumentError(`TCPStore options must be an object, got ${String(options)}`);
+  }
+  const { host, port, dialect = "v2", worldSize } = options;
+  if (typeof host !== "string" || host.length === 0) {
+    throw new InvalidArgumentError(`TCPStore host must be a non-empty string, got ${JSON.stringify(host)}`);
+  }
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new InvalidArgumentError(`TCPStore port must be an integer in 1..65535, got ${String(port)}`);
+  }
+  if (dialect !== "v1" && dialect !== "v2") {
+    throw new InvalidArgumentError(`TCPStore dialect must be "v1" or "v2", got ${JSON.stringify(dialect)}`);
+  }
+  if (worldSize !== undefined && (!Number.isSafeInteger(worldSize) || worldSize < 1)) {
+    throw new InvalidArgumentError(`TCPStore worldSize must be a positive integer, got ${String(worldSize)}`);
+  }
+  const timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS, "timeoutMs");
+  return {
+    host,
+    port,
+    timeoutMs,
+    connectTimeoutMs: checkTimeoutMs(options.connectTimeoutMs ?? timeoutMs, "connectTimeoutMs"),
+    dialect,
+    worldSize,
+    waitForWorkers: options.waitForWorkers ?? true,
+    limits: options.limits ?? {},
+    logger: options.logger ?? silentLogger,
+  };
+}
+
+/** setTimeout's largest delay; longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Settles like `promise`, unless `deadlineAt` (epoch ms) passes first (rejects with `onTimeout()`) or
+ * `signal` fires (`AbortedError`). The loser is left running; its outcome is ignored but handled.
+ */
+export function race<T>(
+  promise: Promise<T>,
+  deadlineAt: number,
+  signal: AbortSignal | undefined,
+  onTimeout: () => RendezvousError,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    };
+    const onAbort = (): void => {
+      done();
+      reject(new AbortedError(undefined, { cause: signal?.reason }));
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      const left = deadlineAt - Date.now();
+      if (left > MAX_TIMER_MS) {
+        timer = setTimeout(arm, MAX_TIMER_MS);
+        return;
+      }
+      timer = setTimeout(
+        () => {
+          done();
+          reject(onTimeout());
+        },
+        Math.max(0, left),
+      );
+    };
+    arm();
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        done();
+        resolve(value);
+      },
+      (err: unknown) => {
+        done();
+        reject(err);
+      },
+    );
+  });
+}

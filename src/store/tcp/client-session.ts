@@ -1,0 +1,245 @@
+/**
+ * The connections behind one `TCPStore` handle: the main connection (pipelined non-blocking requests,
+ * reconnected on demand) and the pool of wait connections (one per pending WAIT/BARRIER), plus the
+ * deadline, abort and reconnect rules every call follows.
+ */
+
+import {
+  ErrorCode,
+  RendezvousConnectionError,
+  RendezvousError,
+  RendezvousTimeoutError,
+} from "../../errors.js";
+import { checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import type { CallOptions } from "../store.js";
+import { type ConnectTarget, connectWithRetry, peerName, storeClosedError } from "./client-connect.js";
+import { type ClientConnection, printable, Shape } from "./client-connection.js";
+import { type ResolvedOptions, race } from "./client-options.js";
+import { WaitPool } from "./client-wait-pool.js";
+import { CheckResponse, type Request, WaitResponse } from "./protocol.js";
+
+/** True when a non-blocking call needs no timer or abort listener. */
+function unbounded(options: CallOptions | undefined): boolean {
+  return options === undefined || (options.signal === undefined && options.timeoutMs === undefined);
+}
+
+/** The error message of a timed-out WAIT, as PyTorch's ("wait timeout after 100ms, keys: /a, /b"). */
+export function waitTimeoutMessage(keys: readonly string[]): (timeoutMs: number) => string {
+  return (ms) => `wait timeout after ${ms}ms, keys: ${keys.map(printable).join(", ")}`;
+}
+
+export class ClientSession {
+  readonly peer: string;
+  readonly #options: ResolvedOptions;
+  readonly #target: ConnectTarget;
+  readonly #onDisconnect: (err: RendezvousError) => void;
+  readonly #lifetime = new AbortController();
+  readonly #waits: WaitPool;
+  #timeoutMs: number;
+  #main: ClientConnection | undefined;
+  #connecting: Promise<ClientConnection> | undefined;
+  #connectDeadline = 0;
+  #lastConnectError: unknown;
+  #hasExtensions = false;
+  #closed = false;
+
+  constructor(options: ResolvedOptions, onDisconnect: (err: RendezvousError) => void) {
+    const { host, port, dialect, limits, logger } = options;
+    this.peer = peerName(host, port);
+    this.#options = options;
+    this.#target = { host, port, dialect, limits, logger };
+    this.#onDisconnect = onDisconnect;
+    this.#timeoutMs = options.timeoutMs;
+    this.#waits = new WaitPool((deadlineAt, onClose) => this.#openWaitConnection(deadlineAt, onClose));
+  }
+
+  get timeoutMs(): number {
+    return this.#timeoutMs;
+  }
+
+  set timeoutMs(value: number) {
+    this.#timeoutMs = checkTimeoutMs(value, "timeoutMs");
+  }
+
+  get hasExtensions(): boolean {
+    return this.#hasExtensions;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Wait connections open right now. */
+  get waitConnections(): number {
+    return this.#waits.size;
+  }
+
+  /**
+   * Runs `op` on the main connection and bounds its reply by `options`. When the connection is up and the
+   * call has no timeout or signal this is synchronous and allocates nothing extra: the pipelined fast
+   * path. Otherwise it (re)connects first, within the call's budget. Throws of `op` become rejections.
+   */
+  run<T>(
+    options: CallOptions | undefined,
+    what: string,
+    op: (conn: ClientConnection) => Promise<T>,
+  ): Promise<T> {
+    const main = this.#main;
+    if (main?.open && unbounded(options)) {
+      try {
+        return op(main);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.#runSlow(options, what, op);
+  }
+
+  async #runSlow<T>(
+    options: CallOptions | undefined,
+    what: string,
+    op: (conn: ClientConnection) => Promise<T>,
+  ): Promise<T> {
+    const conn =
+      this.#main?.open && options?.signal?.aborted !== true ? this.#main : await this.#reconnect(options);
+    const reply = op(conn);
+    if (unbounded(options)) return reply;
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    const timeout = (): RendezvousError => new RendezvousTimeoutError(`${what} timeout after ${timeoutMs}ms`);
+    return race(reply, Date.now() + timeoutMs, options?.signal, timeout);
+  }
+
+  /** Waits for byte-string keys: CHECK on the main connection, then WAIT on a wait connection if needed. */
+  async waitKeys(keys: readonly string[], options: CallOptions | undefined, start: number): Promise<void> {
+    const ready = await this.run(options, "wait", (c) => c.request({ type: "check", keys }, Shape.u8));
+    if (ready === CheckResponse.Ready) return;
+    await this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
+  }
+
+  /**
+   * Runs a WAIT or BARRIER on a wait connection within the call's timeout (counted from `start`, epoch
+   * ms), cancelling it on expiry or abort.
+   */
+  async blocking(
+    req: Request,
+    options: CallOptions | undefined,
+    start: number,
+    describe: (timeoutMs: number) => string,
+  ): Promise<void> {
+    this.#enter(options);
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    const deadlineAt = start + timeoutMs;
+    const signal = options?.signal;
+    const acquiring = this.#waits.acquire(deadlineAt);
+    const conn = await race(acquiring, deadlineAt, signal, () => this.#connectError(timeoutMs)).catch(
+      (err) => {
+        acquiring.then(
+          (c) => this.#waits.release(c),
+          () => {},
+        );
+        throw err;
+      },
+    );
+    let reply: number;
+    try {
+      const timeout = (): RendezvousError => new RendezvousTimeoutError(describe(timeoutMs));
+      reply = await race(conn.request(req, Shape.u8), deadlineAt, signal, timeout);
+    } catch (err) {
+      this.#waits.cancel(conn);
+      throw err;
+    }
+    this.#waits.release(conn);
+    if (reply !== WaitResponse.StopWaiting) {
+      throw new RendezvousError(`${req.type} answered ${reply} instead of STOP_WAITING`, ErrorCode.Protocol);
+    }
+  }
+
+  /** The main connection, connecting first when needed within `budgetMs`. */
+  async connect(budgetMs: number): Promise<ClientConnection> {
+    const main = this.#main;
+    return main?.open ? main : this.#reconnect({ timeoutMs: budgetMs });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#lifetime.abort();
+    const main = this.#main;
+    this.#main = undefined;
+    await Promise.all([main?.close(storeClosedError()), this.#waits.close(storeClosedError())]);
+  }
+
+  /** Reconnects the main connection; concurrent callers share one attempt, each bounded by its own budget. */
+  async #reconnect(options: CallOptions | undefined): Promise<ClientConnection> {
+    this.#enter(options);
+    const budgetMs = Math.min(this.#options.connectTimeoutMs, options?.timeoutMs ?? this.#timeoutMs);
+    const deadlineAt = Date.now() + budgetMs;
+    this.#connectDeadline = Math.max(this.#connectDeadline, deadlineAt);
+    this.#connecting ??= this.#openMain().finally(() => {
+      this.#connecting = undefined;
+      this.#connectDeadline = 0;
+    });
+    return race(this.#connecting, deadlineAt, options?.signal, () => this.#connectError(budgetMs));
+  }
+
+  async #openMain(): Promise<ClientConnection> {
+    let conn: ClientConnection | undefined;
+    const opened = await connectWithRetry(this.#target, () => this.#connectDeadline, {
+      probe: this.#target.dialect === "v2",
+      signal: this.#lifetime.signal,
+      onClose: (err) => {
+        if (conn !== undefined) this.#mainClosed(conn, err);
+      },
+    }).catch((err: unknown) => this.#connectFailed(err));
+    conn = opened.conn;
+    if (this.#closed) {
+      void conn.close();
+      throw storeClosedError();
+    }
+    this.#main = conn;
+    this.#lastConnectError = undefined;
+    this.#hasExtensions = opened.hasExtensions;
+    conn.startWatchdog(() => this.#timeoutMs);
+    this.#options.logger.debug("TCPStore connected", { peer: this.peer, extensions: opened.hasExtensions });
+    return conn;
+  }
+
+  #mainClosed(conn: ClientConnection, err: RendezvousError | undefined): void {
+    if (this.#main !== conn) return;
+    this.#main = undefined;
+    if (err === undefined || this.#closed) return;
+    this.#options.logger.warn("TCPStore connection lost", { peer: this.peer, error: err.message });
+    this.#onDisconnect(err);
+  }
+
+  async #openWaitConnection(
+    deadlineAt: number,
+    onClose: (c: ClientConnection | undefined) => void,
+  ): Promise<ClientConnection> {
+    let conn: ClientConnection | undefined;
+    const opened = await connectWithRetry(this.#target, () => deadlineAt, {
+      probe: false,
+      signal: this.#lifetime.signal,
+      onClose: () => onClose(conn),
+    }).catch((err: unknown) => this.#connectFailed(err));
+    conn = opened.conn;
+    return conn;
+  }
+
+  #connectFailed(err: unknown): never {
+    this.#lastConnectError = err;
+    throw this.#closed ? storeClosedError() : err;
+  }
+
+  #connectError(budgetMs: number): RendezvousError {
+    const last = this.#lastConnectError;
+    const reason = last instanceof Error ? `: ${last.message}` : "";
+    const message = `could not connect to the TCPStore server at ${this.peer} within ${budgetMs}ms${reason}`;
+    return new RendezvousConnectionError(message, { cause: last });
+  }
+
+  #enter(options: CallOptions | undefined): void {
+    if (this.#closed) throw storeClosedError();
+    throwIfAborted(options?.signal);
+  }
+}
