@@ -11,15 +11,7 @@ import type { Socket } from "node:net";
 import { ErrorCode, RendezvousError } from "../../errors.js";
 import type { Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
-import {
-  encodeI64Reply,
-  encodeKeyListReply,
-  encodeQueuePopReply,
-  encodeU8Reply,
-  encodeU32Reply,
-  encodeValueReply,
-  encodeValuesReply,
-} from "./encode.js";
+import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply } from "./encode.js";
 import {
   CheckResponse,
   Dialect,
@@ -210,14 +202,14 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         engine.set(req.key, req.value);
         break;
       case "compareSet":
-        this.reply(encodeValueReply(engine.compareSet(req.key, req.expected, req.desired)));
+        this.replyValue(engine.compareSet(req.key, req.expected, req.desired));
         break;
       case "get":
         // A missing key reads as empty, as PyTorch's libuv server (legacy closes the connection).
-        this.reply(encodeValueReply(engine.get(req.key) ?? EMPTY));
+        this.replyValue(engine.get(req.key) ?? EMPTY);
         break;
       case "add":
-        this.reply(encodeI64Reply(engine.add(req.key, req.delta)));
+        this.replyI64(engine.add(req.key, req.delta));
         break;
       case "check": {
         const ready = req.keys.every((k) => k === EXTENSION_PROBE_KEY || engine.has(k));
@@ -228,19 +220,19 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.wait(req.keys);
         break;
       case "getNumKeys":
-        this.reply(encodeI64Reply(engine.size));
+        this.replyI64(BigInt(engine.size));
         break;
       case "watchKey":
         this.watch(req.key);
         break;
       case "deleteKey":
-        this.reply(encodeI64Reply(engine.delete(req.key) ? 1 : 0));
+        this.replyI64(engine.delete(req.key) ? 1n : 0n);
         break;
       case "append":
         engine.append(req.key, req.value);
         break;
       case "multiGet":
-        this.reply(encodeValuesReply(req.keys.map((k) => engine.get(k) ?? EMPTY)));
+        for (const k of req.keys) this.replyValue(engine.get(k) ?? EMPTY);
         break;
       case "multiSet":
         for (let i = 0; i < req.keys.length; i++) engine.set(req.keys[i]!, req.values[i]!);
@@ -258,7 +250,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         break;
       }
       case "queueLen":
-        this.reply(encodeI64Reply(engine.queueLen(req.key)));
+        this.replyI64(BigInt(engine.queueLen(req.key)));
         break;
       case "listKeys":
         this.reply(encodeKeyListReply(Array.from(engine.keys())));
@@ -352,6 +344,21 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   private reply(buf: Buffer): void {
     this.#out.push(buf);
     this.#outBytes += buf.length;
+  }
+
+  private replyI64(n: bigint): void {
+    const buf = Buffer.allocUnsafe(8);
+    buf.writeBigInt64LE(n, 0);
+    this.reply(buf);
+  }
+
+  /** A length-prefixed value, without copying it (`flush` joins small replies and writev's big ones). */
+  private replyValue(value: Uint8Array): void {
+    const header = Buffer.allocUnsafe(8);
+    header.writeUInt32LE(value.length >>> 0, 0);
+    header.writeUInt32LE(Math.floor(value.length / 2 ** 32), 4);
+    this.reply(header);
+    if (value.length > 0) this.reply(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
   }
 
   /** Runs `pump` once the current request (maybe another connection's) has finished. */

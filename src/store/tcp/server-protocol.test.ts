@@ -582,6 +582,19 @@ describe("TCPStoreServer waits, cancels and barriers (§7.2 9-10, 16-17)", () =>
     assert.equal((await c.read(4)).readUInt32LE(0), 7);
   });
 
+  it("v2: thousands of requests behind a pending wait pause reading, then all reply in order", async () => {
+    const c = await client("v2");
+    const other = await client("v2");
+    const pings = Array.from({ length: 3000 }, (_, i) => encodeRequest("v2", { type: "ping", nonce: i }));
+    c.send(Buffer.concat([encodeRequest("v2", { type: "wait", keys: ["/go"] }), ...pings]));
+    await c.silent(30);
+    assert.ok(server.stats().opsByType.ping! < 3000);
+    other.send({ type: "set", key: "/go", value: b("") });
+    assert.equal(await c.u8(), 0);
+    const replies = await c.read(4 * 3000);
+    for (let i = 0; i < 3000; i++) assert.equal(replies.readUInt32LE(4 * i), i);
+  });
+
   it("v2: a CANCEL_WAIT behind queued requests cancels the wait; they still reply in order", async () => {
     const c = await client("v2");
     c.send(

@@ -212,6 +212,27 @@ describe("TCPStoreServer", () => {
     assert.deepEqual((await reply)[0], Buffer.from([0]));
   });
 
+  it("stops handling a connection's requests while its peer does not read the replies", async () => {
+    const server = await start();
+    const socket = await open(server);
+    const big = new Uint8Array(1 << 20).fill(7);
+    await call(socket, { type: "set", key: "/big", value: big }, 0);
+    socket.pause();
+    const gets = 32;
+    socket.write(
+      Buffer.concat(Array.from({ length: gets }, () => encodeRequest("v2", { type: "get", key: "/big" }))),
+    );
+    await delay(100);
+    assert.ok(server.stats().opsByType.get! < gets, `handled ${server.stats().opsByType.get} GETs unread`);
+    let received = 0;
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.length;
+    });
+    socket.resume();
+    await until(() => received === gets * (8 + big.length));
+    assert.equal(server.stats().opsByType.get, gets);
+  });
+
   it("serves a thousand concurrent connections without per-connection state leaks", async () => {
     const server = await start();
     const all = await Promise.all(Array.from({ length: 1000 }, () => open(server)));
