@@ -23,6 +23,7 @@ import {
   WatchResponse,
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
+import { PendingReplies } from "./server-replies.js";
 import type { BarrierParty, KeyWatcher, ServerState } from "./server-state.js";
 
 type PendingWait =
@@ -44,8 +45,6 @@ const WATCH_REGISTERED = encodeU8Reply(WatchResponse.KeyCallbackRegistered);
 
 /** Replies are written early once this many bytes are waiting, so a burst of big GETs streams out. */
 const FLUSH_BYTES = 1 << 20;
-/** Small replies are joined into one buffer; larger batches go out as one corked writev. */
-const CONCAT_BYTES = 64 * 1024;
 /** Requests queued behind a pending wait, at most (then reading pauses). */
 const MAX_QUEUED = 1024;
 const MAX_QUEUED_BYTES = 1 << 20;
@@ -53,8 +52,7 @@ const MAX_QUEUED_BYTES = 1 << 20;
 /** A server-side connection. Created by the server for each accepted socket. */
 export class ServerConnection implements BarrierParty, KeyWatcher {
   readonly decoder: RequestDecoder;
-  #out: Buffer[] = [];
-  #outBytes = 0;
+  readonly #out = new PendingReplies();
   /** Watch notifications raised by this connection's own request, sent after its reply (as PyTorch 1.x). */
   #deferred: Buffer[] | undefined;
   #dispatching = false;
@@ -171,7 +169,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
           this.#queuedBytes += before - this.decoder.bufferedBytes;
         }
       }
-      if (this.#outBytes >= FLUSH_BYTES) this.flush();
+      if (this.#out.bytes >= FLUSH_BYTES) this.flush();
     }
   }
 
@@ -202,14 +200,14 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         engine.set(req.key, req.value);
         break;
       case "compareSet":
-        this.replyValue(engine.compareSet(req.key, req.expected, req.desired));
+        this.#out.value(engine.compareSet(req.key, req.expected, req.desired));
         break;
       case "get":
         // A missing key reads as empty, as PyTorch's libuv server (legacy closes the connection).
-        this.replyValue(engine.get(req.key) ?? EMPTY);
+        this.#out.value(engine.get(req.key) ?? EMPTY);
         break;
       case "add":
-        this.replyI64(engine.add(req.key, req.delta));
+        this.#out.i64(engine.add(req.key, req.delta));
         break;
       case "check": {
         const ready = req.keys.every((k) => k === EXTENSION_PROBE_KEY || engine.has(k));
@@ -220,19 +218,19 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.wait(req.keys);
         break;
       case "getNumKeys":
-        this.replyI64(BigInt(engine.size));
+        this.#out.i64(BigInt(engine.size));
         break;
       case "watchKey":
         this.watch(req.key);
         break;
       case "deleteKey":
-        this.replyI64(engine.delete(req.key) ? 1n : 0n);
+        this.#out.i64(engine.delete(req.key) ? 1n : 0n);
         break;
       case "append":
         engine.append(req.key, req.value);
         break;
       case "multiGet":
-        for (const k of req.keys) this.replyValue(engine.get(k) ?? EMPTY);
+        for (const k of req.keys) this.#out.value(engine.get(k) ?? EMPTY);
         break;
       case "multiSet":
         for (let i = 0; i < req.keys.length; i++) engine.set(req.keys[i]!, req.values[i]!);
@@ -250,7 +248,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         break;
       }
       case "queueLen":
-        this.replyI64(BigInt(engine.queueLen(req.key)));
+        this.#out.i64(BigInt(engine.queueLen(req.key)));
         break;
       case "listKeys":
         this.reply(encodeKeyListReply(Array.from(engine.keys())));
@@ -343,22 +341,6 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
 
   private reply(buf: Buffer): void {
     this.#out.push(buf);
-    this.#outBytes += buf.length;
-  }
-
-  private replyI64(n: bigint): void {
-    const buf = Buffer.allocUnsafe(8);
-    buf.writeBigInt64LE(n, 0);
-    this.reply(buf);
-  }
-
-  /** A length-prefixed value, without copying it (`flush` joins small replies and writev's big ones). */
-  private replyValue(value: Uint8Array): void {
-    const header = Buffer.allocUnsafe(8);
-    header.writeUInt32LE(value.length >>> 0, 0);
-    header.writeUInt32LE(Math.floor(value.length / 2 ** 32), 4);
-    this.reply(header);
-    if (value.length > 0) this.reply(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
   }
 
   /** Runs `pump` once the current request (maybe another connection's) has finished. */
@@ -372,21 +354,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private flush(): void {
-    const out = this.#out;
-    if (out.length === 0) return;
-    const bytes = this.#outBytes;
-    this.#out = [];
-    this.#outBytes = 0;
-    let ok: boolean;
-    if (out.length === 1 || bytes <= CONCAT_BYTES) {
-      ok = this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out, bytes));
-    } else {
-      this.socket.cork();
-      for (const buf of out) this.socket.write(buf);
-      this.socket.uncork();
-      ok = !this.socket.writableNeedDrain;
-    }
-    if (!ok) this.#writeBlocked = true;
+    if (!this.#out.writeTo(this.socket)) this.#writeBlocked = true;
   }
 
   private updateReading(): void {
@@ -415,7 +383,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.#closed = true;
     this.cancelPending();
     this.#queue = [];
-    this.#out = [];
+    this.#out.clear();
     if (this.#watched !== undefined) {
       for (const key of this.#watched) this.state.unwatch(key, this);
       this.#watched = undefined;

@@ -1,0 +1,63 @@
+/**
+ * The replies a server connection has produced but not written yet. They are written together, so that a
+ * chunk of pipelined requests costs one write: small batches are joined into one buffer, big ones go out
+ * as one corked `writev`, and values are never copied on the way.
+ */
+
+import type { Socket } from "node:net";
+
+/** Small batches are joined into one buffer; larger ones are written as one corked writev. */
+const CONCAT_BYTES = 64 * 1024;
+
+/** Pending reply bytes of one connection. */
+export class PendingReplies {
+  #parts: Buffer[] = [];
+  #bytes = 0;
+
+  /** Bytes waiting to be written. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  push(buf: Buffer): void {
+    this.#parts.push(buf);
+    this.#bytes += buf.length;
+  }
+
+  /** A signed 64-bit integer, little-endian. */
+  i64(n: bigint): void {
+    const buf = Buffer.allocUnsafe(8);
+    buf.writeBigInt64LE(n, 0);
+    this.push(buf);
+  }
+
+  /** A length-prefixed value; the value's bytes are referenced, not copied. */
+  value(value: Uint8Array): void {
+    const header = Buffer.allocUnsafe(8);
+    header.writeUInt32LE(value.length >>> 0, 0);
+    header.writeUInt32LE(Math.floor(value.length / 2 ** 32), 4);
+    this.push(header);
+    if (value.length > 0) this.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
+  }
+
+  /** Drops everything pending. */
+  clear(): void {
+    this.#parts = [];
+    this.#bytes = 0;
+  }
+
+  /** Writes everything pending to `socket`; false when the socket asks the writer to wait for `drain`. */
+  writeTo(socket: Socket): boolean {
+    const parts = this.#parts;
+    const bytes = this.#bytes;
+    if (parts.length === 0) return true;
+    this.clear();
+    if (parts.length === 1 || bytes <= CONCAT_BYTES) {
+      return socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+    }
+    socket.cork();
+    for (const buf of parts) socket.write(buf);
+    socket.uncork();
+    return !socket.writableNeedDrain;
+  }
+}
