@@ -6,7 +6,13 @@ import { InvalidArgumentError } from "../errors.js";
 export class UsageError extends InvalidArgumentError {}
 
 /** Parses an integer option within [min, max]. */
-export function intOption(name: string, value: string | undefined, fallback: number, min: number, max: number): number {
+export function intOption(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
   if (value === undefined) return fallback;
   const n = Number(value);
   if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
@@ -14,4 +20,3 @@ export function intOption(name: string, value: string | undefined, fallback: num
   }
   return n;
 }
-

@@ -24,7 +24,10 @@ Options:
 const LEVELS = new Set<string>(Object.values(LogLevel));
 
 /** Runs `rdzv serve` until SIGINT/SIGTERM; resolves with the exit code. */
-export async function serveCommand(argv: readonly string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+export async function serveCommand(
+  argv: readonly string[],
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -44,7 +47,10 @@ export async function serveCommand(argv: readonly string[], out: NodeJS.Writable
     return 0;
   }
   const level = values["log-level"] ?? "info";
-  if (!LEVELS.has(level)) throw new UsageError(`--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`);
+  if (!LEVELS.has(level))
+    throw new UsageError(
+      `--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`,
+    );
   const logger = createConsoleLogger(level as LogLevel);
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
@@ -53,9 +59,27 @@ export async function serveCommand(argv: readonly string[], out: NodeJS.Writable
     port: intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535),
     logger,
     limits: {
-      maxConnections: intOption("max-connections", values["max-connections"], DEFAULT_SERVER_LIMITS.maxConnections, 1, 1_000_000),
-      maxKeyBytes: intOption("max-key-bytes", values["max-key-bytes"], DEFAULT_SERVER_LIMITS.maxKeyBytes, 1, 2 ** 30),
-      maxValueBytes: intOption("max-value-bytes", values["max-value-bytes"], DEFAULT_SERVER_LIMITS.maxValueBytes, 0, 2 ** 31),
+      maxConnections: intOption(
+        "max-connections",
+        values["max-connections"],
+        DEFAULT_SERVER_LIMITS.maxConnections,
+        1,
+        1_000_000,
+      ),
+      maxKeyBytes: intOption(
+        "max-key-bytes",
+        values["max-key-bytes"],
+        DEFAULT_SERVER_LIMITS.maxKeyBytes,
+        1,
+        2 ** 30,
+      ),
+      maxValueBytes: intOption(
+        "max-value-bytes",
+        values["max-value-bytes"],
+        DEFAULT_SERVER_LIMITS.maxValueBytes,
+        0,
+        2 ** 31,
+      ),
     },
   });
   out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);

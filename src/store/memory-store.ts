@@ -48,7 +48,8 @@ export class MemoryStore implements QueueStore {
   async get(key: string, options?: CallOptions): Promise<Uint8Array> {
     await this.wait([key], options);
     const value = this.engine.get(key);
-    if (value === undefined) throw new StoreError(`get: key ${JSON.stringify(key)} was deleted while waiting`);
+    if (value === undefined)
+      throw new StoreError(`get: key ${JSON.stringify(key)} was deleted while waiting`);
     return value;
   }
 
@@ -103,16 +104,21 @@ export class MemoryStore implements QueueStore {
     await this.wait(keys, options);
     return keys.map((key) => {
       const value = this.engine.get(key);
-      if (value === undefined) throw new StoreError(`multiGet: key ${JSON.stringify(key)} was deleted while waiting`);
+      if (value === undefined)
+        throw new StoreError(`multiGet: key ${JSON.stringify(key)} was deleted while waiting`);
       return value;
     });
   }
 
-  async multiSet(keys: readonly string[], values: readonly StoreValue[], options?: CallOptions): Promise<void> {
+  async multiSet(
+    keys: readonly string[],
+    values: readonly StoreValue[],
+    options?: CallOptions,
+  ): Promise<void> {
     this.enter(options);
     checkSameLength(keys, values);
     const bytes = values.map(toBytes);
-    keys.forEach((key, i) => this.engine.set(key, bytes[i]!));
+    for (const [i, key] of keys.entries()) this.engine.set(key, bytes[i]!);
   }
 
   async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
@@ -134,7 +140,8 @@ export class MemoryStore implements QueueStore {
     if (options?.block ?? true) await this.wait([key], options);
     else this.enter(options);
     const value = this.engine.queuePop(key);
-    if (value === undefined) throw new StoreError(`queue ${JSON.stringify(key)} is empty`, ErrorCode.QueueEmpty);
+    if (value === undefined)
+      throw new StoreError(`queue ${JSON.stringify(key)} is empty`, ErrorCode.QueueEmpty);
     return value;
   }
 
@@ -160,7 +167,10 @@ export class MemoryStore implements QueueStore {
 /** `delta` as a 64-bit integer; throws for non-integers. */
 export function toI64(delta: number): bigint {
   if (!Number.isSafeInteger(delta)) {
-    throw new StoreError(`add: delta must be a safe integer, got ${String(delta)}`, ErrorCode.InvalidArgument);
+    throw new StoreError(
+      `add: delta must be a safe integer, got ${String(delta)}`,
+      ErrorCode.InvalidArgument,
+    );
   }
   return BigInt(delta);
 }

@@ -20,8 +20,10 @@ export class PrefixStore implements QueueStore {
   readonly underlyingStore: Store;
 
   constructor(prefix: string, store: Store) {
-    if (typeof prefix !== "string") throw new InvalidArgumentError(`prefix must be a string, got ${typeof prefix}`);
-    if (store === null || store === undefined) throw new InvalidArgumentError("PrefixStore needs an underlying store");
+    if (typeof prefix !== "string")
+      throw new InvalidArgumentError(`prefix must be a string, got ${typeof prefix}`);
+    if (store === null || store === undefined)
+      throw new InvalidArgumentError("PrefixStore needs an underlying store");
     this.prefix = prefix;
     this.underlyingStore = store;
   }
@@ -62,7 +64,12 @@ export class PrefixStore implements QueueStore {
     return this.underlyingStore.add(this.keyFor(key), delta, options);
   }
 
-  compareSet(key: string, expected: StoreValue, desired: StoreValue, options?: CallOptions): Promise<Uint8Array> {
+  compareSet(
+    key: string,
+    expected: StoreValue,
+    desired: StoreValue,
+    options?: CallOptions,
+  ): Promise<Uint8Array> {
     return this.underlyingStore.compareSet(this.keyFor(key), expected, desired, options);
   }
 

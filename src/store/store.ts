@@ -53,7 +53,12 @@ export interface Store {
    * `expected` is empty) it becomes `desired` and `desired` is returned; otherwise nothing changes and the
    * current value is returned, or `expected` itself when the key is missing.
    */
-  compareSet(key: string, expected: StoreValue, desired: StoreValue, options?: CallOptions): Promise<Uint8Array>;
+  compareSet(
+    key: string,
+    expected: StoreValue,
+    desired: StoreValue,
+    options?: CallOptions,
+  ): Promise<Uint8Array>;
 
   /** Waits until every key in `keys` exists. */
   wait(keys: readonly string[], options?: CallOptions): Promise<void>;
@@ -101,5 +106,7 @@ export interface QueueStore extends Store {
 /** True when `store` implements the queue operations. */
 export function isQueueStore(store: Store): store is QueueStore {
   const s = store as Partial<QueueStore>;
-  return typeof s.queuePush === "function" && typeof s.queuePop === "function" && typeof s.queueLen === "function";
+  return (
+    typeof s.queuePush === "function" && typeof s.queuePop === "function" && typeof s.queueLen === "function"
+  );
 }

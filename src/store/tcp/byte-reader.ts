@@ -8,7 +8,10 @@ import { ErrorCode, RendezvousError } from "../../errors.js";
 
 /** Malformed or oversized bytes on the wire. */
 export class ProtocolError extends RendezvousError {
-  constructor(message: string, code: typeof ErrorCode.Protocol | typeof ErrorCode.LimitExceeded = ErrorCode.Protocol) {
+  constructor(
+    message: string,
+    code: typeof ErrorCode.Protocol | typeof ErrorCode.LimitExceeded = ErrorCode.Protocol,
+  ) {
     super(message, code);
   }
 }
@@ -61,7 +64,10 @@ export class ByteReader {
     this.pos += 8;
     const n = hi * TWO_POW_32 + lo;
     if (hi >= 0x200000 || n > max) {
-      throw new ProtocolError(`${what} of ${hi === 0 ? n : `${hi}*2^32+${lo}`} exceeds the limit of ${max}`, ErrorCode.LimitExceeded);
+      throw new ProtocolError(
+        `${what} of ${hi === 0 ? n : `${hi}*2^32+${lo}`} exceeds the limit of ${max}`,
+        ErrorCode.LimitExceeded,
+      );
     }
     return n;
   }
@@ -71,7 +77,10 @@ export class ByteReader {
     const v = this.i64();
     if (v === undefined) return undefined;
     if (v < 0n || v > BigInt(max)) {
-      throw new ProtocolError(`${what} of ${v} is outside 0..${max}`, v < 0n ? ErrorCode.Protocol : ErrorCode.LimitExceeded);
+      throw new ProtocolError(
+        `${what} of ${v} is outside 0..${max}`,
+        v < 0n ? ErrorCode.Protocol : ErrorCode.LimitExceeded,
+      );
     }
     return Number(v);
   }

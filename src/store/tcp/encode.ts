@@ -101,7 +101,7 @@ export function encodeRequest(dialect: Dialect, req: Request): Buffer {
       return w.keys(req.keys).toBuffer();
     case "multiSet": {
       w.i64(BigInt(req.keys.length));
-      req.keys.forEach((k, i) => w.key(k).value(req.values[i]!));
+      for (const [i, k] of req.keys.entries()) w.key(k).value(req.values[i]!);
       return w.toBuffer();
     }
     case "getNumKeys":

@@ -113,7 +113,12 @@ export const CheckResponse = { Ready: 0, NotReady: 1 } as const;
 /** WAIT / BARRIER / CANCEL_WAIT replies. */
 export const WaitResponse = { StopWaiting: 0, WaitCanceled: 1 } as const;
 /** v1 watch notifications. */
-export const WatchResponse = { KeyUpdated: 0, KeyCreated: 1, KeyDeleted: 2, KeyCallbackRegistered: 3 } as const;
+export const WatchResponse = {
+  KeyUpdated: 0,
+  KeyCreated: 1,
+  KeyDeleted: 2,
+  KeyCallbackRegistered: 3,
+} as const;
 /** Acknowledgement byte of the rdzv extension commands. */
 export const EXTENSION_ACK = 0;
 
