@@ -39,6 +39,8 @@ export interface OpenOptions {
   readonly onClose?: (err: RendezvousError | undefined) => void;
   /** Stops the attempts (the store is closing). */
   readonly signal?: AbortSignal;
+  /** Told about every failed attempt. */
+  readonly onAttemptFailed?: (err: unknown) => void;
 }
 
 const MAX_ATTEMPT_MS = 10_000;
@@ -68,6 +70,7 @@ export async function connectWithRetry(
       return await openConnection(target, attemptMs, options);
     } catch (err) {
       if (err instanceof AbortedError || options.signal?.aborted) throw err;
+      options.onAttemptFailed?.(err);
       const left = deadline() - Date.now();
       target.logger.debug("TCPStore connect attempt failed", { peer, attempt, error: String(err) });
       if (left <= 0) {

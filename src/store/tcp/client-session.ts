@@ -187,6 +187,9 @@ export class ClientSession {
     const opened = await connectWithRetry(this.#target, () => this.#connectDeadline, {
       probe: this.#target.dialect === "v2",
       signal: this.#lifetime.signal,
+      onAttemptFailed: (err) => {
+        this.#lastConnectError = err;
+      },
       onClose: (err) => {
         if (conn !== undefined) this.#mainClosed(conn, err);
       },
@@ -220,6 +223,9 @@ export class ClientSession {
     const opened = await connectWithRetry(this.#target, () => deadlineAt, {
       probe: false,
       signal: this.#lifetime.signal,
+      onAttemptFailed: (err) => {
+        this.#lastConnectError = err;
+      },
       onClose: () => onClose(conn),
     }).catch((err: unknown) => this.#connectFailed(err));
     conn = opened.conn;
