@@ -182,13 +182,28 @@ export function decodeOutcome(text: string): RoundOutcome {
   const span = rec.s;
   const excluded = rec.x;
   if (!Number.isSafeInteger(span) || (span as number) < 0 || !Array.isArray(excluded)) return bad();
-  if (!excluded.every((e) => Number.isSafeInteger(e) && e >= 0 && e < (span as number))) return bad();
+  // Strictly ascending exclusions below span: a duplicate or out-of-order one would make rankOf hand out
+  // ranks outside 0..W-1.
+  const ascending = excluded.every(
+    (e, i) => Number.isSafeInteger(e) && e >= 0 && e < (span as number) && (i === 0 || e > excluded[i - 1]),
+  );
+  if (!ascending) return bad();
   const base = { kind: "complete" as const, round: round as number, span: span as number, excluded };
   if (rec.k === undefined) return base;
   const ranks = rec.k;
   const size = (span as number) - excluded.length;
-  if (!Array.isArray(ranks) || ranks.length !== size || !ranks.every((k) => Number.isSafeInteger(k))) return bad();
+  if (!Array.isArray(ranks) || ranks.length !== size || !isPermutation(ranks)) return bad();
   return { ...base, ranks };
+}
+
+/** True when `values` holds each of 0..length-1 exactly once. */
+function isPermutation(values: readonly unknown[]): boolean {
+  const seen = new Set<number>();
+  for (const v of values) {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v >= values.length || seen.has(v)) return false;
+    seen.add(v);
+  }
+  return true;
 }
 
 /**
