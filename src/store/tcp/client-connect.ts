@@ -145,13 +145,13 @@ async function handshake(conn: ClientConnection, probe: boolean): Promise<boolea
   void conn.send({ type: "validate", magic: VALIDATION_MAGIC }).catch(() => {});
   const ping = conn.request({ type: "ping", nonce }, Shape.u32);
   const check = probe ? conn.request({ type: "check", keys: [EXTENSION_PROBE_KEY] }, Shape.u8) : undefined;
-  const echoed = await ping;
+  const [echoed, ready] = await Promise.all([ping, check]);
   if (echoed !== nonce) {
     throw new RendezvousConnectionError(
       `${conn.peer} answered PING ${nonce} with ${echoed}: not a TCPStore server?`,
     );
   }
-  return check === undefined ? false : (await check) === CheckResponse.Ready;
+  return ready === CheckResponse.Ready;
 }
 
 /** Resolves after `ms` (timer unref'd); rejects with `AbortedError` when `signal` fires first. */
