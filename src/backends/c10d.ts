@@ -1,0 +1,92 @@
+/**
+ * The `c10d` rendezvous backend: the dynamic handler over rdzv's TCP store (PyTorch's
+ * `C10dRendezvousBackend` + `create_handler` counterpart). The node whose address matches the endpoint host
+ * (or that is told `is_host=true`) hosts the store server in-process; when the port is taken (another agent
+ * on this machine hosts it, or `rdzv serve` runs there) it connects as a client, as PyTorch does.
+ */
+
+import { RendezvousConnectionError } from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import type { RendezvousParameters } from "../rendezvous/api.js";
+import {
+  createDynamicRendezvousHandler,
+  type DynamicRendezvousHandler,
+} from "../rendezvous/dynamic-handler.js";
+import {
+  isLoopbackAddress,
+  matchesMachineHostname,
+  parseRendezvousEndpoint,
+} from "../rendezvous/endpoint.js";
+import { resolveRendezvousSettings } from "../rendezvous/parameters.js";
+import { connectTCPStore, type TCPStore } from "../store/tcp/client.js";
+import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import { StoreRendezvousBackend } from "./store-backend.js";
+
+/** Options of `createC10dRendezvousHandler` beyond the parameters. */
+export interface C10dHandlerOptions {
+  logger?: Logger;
+}
+
+/** Creates a dynamic handler over a TCP store at `params.endpoint`. */
+export async function createC10dRendezvousHandler(
+  params: RendezvousParameters,
+  options: C10dHandlerOptions = {},
+): Promise<DynamicRendezvousHandler> {
+  const logger = options.logger ?? silentLogger;
+  const settings = resolveRendezvousSettings(params);
+  const { host, port } = parseRendezvousEndpoint(settings.endpoint);
+  const isHost = settings.isHost ?? (await matchesMachineHostname(host));
+  const server = isHost ? await hostStore(host, port, logger) : undefined;
+  let store: TCPStore;
+  try {
+    store = await connectTCPStore({
+      host: server !== undefined && !isLoopbackAddress(host) ? "127.0.0.1" : host,
+      port,
+      timeoutMs: settings.readTimeoutMs,
+      connectTimeoutMs: settings.readTimeoutMs,
+      logger,
+    });
+  } catch (err) {
+    await server?.close();
+    throw err;
+  }
+  return createDynamicRendezvousHandler({
+    backend: new StoreRendezvousBackend(store, settings.runId, { name: "c10d", logger }),
+    runId: settings.runId,
+    settings: {
+      minNodes: settings.minNodes,
+      maxNodes: settings.maxNodes,
+      joinTimeoutMs: settings.joinTimeoutMs,
+      lastCallTimeoutMs: settings.lastCallTimeoutMs,
+      keepAliveIntervalMs: settings.keepAliveIntervalMs,
+      keepAliveMaxAttempts: settings.keepAliveMaxAttempts,
+      stickyRanks: settings.stickyRanks,
+      useAgentStore: settings.useAgentStore,
+    },
+    localAddr: settings.localAddr,
+    storeEndpoint: { masterAddr: host, masterPort: port },
+    logger,
+    onShutdown: async () => {
+      await store.close();
+      await server?.close();
+    },
+  });
+}
+
+/**
+ * Starts the store server for the endpoint, or returns undefined when the port is already served (then
+ * this node is a client like the others). Binds loopback endpoints to that address only, anything else
+ * to every interface, as the other nodes must reach it.
+ */
+async function hostStore(host: string, port: number, logger: Logger): Promise<TCPStoreServer | undefined> {
+  const bindHost = isLoopbackAddress(host) || host === "localhost" ? host : "::";
+  try {
+    return await createTCPStoreServer({ host: bindHost, port, logger });
+  } catch (err) {
+    if (err instanceof RendezvousConnectionError) {
+      logger.info("the rendezvous store port is taken; joining as a client", { host, port });
+      return undefined;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * rdzv's public API. Everything exported here is supported; deep imports are not.
+ */
+
+// Backends
+export { createC10dRendezvousHandler } from "./backends/c10d.js";
+export { type StoreBackendOptions, StoreRendezvousBackend } from "./backends/store-backend.js";
+// Errors
+export {
+  AbortedError,
+  ErrorCode,
+  hasErrorCode,
+  InvalidArgumentError,
+  RendezvousClosedError,
+  RendezvousConnectionError,
+  RendezvousError,
+  type RendezvousErrorOptions,
+  RendezvousGracefulExitError,
+  RendezvousStateError,
+  RendezvousTimeoutError,
+  StoreError,
+} from "./errors.js";
+// Logging
+export { createConsoleLogger, type Logger, LogLevel, silentLogger } from "./log.js";
+// Rendezvous
+export type {
+  RendezvousCallOptions,
+  RendezvousConfigValue,
+  RendezvousHandler,
+  RendezvousHandlerCreator,
+  RendezvousInfo,
+  RendezvousParameters,
+  RendezvousStoreInfo,
+} from "./rendezvous/api.js";
+export type { NodeDescriptor, RendezvousBackend, RendezvousState, SlotLease } from "./rendezvous/backend.js";
+export { registerBuiltinRendezvousHandlers } from "./rendezvous/builtins.js";
+export {
+  createDynamicRendezvousHandler,
+  DEFAULT_DYNAMIC_SETTINGS,
+  type DynamicHandlerOptions,
+  type DynamicHandlerSettings,
+  DynamicRendezvousHandler,
+  type RendezvousEvents,
+} from "./rendezvous/dynamic-handler.js";
+export {
+  DEFAULT_RENDEZVOUS_PORT,
+  formatEndpoint,
+  matchesMachineHostname,
+  parseRendezvousEndpoint,
+  type RendezvousEndpoint,
+} from "./rendezvous/endpoint.js";
+export {
+  parseRendezvousConfig,
+  type RendezvousSettings,
+  resolveRendezvousSettings,
+  validateRendezvousParameters,
+} from "./rendezvous/parameters.js";
+export {
+  createRendezvousHandler,
+  listRendezvousBackends,
+  RendezvousHandlerRegistry,
+  registerRendezvousHandler,
+  rendezvousHandlerRegistry,
+} from "./rendezvous/registry.js";
+export { GoneReason, type RoundOutcome } from "./rendezvous/round.js";
+export {
+  createStaticRendezvousHandler,
+  StaticRendezvousHandler,
+} from "./rendezvous/static-handler.js";
+// Stores
+export { bytesToText, toBytes } from "./store/bytes.js";
+export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.js";
+export { PrefixStore } from "./store/prefix-store.js";
+export {
+  type CallOptions,
+  DEFAULT_STORE_TIMEOUT_MS,
+  isQueueStore,
+  type QueuePopOptions,
+  type QueueStore,
+  type Store,
+  type StoreValue,
+} from "./store/store.js";
+export { connectTCPStore, TCPStore, type TCPStoreEvents, type TCPStoreOptions } from "./store/tcp/client.js";
+export { Dialect, type ProtocolLimits } from "./store/tcp/protocol.js";
+export {
+  createTCPStoreServer,
+  DEFAULT_SERVER_LIMITS,
+  DEFAULT_SERVER_PORT,
+  type ServerLimits,
+  type ServerStats,
+  TCPStoreServer,
+  type TCPStoreServerEvents,
+  type TCPStoreServerOptions,
+} from "./store/tcp/server.js";
+
+import { registerBuiltinRendezvousHandlers as register } from "./rendezvous/builtins.js";
+
+register();

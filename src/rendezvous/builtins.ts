@@ -1,0 +1,15 @@
+/** Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store) and `static`. */
+
+import { createC10dRendezvousHandler } from "../backends/c10d.js";
+import { registerRendezvousHandler } from "./registry.js";
+import { createStaticRendezvousHandler } from "./static-handler.js";
+
+let registered = false;
+
+/** Registers the built-in handlers once; later calls do nothing. */
+export function registerBuiltinRendezvousHandlers(): void {
+  if (registered) return;
+  registered = true;
+  registerRendezvousHandler("c10d", (params) => createC10dRendezvousHandler(params));
+  registerRendezvousHandler("static", (params) => createStaticRendezvousHandler(params));
+}
