@@ -303,6 +303,13 @@ export interface AgentOptions {
   useLibuv?: boolean;
   /** How long to wait for the agent to start, ms (default 60 000). */
   startTimeoutMs?: number;
+  /**
+   * Another script speaking the agent protocol (a ready event, then one reply per command id, "exit" op),
+   * e.g. the benchmark worker; `master` and `useLibuv` are then passed on as its flags.
+   */
+  script?: string;
+  /** Extra command-line arguments for the script. */
+  args?: readonly string[];
 }
 
 /** A remote-controlled PyTorch process (see `test/py/agent.py`). */
@@ -310,6 +317,8 @@ export class PyAgent implements AsyncDisposable {
   readonly torch: TorchPython;
   /** Port of PyTorch's master server when started with `master`, else null. */
   port: number | null = null;
+  /** The process id of the Python process. */
+  readonly pid: number | undefined;
   readonly #child: ChildProcessWithoutNullStreams;
   readonly #stderr: () => string;
   readonly #pending = new Map<number, (reply: PyReply) => void>();
@@ -319,10 +328,11 @@ export class PyAgent implements AsyncDisposable {
 
   constructor(torch: TorchPython, options: AgentOptions = {}) {
     this.torch = torch;
-    const args = [join(PY_DIR, "agent.py")];
+    const args = [options.script ?? join(PY_DIR, "agent.py"), ...(options.args ?? [])];
     if (options.master) args.push("--master");
     if (options.useLibuv !== undefined) args.push("--use-libuv", options.useLibuv ? "1" : "0");
     this.#child = spawnPython(torch.python, args);
+    this.pid = this.#child.pid;
     let onReady: (() => void) | undefined;
     this.#stderr = readMessages(this.#child, (msg) => {
       if (msg.event === "ready") {

@@ -1,0 +1,446 @@
+/**
+ * Store throughput and memory benchmark: rdzv's TCP store server against PyTorch's C++ TCPStore server.
+ *
+ *   node dist/bench/store-throughput.js [--reps 5] [--ops 10000] [--ts-ops 200000] [--quick] [--write]
+ *                                       [--cpu-prof DIR]
+ *
+ * 1. PyTorch 2.x's Python client (1 and 4 processes) doing set/get/add of 64-byte values against PyTorch's
+ *    server (libuv, the default, and legacy) and against ours, interleaved, median of `--reps` runs.
+ * 2. rdzv's TS client, pipelined (batches of 1000 concurrent calls), against ours and PyTorch's.
+ * 3. Server memory per idle connection (2000 of them) and per 10k keys, measured in the server's process.
+ *
+ * Every server runs in a process of its own (ours: this script with `--server-child`). `--write` replaces
+ * the "## Store throughput" section of bench/RESULTS.md. `--cpu-prof DIR` profiles our server process.
+ */
+
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { cpus, loadavg } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { connectTCPStore, type TCPStore } from "../src/store/tcp/client.js";
+import { createTCPStoreServer } from "../src/store/tcp/server.js";
+import {
+  findTorch1,
+  findTorch2,
+  type PyAgent,
+  REPO_ROOT,
+  startAgent,
+  startTorchServer,
+  type TorchPython,
+} from "../test/helpers/torch.js";
+
+const HOST = "127.0.0.1";
+const VALUE = Buffer.alloc(64, 0x76);
+const KINDS = ["set", "get", "add"] as const;
+type Kind = (typeof KINDS)[number];
+
+interface Args {
+  reps: number;
+  ops: number;
+  tsOps: number;
+  idleConnections: number;
+  write: boolean;
+  cpuProf: string | undefined;
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  const value = (name: string, fallback: number): number => {
+    const i = argv.indexOf(name);
+    return i < 0 ? fallback : Number(argv[i + 1]);
+  };
+  const quick = argv.includes("--quick");
+  const i = argv.indexOf("--cpu-prof");
+  return {
+    reps: value("--reps", quick ? 3 : 5),
+    ops: value("--ops", quick ? 3000 : 10_000),
+    tsOps: value("--ts-ops", quick ? 50_000 : 200_000),
+    idleConnections: value("--idle", 2000),
+    write: argv.includes("--write"),
+    cpuProf: i < 0 ? undefined : argv[i + 1],
+  };
+}
+
+/** Appends `value` to the list at `key`. */
+function record(runs: Record<string, number[]>, key: string, value: number): void {
+  const list = runs[key];
+  if (list === undefined) runs[key] = [value];
+  else list.push(value);
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+// --- our server, in a child process -------------------------------------------------------------------------
+
+/** Child mode: serve, and answer "mem" (after GC) and "stats" on stdin with one JSON line each. */
+async function serverChild(): Promise<void> {
+  const server = await createTCPStoreServer({ host: HOST, port: 0 });
+  const gc = (globalThis as { gc?: () => void }).gc;
+  process.stdout.write(`${JSON.stringify({ port: server.port, pid: process.pid })}\n`);
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (line === "mem") {
+      for (let i = 0; i < 3; i++) gc?.();
+      await new Promise((r) => setTimeout(r, 50));
+      gc?.();
+      const m = process.memoryUsage();
+      process.stdout.write(`${JSON.stringify({ rss: m.rss, heap: m.heapUsed, external: m.external })}\n`);
+    } else if (line === "stats") {
+      process.stdout.write(`${JSON.stringify(server.stats())}\n`);
+    }
+  }
+  await server.close();
+  process.exit(0);
+}
+
+interface Mem {
+  rss: number;
+  heap: number;
+  external?: number;
+}
+
+interface ServerHandle {
+  port: number;
+  pid: number;
+  mem(): Promise<Mem>;
+  close(): Promise<void>;
+}
+
+async function startOurServer(cpuProf: string | undefined): Promise<ServerHandle> {
+  const flags = [
+    "--expose-gc",
+    ...(cpuProf === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${cpuProf}`]),
+  ];
+  const child = spawn(process.execPath, [...flags, fileURLToPath(import.meta.url), "--server-child"], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const next = async (): Promise<Record<string, number>> => JSON.parse((await lines.next()).value as string);
+  const { port, pid } = (await next()) as { port: number; pid: number };
+  return {
+    port,
+    pid,
+    mem: async () => {
+      child.stdin.write("mem\n");
+      return (await next()) as unknown as Mem;
+    },
+    close: async () => {
+      child.stdin.end();
+      await once(child, "exit");
+    },
+  };
+}
+
+/** RSS of any process, from /proc (used for PyTorch's server, which cannot report its own heap). */
+function procRss(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = /VmRSS:\s+(\d+) kB/.exec(status);
+  return kb === null ? Number.NaN : Number(kb[1]) * 1024;
+}
+
+// --- 1. PyTorch's Python client --------------------------------------------------------------------------
+
+interface Target {
+  name: string;
+  port: number;
+}
+
+async function pythonClients(workers: PyAgent[], target: Target, kind: Kind, ops: number, rep: number) {
+  const startAt = Date.now() / 1000 + 0.3;
+  const replies = await Promise.all(
+    workers.map((w, i) =>
+      w.command(
+        {
+          op: "bench",
+          host: HOST,
+          port: target.port,
+          kind,
+          n: ops,
+          value_size: VALUE.length,
+          prefix: `py/${kind}/${rep}/${i}/`,
+          keys: 1000,
+          start_at: startAt,
+        },
+        600_000,
+      ),
+    ),
+  );
+  const runs = replies.map((r) => {
+    if (!r.ok) throw new Error(`python worker failed on ${target.name}: ${r.error.message}`);
+    return r.value as { start: number; end: number; n: number };
+  });
+  const total = runs.reduce((a, r) => a + r.n, 0);
+  const wall = Math.max(...runs.map((r) => r.end)) - Math.min(...runs.map((r) => r.start));
+  return total / wall;
+}
+
+// --- 2. rdzv's TS client, pipelined ------------------------------------------------------------------------
+
+async function tsPipelined(store: TCPStore, kind: Kind, total: number, batch: number, tag: string) {
+  const keys = Array.from({ length: 1000 }, (_, i) => `ts/${tag}/${kind}/${i}`);
+  if (kind === "get") await Promise.all(keys.map((k) => store.set(k, VALUE)));
+  await store.numKeys();
+  const started = performance.now();
+  for (let done = 0; done < total; done += batch) {
+    const calls: Promise<unknown>[] = [];
+    for (let j = 0; j < batch; j++) {
+      const key = keys[(done + j) % keys.length]!;
+      calls.push(
+        kind === "set" ? store.set(key, VALUE) : kind === "get" ? store.get(key) : store.add(key, 1),
+      );
+    }
+    await Promise.all(calls);
+  }
+  await store.numKeys();
+  return total / ((performance.now() - started) / 1000);
+}
+
+async function tsSequential(store: TCPStore, kind: Kind, total: number, tag: string) {
+  const key = `ts/seq/${tag}/${kind}`;
+  await store.set(key, kind === "add" ? "0" : VALUE);
+  const started = performance.now();
+  for (let i = 0; i < total; i++) {
+    if (kind === "set") await store.set(key, VALUE);
+    else if (kind === "get") await store.get(key);
+    else await store.add(key, 1);
+  }
+  await store.numKeys();
+  return total / ((performance.now() - started) / 1000);
+}
+
+// --- 3. memory -----------------------------------------------------------------------------------------------
+
+/** Opens `n` connections that complete the v2 handshake (VALIDATE + PING) and then stay idle. */
+async function openIdle(port: number, n: number): Promise<Socket[]> {
+  const sockets: Socket[] = [];
+  for (let i = 0; i < n; i += 100) {
+    const chunk = await Promise.all(
+      Array.from({ length: Math.min(100, n - i) }, async () => {
+        const s = connect({ host: HOST, port });
+        s.on("error", () => {});
+        await once(s, "connect");
+        s.write(Buffer.from([0x00, 0xce, 0xf7, 0x85, 0x3c, 0x0d, 0x01, 0x02, 0x03, 0x04]));
+        await once(s, "data");
+        return s;
+      }),
+    );
+    sockets.push(...chunk);
+  }
+  return sockets;
+}
+
+interface MemResult {
+  perConnRss: number;
+  perConnHeap: number | undefined;
+  per10kRss: number;
+  per10kHeap: number | undefined;
+}
+
+async function memory(port: number, mem: () => Promise<Mem>, idle: number): Promise<MemResult> {
+  const m0 = await mem();
+  const sockets = await openIdle(port, idle);
+  await new Promise((r) => setTimeout(r, 300));
+  const m1 = await mem();
+  for (const s of sockets) s.destroy();
+  await new Promise((r) => setTimeout(r, 300));
+  const store = await connectTCPStore({ host: HOST, port, timeoutMs: 60_000 });
+  const m2 = await mem();
+  for (let i = 0; i < 10_000; i += 1000) {
+    await Promise.all(
+      Array.from({ length: 1000 }, (_, j) => store.set(`mem/key/${String(i + j).padStart(5, "0")}`, VALUE)),
+    );
+  }
+  await store.numKeys();
+  const m3 = await mem();
+  await store.close();
+  const heapDelta = (a: Mem, b: Mem): number | undefined =>
+    Number.isNaN(a.heap) ? undefined : b.heap + (b.external ?? 0) - a.heap - (a.external ?? 0);
+  return {
+    perConnRss: (m1.rss - m0.rss) / idle,
+    perConnHeap: (heapDelta(m0, m1) ?? Number.NaN) / idle || undefined,
+    per10kRss: m3.rss - m2.rss,
+    per10kHeap: heapDelta(m2, m3),
+  };
+}
+
+// --- report --------------------------------------------------------------------------------------------------
+
+const fmt = (n: number): string => Math.round(n).toLocaleString("en-US");
+const kb = (n: number | undefined): string => (n === undefined ? "n/a" : `${(n / 1024).toFixed(1)} KiB`);
+const mib = (n: number | undefined): string =>
+  n === undefined ? "n/a" : `${(n / 1024 / 1024).toFixed(2)} MiB`;
+
+function environment(t2: TorchPython, t1: TorchPython | undefined): string[] {
+  let nproc = String(cpus().length);
+  try {
+    nproc = execFileSync("nproc", { encoding: "utf8" }).trim();
+  } catch {}
+  return [
+    `- Machine: \`nproc\` = ${nproc}, CPU ${cpus()[0]?.model ?? "unknown"}, Linux loopback`,
+    `- Node ${process.version}; PyTorch ${t2.version} (Python client and C++ server)${t1 ? `; PyTorch ${t1.version} installed (not benchmarked)` : ""}`,
+    `- Date: ${new Date().toISOString().slice(0, 10)}`,
+  ];
+}
+
+function writeResults(section: string): void {
+  const path = join(REPO_ROOT, "bench", "RESULTS.md");
+  const old = existsSync(path) ? readFileSync(path, "utf8") : "# Benchmark results\n";
+  const start = old.indexOf("## Store throughput");
+  let text: string;
+  if (start < 0) text = `${old.trimEnd()}\n\n${section}`;
+  else {
+    const next = old.indexOf("\n## ", start + 1);
+    text = old.slice(0, start) + section + (next < 0 ? "" : `\n${old.slice(next + 1)}`);
+  }
+  writeFileSync(path, `${text.trimEnd()}\n`);
+}
+
+async function main(): Promise<void> {
+  if (process.argv.includes("--server-child")) return serverChild();
+  const args = parseArgs(process.argv.slice(2));
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const t2 = await findTorch2();
+  const t1 = await findTorch1().catch(() => undefined);
+  const [ours, libuv, legacy, ...workers] = await Promise.all([
+    startOurServer(args.cpuProf),
+    startTorchServer(t2, { useLibuv: true }),
+    startTorchServer(t2, { useLibuv: false }),
+    ...Array.from({ length: 4 }, () =>
+      startAgent(t2, { script: join(REPO_ROOT, "bench", "py", "worker.py") }),
+    ),
+  ]);
+  const targets: Target[] = [
+    { name: "PyTorch libuv", port: libuv.port },
+    { name: "PyTorch legacy", port: legacy.port },
+    { name: "rdzv", port: ours.port },
+  ];
+  const lines: string[] = [];
+  const loadBefore = loadavg();
+  try {
+    // Warm-up, not measured: JIT tiers of our server and client, page faults of every server.
+    const storeFor = (port: number) => connectTCPStore({ host: HOST, port, timeoutMs: 60_000 });
+    const [toOurs, toLibuv] = await Promise.all([storeFor(ours.port), storeFor(libuv.port)]);
+    for (const kind of KINDS) {
+      for (const target of targets) await pythonClients(workers.slice(0, 4), target, kind, args.ops / 4, -1);
+      for (const store of [toOurs, toLibuv]) await tsPipelined(store, kind, args.tsOps / 4, 1000, "warm");
+    }
+    // 1. Python client.
+    const py: Record<string, number[]> = {};
+    for (const clients of [1, 4]) {
+      for (const kind of KINDS) {
+        for (let rep = 0; rep < args.reps; rep++) {
+          for (const target of targets) {
+            const rate = await pythonClients(
+              workers.slice(0, clients) as PyAgent[],
+              target,
+              kind,
+              args.ops,
+              rep,
+            );
+            record(py, `${clients}|${kind}|${target.name}`, rate);
+          }
+        }
+        const m = (t: string): number => median(py[`${clients}|${kind}|${t}`]!);
+        log(
+          `python x${clients} ${kind}: libuv ${fmt(m("PyTorch libuv"))}, legacy ${fmt(m("PyTorch legacy"))}, rdzv ${fmt(m("rdzv"))} ops/s`,
+        );
+      }
+    }
+    // 2. TS client.
+    const ts: Record<string, number[]> = {};
+    for (const kind of KINDS) {
+      for (let rep = 0; rep < args.reps; rep++) {
+        record(ts, `pipe|${kind}|rdzv`, await tsPipelined(toOurs, kind, args.tsOps, 1000, `r${rep}`));
+        record(ts, `pipe|${kind}|libuv`, await tsPipelined(toLibuv, kind, args.tsOps, 1000, `l${rep}`));
+        record(ts, `seq|${kind}|rdzv`, await tsSequential(toOurs, kind, args.ops, `r${rep}`));
+        record(ts, `seq|${kind}|libuv`, await tsSequential(toLibuv, kind, args.ops, `l${rep}`));
+      }
+      log(
+        `ts pipelined ${kind}: rdzv ${fmt(median(ts[`pipe|${kind}|rdzv`]!))}, libuv ${fmt(median(ts[`pipe|${kind}|libuv`]!))} ops/s`,
+      );
+    }
+    await Promise.all([toOurs.close(), toLibuv.close()]);
+    // 3. Memory.
+    const memOurs = await memory(ours.port, ours.mem, args.idleConnections);
+    const libuvPid = libuv.pid!;
+    const memLibuv = await memory(
+      libuv.port,
+      async () => ({ rss: procRss(libuvPid), heap: Number.NaN }),
+      args.idleConnections,
+    );
+    log(`memory: rdzv ${kb(memOurs.perConnRss)}/conn, ${mib(memOurs.per10kRss)}/10k keys`);
+
+    const cmd = `node dist/bench/store-throughput.js ${process.argv
+      .slice(2)
+      .filter((a) => a !== "--write")
+      .join(" ")}`.trim();
+    lines.push(
+      "## Store throughput",
+      "",
+      ...environment(t2, t1),
+      `- Command: \`npm run build && ${cmd}\``,
+      `- Every figure is the median of ${args.reps} runs, after an unmeasured warm-up. Servers each run in their own process; clients in others.`,
+      `- Load average (1 min) at start / end: ${loadBefore[0]?.toFixed(2)} / ${loadavg()[0]?.toFixed(2)} (this machine is shared; figures vary by ±30% between runs)`,
+      "",
+      `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
+      "",
+      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run).",
+      "",
+      "| clients | op | PyTorch libuv | PyTorch legacy | rdzv | rdzv / libuv | rdzv / legacy |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    );
+    for (const clients of [1, 4]) {
+      for (const kind of KINDS) {
+        const [a, b, c] = ["PyTorch libuv", "PyTorch legacy", "rdzv"].map((t) =>
+          median(py[`${clients}|${kind}|${t}`]!),
+        ) as [number, number, number];
+        lines.push(
+          `| ${clients} | ${kind} | ${fmt(a)} | ${fmt(b)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${(c / b).toFixed(2)} |`,
+        );
+      }
+    }
+    lines.push(
+      "",
+      `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
+      "",
+      "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends CHECK + GET.",
+      "",
+      "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
+      "| --- | --- | ---: | ---: | ---: |",
+    );
+    for (const mode of ["pipe", "seq"]) {
+      for (const kind of KINDS) {
+        const a = median(ts[`${mode}|${kind}|rdzv`]!);
+        const b = median(ts[`${mode}|${kind}|libuv`]!);
+        lines.push(
+          `| ${mode === "pipe" ? "pipelined x1000" : "sequential"} | ${kind} | ${fmt(a)} | ${fmt(b)} | ${(a / b).toFixed(2)} |`,
+        );
+      }
+    }
+    lines.push(
+      "",
+      "### Server memory",
+      "",
+      `Measured in the server's process: ${fmt(args.idleConnections)} idle v2 connections (VALIDATE + PING done), then 10k keys of 64-byte values (keys \`/mem/key/NNNNN\`). rdzv: after GC; heap = V8 heap used + external. PyTorch: process RSS only.`,
+      "",
+      "| | rdzv RSS | rdzv heap | PyTorch libuv RSS |",
+      "| --- | ---: | ---: | ---: |",
+      `| per idle connection | ${kb(memOurs.perConnRss)} | ${kb(memOurs.perConnHeap)} | ${kb(memLibuv.perConnRss)} |`,
+      `| per 10k keys | ${mib(memOurs.per10kRss)} | ${mib(memOurs.per10kHeap)} | ${mib(memLibuv.per10kRss)} |`,
+      "",
+    );
+  } finally {
+    await Promise.all([ours.close(), libuv.close(), legacy.close(), ...workers.map((w) => w.close())]);
+  }
+  const section = lines.join("\n");
+  process.stdout.write(`${section}\n`);
+  if (args.write) writeResults(section);
+}
+
+await main();
