@@ -49,7 +49,11 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
   const deadAfterMs = settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts;
   const liveness = new LivenessTracker(deadAfterMs);
   const state = await backend.getState({ signal });
-  if (state.openRound !== round) return backend.waitOutcome(round, { timeoutMs: 0, signal });
+  // Decided already (its outcome exists): read it. A zero timeout would not do, since a remote store may
+  // time out a call before its reply comes back even when the key is there.
+  if (state.openRound !== round) {
+    return backend.waitOutcome(round, { timeoutMs: Math.max(input.deadline - Date.now(), 1000), signal });
+  }
   const previous = state.last?.kind === "complete" ? memberSlots(state.last) : undefined;
   let minReachedAt: number | undefined;
   let nextLivenessCheck = Date.now() + settings.keepAliveIntervalMs;
