@@ -220,6 +220,9 @@ export class ClientConnection {
   #write(req: Request): void {
     this.#out.write(this.dialect, req);
     if (this.#flushScheduled) return;
+    // One write per tick. Measured on loopback (2 vCPUs, 256 calls in flight): process.nextTick and
+    // queueMicrotask are on par (~1 us of client CPU per pipelined add); setImmediate waits for the next
+    // loop turn and cost ~2x the CPU and half the throughput.
     this.#flushScheduled = true;
     process.nextTick(() => this.#flush());
   }
