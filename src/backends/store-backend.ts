@@ -118,7 +118,8 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   async waitOutcome(round: number, options: CallOptions & { timeoutMs: number }): Promise<RoundOutcome | undefined> {
     const key = this.roundKey(round, "outcome");
     if (!(await this.waitKeys([key], options))) return undefined;
-    return this.parseOutcome(await this.store.get(key, options), round);
+    // The key exists: read it within the store's own timeout, not what is left of a short wait's.
+    return this.parseOutcome(await this.store.get(key, signalOnly(options)), round);
   }
 
   async isClosed(options?: CallOptions): Promise<boolean> {
@@ -254,9 +255,17 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       return true;
     } catch (err) {
       if (hasErrorCode(err, ErrorCode.Timeout)) return false;
+      // A short wait can fail to open a connection of its own in time while the store is fine (rdzv's TCP
+      // client opens one per blocking call): then it degrades to a check, and only a failing check (within
+      // the store's own timeout) counts as an outage.
+      if (hasErrorCode(err, ErrorCode.Connection)) return this.store.check(keys, signalOnly(options));
       throw err;
     }
   }
+}
+
+function signalOnly(options: CallOptions): CallOptions {
+  return options.signal === undefined ? {} : { signal: options.signal };
 }
 
 function parseDescriptor(text: string, round: number, slot: number): NodeDescriptor {
