@@ -94,6 +94,8 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
   readonly #lifetime = new AbortController();
   #member: Membership | undefined;
   #joining: { round: number; slot: number; lease: SlotLease } | undefined;
+  /** Settles when the nextRendezvous() in progress, if any, has finished (and cleaned up). */
+  #inFlight: Promise<void> | undefined;
   #shutDown = false;
 
   constructor(options: DynamicHandlerOptions) {
@@ -125,82 +127,113 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
 
   async nextRendezvous(options: RendezvousCallOptions = {}): Promise<RendezvousInfo> {
     if (this.#shutDown) throw new RendezvousGracefulExitError();
-    const signal = anySignal(options.signal, this.#lifetime.signal);
-    const deadline = Date.now() + this.settings.joinTimeoutMs;
-    let previous = this.#member;
-    this.#member = undefined;
-    for (;;) {
-      const state = await this.#backend.getState({ signal });
-      if (state.last?.kind === "closed" || (await this.#backend.isClosed({ signal }))) {
-        if (previous !== undefined) await this.#leave(previous, GoneReason.Left);
-        throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
-      }
-      const round = state.openRound;
-      const node = previous === undefined ? this.node : { ...this.node, prevRank: previous.rank };
-      const slot = await this.#backend.join(round, node, { signal });
-      const lease = await this.#backend.keepAlive(round, slot, this.settings.keepAliveIntervalMs);
-      this.#joining = { round, slot, lease };
-      this.emit("joined", { round, slot, node });
-      this.#logger.debug("joined round", { runId: this.#runId, round, slot });
-      if (previous !== undefined) {
-        // Leave the old round only now: once it drains, every survivor already holds a ticket here.
-        await this.#leave(previous, GoneReason.Rejoined);
-        previous = undefined;
-      }
-      const outcome = await this.#awaitOutcome(round, slot, lease, deadline, signal);
-      this.#joining = undefined;
-      const place = rankOf(outcome, slot);
-      if (place !== undefined) return this.#complete(round, slot, lease, place.rank, place.worldSize);
-      // Not a member (a spare beyond maxNodes, or counted out as dead): wait in the next round.
-      await lease.stop();
+    const run = this.#rendezvous(options);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#inFlight = settled;
+    try {
+      return await run;
+    } catch (err) {
+      throw this.#shutDown && hasErrorCode(err, ErrorCode.Aborted)
+        ? new RendezvousGracefulExitError(undefined, { cause: err })
+        : err;
+    } finally {
+      if (this.#inFlight === settled) this.#inFlight = undefined;
     }
   }
 
-  async #awaitOutcome(
+  async #rendezvous(options: RendezvousCallOptions): Promise<RendezvousInfo> {
+    const signal = anySignal(options.signal, this.#lifetime.signal);
+    const deadline = Date.now() + this.settings.joinTimeoutMs;
+    for (;;) {
+      const state = await this.#backend.getState({ signal });
+      if (state.last?.kind === "closed" || (await this.#backend.isClosed({ signal }))) {
+        await this.#leaveMembership(GoneReason.Left);
+        throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
+      }
+      const round = state.openRound;
+      // Still a member of the previous round until it leaves it below (also when a call failed half-way).
+      const previous = this.#member;
+      const node = previous === undefined ? this.node : { ...this.node, prevRank: previous.rank };
+      const slot = await this.#backend.join(round, node, { signal });
+      const info = await this.#takePart(round, slot, node, deadline, signal);
+      if (info !== undefined) return info;
+      // Not a member (a spare beyond maxNodes, or counted out as dead): wait in the next round.
+    }
+  }
+
+  /**
+   * Holds `slot` of `round` until the round is decided: keep-alives, leaving the previous round, waiting
+   * for (or coordinating) the outcome. Resolves `undefined` when this node is not a member. On any
+   * failure the slot stops its keep-alives and is marked left (unless the rendezvous closed), so that no
+   * ticket outlives the call that took it.
+   */
+  async #takePart(
     round: number,
     slot: number,
-    lease: SlotLease,
+    node: NodeDescriptor,
     deadline: number,
     signal: AbortSignal,
-  ): Promise<RoundOutcome> {
+  ): Promise<RendezvousInfo | undefined> {
+    let lease: SlotLease | undefined;
+    let member = false;
     try {
-      let leader = await this.#backend.tryLead(round, slot, undefined, { signal });
-      for (;;) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw await this.#timeoutError(round);
-        const outcome =
-          leader === slot
-            ? await coordinateRound({
-                backend: this.#backend,
-                round,
-                slot,
-                settings: this.settings,
-                deadline,
-                signal,
-                logger: this.#logger,
-                onLost: (lost) => this.emit("nodeLost", lost),
-              })
-            : await this.#backend.waitOutcome(round, {
-                timeoutMs: Math.min(left, this.settings.keepAliveIntervalMs),
-                signal,
-              });
-        if (outcome !== undefined) {
-          if (outcome.kind === "closed") {
-            this.emit("closed", { round });
-            throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
-          }
-          return outcome;
-        }
-        if (leader !== slot) leader = await this.#checkLeader(round, slot, leader, signal);
+      lease = await this.#backend.keepAlive(round, slot, this.settings.keepAliveIntervalMs);
+      this.#joining = { round, slot, lease };
+      this.emit("joined", { round, slot, node });
+      this.#logger.debug("joined round", { runId: this.#runId, round, slot });
+      // Leave the old round only now: once it drains, every survivor already holds a ticket here.
+      await this.#leaveMembership(GoneReason.Rejoined);
+      const outcome = await this.#awaitOutcome(round, slot, deadline, signal);
+      this.#joining = undefined;
+      const place = rankOf(outcome, slot);
+      if (place === undefined) {
+        await lease.stop();
+        return undefined;
       }
+      member = true;
+      return await this.#complete(round, slot, lease, place, signal);
     } catch (err) {
       this.#joining = undefined;
-      await lease.stop();
-      const reason = hasErrorCode(err, ErrorCode.Closed) ? undefined : GoneReason.Left;
-      if (reason !== undefined) {
-        await this.#backend.markGone(round, slot, reason, false).catch(() => undefined);
+      await lease?.stop().catch(() => undefined);
+      if (!hasErrorCode(err, ErrorCode.Closed)) {
+        await this.#backend.markGone(round, slot, GoneReason.Left, member).catch(() => undefined);
       }
-      throw this.#shutDown && hasErrorCode(err, ErrorCode.Aborted) ? new RendezvousGracefulExitError() : err;
+      throw err;
+    }
+  }
+
+  async #awaitOutcome(round: number, slot: number, deadline: number, signal: AbortSignal): Promise<RoundOutcome> {
+    let leader = await this.#backend.tryLead(round, slot, undefined, { signal });
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw await this.#timeoutError(round);
+      const outcome =
+        leader === slot
+          ? await coordinateRound({
+              backend: this.#backend,
+              round,
+              slot,
+              settings: this.settings,
+              deadline,
+              signal,
+              logger: this.#logger,
+              onLost: (lost) => this.emit("nodeLost", lost),
+            })
+          : await this.#backend.waitOutcome(round, {
+              timeoutMs: Math.min(left, this.settings.keepAliveIntervalMs),
+              signal,
+            });
+      if (outcome !== undefined) {
+        if (outcome.kind === "closed") {
+          this.emit("closed", { round });
+          throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
+        }
+        return outcome;
+      }
+      if (leader !== slot) leader = await this.#checkLeader(round, slot, leader, signal);
     }
   }
 
@@ -228,38 +261,43 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     round: number,
     slot: number,
     lease: SlotLease,
-    rank: number,
-    worldSize: number,
+    { rank, worldSize }: { rank: number; worldSize: number },
+    signal: AbortSignal,
   ): Promise<RendezvousInfo> {
     await lease.becomeMember();
-    this.#member = { round, slot, lease, rank, worldSize };
     const store = this.#backend.roundStore(round);
-    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank);
+    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, signal);
+    this.#member = { round, slot, lease, rank, worldSize };
     this.emit("completed", { round, rank, worldSize });
     this.#logger.info("rendezvous completed", { runId: this.#runId, round, rank, worldSize });
     return { store, rank, worldSize, bootstrapStoreInfo, round };
   }
 
   /** PyTorch's `RendezvousStoreInfo.build`: rank 0 publishes where workers bootstrap; the others read it. */
-  async #bootstrapInfo(store: Store, rank: number): Promise<RendezvousStoreInfo> {
+  async #bootstrapInfo(store: Store, rank: number, signal: AbortSignal): Promise<RendezvousStoreInfo> {
     if (rank === 0) {
       const endpoint = this.#options.storeEndpoint;
       const info =
         this.useAgentStore && endpoint !== undefined
           ? endpoint
           : { masterAddr: this.node.addr, masterPort: await pickFreePort() };
-      await store.multiSet(["MASTER_ADDR", "MASTER_PORT"], [info.masterAddr, String(info.masterPort)]);
+      await store.multiSet(["MASTER_ADDR", "MASTER_PORT"], [info.masterAddr, String(info.masterPort)], { signal });
       return info;
     }
     const [addr, port] = await store.multiGet(["MASTER_ADDR", "MASTER_PORT"], {
       timeoutMs: this.settings.joinTimeoutMs,
+      signal,
     });
     return { masterAddr: bytesToText(addr!), masterPort: Number(bytesToText(port!)) };
   }
 
-  async #leave(member: Membership, reason: GoneReason): Promise<void> {
+  /** Leaves the round this node is a member of, if any; it stays a member until that succeeded. */
+  async #leaveMembership(reason: GoneReason): Promise<void> {
+    const member = this.#member;
+    if (member === undefined) return;
     await member.lease.stop();
     await this.#backend.markGone(member.round, member.slot, reason, true);
+    if (this.#member === member) this.#member = undefined;
     this.emit("left", { round: member.round, reason });
   }
 
@@ -320,11 +358,15 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     if (this.#shutDown) return true;
     this.#shutDown = true;
     this.#lifetime.abort(new RendezvousGracefulExitError());
+    // Let an interrupted nextRendezvous() mark its ticket left before the store goes away (no longer than
+    // the others would take to count this node dead anyway).
+    const inFlight = this.#inFlight;
+    if (inFlight !== undefined) {
+      await settleWithin(inFlight, this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts);
+    }
     let clean = true;
     try {
-      const member = this.#member;
-      this.#member = undefined;
-      if (member !== undefined) await this.#leave(member, GoneReason.Left);
+      await this.#leaveMembership(GoneReason.Left);
     } catch (err) {
       clean = false;
       this.#logger.warn("could not leave the rendezvous cleanly", { error: String(err) });
@@ -343,6 +385,16 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
 
 function optionalSignal(signal: AbortSignal | undefined): { signal?: AbortSignal } {
   return signal === undefined ? {} : { signal };
+}
+
+/** Resolves when `promise` settles or `ms` passed, whichever comes first. */
+async function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const elapsed = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  await Promise.race([promise.then(() => undefined, () => undefined), elapsed]);
+  clearTimeout(timer);
 }
 
 /** A signal that fires when any of `signals` fires. */
