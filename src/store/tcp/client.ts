@@ -21,10 +21,10 @@ import { ErrorCode, InvalidArgumentError, RendezvousError, StoreError } from "..
 import { checkSameLength, toI64 } from "../memory-store.js";
 import type { CallOptions, QueuePopOptions, QueueStore, StoreValue } from "../store.js";
 import { sleep } from "./client-connect.js";
-import { printable, Shape } from "./client-connection.js";
+import { type ClientConnection, printable, Shape } from "./client-connection.js";
 import { type ResolvedOptions, resolveOptions, type TCPStoreOptions } from "./client-options.js";
 import { ClientSession, waitTimeoutMessage } from "./client-session.js";
-import { type Dialect, EXTENSION_ACK, type Request } from "./protocol.js";
+import { CheckResponse, type Dialect, EXTENSION_ACK, type Request } from "./protocol.js";
 
 export type { TCPStoreOptions } from "./client-options.js";
 
@@ -136,8 +136,7 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
   /** The value of `key`, waiting until it exists (CHECK, WAIT if missing, then GET). */
   async get(key: string, options?: CallOptions): Promise<Uint8Array> {
     const k = wireKey(key);
-    await this.#session.waitKeys([k], options, Date.now());
-    return this.#session.run(options, "get", (c) => c.request({ type: "get", key: k }, Shape.value));
+    return this.#read([k], options, "get", (c) => c.request({ type: "get", key: k }, Shape.value));
   }
 
   add(key: string, delta: number, options?: CallOptions): Promise<number> {
@@ -191,8 +190,7 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
   async multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
     const ks = keys.map(wireKey);
     if (ks.length === 0) return [];
-    await this.#session.waitKeys(ks, options, Date.now());
-    return this.#session.run(options, "multiGet", (c) =>
+    return this.#read(ks, options, "multiGet", (c) =>
       this.dialect === "v1"
         ? Promise.all(ks.map((key) => c.request({ type: "get", key }, Shape.value)))
         : c.request({ type: "multiGet", keys: ks }, { kind: "values", count: ks.length }),
@@ -330,6 +328,32 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  /**
+   * A read that waits for `keys` first: CHECK, WAIT on a wait connection if one is missing, then `read`.
+   * rdzv's server answers reads of missing keys with empty values, so there the read is pipelined with the
+   * CHECK and used when the keys exist: one round trip instead of two. (PyTorch's legacy server would
+   * close the connection instead, so only servers with extensions get this.)
+   */
+  async #read<T>(
+    keys: readonly string[],
+    options: CallOptions | undefined,
+    what: string,
+    read: (conn: ClientConnection) => Promise<T>,
+  ): Promise<T> {
+    const start = Date.now();
+    if (!this.hasExtensions) {
+      await this.#session.waitKeys(keys, options, start);
+    } else {
+      const check: Request = { type: "check", keys };
+      const [ready, value] = await this.#session.run(options, what, (c) =>
+        Promise.all([c.request(check, Shape.u8), read(c)]),
+      );
+      if (ready === CheckResponse.Ready) return value;
+      await this.#session.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
+    }
+    return this.#session.run(options, what, read);
   }
 
   async #extension(req: Request, options: CallOptions | undefined): Promise<void> {
