@@ -20,7 +20,7 @@ import type { RendezvousCallOptions, RendezvousHandler, RendezvousInfo, Rendezvo
 import type { NodeDescriptor, RendezvousBackend, SlotLease } from "./backend.js";
 import { coordinateRound } from "./coordinator.js";
 import { pickFreePort } from "./free-port.js";
-import { GoneReason, type RoundOutcome, rankOf } from "./round.js";
+import { GoneReason, LivenessTracker, memberSlots, type RoundOutcome, rankOf } from "./round.js";
 
 /** Settings of a dynamic handler, all durations in milliseconds. */
 export interface DynamicHandlerSettings {
@@ -79,6 +79,14 @@ interface Membership {
   readonly lease: SlotLease;
   readonly rank: number;
   readonly worldSize: number;
+  /**
+   * The member this one watches while it waits for the round's end: the next one in slot order, cyclically
+   * (none in a round of one). Any death ends the round, so one watcher per member finds every death
+   * as long as one member lives, at one counter read per member and interval.
+   */
+  readonly watched: number | undefined;
+  /** Keep-alive staleness of `watched`, on this node's clock. */
+  readonly liveness: LivenessTracker;
 }
 
 let localCounter = 0;
@@ -194,7 +202,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
         return undefined;
       }
       member = true;
-      return await this.#complete(round, slot, lease, place, signal);
+      return await this.#complete(round, slot, lease, place, memberSlots(outcome), signal);
     } catch (err) {
       this.#joining = undefined;
       await lease?.stop().catch(() => undefined);
@@ -262,12 +270,22 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     slot: number,
     lease: SlotLease,
     { rank, worldSize }: { rank: number; worldSize: number },
+    slots: readonly number[],
     signal: AbortSignal,
   ): Promise<RendezvousInfo> {
     await lease.becomeMember();
     const store = this.#backend.roundStore(round);
     const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, signal);
-    this.#member = { round, slot, lease, rank, worldSize };
+    const next = slots[(slots.indexOf(slot) + 1) % slots.length];
+    this.#member = {
+      round,
+      slot,
+      lease,
+      rank,
+      worldSize,
+      watched: next === slot ? undefined : next,
+      liveness: new LivenessTracker(this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts),
+    };
     this.emit("completed", { round, rank, worldSize });
     this.#logger.info("rendezvous completed", { runId: this.#runId, round, rank, worldSize });
     return { store, rank, worldSize, bootstrapStoreInfo, round };
@@ -344,14 +362,52 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
   }
 
   /**
-   * Resolves once the round this node is a member of loses a member (one left or died) or nodes wait to
-   * join, so an agent can restart its workers and re-rendezvous without polling. Resolves `false` on
-   * timeout.
+   * Resolves `true` once the round this node is a member of loses a member (one left or died) or, while
+   * the round is below `maxNodes`, nodes wait to join, so an agent can restart its workers and
+   * re-rendezvous without polling; at once when this node is not a member. Resolves `false` on timeout.
+   *
+   * Deaths are seen at once where the store marks dropped connections (rdzv's TCP store); elsewhere while
+   * members wait here: each watches the keep-alives of the next member and, when they stop for
+   * `keepAliveIntervalMs * keepAliveMaxAttempts`, marks it dead, which wakes every member.
    */
   async waitForRoundEnd(options: RendezvousCallOptions & { timeoutMs: number }): Promise<boolean> {
     const member = this.#member;
     if (member === undefined) return true;
-    return this.#backend.waitEnded(member.round, { timeoutMs: options.timeoutMs, ...optionalSignal(options.signal) });
+    const deadline = Date.now() + options.timeoutMs;
+    const signal = optionalSignal(options.signal);
+    for (;;) {
+      const step = Math.max(0, Math.min(deadline - Date.now(), this.settings.keepAliveIntervalMs));
+      if (await this.#backend.waitEnded(member.round, { timeoutMs: step, ...signal })) return true;
+      if (await this.#watchedMemberGone(member, signal)) return true;
+      if (await this.#nodesWaiting(member, signal)) return true;
+      if (Date.now() >= deadline) return false;
+    }
+  }
+
+  /** True when the watched member is gone or its keep-alives stopped; then it also marks the round ended. */
+  async #watchedMemberGone(member: Membership, options: RendezvousCallOptions): Promise<boolean> {
+    const { round, watched } = member;
+    if (watched === undefined) return false;
+    const [reason] = await this.#backend.goneSlots(round, [watched], options);
+    if (reason === undefined) {
+      const [counter = ""] = await this.#backend.keepAliveCounters(round, [watched], options);
+      if (!member.liveness.observe(String(watched), counter, Date.now())) return false;
+    }
+    // Also when it is marked gone already: it may have died before it could register its end of the round.
+    const held = await this.#backend.markGone(round, watched, GoneReason.Dead, true, options);
+    if (reason === undefined) {
+      this.#logger.info("member lost: keep-alives stopped", { runId: this.#runId, round, slot: watched });
+      this.emit("nodeLost", { round, slot: watched, reason: held });
+    }
+    return true;
+  }
+
+  /** True when nodes wait to join and the round has room for them. */
+  async #nodesWaiting(member: Membership, options: RendezvousCallOptions): Promise<boolean> {
+    if (member.worldSize >= this.settings.maxNodes) return false;
+    // One cheap read in the common case where nobody joined the next round.
+    if ((await this.#backend.ticketCount(member.round + 1, options)) === 0) return false;
+    return (await this.numNodesWaiting(options)) > 0;
   }
 
   async shutdown(): Promise<boolean> {
