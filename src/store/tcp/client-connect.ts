@@ -32,6 +32,7 @@ export interface OpenedConnection {
   readonly hasExtensions: boolean;
 }
 
+/** Options of one connect (with or without retries). */
 export interface OpenOptions {
   /** Also send the extension probe (v2 only). */
   readonly probe: boolean;

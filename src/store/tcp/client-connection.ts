@@ -61,6 +61,7 @@ export function printable(key: string): string {
   return Buffer.from(key, "latin1").toString("utf8");
 }
 
+/** How a `ClientConnection` speaks and whom it tells when it ends. */
 export interface ClientConnectionOptions {
   readonly dialect: Dialect;
   /** `host:port`, for messages. */

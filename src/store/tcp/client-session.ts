@@ -28,6 +28,11 @@ export function waitTimeoutMessage(keys: readonly string[]): (timeoutMs: number)
   return (ms) => `wait timeout after ${ms}ms, keys: ${keys.map(printable).join(", ")}`;
 }
 
+/**
+ * Owns a `TCPStore`'s connections and the rules of its calls (used by `TCPStore` only): non-blocking
+ * requests on the main connection, reconnected on demand by the next call, which waits at most its
+ * connect budget; blocking requests on wait connections; `onDisconnect` when the main connection drops.
+ */
 export class ClientSession {
   readonly peer: string;
   readonly #options: ResolvedOptions;

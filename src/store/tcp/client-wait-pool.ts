@@ -17,9 +17,13 @@ export type OpenWaitConnection = (
   onClose: (conn: ClientConnection | undefined) => void,
 ) => Promise<ClientConnection>;
 
+/** How long a cancelled connection waits for the server's WAIT_CANCELED before it is closed instead. */
+const CANCEL_ACK_TIMEOUT_MS = 10_000;
+
 /** How many idle wait connections are kept for reuse (idle ones do not keep the process alive). */
 export const MAX_IDLE_WAIT_CONNECTIONS = 2;
 
+/** The wait connections of one `TCPStore`: handed out one blocking request at a time. */
 export class WaitPool {
   readonly #open: OpenWaitConnection;
   readonly #maxIdle: number;
@@ -63,8 +67,7 @@ export class WaitPool {
   release(conn: ClientConnection): void {
     if (!conn.open) return;
     if (this.#closed || conn.pendingCount > 0 || this.#idle.length >= this.#maxIdle) {
-      this.#all.delete(conn);
-      void conn.close();
+      this.#drop(conn);
       return;
     }
     conn.socket.unref();
@@ -75,17 +78,27 @@ export class WaitPool {
   cancel(conn: ClientConnection): void {
     if (!conn.open) return;
     if (conn.dialect === "v1") {
-      this.#all.delete(conn);
-      void conn.close();
+      this.#drop(conn);
       return;
     }
+    // A server that never acknowledges the cancel must not pin the connection forever.
+    const timer = setTimeout(() => this.#drop(conn), CANCEL_ACK_TIMEOUT_MS);
+    timer.unref();
     conn.cancelWait().then(
-      () => this.release(conn),
       () => {
-        this.#all.delete(conn);
-        void conn.close();
+        clearTimeout(timer);
+        this.release(conn);
+      },
+      () => {
+        clearTimeout(timer);
+        this.#drop(conn);
       },
     );
+  }
+
+  #drop(conn: ClientConnection): void {
+    this.#all.delete(conn);
+    void conn.close();
   }
 
   /** Closes every connection; blocking requests still pending reject with `err`. */
