@@ -44,6 +44,12 @@ export interface OpenOptions {
   readonly onAttemptFailed?: (err: unknown) => void;
 }
 
+/**
+ * Bounds of one attempt. The lower bound lets an attempt outlive a nearly spent deadline, so a slow but
+ * healthy server still gets its connection (the caller stops waiting at its own deadline either way, and
+ * a connection that arrives late is kept for the next call).
+ */
+const MIN_ATTEMPT_MS = 1000;
 const MAX_ATTEMPT_MS = 10_000;
 const FIRST_BACKOFF_MS = 10;
 const MAX_BACKOFF_MS = 1000;
@@ -66,7 +72,7 @@ export async function connectWithRetry(
   const peer = peerName(target.host, target.port);
   let backoffMs = FIRST_BACKOFF_MS;
   for (let attempt = 1; ; attempt++) {
-    const attemptMs = Math.min(Math.max(deadline() - Date.now(), 1), MAX_ATTEMPT_MS);
+    const attemptMs = Math.min(Math.max(deadline() - Date.now(), MIN_ATTEMPT_MS), MAX_ATTEMPT_MS);
     try {
       return await openConnection(target, attemptMs, options);
     } catch (err) {

@@ -135,16 +135,18 @@ export class ClientSession {
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     const deadlineAt = start + timeoutMs;
     const signal = options?.signal;
-    const acquiring = this.#waits.acquire(deadlineAt);
-    const conn = await race(acquiring, deadlineAt, signal, () => this.#connectError(timeoutMs)).catch(
-      (err) => {
-        acquiring.then(
-          (c) => this.#waits.release(c),
-          () => {},
-        );
-        throw err;
-      },
-    );
+    // Opening a wait connection retries within the connect budget. Running out of the call's own time
+    // while the server is reachable (the main connection is up) is a timeout, not a connection error.
+    const acquiring = this.#waits.acquire(Math.min(deadlineAt, Date.now() + this.#options.connectTimeoutMs));
+    const expired = (): RendezvousError =>
+      this.#main?.open ? new RendezvousTimeoutError(describe(timeoutMs)) : this.#connectError(timeoutMs);
+    const conn = await race(acquiring, deadlineAt, signal, expired).catch((err) => {
+      acquiring.then(
+        (c) => this.#waits.release(c),
+        () => {},
+      );
+      throw err;
+    });
     let reply: number;
     try {
       const timeout = (): RendezvousError => new RendezvousTimeoutError(describe(timeoutMs));

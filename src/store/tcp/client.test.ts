@@ -21,6 +21,15 @@ const text = (bytes: Uint8Array): string => Buffer.from(bytes).toString("utf8");
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const HOST = "127.0.0.1";
 
+/** Resolves once `condition()` holds (polled every 5 ms); fails after 5 s. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!condition()) {
+    assert.ok(Date.now() < deadline, `timed out waiting until ${what}`);
+    await sleep(5);
+  }
+}
+
 async function rejectsWithCode(promise: Promise<unknown>, code: string): Promise<RendezvousError> {
   let caught: unknown;
   await assert.rejects(promise, (err: unknown) => {
@@ -340,10 +349,14 @@ describe("TCPStore connection loss", () => {
       if (req.type === "getNumKeys" && answer) socket.write(Buffer.from([9, 0, 0, 0, 0, 0, 0, 0]));
     });
     const store = await client(fake, { timeoutMs: 200 });
+    let disconnects = 0;
+    store.on("disconnect", () => disconnects++);
     await rejectsWithCode(store.numKeys(), ErrorCode.Timeout);
+    assert.equal(disconnects, 1);
+    // A call's own timeout abandons its reply; the watchdog then drops the connection all the same.
     await rejectsWithCode(store.numKeys({ timeoutMs: 50 }), ErrorCode.Timeout);
+    await until(() => disconnects === 2, "the watchdog drops the second connection");
     answer = true;
-    await sleep(250);
     assert.equal(await store.numKeys(), 9);
   });
 });
@@ -354,7 +367,7 @@ describe("TCPStore blocking calls", () => {
     const store = await client(srv);
     const other = await client(srv);
     const gets = Array.from({ length: 5 }, (_, i) => store.get(`b${i}`));
-    await sleep(30);
+    await until(() => srv.stats().waiters === 5, "5 waits are parked");
     assert.equal(store.waitConnections, 5);
     assert.equal(await store.add("not-blocked", 1), 1);
     await other.multiSet(
@@ -362,8 +375,7 @@ describe("TCPStore blocking calls", () => {
       gets.map((_, i) => `${i}`),
     );
     assert.deepEqual((await Promise.all(gets)).map(text), ["0", "1", "2", "3", "4"]);
-    await sleep(30);
-    assert.equal(store.waitConnections, 2);
+    await until(() => store.waitConnections === 2, "3 wait connections are closed");
     await store.set("present", "1");
     await store.get("present");
     assert.equal(store.waitConnections, 2);
@@ -373,10 +385,10 @@ describe("TCPStore blocking calls", () => {
     const srv = await server();
     const store = await client(srv);
     await rejectsWithCode(store.get("x", { timeoutMs: 50 }), ErrorCode.Timeout);
-    await sleep(50);
-    assert.equal(srv.stats().waiters, 0);
+    await until(() => srv.stats().waiters === 0, "the wait is cancelled");
+    await sleep(50); // the WAIT_CANCELED reply is on its way back
     const pending = store.get("x");
-    await sleep(20);
+    await until(() => srv.stats().waiters === 1, "the wait is parked");
     await store.set("x", "x");
     assert.equal(text(await pending), "x");
     assert.equal(srv.stats().connectionsTotal, 2);
@@ -392,7 +404,8 @@ describe("TCPStore blocking calls", () => {
     });
     const store = await client(fake);
     await rejectsWithCode(store.wait(["k"], { timeoutMs: 30 }), ErrorCode.Timeout);
-    await sleep(30);
+    await until(() => fake.requests.some((r) => r.type === "cancelWait"), "CANCEL_WAIT arrives");
+    await sleep(50); // its reply is on its way back
     assert.equal(text(await store.get("k")), "z");
     assert.equal(fake.requests.filter((r) => r.type === "validate").length, 2);
   });
@@ -419,10 +432,11 @@ describe("TCPStore blocking calls", () => {
     await store.set("x", "x");
     assert.equal(text(await store.get("x")), "x");
     const pending = store.get("y");
-    await sleep(20);
+    await until(() => srv.stats().waiters === 1, "the wait is parked");
     await store.set("y", "y");
     assert.equal(text(await pending), "y");
-    assert.equal(srv.stats().dialects.v1, 2);
+    await until(() => srv.stats().connections === 2, "the timed-out wait connection is gone");
+    assert.equal(srv.stats().connectionsTotal, 3);
   });
 
   it("close() rejects pending calls with RDZV_RESOURCE_CLOSED, and later calls too", async () => {
