@@ -3,18 +3,21 @@
 
 import { RendezvousError } from "../errors.js";
 import { UsageError } from "./args.js";
+import { RUN_HELP, runCommand } from "./run.js";
 import { SERVE_HELP, serveCommand } from "./serve.js";
 
 const HELP = `Usage: rdzv <command> [options]
 
 Commands:
   serve     run the rendezvous store server (PyTorch TCPStore compatible)
+  run       launch workers elastically on this node, like torchrun
 
 Run 'rdzv <command> --help' for a command's options.
 `;
 
 const COMMANDS: Record<string, { run: (argv: readonly string[]) => Promise<number>; help: string }> = {
   serve: { run: serveCommand, help: SERVE_HELP },
+  run: { run: runCommand, help: RUN_HELP },
 };
 
 async function main(argv: readonly string[]): Promise<number> {

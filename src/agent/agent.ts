@@ -1,0 +1,446 @@
+/**
+ * The elastic agent behind `rdzv run` (PyTorch's `LocalElasticAgent` / `SimpleElasticAgent`): joins the
+ * rendezvous, starts this node's workers with torchrun's environment, watches them and the round, and
+ * restarts the group (after a new rendezvous) when a worker fails, a member leaves or dies, or new nodes
+ * wait to be admitted. Differences from torchrun:
+ *
+ * - `maxRestarts` bounds the failure restarts of the whole job, not of each node (pytorch/pytorch#108158):
+ *   the count lives in the rendezvous store and each failed attempt is counted once (see launcher-store.ts).
+ * - When the budget is spent, the agent that counted the last failure records a summary and closes the
+ *   rendezvous, so every node exits non-zero with the same report.
+ * - The job succeeds when every node's workers exited 0 in the same attempt (an exit barrier); a node
+ *   whose workers succeeded rejoins if the round ends before the others finish.
+ * - Member loss is pushed by the store (`waitForRoundEnd`); only the rank 0 agent polls
+ *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are.
+ */
+
+import { EventEmitter } from "node:events";
+import { hostname } from "node:os";
+import { setTimeout as delay } from "node:timers/promises";
+import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import type { RendezvousHandler, RendezvousInfo } from "../rendezvous/api.js";
+import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
+import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
+import { discardWorkerOutput, type WorkerOutput } from "./output.js";
+import { type AgentResult, decideAfterFailure, type FailureSummary, type WorkerExit } from "./policy.js";
+import { type Reaper, startReaper } from "./reaper.js";
+import { startWorkerGroup, type WorkerGroup } from "./worker-group.js";
+
+/** Options of `createElasticAgent`. Durations in milliseconds. */
+export interface ElasticAgentOptions {
+  readonly handler: RendezvousHandler;
+  /** The worker command and its arguments. */
+  readonly command: string;
+  readonly args?: readonly string[];
+  /** Workers per node (torchrun `--nproc-per-node`), >= 1. */
+  readonly nprocPerNode: number;
+  /** Failure restarts allowed for the whole job (default 0, as torchrun). */
+  readonly maxRestarts?: number;
+  /** How often the rank 0 agent asks whether nodes wait to join (default 1000). */
+  readonly monitorIntervalMs?: number;
+  /** Grace between SIGTERM and SIGKILL when stopping workers (default 30 000, as torchrun). */
+  readonly stopTimeoutMs?: number;
+  /** How long a node whose workers succeeded waits for the others (default 300 000, as torchrun). */
+  readonly exitBarrierTimeoutMs?: number;
+  /** Role name (torchrun `--role`, default "default"). */
+  readonly role?: string;
+  /** Close the rendezvous when this agent exits, for every node (default false). */
+  readonly closeOnExit?: boolean;
+  /** The rendezvous TCP store's address, given to workers as `RDZV_STORE_ADDR` / `RDZV_STORE_PORT`. */
+  readonly storeEndpoint?: { readonly host: string; readonly port: number };
+  /** Base environment of the workers (default `process.env`). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  readonly cwd?: string;
+  /** Where worker output goes (default: dropped). */
+  readonly output?: WorkerOutput;
+  /** This node's name in failure reports (default: the hostname). */
+  readonly localAddr?: string;
+  /** Stops the agent (workers stopped, rendezvous left); a string reason is reported as the signal name. */
+  readonly signal?: AbortSignal;
+  readonly logger?: Logger;
+  /** Start a reaper process so workers die with a SIGKILLed agent (default true). */
+  readonly reaper?: boolean;
+}
+
+/** Why a group restarts. */
+export type RestartReason = "worker-failed" | "round-ended" | "nodes-waiting";
+
+/** What an agent reports while it runs (for status lines and logs). */
+export interface AgentEvents {
+  joining: [{ restarts: number }];
+  started: [
+    {
+      round: number;
+      groupRank: number;
+      groupWorldSize: number;
+      worldSize: number;
+      restarts: number;
+      pids: (number | undefined)[];
+    },
+  ];
+  workerFailed: [{ round: number; exit: WorkerExit; stderrTail: string[] }];
+  restarting: [{ reason: RestartReason; round: number; restarts: number }];
+  finishing: [{ round: number }];
+}
+
+type MonitorEvent =
+  | { readonly kind: "failed"; readonly first: WorkerExit }
+  | { readonly kind: "succeeded" }
+  | { readonly kind: "round-ended" }
+  | { readonly kind: "nodes-waiting"; readonly count: number }
+  | { readonly kind: "stop" };
+
+type RoundEndWaiter = (options: { timeoutMs: number; signal?: AbortSignal }) => Promise<boolean>;
+
+const ROUND_END_WAIT_MS = 30_000;
+
+/** An elastic agent; create with `createElasticAgent`, then `run()` once. */
+export class ElasticAgent extends EventEmitter<AgentEvents> {
+  readonly nodeId: string;
+  readonly #o: ElasticAgentOptions;
+  readonly #handler: RendezvousHandler;
+  readonly #logger: Logger;
+  readonly #signal: AbortSignal;
+  readonly #maxRestarts: number;
+  readonly #monitorIntervalMs: number;
+  readonly #stopTimeoutMs: number;
+  readonly #localAddr: string;
+  #group: WorkerGroup | undefined;
+  #reaper: Reaper | undefined;
+  #launcher: LauncherStore | undefined;
+  #restarts = 0;
+  #ran = false;
+
+  constructor(options: ElasticAgentOptions) {
+    super();
+    checkOptions(options);
+    this.#o = options;
+    this.#handler = options.handler;
+    this.#logger = options.logger ?? silentLogger;
+    this.#signal = options.signal ?? new AbortController().signal;
+    this.#maxRestarts = options.maxRestarts ?? 0;
+    this.#monitorIntervalMs = options.monitorIntervalMs ?? 1000;
+    this.#stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
+    this.#localAddr = options.localAddr ?? hostname();
+    this.nodeId = `${this.#localAddr}_${process.pid}_${Math.random().toString(36).slice(2, 10)}`;
+  }
+
+  /**
+   * Runs the job on this node until it succeeds, fails for good, is stopped (`signal`) or the rendezvous
+   * is closed; then stops the workers and leaves the rendezvous (`shutdown()`, after `setClosed()` with
+   * `closeOnExit`). Rejects with the rendezvous error when a rendezvous fails (join timeout, store lost),
+   * after the same clean-up. May be called once.
+   */
+  async run(): Promise<AgentResult> {
+    if (this.#ran) throw new RendezvousStateError("ElasticAgent.run() may be called once");
+    this.#ran = true;
+    if (this.#o.reaper !== false) this.#reaper = startReaper(this.#stopTimeoutMs, this.#logger);
+    let result: AgentResult | undefined;
+    try {
+      for (;;) {
+        if (this.#signal.aborted) {
+          result = this.#stopped();
+          return result;
+        }
+        try {
+          result = await this.#attempt();
+        } catch (err) {
+          // A stop request aborts whatever store call was in flight: that is a stop, not a failure.
+          if (!this.#signal.aborted) throw err;
+          result = this.#stopped();
+        }
+        if (result !== undefined) return result;
+      }
+    } finally {
+      await this.#group?.stop(this.#stopTimeoutMs);
+      await this.#leave(result);
+      await this.#reaper?.close();
+    }
+  }
+
+  /** SIGKILLs the running workers now (a second Ctrl-C); `run()` then finishes as usual. */
+  killWorkers(): void {
+    this.#group?.kill();
+  }
+
+  async #attempt(): Promise<AgentResult | undefined> {
+    this.emit("joining", { restarts: this.#restarts });
+    let info: RendezvousInfo;
+    try {
+      info = await this.#handler.nextRendezvous({ signal: this.#signal });
+    } catch (err) {
+      return this.#rendezvousFailed(err);
+    }
+    const launcher = LauncherStore.of(info, this.#handler.getRunId());
+    this.#launcher = launcher;
+    const restarts = await launcher.restartCount({ signal: this.#signal });
+    this.#restarts = restarts;
+    const spec = this.#spec(info, restarts);
+    const group = this.#startGroup(spec);
+    this.emit("started", {
+      round: info.round,
+      groupRank: info.rank,
+      groupWorldSize: info.worldSize,
+      worldSize: info.worldSize * spec.nprocPerNode,
+      restarts,
+      pids: group.pids,
+    });
+    const event = await this.#monitor(group, info);
+    switch (event.kind) {
+      case "stop":
+        return this.#stopped();
+      case "round-ended":
+      case "nodes-waiting":
+        this.emit("restarting", { reason: event.kind, round: info.round, restarts });
+        await group.stop(this.#stopTimeoutMs);
+        return undefined;
+      case "failed":
+        return this.#failed(event.first, group, info, launcher);
+      case "succeeded":
+        return this.#succeeded(group, info, launcher, attemptId(info.round, restarts));
+    }
+  }
+
+  #spec(info: RendezvousInfo, restarts: number): WorkerGroupSpec {
+    const endpoint = this.#o.storeEndpoint;
+    // A static rendezvous hands out the same store on every restart: give each attempt a fresh namespace.
+    const attempt = this.#handler.getBackend() === "static" ? `/attempt_${restarts}` : "";
+    return {
+      nprocPerNode: this.#o.nprocPerNode,
+      groupRank: info.rank,
+      groupWorldSize: info.worldSize,
+      role: this.#o.role ?? "default",
+      round: info.round,
+      restartCount: restarts,
+      maxRestarts: this.#maxRestarts,
+      runId: this.#handler.getRunId(),
+      masterAddr: info.bootstrapStoreInfo.masterAddr,
+      masterPort: info.bootstrapStoreInfo.masterPort,
+      useAgentStore: this.#handler.useAgentStore,
+      ...(endpoint === undefined
+        ? {}
+        : {
+            store: { addr: endpoint.host, port: endpoint.port, prefix: storeKeyPrefix(info.store) + attempt },
+          }),
+    };
+  }
+
+  #startGroup(spec: WorkerGroupSpec): WorkerGroup {
+    const base = this.#o.env ?? process.env;
+    const workers = Array.from({ length: spec.nprocPerNode }, (_, localRank) => ({
+      localRank,
+      rank: workerRanks(spec, localRank).rank,
+      env: mergeWorkerEnv(base, workerEnv(spec, localRank), spec.nprocPerNode),
+    }));
+    this.#group = startWorkerGroup({
+      command: this.#o.command,
+      args: this.#o.args ?? [],
+      workers,
+      output: this.#o.output ?? discardWorkerOutput,
+      reaper: this.#reaper,
+      ...(this.#o.cwd === undefined ? {} : { cwd: this.#o.cwd }),
+    });
+    return this.#group;
+  }
+
+  /** Waits for the first thing that ends the attempt: the workers, the round, waiting nodes, a stop. */
+  async #monitor(group: WorkerGroup, info: RendezvousInfo): Promise<MonitorEvent> {
+    const done = new AbortController();
+    const signal = AbortSignal.any([done.signal, this.#signal]);
+    const waits: Promise<MonitorEvent>[] = [
+      group
+        .settled()
+        .then((s) => (s.kind === "failed" ? { kind: "failed", first: s.first } : { kind: "succeeded" })),
+      aborted(this.#signal, done.signal).then(() => ({ kind: "stop" })),
+    ];
+    const roundEnd = roundEndWaiter(this.#handler);
+    if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal));
+    // Members learn of a round's end from the store; only rank 0 needs to look for waiting nodes.
+    if (roundEnd === undefined || info.rank === 0) waits.push(this.#pollWaiting(signal));
+    try {
+      return await Promise.race(waits);
+    } finally {
+      done.abort();
+      for (const w of waits) w.catch(() => undefined);
+    }
+  }
+
+  async #watchRoundEnd(wait: RoundEndWaiter, signal: AbortSignal): Promise<MonitorEvent> {
+    for (;;) {
+      try {
+        if (await wait({ timeoutMs: ROUND_END_WAIT_MS, signal })) return { kind: "round-ended" };
+      } catch (err) {
+        if (signal.aborted) throw err;
+        // The store may come back (the client reconnects); healthy workers keep running meanwhile.
+        this.#logger.warn("watching the round failed; retrying", { error: String(err) });
+        await delay(this.#monitorIntervalMs, undefined, { signal });
+      }
+    }
+  }
+
+  async #pollWaiting(signal: AbortSignal): Promise<MonitorEvent> {
+    for (;;) {
+      await delay(this.#monitorIntervalMs, undefined, { signal });
+      try {
+        const count = await this.#handler.numNodesWaiting({ signal });
+        if (count > 0) return { kind: "nodes-waiting", count };
+      } catch (err) {
+        if (signal.aborted) throw err;
+        this.#logger.warn("numNodesWaiting failed; retrying", { error: String(err) });
+      }
+    }
+  }
+
+  async #failed(
+    first: WorkerExit,
+    group: WorkerGroup,
+    info: RendezvousInfo,
+    launcher: LauncherStore,
+  ): Promise<AgentResult | undefined> {
+    await group.stop(this.#stopTimeoutMs);
+    const stderrTail = group.stderrTail(first.localRank);
+    this.emit("workerFailed", { round: info.round, exit: first, stderrTail });
+    const attempt = attemptId(info.round, this.#restarts);
+    const claim = await launcher.claimFailure(attempt, this.nodeId, { signal: this.#signal });
+    const decision = decideAfterFailure(claim, this.#maxRestarts);
+    if (decision.kind !== "give-up") {
+      this.emit("restarting", { reason: "worker-failed", round: info.round, restarts: claim.restarts });
+      return undefined;
+    }
+    const summary: FailureSummary = {
+      rank: first.rank,
+      localRank: first.localRank,
+      groupRank: info.rank,
+      node: this.#localAddr,
+      pid: first.pid,
+      exitCode: first.exitCode,
+      signal: first.signal,
+      ...(first.spawnError === undefined ? {} : { spawnError: first.spawnError }),
+      stderrTail,
+      round: info.round,
+      restarts: decision.restarts - 1,
+      maxRestarts: this.#maxRestarts,
+    };
+    // Record first: the other agents read the record once they find the rendezvous closed.
+    await launcher.recordFailure(summary);
+    await this.#handler.setClosed();
+    return { kind: "failed", summary, local: true };
+  }
+
+  /** The exit barrier: succeeded once every node's workers succeeded in this attempt. */
+  async #succeeded(
+    group: WorkerGroup,
+    info: RendezvousInfo,
+    launcher: LauncherStore,
+    attempt: string,
+  ): Promise<AgentResult | undefined> {
+    await group.stop(this.#stopTimeoutMs);
+    this.emit("finishing", { round: info.round });
+    await launcher.arrive(attempt, info.worldSize, { signal: this.#signal });
+    const done = new AbortController();
+    const signal = AbortSignal.any([done.signal, this.#signal]);
+    const timeoutMs = this.#o.exitBarrierTimeoutMs ?? 300_000;
+    const waits: Promise<"done" | "timeout" | "ended">[] = [
+      launcher.waitAllDone(attempt, { timeoutMs, signal }).then(
+        () => "done",
+        (err: unknown) => {
+          if (hasErrorCode(err, ErrorCode.Timeout)) return "timeout";
+          throw err;
+        },
+      ),
+    ];
+    const roundEnd = roundEndWaiter(this.#handler);
+    if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal).then(() => "ended"));
+    let outcome: "done" | "timeout" | "ended";
+    try {
+      outcome = await Promise.race(waits);
+    } catch (err) {
+      if (this.#signal.aborted) return this.#stopped();
+      throw err;
+    } finally {
+      done.abort();
+      for (const w of waits) w.catch(() => undefined);
+    }
+    if (outcome === "timeout") {
+      this.#logger.warn("exit barrier timed out: not every node finished", { timeoutMs, round: info.round });
+    }
+    if (outcome === "ended" && !(await launcher.allDone(attempt))) {
+      // Another node failed or left before finishing: the job restarts as a whole.
+      this.emit("restarting", { reason: "round-ended", round: info.round, restarts: this.#restarts });
+      return undefined;
+    }
+    return { kind: "succeeded", round: info.round, restarts: this.#restarts };
+  }
+
+  async #rendezvousFailed(err: unknown): Promise<AgentResult> {
+    if (this.#signal.aborted) return this.#stopped();
+    if (!hasErrorCode(err, ErrorCode.Closed)) throw err;
+    const summary = await this.#launcher?.readFailure().catch(() => undefined);
+    return summary === undefined ? { kind: "closed" } : { kind: "failed", summary, local: false };
+  }
+
+  #stopped(): AgentResult {
+    const reason: unknown = this.#signal.reason;
+    return { kind: "stopped", signal: typeof reason === "string" ? reason : undefined };
+  }
+
+  async #leave(result: AgentResult | undefined): Promise<void> {
+    // A failed job's rendezvous is closed already (by the agent that gave up).
+    const alreadyClosed = result?.kind === "closed" || result?.kind === "failed";
+    if (this.#o.closeOnExit === true && !alreadyClosed) {
+      await this.#handler.setClosed().catch((err: unknown) => {
+        this.#logger.warn("could not close the rendezvous", { error: String(err) });
+      });
+    }
+    const clean = await this.#handler.shutdown().catch((err: unknown) => {
+      this.#logger.warn("could not leave the rendezvous", { error: String(err) });
+      return false;
+    });
+    if (!clean) this.#logger.warn("the rendezvous was not left cleanly");
+  }
+}
+
+/** Creates an agent; throws `InvalidArgumentError` for bad options. */
+export function createElasticAgent(options: ElasticAgentOptions): ElasticAgent {
+  return new ElasticAgent(options);
+}
+
+function checkOptions(o: ElasticAgentOptions): void {
+  const problems: string[] = [];
+  if (typeof o.command !== "string" || o.command === "") problems.push("command must be a non-empty string");
+  const int = (name: string, value: number | undefined, min: number): void => {
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
+      problems.push(`${name} must be an integer >= ${min}, got ${String(value)}`);
+    }
+  };
+  int("nprocPerNode", o.nprocPerNode, 1);
+  int("maxRestarts", o.maxRestarts, 0);
+  int("monitorIntervalMs", o.monitorIntervalMs, 1);
+  int("stopTimeoutMs", o.stopTimeoutMs, 0);
+  int("exitBarrierTimeoutMs", o.exitBarrierTimeoutMs, 1);
+  if (problems.length > 0) throw new InvalidArgumentError(`invalid agent options: ${problems.join("; ")}`);
+}
+
+/** The handler's push-based round-end signal, when it has one (the dynamic handler's `waitForRoundEnd`). */
+function roundEndWaiter(handler: RendezvousHandler): RoundEndWaiter | undefined {
+  const h = handler as RendezvousHandler & { waitForRoundEnd?: RoundEndWaiter };
+  return typeof h.waitForRoundEnd === "function" ? h.waitForRoundEnd.bind(handler) : undefined;
+}
+
+/** Resolves when `signal` fires; rejects (dropping its listener) once `until` fires first. */
+function aborted(signal: AbortSignal, until: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      until.removeEventListener("abort", onUntil);
+      resolve();
+    };
+    const onUntil = (): void => {
+      signal.removeEventListener("abort", onAbort);
+      reject(until.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    until.addEventListener("abort", onUntil, { once: true });
+  });
+}

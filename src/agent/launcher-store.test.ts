@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { RendezvousInfo } from "../rendezvous/api.js";
+import { MemoryStore } from "../store/memory-store.js";
+import { PrefixStore } from "../store/prefix-store.js";
+import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
+import type { FailureSummary } from "./policy.js";
+
+const info = (store: MemoryStore, round: number): RendezvousInfo => ({
+  store: new PrefixStore(`rdzv/run/r${round}/store`, store),
+  rank: 0,
+  worldSize: 2,
+  bootstrapStoreInfo: { masterAddr: "a", masterPort: 1 },
+  round,
+});
+
+describe("LauncherStore", () => {
+  it("lives under the run, beside the round stores, so the count outlives rounds", async () => {
+    const store = new MemoryStore();
+    const a = LauncherStore.of(info(store, 0), "run");
+    assert.equal(a.prefix, "rdzv/run/launcher");
+    assert.equal((await a.claimFailure(attemptId(0, 0), "n1")).restarts, 1);
+    const b = LauncherStore.of(info(store, 1), "run");
+    assert.equal(await b.restartCount(), 1);
+  });
+
+  it("counts one restart per attempt however many agents claim it, concurrently", async () => {
+    const store = new MemoryStore();
+    const launcher = new LauncherStore(store, "run");
+    const claims = await Promise.all(
+      Array.from({ length: 16 }, (_, i) => launcher.claimFailure(attemptId(3, 0), `node${i}`)),
+    );
+    assert.equal(claims.filter((c) => c.won).length, 1);
+    assert.equal(await launcher.restartCount(), 1);
+    const next = await Promise.all(["x", "y"].map((n) => launcher.claimFailure(attemptId(4, 1), n)));
+    assert.deepEqual(
+      next.filter((c) => c.won).map((c) => c.restarts),
+      [2],
+    );
+  });
+
+  it("records and reads the failure summary", async () => {
+    const launcher = new LauncherStore(new MemoryStore(), "run");
+    assert.equal(await launcher.readFailure(), undefined);
+    const summary: FailureSummary = {
+      rank: 1,
+      localRank: 1,
+      groupRank: 0,
+      node: "n",
+      pid: 9,
+      exitCode: null,
+      signal: "SIGKILL",
+      stderrTail: ["x"],
+      round: 2,
+      restarts: 0,
+      maxRestarts: 0,
+    };
+    await launcher.recordFailure(summary);
+    assert.deepEqual(await launcher.readFailure(), summary);
+  });
+
+  it("releases the exit barrier on the last arrival only", async () => {
+    const launcher = new LauncherStore(new MemoryStore(), "run");
+    const attempt = attemptId(1, 0);
+    await launcher.arrive(attempt, 3);
+    await launcher.arrive(attempt, 3);
+    assert.equal(await launcher.allDone(attempt), false);
+    const waiting = launcher.waitAllDone(attempt, { timeoutMs: 5000 });
+    await launcher.arrive(attempt, 3);
+    await waiting;
+    assert.equal(await launcher.allDone(attempt), true);
+  });
+});
+
+describe("storeKeyPrefix", () => {
+  it("joins nested prefixes innermost first, as the keys land on the store", async () => {
+    const store = new MemoryStore();
+    const nested = new PrefixStore("inner", new PrefixStore("outer", store));
+    await nested.set("k", "v");
+    assert.deepEqual(await store.listKeys(), ["outer/inner/k"]);
+    assert.equal(storeKeyPrefix(nested), "outer/inner");
+    assert.equal(storeKeyPrefix(store), "");
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * What the agents of one job share through the rendezvous store, beside the rendezvous itself. Keys under
+ * `rdzv/<runId>/launcher/` on the store behind the round's `PrefixStore`:
+ *
+ * | key                       | written by                        | meaning                                   |
+ * | ------------------------- | --------------------------------- | ----------------------------------------- |
+ * | `restarts`                | the agent that claims a failure   | failure restarts of the job (add 1 each)  |
+ * | `failure/<attempt>`       | compare-and-set by failing agents | who counted the attempt's failure         |
+ * | `failed`                  | the agent that gives up           | the job's failure summary (JSON)          |
+ * | `<attempt>/done`          | agents whose workers all exited 0 | exit barrier counter                      |
+ * | `<attempt>/all-done`      | the agent completing the barrier  | every node's workers succeeded            |
+ *
+ * An attempt is one (round, restart count) pair: `r<round>.c<restarts>`. Every member of a round reads
+ * the same restart count, because a round completes only after the previous one drained, and a failing
+ * agent claims before it leaves its round.
+ */
+
+import { RendezvousStateError } from "../errors.js";
+import type { RendezvousInfo } from "../rendezvous/api.js";
+import { bytesToText } from "../store/bytes.js";
+import { PrefixStore } from "../store/prefix-store.js";
+import type { CallOptions, Store } from "../store/store.js";
+import type { FailureClaim, FailureSummary } from "./policy.js";
+
+/** The launcher's shared keys of one run; see the module comment. */
+export class LauncherStore {
+  readonly store: Store;
+  readonly prefix: string;
+
+  constructor(store: Store, runId: string) {
+    this.store = store;
+    this.prefix = `rdzv/${runId}/launcher`;
+  }
+
+  /**
+   * The launcher store of a round's members: on the store under `info.store` (the round's `PrefixStore`),
+   * so that it outlives the round.
+   */
+  static of(info: RendezvousInfo, runId: string): LauncherStore {
+    const base = info.store instanceof PrefixStore ? info.store.underlyingNonPrefixStore : info.store;
+    return new LauncherStore(base, runId);
+  }
+
+  #key(path: string): string {
+    return `${this.prefix}/${path}`;
+  }
+
+  /** The job's failure restarts so far. */
+  restartCount(options?: CallOptions): Promise<number> {
+    return this.store.add(this.#key("restarts"), 0, options);
+  }
+
+  /**
+   * Claims the failure of `attempt` for `nodeId`: the first claimant counts it (adds 1 to the restart
+   * count); later ones, whose workers failed in the same attempt, do not. Retrying with the same `nodeId`
+   * (after a lost reply) is safe only before the add; a duplicate add would spend one restart too many.
+   */
+  async claimFailure(attempt: string, nodeId: string, options?: CallOptions): Promise<FailureClaim> {
+    const held = bytesToText(
+      await this.store.compareSet(this.#key(`failure/${attempt}`), "", nodeId, options),
+    );
+    if (held !== nodeId) return { won: false, restarts: await this.restartCount(options) };
+    return { won: true, restarts: await this.store.add(this.#key("restarts"), 1, options) };
+  }
+
+  /** Records the job's failure, for the agents that learn of it by the rendezvous closing. */
+  async recordFailure(summary: FailureSummary, options?: CallOptions): Promise<void> {
+    await this.store.set(this.#key("failed"), JSON.stringify(summary), options);
+  }
+
+  /** The recorded failure, if any. */
+  async readFailure(options?: CallOptions): Promise<FailureSummary | undefined> {
+    const key = this.#key("failed");
+    if (!(await this.store.check([key], options))) return undefined;
+    const text = bytesToText(await this.store.get(key, options));
+    try {
+      return JSON.parse(text) as FailureSummary;
+    } catch (err) {
+      throw new RendezvousStateError(`corrupt failure record ${JSON.stringify(text.slice(0, 80))}`, {
+        cause: err,
+      });
+    }
+  }
+
+  /** Arrives at the exit barrier of `attempt`; the last of `worldSize` arrivals releases it. */
+  async arrive(attempt: string, worldSize: number, options?: CallOptions): Promise<void> {
+    const n = await this.store.add(this.#key(`${attempt}/done`), 1, options);
+    if (n >= worldSize) await this.store.set(this.#key(`${attempt}/all-done`), "1", options);
+  }
+
+  /** Whether every node arrived at the exit barrier of `attempt`. */
+  allDone(attempt: string, options?: CallOptions): Promise<boolean> {
+    return this.store.check([this.#key(`${attempt}/all-done`)], options);
+  }
+
+  /** Waits for the exit barrier of `attempt` (rejects with `RDZV_TIMEOUT` / `RDZV_ABORTED`). */
+  waitAllDone(attempt: string, options: CallOptions & { timeoutMs: number }): Promise<void> {
+    return this.store.wait([this.#key(`${attempt}/all-done`)], options);
+  }
+}
+
+/** The attempt id of a round: `r<round>.c<restartCount>` (see the module comment). */
+export function attemptId(round: number, restartCount: number): string {
+  return `r${round}.c${restartCount}`;
+}
+
+/**
+ * The full key prefix of `store` on the TCP store under it (nested `PrefixStore`s joined innermost first,
+ * as PyTorch nests them); `""` when `store` is not a `PrefixStore`.
+ */
+export function storeKeyPrefix(store: Store): string {
+  const parts: string[] = [];
+  let s: Store = store;
+  while (s instanceof PrefixStore) {
+    parts.unshift(s.prefix);
+    s = s.underlyingStore;
+  }
+  return parts.join("/");
+}

@@ -1,0 +1,376 @@
+/** `rdzv run`: the elastic launcher (torchrun's options in rdzv's CLI style); the work is in src/agent/. */
+
+import { randomUUID } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { parseArgs } from "node:util";
+import { createElasticAgent, type ElasticAgent } from "../agent/agent.js";
+import { createWorkerOutput } from "../agent/output.js";
+import { type AgentResult, describeExit, exitCodeOf, formatFailure } from "../agent/policy.js";
+import { formatStatus, StatusLine } from "../agent/status-line.js";
+import { createConsoleLogger, LogLevel } from "../log.js";
+import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
+import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
+import { parseRendezvousConfig } from "../rendezvous/parameters.js";
+import { createRendezvousHandler } from "../rendezvous/registry.js";
+import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import { intOption, UsageError } from "./args.js";
+
+export const RUN_HELP = `Usage: rdzv run [options] -- COMMAND [ARGS...]
+
+Joins the job's rendezvous, then runs COMMAND as --nproc-per-node workers on this node with torchrun's
+environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ..., plus RDZV_* variables), and restarts them
+elastically: after a worker failure (up to --max-restarts for the whole job), when a node leaves or dies,
+and when new nodes wait to join. Exits 0 when every worker of every node succeeded.
+
+Rendezvous:
+  --nnodes MIN:MAX|N         nodes of the job (default 1:1)
+  --nproc-per-node K|cpu     workers on this node (default 1; cpu: one per CPU)
+  --rdzv-backend NAME        c10d (default), static, or another registered backend
+  --rdzv-endpoint HOST:PORT  the rendezvous store (default localhost:29400); with c10d, the node whose
+                             address matches HOST hosts it unless 'rdzv serve' already does
+  --rdzv-id ID               run id shared by the job's nodes (default "none")
+  --rdzv-conf K=V,...        rendezvous settings: join_timeout, last_call_timeout, close_timeout,
+                             keep_alive_interval, keep_alive_max_attempt, read_timeout, is_host, ...
+  --node-rank N              this node's rank (static backend)
+  --local-addr ADDR          the address other nodes reach this node at (default: the hostname)
+  --standalone               one machine, no set-up: an embedded store on a free loopback port, a random
+                             run id, c10d, one node (no --rdzv-*/--nnodes other than 1)
+
+Workers:
+  --max-restarts N           failure restarts allowed for the whole job, across nodes (default 0)
+  --monitor-interval SECS    how often the rank 0 node looks for nodes waiting to join (default 1)
+  --stop-timeout SECS        grace between SIGTERM and SIGKILL when stopping workers (default 30)
+  --exit-barrier-timeout SECS  how long finished nodes wait for the others (default 300)
+  --role NAME                role name (ROLE_NAME, default "default")
+  --close-on-exit            close the rendezvous for every node when this one exits (also on a signal)
+
+Output:
+  --[no-]prefix-output       prefix worker lines with [rank<N>]: (default: on when stdout is a terminal)
+  --[no-]status              live status line on a terminal (default on; never drawn elsewhere)
+  --log-level LEVEL          debug, info, warn or error (default info)
+  -h, --help                 show this help
+
+SIGINT/SIGTERM/SIGHUP stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave the
+rendezvous; a second one kills the workers at once. Exit status: 0 success, 1 failure, 128+N on signal N.
+`;
+
+const OPTIONS = {
+  nnodes: { type: "string" },
+  "nproc-per-node": { type: "string" },
+  "rdzv-backend": { type: "string" },
+  "rdzv-endpoint": { type: "string" },
+  "rdzv-id": { type: "string" },
+  "rdzv-conf": { type: "string" },
+  "node-rank": { type: "string" },
+  "local-addr": { type: "string" },
+  standalone: { type: "boolean" },
+  "max-restarts": { type: "string" },
+  "monitor-interval": { type: "string" },
+  "stop-timeout": { type: "string" },
+  "exit-barrier-timeout": { type: "string" },
+  role: { type: "string" },
+  "close-on-exit": { type: "boolean" },
+  "prefix-output": { type: "boolean" },
+  status: { type: "boolean" },
+  "log-level": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const LEVELS = new Set<string>(Object.values(LogLevel));
+const LEVEL_ORDER: Record<string, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+/** Parsed `rdzv run` arguments. */
+export interface RunArgs {
+  readonly minNodes: number;
+  readonly maxNodes: number;
+  readonly nprocPerNode: number;
+  readonly backend: string;
+  readonly endpoint: string;
+  readonly runId: string;
+  readonly config: Record<string, string>;
+  readonly localAddr: string | undefined;
+  readonly standalone: boolean;
+  readonly maxRestarts: number;
+  readonly monitorIntervalMs: number;
+  readonly stopTimeoutMs: number;
+  readonly exitBarrierTimeoutMs: number;
+  readonly role: string;
+  readonly closeOnExit: boolean;
+  readonly prefixOutput: boolean | undefined;
+  readonly status: boolean;
+  readonly logLevel: LogLevel;
+  readonly command: string;
+  readonly args: readonly string[];
+}
+
+/**
+ * Splits `argv` into options and the worker command: at the first `--`, else at the first token that is
+ * neither an option nor an option's value (torchrun's `torchrun [options] script args` form).
+ */
+export function splitCommand(argv: readonly string[]): { options: string[]; command: string[] } {
+  const dash = argv.indexOf("--");
+  if (dash >= 0) return { options: argv.slice(0, dash), command: argv.slice(dash + 1) };
+  const takesValue = new Set(
+    Object.entries(OPTIONS)
+      .filter(([, o]) => o.type === "string")
+      .map(([name]) => `--${name}`),
+  );
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!;
+    if (!token.startsWith("-")) return { options: argv.slice(0, i), command: argv.slice(i) };
+    if (takesValue.has(token)) i++;
+  }
+  return { options: [...argv], command: [] };
+}
+
+/** Parses `rdzv run` arguments; throws `UsageError` naming the bad value. Returns `undefined` for --help. */
+export function parseRunArgs(argv: readonly string[]): RunArgs | undefined {
+  const split = splitCommand(argv);
+  const { values: v } = parseArgs({
+    args: split.options,
+    options: OPTIONS,
+    strict: true,
+    allowPositionals: false,
+    allowNegative: true,
+  });
+  if (v.help) return undefined;
+  const [command, ...args] = split.command;
+  if (command === undefined || command === "") throw new UsageError("missing the worker command (after --)");
+  const standalone = v.standalone === true;
+  if (standalone) {
+    const clash = ["rdzv-backend", "rdzv-endpoint", "rdzv-id", "node-rank"].filter((k) => k in v);
+    if (clash.length > 0)
+      throw new UsageError(`--standalone sets its own rendezvous: drop --${clash.join(", --")}`);
+  }
+  const [minNodes, maxNodes] = parseNnodes(v.nnodes ?? "1:1");
+  if (standalone && maxNodes !== 1)
+    throw new UsageError(`--standalone runs one node, got --nnodes ${v.nnodes}`);
+  const config = parseConfig(v["rdzv-conf"]);
+  if (v["node-rank"] !== undefined)
+    config.rank = String(intOption("node-rank", v["node-rank"], 0, 0, 1_000_000));
+  const level = v["log-level"] ?? "info";
+  if (!LEVELS.has(level)) {
+    throw new UsageError(
+      `--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`,
+    );
+  }
+  const role = v.role ?? "default";
+  if (role.trim() === "") throw new UsageError("--role must not be empty");
+  return {
+    minNodes,
+    maxNodes,
+    nprocPerNode: parseNproc(v["nproc-per-node"]),
+    backend: v["rdzv-backend"] ?? "c10d",
+    endpoint: v["rdzv-endpoint"] ?? "",
+    runId: v["rdzv-id"] ?? "none",
+    config,
+    localAddr: v["local-addr"] ?? (standalone ? "127.0.0.1" : undefined),
+    standalone,
+    maxRestarts: intOption("max-restarts", v["max-restarts"], 0, 0, 1_000_000),
+    monitorIntervalMs: secondsOption("monitor-interval", v["monitor-interval"], 1),
+    stopTimeoutMs: secondsOption("stop-timeout", v["stop-timeout"], 30, true),
+    exitBarrierTimeoutMs: secondsOption("exit-barrier-timeout", v["exit-barrier-timeout"], 300),
+    role,
+    closeOnExit: v["close-on-exit"] === true,
+    prefixOutput: v["prefix-output"],
+    status: v.status !== false,
+    logLevel: level as LogLevel,
+    command,
+    args,
+  };
+}
+
+function parseNnodes(text: string): [number, number] {
+  const m = /^\s*(\d+)\s*(?::\s*(\d+)\s*)?$/.exec(text);
+  const min = Number(m?.[1]);
+  const max = m?.[2] === undefined ? min : Number(m[2]);
+  if (m === null || !Number.isSafeInteger(min) || min < 1 || !Number.isSafeInteger(max) || max < min) {
+    throw new UsageError(`--nnodes must be N or MIN:MAX with 1 <= MIN <= MAX, got ${JSON.stringify(text)}`);
+  }
+  return [min, max];
+}
+
+function parseNproc(text: string | undefined): number {
+  if (text === "cpu" || text === "auto") return availableParallelism();
+  return intOption("nproc-per-node", text, 1, 1, 100_000);
+}
+
+function parseConfig(text: string | undefined): Record<string, string> {
+  try {
+    return text === undefined ? {} : parseRendezvousConfig(text);
+  } catch (err) {
+    throw new UsageError(`--rdzv-conf: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+function secondsOption(name: string, text: string | undefined, fallback: number, zeroOk = false): number {
+  if (text === undefined) return Math.round(fallback * 1000);
+  const secs = /^\s*\d+(\.\d*)?\s*$|^\s*\.\d+\s*$/.test(text) ? Number(text) : Number.NaN;
+  const ms = Math.round(secs * 1000);
+  if (!Number.isFinite(secs) || ms > 2 ** 31 - 1 || (zeroOk ? ms < 0 : ms < 1)) {
+    throw new UsageError(
+      `--${name} must be a ${zeroOk ? "" : "positive "}number of seconds, got ${JSON.stringify(text)}`,
+    );
+  }
+  return ms;
+}
+
+/** Runs `rdzv run`; resolves with the exit code. */
+export async function runCommand(argv: readonly string[]): Promise<number> {
+  const parsed = parseRunArgs(argv);
+  if (parsed === undefined) {
+    process.stdout.write(RUN_HELP);
+    return 0;
+  }
+  registerBuiltinRendezvousHandlers();
+  const status = new StatusLine(process.stderr, parsed.status);
+  const say = (level: LogLevel, text: string): void => {
+    if (LEVEL_ORDER[level]! < LEVEL_ORDER[parsed.logLevel]!) return;
+    status.hide();
+    process.stderr.write(`rdzv run: ${text}\n`);
+  };
+  const server = parsed.standalone ? await createTCPStoreServer({ host: "127.0.0.1", port: 0 }) : undefined;
+  try {
+    return await launch(parsed, server, status, say);
+  } finally {
+    status.clear();
+    await server?.close();
+  }
+}
+
+async function launch(
+  a: RunArgs,
+  server: TCPStoreServer | undefined,
+  status: StatusLine,
+  say: (level: LogLevel, text: string) => void,
+): Promise<number> {
+  const endpoint = server === undefined ? a.endpoint : formatEndpoint(server.host, server.port);
+  const runId = server === undefined ? a.runId : randomUUID();
+  const config = server === undefined ? a.config : { ...a.config, is_host: "false" };
+  const handler = await createRendezvousHandler({
+    backend: a.backend,
+    endpoint,
+    runId,
+    minNodes: a.minNodes,
+    maxNodes: a.maxNodes,
+    ...(a.localAddr === undefined ? {} : { localAddr: a.localAddr }),
+    config,
+  });
+  const stop = new AbortController();
+  const logger = createConsoleLogger(a.logLevel, (line) => {
+    status.hide();
+    process.stderr.write(`${line}\n`);
+  });
+  const tcpBackend = a.backend === "c10d" || a.backend === "static";
+  const agent = createElasticAgent({
+    handler,
+    command: a.command,
+    args: a.args,
+    nprocPerNode: a.nprocPerNode,
+    maxRestarts: a.maxRestarts,
+    monitorIntervalMs: a.monitorIntervalMs,
+    stopTimeoutMs: a.stopTimeoutMs,
+    exitBarrierTimeoutMs: a.exitBarrierTimeoutMs,
+    role: a.role,
+    closeOnExit: a.closeOnExit,
+    ...(tcpBackend ? { storeEndpoint: parseRendezvousEndpoint(endpoint) } : {}),
+    ...(a.localAddr === undefined ? {} : { localAddr: a.localAddr }),
+    output: createWorkerOutput({
+      prefix: a.prefixOutput ?? process.stdout.isTTY === true,
+      stdout: process.stdout,
+      stderr: process.stderr,
+      beforeWrite: () => status.hide(),
+    }),
+    signal: stop.signal,
+    logger,
+  });
+  reportProgress(agent, a, status, say);
+  say(
+    "info",
+    `joining run ${JSON.stringify(runId)} (${a.backend} at ${endpoint || "localhost"}, ${a.minNodes}:${a.maxNodes} nodes)`,
+  );
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stop.signal.aborted) {
+      say("warn", `${signal} again: killing the workers`);
+      agent.killWorkers();
+      return;
+    }
+    say("warn", `${signal}: stopping the workers (again to kill them at once)`);
+    stop.abort(signal);
+  };
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const s of signals) process.on(s, onSignal);
+  try {
+    const result = await agent.run();
+    report(result, say);
+    return exitCodeOf(result);
+  } finally {
+    for (const s of signals) process.off(s, onSignal);
+  }
+}
+
+function reportProgress(
+  agent: ElasticAgent,
+  a: RunArgs,
+  status: StatusLine,
+  say: (level: LogLevel, text: string) => void,
+): void {
+  const base = { minNodes: a.minNodes, maxNodes: a.maxNodes, maxRestarts: a.maxRestarts };
+  agent.on("joining", ({ restarts }) => status.set(formatStatus({ ...base, phase: "joining", restarts })));
+  agent.on("started", (e) => {
+    const first = e.groupRank * a.nprocPerNode;
+    say(
+      "info",
+      `round ${e.round}: node ${e.groupRank} of ${e.groupWorldSize}, ranks ${first}..${first + a.nprocPerNode - 1} ` +
+        `of ${e.worldSize} started (restarts ${e.restarts}/${a.maxRestarts})`,
+    );
+    status.set(
+      formatStatus({
+        ...base,
+        phase: "running",
+        round: e.round,
+        nodes: e.groupWorldSize,
+        workers: e.pids.length,
+        restarts: e.restarts,
+      }),
+    );
+  });
+  agent.on("workerFailed", ({ exit }) => {
+    say(
+      "warn",
+      `rank ${exit.rank} (local rank ${exit.localRank}, pid ${exit.pid ?? "none"}) failed: ${describeExit(exit)}`,
+    );
+  });
+  agent.on("restarting", ({ reason, restarts }) => {
+    const why = RESTART_REASONS[reason];
+    say("info", `restarting the workers: ${why}`);
+    status.set(formatStatus({ ...base, phase: "restarting", reason: why, restarts }));
+  });
+  agent.on("finishing", ({ round }) => {
+    say("info", "workers succeeded; waiting for the other nodes");
+    status.set(formatStatus({ ...base, phase: "finishing", round, restarts: 0 }));
+  });
+}
+
+const RESTART_REASONS = {
+  "worker-failed": "a worker failed",
+  "round-ended": "a node left, died or restarted",
+  "nodes-waiting": "nodes are waiting to join",
+} as const;
+
+function report(result: AgentResult, say: (level: LogLevel, text: string) => void): void {
+  switch (result.kind) {
+    case "succeeded":
+      say("info", `all workers succeeded (round ${result.round}, ${result.restarts} restarts)`);
+      return;
+    case "failed":
+      say("error", formatFailure(result.summary) + (result.local ? "" : "\n  (reported by another node)"));
+      return;
+    case "closed":
+      say("error", "the rendezvous was closed by another node");
+      return;
+    case "stopped":
+      say("warn", `stopped${result.signal === undefined ? "" : ` by ${result.signal}`}`);
+      return;
+  }
+}
