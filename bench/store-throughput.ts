@@ -1,7 +1,7 @@
 /**
  * Store throughput and memory benchmark: rdzv's TCP store server against PyTorch's C++ TCPStore server.
  *
- *   node dist/bench/store-throughput.js [--reps 5] [--ops 10000] [--ts-ops 200000] [--quick] [--write]
+ *   node dist/bench/store-throughput.js [--reps 5] [--ops 5000] [--ts-ops 100000] [--idle 2000] [--quick] [--write]
  *                                       [--cpu-prof DIR]
  *
  * 1. PyTorch 2.x's Python client (1 and 4 processes) doing set/get/add of 64-byte values against PyTorch's
@@ -56,8 +56,8 @@ function parseArgs(argv: readonly string[]): Args {
   const i = argv.indexOf("--cpu-prof");
   return {
     reps: value("--reps", quick ? 3 : 5),
-    ops: value("--ops", quick ? 3000 : 10_000),
-    tsOps: value("--ts-ops", quick ? 50_000 : 200_000),
+    ops: value("--ops", quick ? 2000 : 5000),
+    tsOps: value("--ts-ops", quick ? 50_000 : 100_000),
     idleConnections: value("--idle", 2000),
     write: argv.includes("--write"),
     cpuProf: i < 0 ? undefined : argv[i + 1],
@@ -243,29 +243,30 @@ interface MemResult {
 }
 
 async function memory(port: number, mem: () => Promise<Mem>, idle: number): Promise<MemResult> {
-  const m0 = await mem();
-  const sockets = await openIdle(port, idle);
-  await new Promise((r) => setTimeout(r, 300));
-  const m1 = await mem();
-  for (const s of sockets) s.destroy();
-  await new Promise((r) => setTimeout(r, 300));
+  // Keys first: they are never freed, so their pages cannot be reused memory of closed connections.
   const store = await connectTCPStore({ host: HOST, port, timeoutMs: 60_000 });
-  const m2 = await mem();
+  await store.numKeys();
+  const m0 = await mem();
   for (let i = 0; i < 10_000; i += 1000) {
     await Promise.all(
       Array.from({ length: 1000 }, (_, j) => store.set(`mem/key/${String(i + j).padStart(5, "0")}`, VALUE)),
     );
   }
   await store.numKeys();
-  const m3 = await mem();
+  const m1 = await mem();
+  const sockets = await openIdle(port, idle);
+  await new Promise((r) => setTimeout(r, 300));
+  const m2 = await mem();
+  for (const s of sockets) s.destroy();
   await store.close();
   const heapDelta = (a: Mem, b: Mem): number | undefined =>
     Number.isNaN(a.heap) ? undefined : b.heap + (b.external ?? 0) - a.heap - (a.external ?? 0);
+  const connHeap = heapDelta(m1, m2);
   return {
-    perConnRss: (m1.rss - m0.rss) / idle,
-    perConnHeap: (heapDelta(m0, m1) ?? Number.NaN) / idle || undefined,
-    per10kRss: m3.rss - m2.rss,
-    per10kHeap: heapDelta(m2, m3),
+    perConnRss: (m2.rss - m1.rss) / idle,
+    perConnHeap: connHeap === undefined ? undefined : connHeap / idle,
+    per10kRss: m1.rss - m0.rss,
+    per10kHeap: heapDelta(m0, m1),
   };
 }
 
@@ -366,14 +367,16 @@ async function main(): Promise<void> {
       );
     }
     await Promise.all([toOurs.close(), toLibuv.close()]);
-    // 3. Memory.
-    const memOurs = await memory(ours.port, ours.mem, args.idleConnections);
-    const libuvPid = libuv.pid!;
+    // 3. Memory, on fresh servers (freed memory of the runs above would hide growth).
+    const [memServer, memTorch] = await Promise.all([startOurServer(undefined), startTorchServer(t2)]);
+    const torchPid = memTorch.pid!;
+    const memOurs = await memory(memServer.port, memServer.mem, args.idleConnections);
     const memLibuv = await memory(
-      libuv.port,
-      async () => ({ rss: procRss(libuvPid), heap: Number.NaN }),
+      memTorch.port,
+      async () => ({ rss: procRss(torchPid), heap: Number.NaN }),
       args.idleConnections,
     );
+    await Promise.all([memServer.close(), memTorch.close()]);
     log(`memory: rdzv ${kb(memOurs.perConnRss)}/conn, ${mib(memOurs.per10kRss)}/10k keys`);
 
     const cmd = `node dist/bench/store-throughput.js ${process.argv
@@ -427,7 +430,7 @@ async function main(): Promise<void> {
       "",
       "### Server memory",
       "",
-      `Measured in the server's process: ${fmt(args.idleConnections)} idle v2 connections (VALIDATE + PING done), then 10k keys of 64-byte values (keys \`/mem/key/NNNNN\`). rdzv: after GC; heap = V8 heap used + external. PyTorch: process RSS only.`,
+      `Measured in the server's process, on fresh servers: 10k keys of 64-byte values (keys \`/mem/key/NNNNN\`), then ${fmt(args.idleConnections)} idle v2 connections (VALIDATE + PING done). rdzv: after GC; heap = V8 heap used + external. PyTorch: process RSS only.`,
       "",
       "| | rdzv RSS | rdzv heap | PyTorch libuv RSS |",
       "| --- | ---: | ---: | ---: |",

@@ -269,7 +269,11 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   async #watchRoundEnd(wait: RoundEndWaiter, signal: AbortSignal): Promise<MonitorEvent> {
     for (;;) {
       try {
-        if (await wait({ timeoutMs: ROUND_END_WAIT_MS, signal })) return { kind: "round-ended" };
+        if (await wait({ timeoutMs: ROUND_END_WAIT_MS, signal })) {
+          // The round also "ends" for nodes waiting to join; tell the two apart for the user.
+          const count = await this.#handler.numNodesWaiting({ signal }).catch(() => 0);
+          return count > 0 ? { kind: "nodes-waiting", count } : { kind: "round-ended" };
+        }
       } catch (err) {
         if (signal.aborted) throw err;
         // The store may come back (the client reconnects); healthy workers keep running meanwhile.

@@ -64,6 +64,23 @@ describe("createWorkerOutput", () => {
     await new Promise((r) => source.on("end", r));
     assert.equal(err.text(), "50%\r100%");
   });
+
+  it("without a prefix, never interleaves two workers within a line", async () => {
+    const out = collect();
+    const output = createWorkerOutput({ prefix: false, stdout: out.stream, stderr: collect().stream });
+    const a = new PassThrough({ encoding: "utf8" });
+    const b = new PassThrough({ encoding: "utf8" });
+    output.attach(0, "stdout", a);
+    output.attach(1, "stdout", b);
+    a.write("rank 0: sum");
+    await new Promise((r) => setImmediate(r));
+    b.write("rank 1: sum\n");
+    await new Promise((r) => setImmediate(r));
+    a.end("\n");
+    b.end();
+    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    assert.equal(out.text(), "rank 1: sum\nrank 0: sum\n");
+  });
 });
 
 describe("formatStatus", () => {

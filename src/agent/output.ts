@@ -78,14 +78,14 @@ export interface WorkerOutputOptions {
   readonly beforeWrite?: () => void;
 }
 
+/** The most of an unfinished line held back from the agent's output, in characters. */
+const MAX_HELD_CHARS = 64 * 1024;
+
 /** Output to the agent's own streams, pausing a worker's stream while its destination is full. */
 export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
   return {
     attach(rank, stream, source) {
       const dest = stream === "stdout" ? options.stdout : options.stderr;
-      const splitter = options.prefix ? new LineSplitter() : undefined;
-      const tag = `[rank${rank}]: `;
-      const format = (lines: string[]): string => lines.map((l) => `${tag}${l}\n`).join("");
       const write = (text: string): void => {
         if (text === "") return;
         options.beforeWrite?.();
@@ -94,12 +94,26 @@ export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
           dest.once("drain", () => source.resume());
         }
       };
-      source.on("data", (chunk: string) =>
-        write(splitter === undefined ? chunk : format(splitter.push(chunk))),
-      );
-      source.on("end", () => {
-        if (splitter !== undefined) write(format(splitter.flush()));
+      if (options.prefix) {
+        const splitter = new LineSplitter();
+        const tag = `[rank${rank}]: `;
+        const format = (lines: string[]): string => lines.map((l) => `${tag}${l}\n`).join("");
+        source.on("data", (chunk: string) => write(format(splitter.push(chunk))));
+        source.on("end", () => write(format(splitter.flush())));
+        return;
+      }
+      // Untouched, but only up to the last line end (`\n`, or `\r` for progress bars): workers writing at
+      // once must not interleave within a line (an unbuffered Python `print` writes text and newline apart).
+      let pending = "";
+      source.on("data", (chunk: string) => {
+        const text = pending + chunk;
+        // A line longer than MAX_HELD_CHARS goes out in pieces rather than pile up.
+        const lineEnd = Math.max(text.lastIndexOf("\n"), text.lastIndexOf("\r")) + 1;
+        const end = text.length - lineEnd > MAX_HELD_CHARS ? text.length : lineEnd;
+        pending = text.slice(end);
+        write(text.slice(0, end));
       });
+      source.on("end", () => write(pending));
     },
   };
 }

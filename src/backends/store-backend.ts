@@ -105,9 +105,12 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   async setState(outcome: RoundOutcome, token: number, options?: CallOptions): Promise<RoundOutcome> {
-    if (outcome.round !== token) throw new RendezvousStateError(`outcome of round ${outcome.round} under token ${token}`);
+    if (outcome.round !== token)
+      throw new RendezvousStateError(`outcome of round ${outcome.round} under token ${token}`);
     const encoded = encodeOutcome(outcome);
-    const held = bytesToText(await this.store.compareSet(this.roundKey(token, "outcome"), "", encoded, options));
+    const held = bytesToText(
+      await this.store.compareSet(this.roundKey(token, "outcome"), "", encoded, options),
+    );
     if (held === encoded) {
       await this.store.add(this.key("open"), 1, options);
       return outcome;
@@ -115,7 +118,10 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     return this.parseOutcome(Buffer.from(held), token);
   }
 
-  async waitOutcome(round: number, options: CallOptions & { timeoutMs: number }): Promise<RoundOutcome | undefined> {
+  async waitOutcome(
+    round: number,
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<RoundOutcome | undefined> {
     const key = this.roundKey(round, "outcome");
     if (!(await this.waitKeys([key], options))) return undefined;
     // The key exists: read it within the store's own timeout, not what is left of a short wait's.
@@ -204,12 +210,18 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     endsRound: boolean,
     options?: CallOptions,
   ): Promise<GoneReason> {
-    const held = bytesToText(await this.store.compareSet(this.roundKey(round, `gone/${slot}`), "", reason, options));
+    const held = bytesToText(
+      await this.store.compareSet(this.roundKey(round, `gone/${slot}`), "", reason, options),
+    );
     if (endsRound) await this.store.compareSet(this.roundKey(round, "ended"), "", String(slot), options);
     return parseGone(held);
   }
 
-  async goneSlots(round: number, slots: readonly number[], options?: CallOptions): Promise<(GoneReason | undefined)[]> {
+  async goneSlots(
+    round: number,
+    slots: readonly number[],
+    options?: CallOptions,
+  ): Promise<(GoneReason | undefined)[]> {
     const keys = slots.map((s) => this.roundKey(round, `gone/${s}`));
     const present = await Promise.all(keys.map((k) => this.store.check([k], options)));
     const have = keys.filter((_, i) => present[i]);
@@ -218,7 +230,11 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     return present.map((p) => (p ? parseGone(bytesToText(values[j++]!)) : undefined));
   }
 
-  waitAllGone(round: number, slots: readonly number[], options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+  waitAllGone(
+    round: number,
+    slots: readonly number[],
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<boolean> {
     return this.waitKeys(
       slots.map((s) => this.roundKey(round, `gone/${s}`)),
       options,
@@ -231,9 +247,12 @@ export class StoreRendezvousBackend implements RendezvousBackend {
 
   async tryLead(round: number, slot: number, current?: number, options?: CallOptions): Promise<number> {
     const expected = current === undefined ? "" : String(current);
-    const held = bytesToText(await this.store.compareSet(this.roundKey(round, "lead"), expected, String(slot), options));
+    const held = bytesToText(
+      await this.store.compareSet(this.roundKey(round, "lead"), expected, String(slot), options),
+    );
     const leader = Number(held);
-    if (!Number.isSafeInteger(leader)) throw new RendezvousStateError(`corrupt leader ${JSON.stringify(held)}`);
+    if (!Number.isSafeInteger(leader))
+      throw new RendezvousStateError(`corrupt leader ${JSON.stringify(held)}`);
     return leader;
   }
 
@@ -248,7 +267,10 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   /** Waits for `keys`; false on timeout (other errors propagate). */
-  private async waitKeys(keys: readonly string[], options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+  private async waitKeys(
+    keys: readonly string[],
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<boolean> {
     if (keys.length === 0) return true;
     try {
       await this.store.wait(keys, options);
@@ -275,5 +297,7 @@ function parseDescriptor(text: string, round: number, slot: number): NodeDescrip
   } catch {
     // reported below
   }
-  throw new RendezvousStateError(`corrupt descriptor of round ${round} slot ${slot}: ${JSON.stringify(text.slice(0, 80))}`);
+  throw new RendezvousStateError(
+    `corrupt descriptor of round ${round} slot ${slot}: ${JSON.stringify(text.slice(0, 80))}`,
+  );
 }

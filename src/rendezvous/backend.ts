@@ -85,9 +85,17 @@ export interface RendezvousBackend {
     options?: CallOptions,
   ): Promise<GoneReason>;
   /** The gone reason of each of `slots` (undefined = still there). */
-  goneSlots(round: number, slots: readonly number[], options?: CallOptions): Promise<(GoneReason | undefined)[]>;
+  goneSlots(
+    round: number,
+    slots: readonly number[],
+    options?: CallOptions,
+  ): Promise<(GoneReason | undefined)[]>;
   /** Waits until every one of `slots` is gone (resolves false on timeout). */
-  waitAllGone(round: number, slots: readonly number[], options: CallOptions & { timeoutMs: number }): Promise<boolean>;
+  waitAllGone(
+    round: number,
+    slots: readonly number[],
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<boolean>;
   /** Waits until some member of completed round `round` left or died (resolves false on timeout). */
   waitEnded(round: number, options: CallOptions & { timeoutMs: number }): Promise<boolean>;
 

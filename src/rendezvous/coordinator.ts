@@ -123,7 +123,11 @@ async function observeGone(
   return gone;
 }
 
-async function buildOutcome(input: CoordinatorInput, span: number, excluded: readonly number[]): Promise<RoundOutcome> {
+async function buildOutcome(
+  input: CoordinatorInput,
+  span: number,
+  excluded: readonly number[],
+): Promise<RoundOutcome> {
   const base = { kind: "complete" as const, round: input.round, span, excluded };
   if (!input.settings.stickyRanks) return base;
   const slots = memberSlots(base);

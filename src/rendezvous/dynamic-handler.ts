@@ -113,7 +113,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     this.#runId = options.runId;
     this.#logger = options.logger ?? silentLogger;
     this.settings = { ...DEFAULT_DYNAMIC_SETTINGS, ...options.settings };
-    this.node = { id: `${options.localAddr}_${process.pid}_${localCounter++}`, addr: options.localAddr, pid: process.pid };
+    this.node = {
+      id: `${options.localAddr}_${process.pid}_${localCounter++}`,
+      addr: options.localAddr,
+      pid: process.pid,
+    };
   }
 
   getBackend(): string {
@@ -126,6 +130,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
 
   get useAgentStore(): boolean {
     return this.settings.useAgentStore;
+  }
+
+  /** How long keep-alives must stand still before a node counts as dead. */
+  get #deadAfterMs(): number {
+    return this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts;
   }
 
   /** The round this node is a member of, if any. */
@@ -168,7 +177,8 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       const slot = await this.#backend.join(round, node, { signal });
       const info = await this.#takePart(round, slot, node, deadline, signal);
       if (info !== undefined) return info;
-      // Not a member (a spare beyond maxNodes, or counted out as dead): wait in the next round.
+      // Not a member (a spare beyond maxNodes, or counted out as dead), or a member of a round whose rank 0
+      // died before it started: go on in the next round.
     }
   }
 
@@ -202,9 +212,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
         return undefined;
       }
       member = true;
-      return await this.#complete(round, slot, lease, place, memberSlots(outcome), signal);
+      // Undefined when the round broke before it started: this node then re-joins like after any end.
+      return await this.#complete(round, slot, lease, place, outcome, signal);
     } catch (err) {
       this.#joining = undefined;
+      if (this.#member?.round === round && this.#member.slot === slot) this.#member = undefined;
       await lease?.stop().catch(() => undefined);
       if (!hasErrorCode(err, ErrorCode.Closed)) {
         await this.#backend.markGone(round, slot, GoneReason.Left, member).catch(() => undefined);
@@ -213,7 +225,12 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     }
   }
 
-  async #awaitOutcome(round: number, slot: number, deadline: number, signal: AbortSignal): Promise<RoundOutcome> {
+  async #awaitOutcome(
+    round: number,
+    slot: number,
+    deadline: number,
+    signal: AbortSignal,
+  ): Promise<RoundOutcome> {
     let leader = await this.#backend.tryLead(round, slot, undefined, { signal });
     for (;;) {
       const left = deadline - Date.now();
@@ -265,17 +282,21 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     return this.#backend.tryLead(round, slot, leader, { signal });
   }
 
+  /**
+   * Becomes a member of `outcome` and exchanges the bootstrap info. Resolves `undefined` when rank 0 died
+   * before it published the info: the round is then over (marked ended) and this node stays a member only
+   * until it re-joins.
+   */
   async #complete(
     round: number,
     slot: number,
     lease: SlotLease,
     { rank, worldSize }: { rank: number; worldSize: number },
-    slots: readonly number[],
+    outcome: RoundOutcome,
     signal: AbortSignal,
-  ): Promise<RendezvousInfo> {
+  ): Promise<RendezvousInfo | undefined> {
     await lease.becomeMember();
-    const store = this.#backend.roundStore(round);
-    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, signal);
+    const slots = memberSlots(outcome);
     const next = slots[(slots.indexOf(slot) + 1) % slots.length];
     this.#member = {
       round,
@@ -284,29 +305,58 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       rank,
       worldSize,
       watched: next === slot ? undefined : next,
-      liveness: new LivenessTracker(this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts),
+      liveness: new LivenessTracker(this.#deadAfterMs),
     };
+    const store = this.#backend.roundStore(round);
+    const rankZero = slots[outcome.kind === "complete" && outcome.ranks ? outcome.ranks.indexOf(0) : 0]!;
+    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, round, rankZero, signal);
+    if (bootstrapStoreInfo === undefined) return undefined;
     this.emit("completed", { round, rank, worldSize });
     this.#logger.info("rendezvous completed", { runId: this.#runId, round, rank, worldSize });
     return { store, rank, worldSize, bootstrapStoreInfo, round };
   }
 
-  /** PyTorch's `RendezvousStoreInfo.build`: rank 0 publishes where workers bootstrap; the others read it. */
-  async #bootstrapInfo(store: Store, rank: number, signal: AbortSignal): Promise<RendezvousStoreInfo> {
+  /**
+   * PyTorch's `RendezvousStoreInfo.build`: rank 0 publishes where workers bootstrap; the others read it,
+   * watching rank 0 meanwhile (slot `rankZero`): `undefined` when it died before publishing.
+   */
+  async #bootstrapInfo(
+    store: Store,
+    rank: number,
+    round: number,
+    rankZero: number,
+    signal: AbortSignal,
+  ): Promise<RendezvousStoreInfo | undefined> {
+    const keys = ["MASTER_ADDR", "MASTER_PORT"];
     if (rank === 0) {
       const endpoint = this.#options.storeEndpoint;
       const info =
         this.useAgentStore && endpoint !== undefined
           ? endpoint
           : { masterAddr: this.node.addr, masterPort: await pickFreePort() };
-      await store.multiSet(["MASTER_ADDR", "MASTER_PORT"], [info.masterAddr, String(info.masterPort)], { signal });
+      await store.multiSet(keys, [info.masterAddr, String(info.masterPort)], { signal });
       return info;
     }
-    const [addr, port] = await store.multiGet(["MASTER_ADDR", "MASTER_PORT"], {
-      timeoutMs: this.settings.joinTimeoutMs,
-      signal,
-    });
-    return { masterAddr: bytesToText(addr!), masterPort: Number(bytesToText(port!)) };
+    const deadline = Date.now() + this.settings.joinTimeoutMs;
+    const liveness = new LivenessTracker(this.#deadAfterMs);
+    for (;;) {
+      const step = Math.max(1, Math.min(this.settings.keepAliveIntervalMs, deadline - Date.now()));
+      try {
+        const [addr, port] = await store.multiGet(keys, { timeoutMs: step, signal });
+        return { masterAddr: bytesToText(addr!), masterPort: Number(bytesToText(port!)) };
+      } catch (err) {
+        // A short wait may also fail to get a connection of its own in time; the check below tells.
+        const notYet = hasErrorCode(err, ErrorCode.Timeout) || hasErrorCode(err, ErrorCode.Connection);
+        if (!notYet || Date.now() >= deadline) throw err;
+      }
+      if (await this.#memberGone(round, rankZero, liveness, { signal })) {
+        this.#logger.info("rank 0 lost before it published the bootstrap info", {
+          runId: this.#runId,
+          round,
+        });
+        return undefined;
+      }
+    }
   }
 
   /** Leaves the round this node is a member of, if any; it stays a member until that succeeded. */
@@ -378,26 +428,33 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     for (;;) {
       const step = Math.max(0, Math.min(deadline - Date.now(), this.settings.keepAliveIntervalMs));
       if (await this.#backend.waitEnded(member.round, { timeoutMs: step, ...signal })) return true;
-      if (await this.#watchedMemberGone(member, signal)) return true;
+      const { round, watched, liveness } = member;
+      if (watched !== undefined && (await this.#memberGone(round, watched, liveness, signal))) return true;
       if (await this.#nodesWaiting(member, signal)) return true;
       if (Date.now() >= deadline) return false;
     }
   }
 
-  /** True when the watched member is gone or its keep-alives stopped; then it also marks the round ended. */
-  async #watchedMemberGone(member: Membership, options: RendezvousCallOptions): Promise<boolean> {
-    const { round, watched } = member;
-    if (watched === undefined) return false;
-    const [reason] = await this.#backend.goneSlots(round, [watched], options);
+  /**
+   * True when member `slot` of completed round `round` is gone or its keep-alives stopped (as `liveness`
+   * sees them); then it also marks the round ended.
+   */
+  async #memberGone(
+    round: number,
+    slot: number,
+    liveness: LivenessTracker,
+    options: RendezvousCallOptions,
+  ): Promise<boolean> {
+    const [reason] = await this.#backend.goneSlots(round, [slot], options);
     if (reason === undefined) {
-      const [counter = ""] = await this.#backend.keepAliveCounters(round, [watched], options);
-      if (!member.liveness.observe(String(watched), counter, Date.now())) return false;
+      const [counter = ""] = await this.#backend.keepAliveCounters(round, [slot], options);
+      if (!liveness.observe(String(slot), counter, Date.now())) return false;
     }
     // Also when it is marked gone already: it may have died before it could register its end of the round.
-    const held = await this.#backend.markGone(round, watched, GoneReason.Dead, true, options);
+    const held = await this.#backend.markGone(round, slot, GoneReason.Dead, true, options);
     if (reason === undefined) {
-      this.#logger.info("member lost: keep-alives stopped", { runId: this.#runId, round, slot: watched });
-      this.emit("nodeLost", { round, slot: watched, reason: held });
+      this.#logger.info("member lost: keep-alives stopped", { runId: this.#runId, round, slot });
+      this.emit("nodeLost", { round, slot, reason: held });
     }
     return true;
   }
@@ -418,7 +475,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     // the others would take to count this node dead anyway).
     const inFlight = this.#inFlight;
     if (inFlight !== undefined) {
-      await settleWithin(inFlight, this.settings.keepAliveIntervalMs * this.settings.keepAliveMaxAttempts);
+      await settleWithin(inFlight, this.#deadAfterMs);
     }
     let clean = true;
     try {
@@ -449,7 +506,13 @@ async function settleWithin(promise: Promise<unknown>, ms: number): Promise<void
   const elapsed = new Promise<void>((resolve) => {
     timer = setTimeout(resolve, ms);
   });
-  await Promise.race([promise.then(() => undefined, () => undefined), elapsed]);
+  await Promise.race([
+    promise.then(
+      () => undefined,
+      () => undefined,
+    ),
+    elapsed,
+  ]);
   clearTimeout(timer);
 }
 
@@ -464,4 +527,3 @@ function anySignal(...signals: (AbortSignal | undefined)[]): AbortSignal {
 export function createDynamicRendezvousHandler(options: DynamicHandlerOptions): DynamicRendezvousHandler {
   return new DynamicRendezvousHandler(options);
 }
-

@@ -61,7 +61,12 @@ export interface RoundView {
 
 /** What the coordinator should do next. */
 export type RoundDecision =
-  | { readonly kind: "complete"; readonly span: number; readonly excluded: readonly number[]; readonly size: number }
+  | {
+      readonly kind: "complete";
+      readonly span: number;
+      readonly excluded: readonly number[];
+      readonly size: number;
+    }
   | {
       readonly kind: "wait";
       /** Re-decide at this time even if nothing changes (last-call expiry). */
@@ -169,7 +174,9 @@ export function decodeOutcome(text: string): RoundOutcome {
   try {
     o = JSON.parse(text);
   } catch (err) {
-    throw new RendezvousStateError(`corrupt round outcome ${JSON.stringify(text.slice(0, 80))}`, { cause: err });
+    throw new RendezvousStateError(`corrupt round outcome ${JSON.stringify(text.slice(0, 80))}`, {
+      cause: err,
+    });
   }
   const bad = (): never => {
     throw new RendezvousStateError(`corrupt round outcome ${JSON.stringify(text.slice(0, 80))}`);
@@ -200,7 +207,8 @@ export function decodeOutcome(text: string): RoundOutcome {
 function isPermutation(values: readonly unknown[]): boolean {
   const seen = new Set<number>();
   for (const v of values) {
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v >= values.length || seen.has(v)) return false;
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v >= values.length || seen.has(v))
+      return false;
     seen.add(v);
   }
   return true;

@@ -26,7 +26,7 @@ import { bytesToText } from "../../src/store/bytes.js";
 import { KvEngine } from "../../src/store/kv-engine.js";
 import { MemoryStore } from "../../src/store/memory-store.js";
 import type { CallOptions, Store, StoreValue } from "../../src/store/store.js";
-import { connectTCPStore } from "../../src/store/tcp/client.js";
+import { connectTCPStore, type TCPStore } from "../../src/store/tcp/client.js";
 import { createTCPStoreServer } from "../../src/store/tcp/server.js";
 
 /** Short timings: a node counts as dead 150 ms after its keep-alives stop. */
@@ -37,18 +37,11 @@ export const TIMING = {
   joinTimeoutMs: 8000,
 } as const;
 
-/** One node's own connection to the cluster's store. */
-export interface NodeStore {
-  readonly store: Store;
-  /** Cuts the node off as a crash would: nothing it sends afterwards arrives, no reply reaches it. */
-  crash(): Promise<void>;
-}
-
 /** The shared store of a test. */
 export interface TestCluster {
   readonly name: string;
-  /** A new connection for one node. */
-  connect(): Promise<NodeStore>;
+  /** A new connection for one node, which can crash. */
+  connect(): Promise<CrashableStore>;
   /** A connection for the test itself, to look at the rendezvous state. */
   readonly observer: Store;
   close(): Promise<void>;
@@ -59,14 +52,18 @@ export type ClusterFactory = () => Promise<TestCluster>;
 
 /**
  * A store handle that can "crash": afterwards every call rejects with `RDZV_CONNECTION` and calls already
- * in flight never deliver their result, like a process that died mid-call.
+ * in flight never deliver their result, like a process that died mid-call. It can also be armed to crash
+ * just before a given call. rdzv's TCP store extensions (on-disconnect markers) are passed through.
  */
 export class CrashableStore implements Store {
   readonly #inner: Store;
+  readonly #onCrash: () => Promise<void>;
   #crashed = false;
+  #trigger: ((method: string, keys: readonly string[]) => boolean) | undefined;
 
-  constructor(inner: Store) {
+  constructor(inner: Store, onCrash: () => Promise<void> = async () => undefined) {
     this.#inner = inner;
+    this.#onCrash = onCrash;
   }
 
   get timeoutMs(): number {
@@ -81,25 +78,55 @@ export class CrashableStore implements Store {
     return this.#crashed;
   }
 
-  crash(): void {
+  async crash(): Promise<void> {
+    if (this.#crashed) return;
     this.#crashed = true;
+    await this.#onCrash();
   }
 
-  async #call<T>(op: () => Promise<T>): Promise<T> {
+  /** Crashes right before the first `method` call on a key containing `keyPart`. */
+  crashBefore(method: string, keyPart: string): void {
+    this.#trigger = (m, keys) => m === method && keys.some((k) => k.includes(keyPart));
+  }
+
+  /** Passed through when the inner store is rdzv's TCP store, so that its server marks this node's death. */
+  get hasExtensions(): boolean {
+    return (this.#inner as { hasExtensions?: boolean }).hasExtensions === true;
+  }
+
+  setOnDisconnect(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    return this.#call("setOnDisconnect", [key], () =>
+      this.#extensions().setOnDisconnect(key, value, options),
+    );
+  }
+
+  clearOnDisconnect(key: string, options?: CallOptions): Promise<void> {
+    return this.#call("clearOnDisconnect", [key], () => this.#extensions().clearOnDisconnect(key, options));
+  }
+
+  #extensions(): Pick<TCPStore, "setOnDisconnect" | "clearOnDisconnect"> {
+    return this.#inner as unknown as TCPStore;
+  }
+
+  async #call<T>(method: string, keys: readonly string[], op: () => Promise<T>): Promise<T> {
+    if (!this.#crashed && this.#trigger?.(method, keys)) await this.crash();
     if (this.#crashed) throw new RendezvousConnectionError("the node crashed");
-    const result = await op();
-    if (this.#crashed) throw new RendezvousConnectionError("the node crashed");
-    return result;
+    try {
+      return await op();
+    } finally {
+      // biome-ignore lint/correctness/noUnsafeFinally: a dead process sees neither results nor errors.
+      if (this.#crashed) throw new RendezvousConnectionError("the node crashed");
+    }
   }
 
   set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    return this.#call(() => this.#inner.set(key, value, options));
+    return this.#call("set", [key], () => this.#inner.set(key, value, options));
   }
   get(key: string, options?: CallOptions): Promise<Uint8Array> {
-    return this.#call(() => this.#inner.get(key, options));
+    return this.#call("get", [key], () => this.#inner.get(key, options));
   }
   add(key: string, delta: number, options?: CallOptions): Promise<number> {
-    return this.#call(() => this.#inner.add(key, delta, options));
+    return this.#call("add", [key], () => this.#inner.add(key, delta, options));
   }
   compareSet(
     key: string,
@@ -107,31 +134,31 @@ export class CrashableStore implements Store {
     desired: StoreValue,
     options?: CallOptions,
   ): Promise<Uint8Array> {
-    return this.#call(() => this.#inner.compareSet(key, expected, desired, options));
+    return this.#call("compareSet", [key], () => this.#inner.compareSet(key, expected, desired, options));
   }
   wait(keys: readonly string[], options?: CallOptions): Promise<void> {
-    return this.#call(() => this.#inner.wait(keys, options));
+    return this.#call("wait", keys, () => this.#inner.wait(keys, options));
   }
   check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
-    return this.#call(() => this.#inner.check(keys, options));
+    return this.#call("check", keys, () => this.#inner.check(keys, options));
   }
   deleteKey(key: string, options?: CallOptions): Promise<boolean> {
-    return this.#call(() => this.#inner.deleteKey(key, options));
+    return this.#call("deleteKey", [key], () => this.#inner.deleteKey(key, options));
   }
   numKeys(options?: CallOptions): Promise<number> {
-    return this.#call(() => this.#inner.numKeys(options));
+    return this.#call("numKeys", [], () => this.#inner.numKeys(options));
   }
   multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
-    return this.#call(() => this.#inner.multiGet(keys, options));
+    return this.#call("multiGet", keys, () => this.#inner.multiGet(keys, options));
   }
   multiSet(keys: readonly string[], values: readonly StoreValue[], options?: CallOptions): Promise<void> {
-    return this.#call(() => this.#inner.multiSet(keys, values, options));
+    return this.#call("multiSet", keys, () => this.#inner.multiSet(keys, values, options));
   }
   append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    return this.#call(() => this.#inner.append(key, value, options));
+    return this.#call("append", [key], () => this.#inner.append(key, value, options));
   }
   listKeys(options?: CallOptions): Promise<string[]> {
-    return this.#call(() => this.#inner.listKeys(options));
+    return this.#call("listKeys", [], () => this.#inner.listKeys(options));
   }
   close(): Promise<void> {
     return this.#inner.close();
@@ -148,11 +175,7 @@ export async function memoryCluster(): Promise<TestCluster> {
     name: "MemoryStore",
     observer: new MemoryStore({}, engine),
     async connect() {
-      const store = new CrashableStore(new MemoryStore({}, engine));
-      return {
-        store,
-        crash: async () => store.crash(),
-      };
+      return new CrashableStore(new MemoryStore({}, engine));
     },
     async close() {},
   };
@@ -168,10 +191,10 @@ export async function tcpCluster(): Promise<TestCluster> {
     name: "TCP store",
     observer,
     async connect() {
-      const store = await connect();
-      clients.push(store);
-      // close() without a shutdown: the server sees the connection drop and runs the node's markers.
-      return { store, crash: () => store.close() };
+      const client = await connect();
+      clients.push(client);
+      // A crash closes the connection without a shutdown: the server sees it drop and runs the markers.
+      return new CrashableStore(client, () => client.close());
     },
     async close() {
       await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
@@ -187,11 +210,12 @@ export class TestNode {
   readonly handler: DynamicRendezvousHandler;
   readonly joined: { round: number; slot: number }[] = [];
   readonly lost: { round: number; slot: number }[] = [];
-  readonly #conn: NodeStore;
+  /** The node's own store connection. */
+  readonly store: CrashableStore;
 
-  constructor(handler: DynamicRendezvousHandler, conn: NodeStore) {
+  constructor(handler: DynamicRendezvousHandler, store: CrashableStore) {
     this.handler = handler;
-    this.#conn = conn;
+    this.store = store;
     handler.on("joined", ({ round, slot }) => this.joined.push({ round, slot }));
     handler.on("nodeLost", ({ round, slot }) => this.lost.push({ round, slot }));
   }
@@ -217,8 +241,9 @@ export class TestNode {
     return this.joined.find((j) => j.round === round)!.slot;
   }
 
+  /** Cuts the node off as a crash would: nothing it sends afterwards arrives, no reply reaches it. */
   crash(): Promise<void> {
-    return this.#conn.crash();
+    return this.store.crash();
   }
 }
 
@@ -237,16 +262,16 @@ export class Testbed {
   }
 
   async node(settings: NodeSettings): Promise<TestNode> {
-    const conn = await this.cluster.connect();
+    const store = await this.cluster.connect();
     const handler = createDynamicRendezvousHandler({
-      backend: new StoreRendezvousBackend(conn.store, this.runId),
+      backend: new StoreRendezvousBackend(store, this.runId),
       runId: this.runId,
       settings: { ...TIMING, ...settings },
       localAddr: "127.0.0.1",
       // As the c10d handler: shutting down releases the node's store connection.
-      onShutdown: () => conn.store.close(),
+      onShutdown: () => store.close(),
     });
-    const node = new TestNode(handler, conn);
+    const node = new TestNode(handler, store);
     this.#nodes.push(node);
     return node;
   }
@@ -599,6 +624,17 @@ function failureTests(bed: () => Testbed): void {
     assert.deepEqual(ended, [true, true]);
     const infos = await within(Promise.all([a!.next(), b!.next()]), 3000, "the re-rendezvous");
     assertRound(infos, { round: 1, worldSize: 2 });
+  });
+
+  it("re-forms when rank 0 dies before it published the bootstrap info", async () => {
+    const [a, b, c] = await bed().nodes(3, { minNodes: 2, maxNodes: 3 });
+    a!.store.crashBefore("multiSet", "MASTER_ADDR");
+    const pa = a!.next();
+    await a!.slotIn(0);
+    const infos = await within(Promise.all([b!.next(), c!.next()]), 4000, "the members of the broken round");
+    assertRound(infos, { round: 1, worldSize: 2 });
+    assert.equal(a!.store.crashed, true);
+    assert.equal(await stateAfter(pa, 100), "rejected");
   });
 
   it("lets the others complete when a joining node shuts down", async () => {

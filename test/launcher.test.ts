@@ -1,0 +1,447 @@
+/**
+ * `rdzv run` end to end: real agent processes (the compiled CLI), real worker processes
+ * (test/fixtures/worker-probe.mjs and the examples), a real store. Workers record their environment and
+ * pid in a temporary folder, which is how the tests see ranks, rounds and restarts.
+ */
+
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, afterEach, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
+import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
+
+const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
+const PROBE = join(REPO_ROOT, "test", "fixtures", "worker-probe.mjs");
+const FAST = "last_call_timeout=0.5,keep_alive_interval=0.2,join_timeout=20";
+
+interface Finished {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+interface Agent {
+  readonly child: ChildProcess;
+  readonly done: Promise<Finished>;
+  stderr(): string;
+}
+
+const started: Agent[] = [];
+const dirs: string[] = [];
+const servers: TCPStoreServer[] = [];
+
+afterEach(async () => {
+  for (const a of started.splice(0))
+    if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill("SIGKILL");
+  for (const s of servers.splice(0)) await s.close();
+});
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** Starts `rdzv run ARGS` with `env` on top of ours; it is killed after the test if still running. */
+function run(args: readonly string[], env: Record<string, string> = {}, timeoutMs = 30_000): Agent {
+  const child = spawn(process.execPath, [MAIN, "run", ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.setEncoding("utf8").on("data", (t: string) => (stdout += t));
+  child.stderr!.setEncoding("utf8").on("data", (t: string) => (stderr += t));
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const done = new Promise<Finished>((resolve) => {
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+  const agent = { child, done, stderr: () => stderr };
+  started.push(agent);
+  return agent;
+}
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "rdzv-launcher-"));
+  dirs.push(dir);
+  return dir;
+}
+
+async function storeServer(): Promise<TCPStoreServer> {
+  const server = await createTCPStoreServer({ host: "127.0.0.1", port: 0 });
+  servers.push(server);
+  return server;
+}
+
+/** A worker's record: its launcher variables (strings), its pid, and the file it wrote. */
+interface Probe {
+  readonly [variable: string]: string | undefined;
+}
+
+function pidOf(p: Probe): number {
+  return Number((p as unknown as { pid: number }).pid);
+}
+
+/** The records workers wrote so far (file `r<round>-rank<rank>.json`). */
+function probes(dir: string): Probe[] {
+  return readdirSync(dir)
+    .filter((f) => /^r\d+-rank\d+\.json$/.test(f))
+    .map((file) => ({ ...(JSON.parse(readFileSync(join(dir, file), "utf8")) as Probe), file }));
+}
+
+async function waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(25);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function sums(output: string): string[] {
+  return output
+    .split("\n")
+    .filter((l) => l.includes("sum ="))
+    .sort();
+}
+
+describe("rdzv run", () => {
+  it("--standalone starts 4 workers with torchrun's environment and RDZV_* variables", async () => {
+    const dir = tempDir();
+    const agent = run(["--standalone", "--nproc-per-node", "4", "--", "node", PROBE], { PROBE_DIR: dir });
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 0, stderr);
+    const records = probes(dir).sort((a, b) => Number(a.RANK) - Number(b.RANK));
+    assert.deepEqual(
+      records.map((r) => [r.RANK, r.LOCAL_RANK, r.RDZV_RANK]),
+      [0, 1, 2, 3].map((i) => [String(i), String(i), String(i)]),
+    );
+    const runId = records[0]!.TORCHELASTIC_RUN_ID!;
+    for (const r of records) {
+      assert.equal(r.WORLD_SIZE, "4");
+      assert.equal(r.LOCAL_WORLD_SIZE, "4");
+      assert.equal(r.GROUP_RANK, "0");
+      assert.equal(r.GROUP_WORLD_SIZE, "1");
+      assert.equal(r.ROLE_RANK, r.RANK);
+      assert.equal(r.ROLE_NAME, "default");
+      assert.equal(r.MASTER_ADDR, "127.0.0.1");
+      assert.match(r.MASTER_PORT!, /^\d+$/);
+      assert.equal(r.TORCHELASTIC_RESTART_COUNT, "0");
+      assert.equal(r.TORCHELASTIC_MAX_RESTARTS, "0");
+      assert.equal(r.TORCHELASTIC_RUN_ID, runId);
+      assert.equal(r.TORCHELASTIC_USE_AGENT_STORE, "False");
+      assert.equal(r.RDZV_ROUND, "0");
+      assert.equal(r.RDZV_STORE_ADDR, "127.0.0.1");
+      assert.equal(r.RDZV_STORE_PREFIX, `rdzv/${runId}/r0/store`);
+      assert.equal(r.OMP_NUM_THREADS, "1");
+    }
+    assert.match(runId, /^[0-9a-f-]{36}$/);
+  });
+
+  it("runs the Node example: an all-reduce through the round's store, output prefixed by rank", async () => {
+    const agent = run([
+      "--standalone",
+      "--nproc-per-node",
+      "4",
+      "--prefix-output",
+      "--",
+      "node",
+      "examples/allreduce.mjs",
+    ]);
+    const { code, stdout, stderr } = await agent.done;
+    assert.equal(code, 0, stderr);
+    assert.deepEqual(
+      sums(stdout),
+      [0, 1, 2, 3].map((r) => `[rank${r}]: rank ${r}/4: sum = 10`),
+    );
+  });
+
+  it("runs the Python example: a gloo all_reduce through torch.distributed (env://)", async () => {
+    const torch = await findTorch1();
+    const agent = run([
+      "--standalone",
+      "--nproc-per-node",
+      "2",
+      "--",
+      torch.python,
+      "examples/allreduce_gloo.py",
+    ]);
+    const { code, stdout, stderr } = await agent.done;
+    assert.equal(code, 0, stderr);
+    assert.deepEqual(sums(stdout), ["rank 0/2: sum = 3", "rank 1/2: sum = 3"]);
+  });
+
+  it("two agents form one 2-node job over a shared store: 4 ranks, one all-reduce", async () => {
+    const server = await storeServer();
+    const args = [
+      "--nnodes",
+      "2",
+      "--nproc-per-node",
+      "2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "two-nodes",
+      "--rdzv-conf",
+      FAST,
+      "--",
+      "node",
+      "examples/allreduce.mjs",
+    ];
+    const results = await Promise.all([run(args).done, run(args).done]);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(
+      sums(results.map((r) => r.stdout).join("")),
+      [0, 1, 2, 3].map((r) => `rank ${r}/4: sum = 10`),
+    );
+  });
+
+  it("a worker that crashes once is restarted within --max-restarts, and the job succeeds", async () => {
+    const dir = tempDir();
+    const agent = run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--", "node", PROBE], {
+      PROBE_DIR: dir,
+      PROBE_MODE: "crash-once",
+      PROBE_RANKS: "1",
+    });
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /rank 1 \(local rank 1, pid \d+\) failed: exit code 3/);
+    const second = probes(dir).filter((p) => p.RDZV_ROUND === "1");
+    assert.equal(second.length, 2);
+    for (const p of second) assert.equal(p.TORCHELASTIC_RESTART_COUNT, "1");
+  });
+
+  it("agents failing in the same attempt spend one job-wide restart, not one each", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "2",
+      "--nproc-per-node",
+      "2",
+      "--max-restarts",
+      "1",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "shared-count",
+      "--rdzv-conf",
+      FAST,
+      "--",
+      "node",
+      PROBE,
+    ];
+    const env = { PROBE_DIR: dir, PROBE_MODE: "crash-once", PROBE_RANKS: "0,2" };
+    const results = await Promise.all([run(args, env).done, run(args, env).done]);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    const second = probes(dir).filter((p) => p.RDZV_ROUND === "1");
+    assert.equal(second.length, 4);
+    for (const p of second) assert.equal(p.TORCHELASTIC_RESTART_COUNT, "1");
+  });
+
+  it("when restarts run out it exits 1 with a summary: rank, exit code, stderr tail", async () => {
+    const dir = tempDir();
+    const agent = run(
+      [
+        "--standalone",
+        "--nproc-per-node",
+        "3",
+        "--max-restarts",
+        "1",
+        "--stop-timeout",
+        "2",
+        "--",
+        "node",
+        PROBE,
+      ],
+      {
+        PROBE_DIR: dir,
+        PROBE_MODE: "fail",
+        PROBE_RANKS: "2",
+        PROBE_CODE: "7",
+        PROBE_STDERR: "fatal: rank two exploding",
+      },
+    );
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /job failed after 1 restart \(--max-restarts 1\)/);
+    assert.match(
+      stderr,
+      /first failure: rank 2 \(local rank 2 on node 0, 127\.0\.0\.1, pid \d+, round 1\): exit code 7/,
+    );
+    assert.match(stderr, /last stderr lines:\n {4}fatal: rank two exploding/);
+    assert.deepEqual([...new Set(probes(dir).map((p) => p.RDZV_ROUND))].sort(), ["0", "1"]);
+  });
+
+  it("reports a worker killed by a signal, and --max-restarts 0 means no restart", async () => {
+    const dir = tempDir();
+    const agent = run(["--standalone", "--nproc-per-node", "2", "--", "node", PROBE], {
+      PROBE_DIR: dir,
+      PROBE_MODE: "fail",
+      PROBE_RANKS: "0",
+      PROBE_SIGNAL: "SIGKILL",
+    });
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /job failed after 0 restarts/);
+    assert.match(stderr, /rank 0 .*: killed by signal SIGKILL/);
+    assert.ok(probes(dir).every((p) => p.RDZV_ROUND === "0"));
+  });
+
+  it("a failure on one node ends the job on every node with the same summary", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "fail-everywhere",
+      "--rdzv-conf",
+      FAST,
+      "--stop-timeout",
+      "2",
+      "--",
+      "node",
+      PROBE,
+    ];
+    const env = {
+      PROBE_DIR: dir,
+      PROBE_MODE: "fail",
+      PROBE_RANKS: "1",
+      PROBE_CODE: "5",
+      PROBE_STDERR: "bad shard",
+    };
+    const results = await Promise.all([run(args, env).done, run(args, env).done]);
+    for (const r of results) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /first failure: rank 1 .*: exit code 5/);
+      assert.match(r.stderr, /bad shard/);
+    }
+    assert.equal(results.filter((r) => r.stderr.includes("reported by another node")).length, 1);
+  });
+
+  it("a node that joins late is admitted by a restart (--nnodes 1:2)", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "1:2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "late",
+      "--rdzv-conf",
+      FAST,
+      "--monitor-interval",
+      "0.2",
+      "--",
+      "node",
+      PROBE,
+    ];
+    const env = (tag: string) => ({ PROBE_DIR: dir, PROBE_MODE: "hold", PROBE_WORLD: "2", PROBE_TAG: tag });
+    const first = run(args, env("a"));
+    await waitFor("the first node's round", () => probes(dir).find((p) => p.GROUP_WORLD_SIZE === "1"));
+    const second = run(args, env("b"));
+    const results = await Promise.all([first.done, second.done]);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    assert.match(results[0]!.stderr, /restarting the workers: nodes are waiting to join/);
+    const joint = probes(dir).filter((p) => p.GROUP_WORLD_SIZE === "2");
+    assert.deepEqual(joint.map((p) => p.PROBE_TAG).sort(), ["a", "b"]);
+    assert.equal(new Set(joint.map((p) => p.RDZV_ROUND)).size, 1);
+  });
+
+  it("a SIGKILLed node: the survivor re-forms alone, the dead node's workers are reaped", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "1:2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "sigkill",
+      "--rdzv-conf",
+      FAST,
+      "--stop-timeout",
+      "1",
+      "--",
+      "node",
+      PROBE,
+    ];
+    // Workers finish once they run in a later round of one node: after the other node died.
+    const env = (tag: string) => ({
+      PROBE_DIR: dir,
+      PROBE_MODE: "hold",
+      PROBE_WORLD: "1",
+      PROBE_MIN_ROUND: "1",
+      PROBE_TAG: tag,
+    });
+    const a = run(args, env("a"));
+    const b = run(args, env("b"));
+    const victim = await waitFor("both nodes in one round", () => {
+      const joint = probes(dir).filter((p) => p.GROUP_WORLD_SIZE === "2");
+      const round = joint.find((p) =>
+        joint.some((q) => q.RDZV_ROUND === p.RDZV_ROUND && q.PROBE_TAG !== p.PROBE_TAG),
+      );
+      return round === undefined
+        ? undefined
+        : joint.find((p) => p.PROBE_TAG === "b" && p.RDZV_ROUND === round.RDZV_ROUND);
+    });
+    b.child.kill("SIGKILL");
+    const survivor = await a.done;
+    assert.equal(survivor.code, 0, survivor.stderr);
+    assert.match(survivor.stderr, /restarting the workers: a node left, died or restarted/);
+    const last = probes(dir).filter(
+      (p) => p.PROBE_TAG === "a" && p.GROUP_WORLD_SIZE === "1" && Number(p.RDZV_ROUND) >= 1,
+    );
+    assert.ok(last.length > 0, "the survivor ran a round on its own");
+    await waitFor("the killed node's worker to be reaped", () => !alive(pidOf(victim)), 5000);
+  });
+
+  it("SIGTERM stops every worker (SIGKILL after --stop-timeout) and leaves no orphans", async () => {
+    const dir = tempDir();
+    const agent = run(
+      ["--standalone", "--nproc-per-node", "3", "--stop-timeout", "0.5", "--", "node", PROBE],
+      {
+        PROBE_DIR: dir,
+        PROBE_MODE: "sleep",
+        PROBE_RANKS: "1",
+      },
+    );
+    const pids = await waitFor("3 workers", () => {
+      const p = probes(dir);
+      return p.length === 3 ? p.map(pidOf) : undefined;
+    });
+    assert.ok(pids.every(alive));
+    agent.child.kill("SIGTERM");
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 143, stderr);
+    assert.match(stderr, /stopped by SIGTERM/);
+    for (const pid of pids) assert.equal(alive(pid), false, `worker ${pid} outlived the agent`);
+  });
+
+  it("exits 2 with the help for bad arguments", async () => {
+    const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
+    assert.equal(code, 2);
+    assert.match(stderr, /--nnodes must be N or MIN:MAX/);
+    assert.match(stderr, /Usage: rdzv run/);
+  });
+});
