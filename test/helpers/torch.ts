@@ -221,7 +221,23 @@ export interface SuiteResult {
   torch: string;
   flavor: "v1" | "v2";
   init_adds: number;
+  /** `torch.distributed.TCPStore`'s public API in that PyTorch, and the methods the cases called. */
+  api: { methods: string[]; properties: string[]; called: string[] };
   cases: DriverCase[];
+}
+
+/**
+ * Asserts that the suite called every public `TCPStore` method of its PyTorch version (so a method that a
+ * newer PyTorch adds fails here until a case covers it). Properties are read by the suite's `attributes` case.
+ */
+export function assertApiCovered(result: SuiteResult): void {
+  const { methods, properties, called } = result.api;
+  assert.ok(
+    methods.length > 0 && properties.includes("host"),
+    `no TCPStore API found: ${JSON.stringify(result.api)}`,
+  );
+  const missed = methods.filter((m) => !called.includes(m));
+  assert.deepEqual(missed, [], `TCPStore ${result.torch} methods no suite case calls`);
 }
 
 /**

@@ -128,11 +128,15 @@ for (const target of TARGETS) {
       const withWorld = await connect({ worldSize: 4 });
       try {
         await withWorld.set("ws/k", "v");
+        // A SET has no reply: a CHECK on the same connection proves the server applied it before Python's
+        // num_keys (on another connection, which the server may serve first) reads the count.
+        await withWorld.check(["ws/k"]);
         const after = (await py.ok("master", "num_keys")) as number;
         // The first worldSize client creates init/ (the master was built without world_size).
         assert.equal(after - before, 2, "init/ and ws/k");
         const clone = await withWorld.clone();
         await clone.set("ws/k2", "v");
+        await clone.check(["ws/k2"]);
         assert.equal((await py.ok("master", "num_keys")) as number, after + 1, "clone() adds no init/");
         await clone.close();
       } finally {

@@ -9,6 +9,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { connectTCPStore, type TCPStore } from "../../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../../src/store/tcp/server.js";
 import {
+  assertApiCovered,
   findTorch1,
   type PyAgent,
   reportSuite,
@@ -144,6 +145,10 @@ describe("rdzv server driven by PyTorch 1.13 clients (v1)", () => {
     const result = await suite;
     assert.equal(result.flavor, "v1");
     await reportSuite(t, result, V1_KNOWN);
+  });
+
+  it("exercises every public TCPStore method and property of PyTorch 1.13 against the server", async () => {
+    assertApiCovered(await suite);
   });
 
   it("counts world_size clients in the init/ counter (spec §1.6)", async () => {

@@ -10,6 +10,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { connectTCPStore, type TCPStore } from "../../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../../src/store/tcp/server.js";
 import {
+  assertApiCovered,
   findTorch2,
   type PyAgent,
   reportSuite,
@@ -77,6 +78,9 @@ describe("rdzv server driven by PyTorch 2.x clients (v2)", () => {
     await ts.multiSet(["x/m1", "x/m2"], ["one", EVERY_BYTE]);
     await ts.queuePush("x/q", "first");
     await ts.queuePush("x/q", EVERY_BYTE);
+    // The writes above have no reply: a PING round trip proves the server applied them all before Python
+    // (on another connection) reads them without waiting (check, queue_len, list_keys).
+    await ts.ping();
     assert.deepEqual(await py.ok("s", "get", "x/bin"), EVERY_BYTE);
     assert.equal(text(await py.ok("s", "get", "x/utf8")), "héllo ✓");
     assert.deepEqual(await py.ok("s", "get", "x/empty"), Buffer.alloc(0));
@@ -109,6 +113,7 @@ describe("rdzv server driven by PyTorch 2.x clients (v2)", () => {
     assert.equal(text(await ts.get("y/pfx/inner")), "p");
     assert.ok((await ts.listKeys()).includes("y/m1"));
     await ts.set("y/pfx/fromts", "t");
+    await ts.ping();
     assert.deepEqual(((await py.ok("ps", "list_keys")) as string[]).sort(), ["fromts", "inner"]);
   });
 
@@ -177,6 +182,10 @@ describe("rdzv server driven by PyTorch 2.x clients (v2)", () => {
     const result = await suite;
     assert.equal(result.flavor, "v2");
     await reportSuite(t, result);
+  });
+
+  it("exercises every public TCPStore method and property of PyTorch 2.x against the server", async () => {
+    assertApiCovered(await suite);
   });
 
   it("counts world_size clients in the init/ counter (spec §1.6)", async () => {

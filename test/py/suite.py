@@ -459,6 +459,15 @@ def prefix_store():
     p.wait(["pw"], timedelta(seconds=2))
 
 
+def attributes():
+    s = connect()
+    expect_eq(s.host, HOST, "host")
+    expect_eq(s.port, PORT, "port")
+    expect_eq(s.timeout, timedelta(seconds=TIMEOUT_S), "timeout")
+    for name in API["properties"]:
+        getattr(s, name)  # every read-only property PyTorch adds must at least be readable
+
+
 def error_types():
     s = connect()
     err, _ = expect_raises(lambda: s.wait([k("et")], timedelta(milliseconds=50)), r"timeout")
@@ -466,7 +475,37 @@ def error_types():
     expect_eq(s.has_extended_api(), True, "has_extended_api")
 
 
+def public_api():
+    """TCPStore's public methods and properties in this PyTorch version (inherited from Store included)."""
+    methods, properties, funcs = [], [], {}
+    for name in sorted(dir(dist.TCPStore)):
+        if name.startswith("_"):
+            continue
+        raw = next((c.__dict__[name] for c in dist.TCPStore.__mro__ if name in c.__dict__), None)
+        if isinstance(raw, property):
+            properties.append(name)
+            continue
+        methods.append(name)
+        func = getattr(raw, "__func__", None)
+        if func is not None:
+            funcs[id(func)] = name
+    return {"methods": methods, "properties": properties}, funcs
+
+
+API, API_FUNCS = public_api()
+called = set()
+
+
+def track_calls(frame, event, arg):
+    """Profiler hook: records every TCPStore method the cases call (pybind methods raise c_call events)."""
+    if event == "c_call":
+        name = API_FUNCS.get(id(arg))
+        if name is not None:
+            called.add(name)
+
+
 COMMON = [
+    attributes,
     set_get_roundtrip,
     binary_empty_unicode_large_values,
     get_woken_by_other_connection,
@@ -508,15 +547,20 @@ EXTENDED = [
 def main():
     only, skip = opt("--only"), opt("--skip") or []
     cases = Cases()
+    sys.setprofile(track_calls)
+    threading.setprofile(track_calls)
     for fn in COMMON + (EXTENDED if V2 else []):
         if (only is None or fn.__name__ in only) and fn.__name__ not in skip:
             cases.run(fn.__name__, fn)
+    sys.setprofile(None)
+    threading.setprofile(None)
     emit(
         {
             "result": {
                 "torch": torch.__version__,
                 "flavor": "v2" if V2 else "v1",
                 "init_adds": init_adds,
+                "api": {**API, "called": sorted(called)},
                 "cases": cases.results,
             }
         }
