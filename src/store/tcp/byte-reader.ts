@@ -18,6 +18,42 @@ export class ProtocolError extends RendezvousError {
 
 const TWO_POW_32 = 2 ** 32;
 
+/**
+ * The received bytes an incremental decoder has not consumed yet. Chunks are kept as they arrive and
+ * joined only when a decode attempt needs them contiguous, so a message split over many chunks is copied
+ * once per attempt, and attempts are made only once enough bytes arrived (see `ByteReader.needed`).
+ */
+export class StreamBuffer {
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+
+  /** Bytes received and not consumed. */
+  get bufferedBytes(): number {
+    return this.#buffered;
+  }
+
+  /** Adds received bytes (kept by reference). */
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+  }
+
+  /** Every unconsumed byte as one buffer; empty when nothing is buffered. */
+  contiguous(): Buffer {
+    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
+    return this.#chunks[0] ?? EMPTY;
+  }
+
+  /** Drops the first `n` bytes of `contiguous()`'s buffer `buf`, which decoding used up. */
+  consume(buf: Buffer, n: number): void {
+    this.#buffered -= n;
+    this.#chunks = this.#buffered === 0 ? [] : [buf.subarray(n)];
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
 export class ByteReader {
   /** Position of the next read. */
   pos: number;

@@ -1,8 +1,8 @@
 /**
- * Request encoding for the client's write path: requests are encoded straight into one growing scratch
- * buffer, and each flush copies out a single buffer for the socket. Byte-for-byte the same as
- * `encodeRequest` (encode.ts, which stays the reference and is checked against in tests), but without
- * a buffer allocation per field, which dominated the client's cost under pipelining.
+ * Request encoding, the one implementation (`encodeRequest` in encode.ts is its one-shot form): requests
+ * are encoded straight into one growing scratch buffer, and each `take()` copies out a single buffer for
+ * the socket. The client's write path gathers a tick's requests this way, with no buffer allocation per
+ * field, which dominated the client's cost under pipelining.
  */
 
 import { InvalidArgumentError } from "../../errors.js";
@@ -14,8 +14,15 @@ const KEEP_BYTES = 4 * 1024 * 1024;
 
 /** Accumulates encoded requests until the next flush. */
 export class RequestWriter {
-  #buf = Buffer.allocUnsafe(INITIAL_BYTES);
+  readonly #initialBytes: number;
+  #buf: Buffer;
   #len = 0;
+
+  /** `initialBytes`: the scratch buffer's starting size (it doubles as needed). */
+  constructor(initialBytes = INITIAL_BYTES) {
+    this.#initialBytes = initialBytes;
+    this.#buf = Buffer.allocUnsafe(initialBytes);
+  }
 
   /** Bytes written since the last `take()`. */
   get length(): number {
@@ -43,7 +50,7 @@ export class RequestWriter {
     const out = Buffer.allocUnsafeSlow(this.#len);
     this.#buf.copy(out, 0, 0, this.#len);
     this.#len = 0;
-    if (this.#buf.length > KEEP_BYTES) this.#buf = Buffer.allocUnsafe(INITIAL_BYTES);
+    if (this.#buf.length > KEEP_BYTES) this.#buf = Buffer.allocUnsafe(this.#initialBytes);
     return out;
   }
 
@@ -111,7 +118,7 @@ export class RequestWriter {
   #reserve(n: number): number {
     const at = this.#len;
     if (at + n > this.#buf.length) {
-      const grown = Buffer.allocUnsafe(Math.max(this.#buf.length * 2, at + n));
+      const grown = Buffer.allocUnsafe(Math.max(this.#buf.length * 2, at + n, 64));
       this.#buf.copy(grown, 0, 0, at);
       this.#buf = grown;
     }

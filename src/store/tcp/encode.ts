@@ -1,10 +1,13 @@
 /**
- * Encoders for TCPStore messages, both directions: requests (client side) and replies (server side).
- * Pure functions from values to bytes.
+ * Encoders for TCPStore messages, both directions: requests (client side, through `RequestWriter`) and
+ * replies (server side). Pure functions from values to bytes.
  */
 
-import { InvalidArgumentError } from "../../errors.js";
-import { type Dialect, type Request, V1_OPCODES, V2_OPCODES } from "./protocol.js";
+import { RequestWriter } from "./client-encode.js";
+import type { Dialect, Request } from "./protocol.js";
+
+/** Initial buffer of a one-shot `encodeRequest` (it grows for bigger requests). */
+const ONE_SHOT_BYTES = 256;
 
 /** Accumulates a message as a list of buffers and joins them once. */
 export class MessageWriter {
@@ -54,61 +57,19 @@ export class MessageWriter {
     return this.u64(bytes.length).push(bytes);
   }
 
-  keys(keys: readonly string[]): this {
-    this.u64(keys.length);
-    for (const k of keys) this.key(k);
-    return this;
-  }
-
   toBuffer(): Buffer {
     return this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.size);
   }
 }
 
-/** Encodes `req` in `dialect`. Throws `InvalidArgumentError` when the dialect lacks the command. */
+/**
+ * Encodes one request in `dialect`. Throws `InvalidArgumentError` when the dialect lacks the command.
+ * The client's `RequestWriter` does the encoding (one implementation for both); this is its one-shot form.
+ */
 export function encodeRequest(dialect: Dialect, req: Request): Buffer {
-  const opcode = (dialect === "v1" ? V1_OPCODES : V2_OPCODES)[req.type];
-  if (opcode === undefined) {
-    throw new InvalidArgumentError(`the ${dialect} TCPStore protocol has no ${req.type} command`);
-  }
-  const w = new MessageWriter().u8(opcode);
-  switch (req.type) {
-    case "validate":
-      return w.u32(req.magic).toBuffer();
-    case "ping":
-      return w.u32(req.nonce).toBuffer();
-    case "set":
-    case "append":
-    case "queuePush":
-    case "onDisconnectSet":
-      return w.key(req.key).value(req.value).toBuffer();
-    case "compareSet":
-      return w.key(req.key).value(req.expected).value(req.desired).toBuffer();
-    case "get":
-    case "watchKey":
-    case "deleteKey":
-    case "queuePop":
-    case "queueLen":
-    case "onDisconnectClear":
-      return w.key(req.key).toBuffer();
-    case "add":
-      return w.key(req.key).i64(req.delta).toBuffer();
-    case "barrier":
-      return w.key(req.key).i64(req.worldSize).toBuffer();
-    case "check":
-    case "wait":
-    case "multiGet":
-      return w.keys(req.keys).toBuffer();
-    case "multiSet": {
-      w.i64(BigInt(req.keys.length));
-      for (const [i, k] of req.keys.entries()) w.key(k).value(req.values[i]!);
-      return w.toBuffer();
-    }
-    case "getNumKeys":
-    case "cancelWait":
-    case "listKeys":
-      return w.toBuffer();
-  }
+  const writer = new RequestWriter(ONE_SHOT_BYTES);
+  writer.write(dialect, req);
+  return writer.take();
 }
 
 /** Reply: one byte (CHECK, WAIT, BARRIER, CANCEL_WAIT, WATCH registration, extension acks). */

@@ -3,7 +3,7 @@
  * it asked, so it tells the decoder the shape of each reply it expects, in order.
  */
 
-import { ByteReader } from "./byte-reader.js";
+import { ByteReader, StreamBuffer } from "./byte-reader.js";
 import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
 
 /** The shape of one expected reply. */
@@ -28,8 +28,7 @@ export type Reply =
 
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
+  readonly #input = new StreamBuffer();
   #needed = 1;
   readonly limits: Readonly<ProtocolLimits>;
 
@@ -38,30 +37,26 @@ export class ReplyDecoder {
   }
 
   get bufferedBytes(): number {
-    return this.#buffered;
+    return this.#input.bufferedBytes;
   }
 
   push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
+    this.#input.push(chunk);
   }
 
   /** Decodes a reply of `shape`, or returns `undefined` when more bytes are needed. Throws `ProtocolError`. */
   next(shape: ReplyShape): Reply | undefined {
     // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives.
     if (shape.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
-    if (this.#buffered < this.#needed) return undefined;
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
-    const buf = this.#chunks[0]!;
+    if (this.#input.bufferedBytes < this.#needed) return undefined;
+    const buf = this.#input.contiguous();
     const r = new ByteReader(buf);
     const reply = this.decode(r, shape);
     if (reply === undefined) {
       this.#needed = r.needed;
       return undefined;
     }
-    this.#buffered -= r.pos;
-    this.#chunks = this.#buffered === 0 ? [] : [buf.subarray(r.pos)];
+    this.#input.consume(buf, r.pos);
     this.#needed = 1;
     return reply;
   }

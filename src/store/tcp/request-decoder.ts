@@ -4,7 +4,7 @@
  * size limits, and never buffers more than one message beyond what it was given.
  */
 
-import { ByteReader, ProtocolError } from "./byte-reader.js";
+import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";
 import {
   COMMAND_BY_OPCODE,
   DEFAULT_PROTOCOL_LIMITS,
@@ -20,8 +20,7 @@ const MAGIC_LE = [0xce, 0xf7, 0x85, 0x3c] as const;
 export class RequestDecoder {
   #dialect: Dialect | undefined;
   #validated = false;
-  #chunks: Buffer[] = [];
-  #buffered = 0;
+  readonly #input = new StreamBuffer();
   /** Bytes that must be buffered before the next decode attempt can succeed. */
   #needed = 1;
   readonly limits: Readonly<ProtocolLimits>;
@@ -37,14 +36,12 @@ export class RequestDecoder {
 
   /** Bytes received but not yet decoded. */
   get bufferedBytes(): number {
-    return this.#buffered;
+    return this.#input.bufferedBytes;
   }
 
   /** Adds received bytes. */
   push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
+    this.#input.push(chunk);
   }
 
   /**
@@ -52,8 +49,8 @@ export class RequestDecoder {
    * Throws `ProtocolError` on malformed input; the connection must then be closed.
    */
   next(): Request | undefined {
-    if (this.#buffered < this.#needed) return undefined;
-    const buf = this.contiguous();
+    if (this.#input.bufferedBytes < this.#needed) return undefined;
+    const buf = this.#input.contiguous();
     if (this.#dialect === undefined && !this.detect(buf)) return undefined;
     const reader = new ByteReader(buf);
     const request = this.decodeOne(reader);
@@ -61,19 +58,9 @@ export class RequestDecoder {
       this.#needed = reader.needed;
       return undefined;
     }
-    this.consume(buf, reader.pos);
-    return request;
-  }
-
-  private contiguous(): Buffer {
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
-    return this.#chunks[0]!;
-  }
-
-  private consume(buf: Buffer, n: number): void {
-    this.#buffered -= n;
-    this.#chunks = this.#buffered === 0 ? [] : [buf.subarray(n)];
+    this.#input.consume(buf, reader.pos);
     this.#needed = 1;
+    return request;
   }
 
   /** Decides the dialect; false when more bytes are needed to decide. */
