@@ -34,6 +34,8 @@ export const ErrorCode = {
   QueueEmpty: "RDZV_QUEUE_EMPTY",
   /** The resource was closed by its owner. */
   ResourceClosed: "RDZV_RESOURCE_CLOSED",
+  /** Authentication failed: a missing or wrong shared-secret token, or a TLS certificate that does not verify. */
+  Auth: "RDZV_AUTH",
 } as const;
 
 /** Union of all error code strings. */
@@ -108,6 +110,13 @@ export class InvalidArgumentError extends RendezvousError {
 export class StoreError extends RendezvousError {
   constructor(message: string, code: ErrorCode = ErrorCode.Store, options?: RendezvousErrorOptions) {
     super(message, code, options);
+  }
+}
+
+/** The server refused this client's credentials (token or TLS certificate); retrying cannot help. */
+export class RendezvousAuthError extends RendezvousError {
+  constructor(message: string, options?: RendezvousErrorOptions) {
+    super(message, ErrorCode.Auth, options);
   }
 }
 
