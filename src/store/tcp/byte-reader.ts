@@ -10,7 +10,10 @@ import { ErrorCode, RendezvousError } from "../../errors.js";
 export class ProtocolError extends RendezvousError {
   constructor(
     message: string,
-    code: typeof ErrorCode.Protocol | typeof ErrorCode.LimitExceeded = ErrorCode.Protocol,
+    code:
+      | typeof ErrorCode.Protocol
+      | typeof ErrorCode.LimitExceeded
+      | typeof ErrorCode.Auth = ErrorCode.Protocol,
   ) {
     super(message, code);
   }

@@ -3,11 +3,20 @@
  * probe, retried with exponential backoff and jitter until a deadline, as PyTorch's client does.
  */
 
-import { connect } from "node:net";
-import { AbortedError, ErrorCode, RendezvousConnectionError, RendezvousError } from "../../errors.js";
+import { connect, isIP, type Socket } from "node:net";
+import { type ConnectionOptions, connect as connectTls } from "node:tls";
+import {
+  AbortedError,
+  ErrorCode,
+  RendezvousAuthError,
+  RendezvousConnectionError,
+  RendezvousError,
+} from "../../errors.js";
 import type { Logger } from "../../log.js";
 import { ClientConnection, Shape, socketError } from "./client-connection.js";
 import {
+  AUTH_PROBE_KEY,
+  AuthResponse,
   CheckResponse,
   type Dialect,
   EXTENSION_PROBE_KEY,
@@ -23,6 +32,10 @@ export interface ConnectTarget {
   readonly dialect: Dialect;
   readonly limits: Partial<ProtocolLimits>;
   readonly logger: Logger;
+  /** Shared secret sent with AUTH after VALIDATE (v2), if any. */
+  readonly authToken?: string | undefined;
+  /** TLS options when the server speaks TLS. */
+  readonly tls?: ConnectionOptions | undefined;
 }
 
 /** A freshly opened connection. */
@@ -76,7 +89,8 @@ export async function connectWithRetry(
     try {
       return await openConnection(target, attemptMs, options);
     } catch (err) {
-      if (err instanceof AbortedError || options.signal?.aborted) throw err;
+      // A refused token or certificate stays refused: retrying would only hide why.
+      if (err instanceof AbortedError || options.signal?.aborted || hasAuthCode(err)) throw err;
       options.onAttemptFailed?.(err);
       const left = deadline() - Date.now();
       target.logger.debug("TCPStore connect attempt failed", { peer, attempt, error: String(err) });
@@ -101,7 +115,7 @@ export function openConnection(
 ): Promise<OpenedConnection> {
   const peer = peerName(target.host, target.port);
   return new Promise<OpenedConnection>((resolve, reject) => {
-    const socket = connect({ host: target.host, port: target.port, noDelay: true });
+    const socket = openSocket(target);
     let conn: ClientConnection | undefined;
     const fail = (err: RendezvousError): void => {
       cleanup();
@@ -109,7 +123,7 @@ export function openConnection(
       else conn.destroy(err);
       reject(err);
     };
-    const onError = (err: Error): void => fail(socketError(peer, err));
+    const onError = (err: Error): void => fail(connectError(peer, err));
     const onAbort = (): void =>
       fail(new AbortedError("connecting was aborted", { cause: options.signal?.reason }));
     const timer = setTimeout(
@@ -124,7 +138,7 @@ export function openConnection(
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
     socket.once("error", onError);
-    socket.once("connect", () => {
+    socket.once(target.tls === undefined ? "connect" : "secureConnect", () => {
       socket.off("error", onError);
       socket.setKeepAlive(true, 30_000);
       const c = new ClientConnection(socket, {
@@ -134,7 +148,7 @@ export function openConnection(
         onClose: (err) => options.onClose?.(err),
       });
       conn = c;
-      handshake(c, options.probe).then(
+      handshake(c, options.probe, target.authToken).then(
         (hasExtensions) => {
           cleanup();
           resolve({ conn: c, hasExtensions });
@@ -145,20 +159,84 @@ export function openConnection(
   });
 }
 
-/** v2: VALIDATE (no reply), PING with the pid as nonce (echoed), and the optional extension probe. */
-async function handshake(conn: ClientConnection, probe: boolean): Promise<boolean> {
+function openSocket(target: ConnectTarget): Socket {
+  const { host, port, tls } = target;
+  if (tls === undefined) return connect({ host, port, noDelay: true });
+  // Node checks the certificate against `servername`, or against `host` (IP SANs included) without it.
+  const servername = tls.servername ?? (isIP(host) === 0 ? host : undefined);
+  const socket = connectTls({ ...tls, host, port, ...(servername === undefined ? {} : { servername }) });
+  socket.setNoDelay(true);
+  return socket;
+}
+
+function hasAuthCode(err: unknown): boolean {
+  return err instanceof RendezvousError && err.code === ErrorCode.Auth;
+}
+
+/** Certificate verification failures (Node's codes for them) are authentication errors; the rest connection errors. */
+function connectError(peer: string, err: Error): RendezvousError {
+  const code = (err as NodeJS.ErrnoException).code ?? "";
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT_ALTNAME/.test(code)) {
+    return new RendezvousAuthError(`the TLS certificate of ${peer} does not verify: ${err.message}`, {
+      cause: err,
+    });
+  }
+  return socketError(peer, err);
+}
+
+/**
+ * v2: VALIDATE (no reply), AUTH when there is a token, PING with the pid as nonce (echoed), the optional
+ * extension probe, and without a token the auth probe; all pipelined in one write.
+ */
+async function handshake(
+  conn: ClientConnection,
+  probe: boolean,
+  token: string | undefined,
+): Promise<boolean> {
   if (conn.dialect === "v1") return false;
   const nonce = process.pid >>> 0;
   void conn.send({ type: "validate", magic: VALIDATION_MAGIC }).catch(() => {});
+  const auth =
+    token === undefined
+      ? undefined
+      : conn.request({ type: "auth", token: Buffer.from(token, "utf8") }, Shape.u8);
   const ping = conn.request({ type: "ping", nonce }, Shape.u32);
   const check = probe ? conn.request({ type: "check", keys: [EXTENSION_PROBE_KEY] }, Shape.u8) : undefined;
-  const [echoed, ready] = await Promise.all([ping, check]);
+  const authProbe =
+    token === undefined ? conn.request({ type: "check", keys: [AUTH_PROBE_KEY] }, Shape.u8) : undefined;
+  const replies = Promise.all([ping, check, authProbe]);
+  // A rejected AUTH closes the connection, failing the requests behind it: the AUTH error is the one to report.
+  replies.catch(() => {});
+  if (auth !== undefined) await checkAuth(conn, auth);
+  const [echoed, ready, needsAuth] = await replies;
   if (echoed !== nonce) {
     throw new RendezvousConnectionError(
       `${conn.peer} answered PING ${nonce} with ${echoed}: not a TCPStore server?`,
     );
   }
+  if (needsAuth === CheckResponse.Ready) {
+    throw new RendezvousAuthError(
+      `the TCPStore server at ${conn.peer} requires authentication: give the client its token (authToken, or the RDZV_AUTH_TOKEN environment variable)`,
+    );
+  }
   return ready === CheckResponse.Ready;
+}
+
+async function checkAuth(conn: ClientConnection, auth: Promise<number>): Promise<void> {
+  let answer: number;
+  try {
+    answer = await auth;
+  } catch (err) {
+    // Retried like any lost connection: a server that restarts looks the same as one that has no AUTH.
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new RendezvousConnectionError(
+      `${reason} (at AUTH: only rdzv servers take an auth token, PyTorch's close the connection)`,
+      { cause: err },
+    );
+  }
+  if (answer !== AuthResponse.Accepted) {
+    throw new RendezvousAuthError(`the TCPStore server at ${conn.peer} rejected the auth token`);
+  }
 }
 
 /** Resolves after `ms` (timer unref'd); rejects with `AbortedError` when `signal` fires first. */

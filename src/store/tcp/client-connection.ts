@@ -313,5 +313,10 @@ function closedByServer(peer: string, head: Request | undefined): RendezvousErro
   let message = `the TCPStore server at ${peer} closed the connection`;
   if (head !== undefined) message += ` while a reply to ${describeRequest(head)} was pending`;
   if (head?.type === "add") message += " (likely because the stored value is not an integer)";
+  else if (head !== undefined) {
+    message +=
+      " (a server closes a connection whose request breaks its limits: key or value size, keys per request," +
+      " waiters per connection; an rdzv server logs which)";
+  }
   return new RendezvousConnectionError(message);
 }

@@ -74,6 +74,9 @@ export class RequestWriter {
         this.#key(req.key);
         this.#value(req.value);
         break;
+      case "auth":
+        this.#value(req.token);
+        break;
       case "compareSet":
         this.#key(req.key);
         this.#value(req.expected);

@@ -1,5 +1,7 @@
 /** Options of the TCPStore client, their defaults and validation, and the deadline race its calls use. */
 
+import { readFileSync } from "node:fs";
+import type { ConnectionOptions } from "node:tls";
 import { AbortedError, InvalidArgumentError, type RendezvousError } from "../../errors.js";
 import { type Logger, silentLogger } from "../../log.js";
 import { checkTimeoutMs } from "../deadline.js";
@@ -31,8 +33,25 @@ export interface TCPStoreOptions {
   waitForWorkers?: boolean;
   /** Limits applied to replies (sizes of values and keys). */
   limits?: Partial<ProtocolLimits>;
+  /**
+   * Shared secret for an rdzv server started with an auth token (sent with rdzv's AUTH extension right
+   * after VALIDATE; v2 only). Default: the `RDZV_AUTH_TOKEN` environment variable when set (ignored in v1).
+   * A PyTorch server closes a connection that sends it: use no token there.
+   */
+  authToken?: string | undefined;
+  /**
+   * Connect with TLS: `true` (system CAs) or Node `tls.connect` options (`ca` for a self-signed server,
+   * `servername`, client `cert`/`key`, ...). Default: TLS trusting the PEM file named by `RDZV_TLS_CA` when
+   * that variable is set, else plain TCP. Only rdzv servers speak TLS.
+   */
+  tls?: boolean | ConnectionOptions | undefined;
   logger?: Logger;
 }
+
+/** Environment variable holding the default `authToken` of rdzv's clients. */
+export const AUTH_TOKEN_ENV = "RDZV_AUTH_TOKEN";
+/** Environment variable naming a CA file (PEM): when set, rdzv's clients default to TLS trusting it. */
+export const TLS_CA_ENV = "RDZV_TLS_CA";
 
 /** `TCPStoreOptions` with defaults applied. */
 export interface ResolvedOptions {
@@ -44,6 +63,8 @@ export interface ResolvedOptions {
   readonly worldSize: number | undefined;
   readonly waitForWorkers: boolean;
   readonly limits: Partial<ProtocolLimits>;
+  readonly authToken: string | undefined;
+  readonly tls: ConnectionOptions | undefined;
   readonly logger: Logger;
 }
 
@@ -75,8 +96,42 @@ export function resolveOptions(options: TCPStoreOptions): ResolvedOptions {
     worldSize,
     waitForWorkers: options.waitForWorkers ?? true,
     limits: options.limits ?? {},
+    authToken: resolveToken(options.authToken, dialect),
+    tls: resolveTls(options.tls),
     logger: options.logger ?? silentLogger,
   };
+}
+
+function resolveToken(token: string | undefined, dialect: Dialect): string | undefined {
+  if (token !== undefined) {
+    if (typeof token !== "string" || token.length === 0) {
+      throw new InvalidArgumentError(`TCPStore authToken must be a non-empty string, got ${typeof token}`);
+    }
+    if (dialect === "v1") throw new InvalidArgumentError("TCPStore authToken needs the v2 dialect");
+    return token;
+  }
+  const fromEnv = process.env[AUTH_TOKEN_ENV];
+  return dialect === "v2" && fromEnv !== undefined && fromEnv.length > 0 ? fromEnv : undefined;
+}
+
+function resolveTls(tls: boolean | ConnectionOptions | undefined): ConnectionOptions | undefined {
+  if (tls === false) return undefined;
+  if (tls === true) return {};
+  if (tls !== undefined) {
+    if (tls === null || typeof tls !== "object") {
+      throw new InvalidArgumentError(
+        `TCPStore tls must be a boolean or tls.connect options, got ${String(tls)}`,
+      );
+    }
+    return tls;
+  }
+  const caFile = process.env[TLS_CA_ENV];
+  if (caFile === undefined || caFile.length === 0) return undefined;
+  try {
+    return { ca: readFileSync(caFile) };
+  } catch (err) {
+    throw new InvalidArgumentError(`${TLS_CA_ENV}=${caFile}: cannot read the CA file`, { cause: err });
+  }
 }
 
 /** setTimeout's largest delay; longer ones fire at once. */

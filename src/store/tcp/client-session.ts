@@ -49,10 +49,10 @@ export class ClientSession {
   #closed = false;
 
   constructor(options: ResolvedOptions, onDisconnect: (err: RendezvousError) => void) {
-    const { host, port, dialect, limits, logger } = options;
+    const { host, port, dialect, limits, logger, authToken, tls } = options;
     this.peer = peerName(host, port);
     this.#options = options;
-    this.#target = { host, port, dialect, limits, logger };
+    this.#target = { host, port, dialect, limits, logger, authToken, tls };
     this.#onDisconnect = onDisconnect;
     this.#timeoutMs = options.timeoutMs;
     this.#waits = new WaitPool((deadlineAt, onClose) => this.#openWaitConnection(deadlineAt, onClose));

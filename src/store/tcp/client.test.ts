@@ -13,7 +13,7 @@ import { ErrorCode, type RendezvousError } from "../../errors.js";
 import { connectTCPStore, TCPStore } from "./client.js";
 import { RequestWriter } from "./client-encode.js";
 import { encodeRequest } from "./encode.js";
-import { type Dialect, EXTENSION_PROBE_KEY, type Request } from "./protocol.js";
+import { AUTH_PROBE_KEY, type Dialect, EXTENSION_PROBE_KEY, type Request } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
 import { createTCPStoreServer, type TCPStoreServer } from "./server.js";
 
@@ -88,8 +88,10 @@ async function scriptedServer(answer: (req: Request, socket: Socket) => void) {
         requests.push(req);
         if (req.type === "validate") continue;
         if (req.type === "ping") socket.write(Buffer.from(new Uint32Array([req.nonce]).buffer));
-        else if (req.type === "check" && req.keys[0] === EXTENSION_PROBE_KEY) socket.write(Buffer.from([1]));
-        else answer(req, socket);
+        // The handshake's probes: answered "absent", as a PyTorch server does.
+        else if (req.type === "check" && [EXTENSION_PROBE_KEY, AUTH_PROBE_KEY].includes(req.keys[0]!)) {
+          socket.write(Buffer.from([1]));
+        } else answer(req, socket);
       }
     });
   });

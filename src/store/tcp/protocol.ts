@@ -45,6 +45,8 @@ export const Command = {
   OnDisconnectSet: "onDisconnectSet",
   /** rdzv extension (v2 only): drop an on-disconnect registration. */
   OnDisconnectClear: "onDisconnectClear",
+  /** rdzv extension (v2 only): present the shared-secret token of a server that requires authentication. */
+  Auth: "auth",
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -87,6 +89,7 @@ export const V2_OPCODES: Readonly<Partial<Record<Command, number>>> = {
   barrier: 0x12,
   onDisconnectSet: 0x40,
   onDisconnectClear: 0x41,
+  auth: 0x42,
 };
 
 function invert(table: Readonly<Partial<Record<Command, number>>>): ReadonlyMap<number, Command> {
@@ -107,6 +110,16 @@ export const COMMAND_BY_OPCODE: Readonly<Record<Dialect, ReadonlyMap<number, Com
  * sending anything a PyTorch server would reject.
  */
 export const EXTENSION_PROBE_KEY = "\u0000rdzv/ext/1";
+
+/**
+ * A key that rdzv's server reports as present in CHECK exactly when it requires authentication (AUTH before
+ * anything but VALIDATE, PING and these probes). Like `EXTENSION_PROBE_KEY` it is never stored, and a
+ * PyTorch server reports it absent. A client without a token learns from it why it would be refused.
+ */
+export const AUTH_PROBE_KEY = "\u0000rdzv/auth/1";
+
+/** AUTH replies; a rejected connection is closed right after the reply. */
+export const AuthResponse = { Accepted: 0, Rejected: 1 } as const;
 
 /** CHECK replies. */
 export const CheckResponse = { Ready: 0, NotReady: 1 } as const;
@@ -150,7 +163,8 @@ export type Request =
   | { readonly type: "listKeys" }
   | { readonly type: "barrier"; readonly key: string; readonly worldSize: bigint }
   | { readonly type: "onDisconnectSet"; readonly key: string; readonly value: Uint8Array }
-  | { readonly type: "onDisconnectClear"; readonly key: string };
+  | { readonly type: "onDisconnectClear"; readonly key: string }
+  | { readonly type: "auth"; readonly token: Uint8Array };
 
 /** Limits a decoder enforces on incoming requests. */
 export interface ProtocolLimits {

@@ -155,6 +155,12 @@ export class RequestDecoder {
         }
         return { type, keys, values };
       }
+      case "auth": {
+        // A token is a secret of a few dozen bytes: bounded like a key, not like a value.
+        const n = r.length(this.limits.maxKeyBytes, "auth token length");
+        const token = n === undefined ? undefined : r.bytes(n);
+        return token === undefined ? undefined : { type, token };
+      }
       case "ping": {
         const nonce = r.u32();
         return nonce === undefined ? undefined : { type, nonce };

@@ -13,6 +13,8 @@ import type { Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
 import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply } from "./encode.js";
 import {
+  AUTH_PROBE_KEY,
+  AuthResponse,
   CheckResponse,
   Dialect,
   EXTENSION_ACK,
@@ -24,7 +26,7 @@ import {
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
 import { PendingReplies } from "./server-replies.js";
-import type { BarrierParty, KeyWatcher, ServerState } from "./server-state.js";
+import { type BarrierParty, type KeyWatcher, type ServerState, tokenMatches } from "./server-state.js";
 
 type PendingWait =
   | { readonly kind: "wait"; readonly waiter: Waiter }
@@ -42,6 +44,22 @@ const READY = encodeU8Reply(CheckResponse.Ready);
 const NOT_READY = encodeU8Reply(CheckResponse.NotReady);
 const ACK = encodeU8Reply(EXTENSION_ACK);
 const WATCH_REGISTERED = encodeU8Reply(WatchResponse.KeyCallbackRegistered);
+const AUTH_ACCEPTED = encodeU8Reply(AuthResponse.Accepted);
+const AUTH_REJECTED = encodeU8Reply(AuthResponse.Rejected);
+
+/** Whether a connection that has not authenticated may send `req`: the handshake and the probes only. */
+function allowedBeforeAuth(req: Request): boolean {
+  switch (req.type) {
+    case "validate":
+    case "ping":
+    case "auth":
+      return true;
+    case "check":
+      return req.keys.every((k) => k === EXTENSION_PROBE_KEY || k === AUTH_PROBE_KEY);
+    default:
+      return false;
+  }
+}
 
 /** Replies are written early once this many bytes are waiting, so a burst of big GETs streams out. */
 const FLUSH_BYTES = 1 << 20;
@@ -67,6 +85,15 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   #closeReason: string | undefined;
   #watched: Set<string> | undefined;
   #onDisconnect: Map<string, Uint8Array> | undefined;
+  #authenticated: boolean;
+  /** Requests decoded or dequeued so far: progress, for the incomplete-request clock. */
+  #progress = 0;
+  /** When the bytes now buffered started to be an incomplete request (epoch ms), if they are. */
+  #partialSince: number | undefined;
+  /** When bytes last arrived (epoch ms). */
+  #lastReadAt = Date.now();
+  /** When the socket last refused more replies (epoch ms), while it does. */
+  #writeBlockedSince: number | undefined;
 
   constructor(
     readonly id: number,
@@ -77,14 +104,17 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     private readonly onClosed: (conn: ServerConnection, reason: string) => void,
   ) {
     this.decoder = new RequestDecoder(protocolLimits);
+    this.#authenticated = state.security.tokenDigest === undefined;
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => {
       if (this.#closed) return;
+      this.#lastReadAt = Date.now();
       this.decoder.push(chunk);
       this.pump();
     });
     socket.on("drain", () => {
       this.#writeBlocked = false;
+      this.#writeBlockedSince = undefined;
       this.pump();
     });
     socket.on("end", () => {
@@ -112,6 +142,27 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.socket.destroy();
   }
 
+  /**
+   * Why this connection should be reaped now, if it should: it held an incomplete request for
+   * `incompleteMs` (slow-loris), did not read its replies for `incompleteMs`, or received nothing for
+   * `idleMs`. 0 disables a check. A connection parked in a WAIT or BARRIER is never reaped: waiting is its job.
+   */
+  reapReason(now: number, incompleteMs: number, idleMs: number): string | undefined {
+    if (this.#closed || this.#pending !== undefined) return undefined;
+    if (incompleteMs > 0) {
+      const since = this.#writeBlockedSince;
+      if (since !== undefined && now - since >= incompleteMs) {
+        return `did not read its replies for ${now - since} ms`;
+      }
+      const partial = this.#partialSince;
+      if (partial !== undefined && !this.#readingPaused && now - partial >= incompleteMs) {
+        return `held an incomplete request (${this.decoder.bufferedBytes} bytes) for ${now - partial} ms`;
+      }
+    }
+    if (idleMs > 0 && now - this.#lastReadAt >= idleMs) return `idle for ${now - this.#lastReadAt} ms`;
+    return undefined;
+  }
+
   /** BarrierParty: the barrier this connection was parked on reached its count. */
   barrierReleased(): void {
     this.#pending = undefined;
@@ -133,6 +184,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   /** Handles whatever can be handled now, writes the replies, and pauses or resumes reading. */
   private pump(): void {
     if (this.#closed) return;
+    const progress = this.#progress;
     try {
       this.processRequests();
     } catch (err) {
@@ -141,12 +193,15 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     }
     this.flush();
     this.updateReading();
+    if (this.decoder.bufferedBytes === 0) this.#partialSince = undefined;
+    else if (this.#partialSince === undefined || this.#progress !== progress) this.#partialSince = Date.now();
   }
 
   private processRequests(): void {
     while (!this.#closed && !this.#writeBlocked) {
       if (this.#pending === undefined && this.#queue.length > 0) {
         const next = this.#queue.shift()!;
+        this.#progress++;
         this.#queuedBytes -= next.bytes;
         this.dispatch(next.request);
       } else {
@@ -155,6 +210,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         const request = this.decoder.next();
         if (this.#dialect === undefined && this.decoder.dialect !== undefined) this.dialectDecided();
         if (request === undefined) return;
+        this.#progress++;
         if (this.#pending === undefined) {
           this.dispatch(request);
         } else if (this.#dialect === Dialect.V1) {
@@ -178,6 +234,10 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private dispatch(req: Request): void {
+    if (!this.#authenticated && !allowedBeforeAuth(req)) {
+      const why = this.#dialect === Dialect.V1 ? " (v1 clients cannot authenticate)" : "";
+      throw new ProtocolError(`authentication required before ${req.type}${why}`, ErrorCode.Auth);
+    }
     this.state.ops[req.type]++;
     this.#dispatching = true;
     this.handle(req);
@@ -210,10 +270,13 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.#out.i64(engine.add(req.key, req.delta));
         break;
       case "check": {
-        const ready = req.keys.every((k) => k === EXTENSION_PROBE_KEY || engine.has(k));
+        const ready = req.keys.every((k) => this.probe(k) ?? engine.has(k));
         this.reply(ready ? READY : NOT_READY);
         break;
       }
+      case "auth":
+        this.authenticate(req.token);
+        break;
       case "wait":
         this.wait(req.keys);
         break;
@@ -266,6 +329,23 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     }
   }
 
+  /** CHECK's answer for a probe key, or undefined for a real key. */
+  private probe(key: string): boolean | undefined {
+    if (key === EXTENSION_PROBE_KEY) return true;
+    if (key === AUTH_PROBE_KEY) return this.state.security.tokenDigest !== undefined;
+    return undefined;
+  }
+
+  private authenticate(token: Uint8Array): void {
+    if (!tokenMatches(this.state.security, token)) {
+      this.state.authFailures++;
+      this.reply(AUTH_REJECTED);
+      throw new ProtocolError("authentication failed: wrong token", ErrorCode.Auth);
+    }
+    this.#authenticated = true;
+    this.reply(AUTH_ACCEPTED);
+  }
+
   private wait(keys: readonly string[]): void {
     this.checkWaiterLimit(keys.length, "WAIT keys");
     const waiter: Waiter = {
@@ -293,6 +373,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   /** Called (synchronously, from whichever request satisfied it) when the pending wait is over. */
   private waitDone(): void {
     if (this.#closed) return;
+    // The incomplete-request clock stood still during the wait.
+    if (this.#partialSince !== undefined) this.#partialSince = Date.now();
     this.reply(STOP_WAITING);
     this.scheduleResume();
   }
@@ -354,7 +436,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private flush(): void {
-    if (!this.#out.writeTo(this.socket)) this.#writeBlocked = true;
+    if (this.#out.writeTo(this.socket)) return;
+    this.#writeBlocked = true;
+    this.#writeBlockedSince ??= Date.now();
   }
 
   private updateReading(): void {

@@ -3,6 +3,7 @@
  * callers, v1 key watchers, counters for `stats()`, and the hooks a connection reports through.
  */
 
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { Logger } from "../../log.js";
 import type { KvEngine } from "../kv-engine.js";
 import { encodeWatchNotification } from "./encode.js";
@@ -11,6 +12,23 @@ import { Command, type Dialect, WatchResponse } from "./protocol.js";
 /** Per-server limits, beside the decoder's `ProtocolLimits`. */
 export interface ConnectionLimits {
   maxWaitersPerConnection: number;
+}
+
+/** How a server authenticates its connections. */
+export interface ServerSecurity {
+  /** SHA-256 of the shared-secret token every connection must present (AUTH), or undefined for none. */
+  readonly tokenDigest: Buffer | undefined;
+}
+
+/** SHA-256 of a token, so that tokens of any length compare in constant time. */
+export function tokenDigest(token: Uint8Array): Buffer {
+  return createHash("sha256").update(token).digest();
+}
+
+/** Whether `token` is the server's token (constant time). True when the server requires none. */
+export function tokenMatches(security: ServerSecurity, token: Uint8Array): boolean {
+  const expected = security.tokenDigest;
+  return expected === undefined || timingSafeEqual(expected, tokenDigest(token));
 }
 
 /** A connection parked in a BARRIER until the count is reached. */
@@ -48,6 +66,10 @@ export class ServerState {
   protocolErrors = 0;
   /** Connections parked in a BARRIER. */
   barrierWaiters = 0;
+  /** AUTH requests with a wrong token since the start (each closed its connection). */
+  authFailures = 0;
+  /** Connections closed for holding an incomplete request or idling too long, since the start. */
+  reaped = 0;
 
   readonly #barriers = new Map<string, Set<BarrierParty>>();
   readonly #watchers = new Map<string, Set<KeyWatcher>>();
@@ -58,6 +80,7 @@ export class ServerState {
     readonly limits: Readonly<ConnectionLimits>,
     readonly logger: Logger,
     private readonly hooks: ServerHooks,
+    readonly security: ServerSecurity = { tokenDigest: undefined },
   ) {}
 
   /** Logs, counts and reports a connection closed for bad input. */

@@ -6,12 +6,13 @@
 
 import { EventEmitter } from "node:events";
 import { createServer, type Server, type Socket } from "node:net";
+import { createServer as createTlsServer, type TlsOptions } from "node:tls";
 import { InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { type Logger, silentLogger } from "../../log.js";
 import { KvEngine } from "../kv-engine.js";
 import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
 import { ServerConnection } from "./server-connection.js";
-import { ServerState } from "./server-state.js";
+import { type ServerSecurity, ServerState, tokenDigest } from "./server-state.js";
 
 /** Limits of a `TCPStoreServer`. */
 export interface ServerLimits extends ProtocolLimits {
@@ -31,14 +32,54 @@ export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = {
 /** Default port, as torchrun's c10d rendezvous endpoint. */
 export const DEFAULT_SERVER_PORT = 29400;
 
+/** Timeouts of a `TCPStoreServer`, in ms; 0 disables one. */
+export interface ServerTimeouts {
+  /**
+   * A connection that holds an incomplete request this long (a slow-loris trickling a frame), or does not
+   * read its replies this long, is closed; also bounds a TLS handshake. Default 30 000.
+   */
+  incompleteRequestMs: number;
+  /**
+   * A connection that sends nothing this long is closed, unless it is parked in a WAIT or BARRIER.
+   * Default 0 (off): PyTorch 1.13 keeps a connection that never sends a byte, and an idle PyTorch client
+   * is legitimate. When set, keep it above the longest pause of every client.
+   */
+  idleMs: number;
+  /**
+   * TCP keep-alive probes start after this much silence, so connections whose peer machine vanished
+   * (half-open) are found and closed by the kernel. Default 60 000.
+   */
+  keepAliveMs: number;
+}
+
+/** Default timeouts: 30 s for an incomplete request, no idle timeout, TCP keep-alive after 60 s. */
+export const DEFAULT_SERVER_TIMEOUTS: Readonly<ServerTimeouts> = {
+  incompleteRequestMs: 30_000,
+  idleMs: 0,
+  keepAliveMs: 60_000,
+};
+
+/** TLS and authentication of a `TCPStoreServer`. PyTorch clients can use neither: see docs/security.md. */
+export interface ServerSecurityOptions {
+  /**
+   * A shared secret every connection must present (rdzv's AUTH extension, v2) before anything but the
+   * handshake. PyTorch clients cannot, so a server with a token serves rdzv's clients only.
+   */
+  authToken?: string | Uint8Array;
+  /** Serve TLS only, with this certificate and key (PEM); PyTorch clients speak plain TCP only. */
+  tls?: Pick<TlsOptions, "cert" | "key" | "ca" | "passphrase" | "minVersion">;
+}
+
 /** Options of `createTCPStoreServer`. */
-export interface TCPStoreServerOptions {
+export interface TCPStoreServerOptions extends ServerSecurityOptions {
   /** Address to bind (default "127.0.0.1"). "::" binds every interface, IPv4 included (dual-stack). */
   host?: string;
   /** Port to bind (default 29400); 0 picks any free port, see `TCPStoreServer.port`. */
   port?: number;
   /** Limits; unset fields take `DEFAULT_SERVER_LIMITS`. */
   limits?: Partial<ServerLimits>;
+  /** Timeouts; unset fields take `DEFAULT_SERVER_TIMEOUTS`. */
+  timeouts?: Partial<ServerTimeouts>;
   /** Where to log (default: nowhere). */
   logger?: Logger;
 }
@@ -59,6 +100,10 @@ export interface ServerStats {
   protocolErrors: number;
   /** Open connections by detected dialect (connections yet to send a byte are in neither). */
   dialects: { v1: number; v2: number };
+  /** AUTH requests with a wrong token since the start (each closed its connection). */
+  authFailures: number;
+  /** Connections closed by a timeout (incomplete request, unread replies, idle) since the start. */
+  reaped: number;
 }
 
 /** Payload of the `connection` event. */
@@ -101,7 +146,13 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   readonly port: number;
   readonly engine: KvEngine;
   readonly limits: Readonly<ServerLimits>;
+  readonly timeouts: Readonly<ServerTimeouts>;
+  /** Whether connections must authenticate (an `authToken` was given). */
+  readonly requiresAuth: boolean;
+  /** Whether the server speaks TLS. */
+  readonly tls: boolean;
   readonly #server: Server;
+  readonly #sweeper: NodeJS.Timeout | undefined;
   readonly #state: ServerState;
   readonly #logger: Logger;
   readonly #connections = new Set<ServerConnection>();
@@ -111,8 +162,9 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   #allClosed: (() => void) | undefined;
 
   /** @internal Use `createTCPStoreServer`. */
-  constructor(server: Server, host: string, limits: Readonly<ServerLimits>, logger: Logger) {
+  constructor(server: Server, host: string, config: ServerConfig, logger: Logger) {
     super();
+    const { limits, timeouts, security, tls } = config;
     const address = server.address();
     if (address === null || typeof address === "string") {
       throw new InvalidArgumentError("TCPStoreServer needs a listening TCP server");
@@ -121,13 +173,42 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.host = host;
     this.port = address.port;
     this.limits = limits;
+    this.timeouts = timeouts;
+    this.requiresAuth = security.tokenDigest !== undefined;
+    this.tls = tls;
     this.#logger = logger;
     this.engine = new KvEngine();
-    this.#state = new ServerState(this.engine, limits, logger, {
-      protocolError: (id, remote, reason) => this.emit("protocolError", { id, remote, reason }),
-    });
-    server.on("connection", (socket) => this.accept(socket));
+    const hooks = {
+      protocolError: (id: number, remote: string, reason: string) =>
+        this.emit("protocolError", { id, remote, reason }),
+    };
+    this.#state = new ServerState(this.engine, limits, logger, hooks, security);
+    if (tls) {
+      server.on("secureConnection", (socket: Socket) => this.accept(socket));
+      server.on("drop", (data) => {
+        logger.warn("TCPStore server: rejecting a connection", {
+          remote: `${data?.remoteAddress}:${data?.remotePort}`,
+          reason: "maxConnections reached",
+          maxConnections: limits.maxConnections,
+        });
+      });
+      server.on("tlsClientError", (err: Error, socket: Socket) => {
+        logger.warn("TCPStore server: TLS handshake failed", {
+          remote: formatRemote(socket),
+          error: err.message,
+        });
+      });
+    } else {
+      server.on("connection", (socket) => this.accept(socket));
+    }
     server.on("error", (err) => logger.error("TCPStore server: listener error", { error: String(err) }));
+    const { incompleteRequestMs, idleMs } = timeouts;
+    const shortest = Math.min(...[incompleteRequestMs, idleMs].filter((ms) => ms > 0));
+    if (Number.isFinite(shortest)) {
+      // One timer for all connections; a connection is reaped at most a quarter period late.
+      this.#sweeper = setInterval(() => this.sweep(), Math.min(Math.max(shortest / 4, 10), 1000));
+      this.#sweeper.unref();
+    }
   }
 
   /** A snapshot of the counters. */
@@ -140,6 +221,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       opsByType: { ...this.#state.ops },
       protocolErrors: this.#state.protocolErrors,
       dialects: { ...this.#state.dialects },
+      authFailures: this.#state.authFailures,
+      reaped: this.#state.reaped,
     };
   }
 
@@ -148,6 +231,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
    * `engine`. Idempotent; resolves once every socket is closed.
    */
   close(): Promise<void> {
+    clearInterval(this.#sweeper);
     this.#closing ??= new Promise<void>((resolve) => {
       const listenerClosed = new Promise<void>((done) => this.#server.close(() => done()));
       const connectionsClosed = new Promise<void>((done) => {
@@ -181,6 +265,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       return;
     }
     const id = this.#nextId++;
+    const { keepAliveMs } = this.timeouts;
+    if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
     const conn = new ServerConnection(id, remote, socket, this.#state, this.limits, (c, reason) =>
       this.removed(c, reason),
     );
@@ -188,6 +274,22 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.#connectionsTotal++;
     this.#logger.debug("TCPStore server: connection", { id, remote });
     this.emit("connection", { id, remote });
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    const { incompleteRequestMs, idleMs } = this.timeouts;
+    for (const conn of this.#connections) {
+      const reason = conn.reapReason(now, incompleteRequestMs, idleMs);
+      if (reason === undefined) continue;
+      this.#state.reaped++;
+      this.#logger.warn("TCPStore server: closing a stalled connection", {
+        id: conn.id,
+        remote: conn.remote,
+        reason,
+      });
+      conn.destroy(`reaped: ${reason}`);
+    }
   }
 
   private removed(conn: ServerConnection, reason: string): void {
@@ -212,16 +314,32 @@ function formatRemote(socket: Socket): string {
 export function createTCPStoreServer(options: TCPStoreServerOptions = {}): Promise<TCPStoreServer> {
   let host: string;
   let port: number;
-  let limits: Readonly<ServerLimits>;
+  let config: ServerConfig;
   try {
     host = checkHost(options.host ?? "127.0.0.1");
     port = checkPort(options.port ?? DEFAULT_SERVER_PORT);
-    limits = checkLimits({ ...DEFAULT_SERVER_LIMITS, ...options.limits });
+    const limits = checkLimits({ ...DEFAULT_SERVER_LIMITS, ...options.limits });
+    config = {
+      limits,
+      timeouts: checkTimeouts({ ...DEFAULT_SERVER_TIMEOUTS, ...options.timeouts }),
+      security: { tokenDigest: checkToken(options.authToken, limits.maxKeyBytes) },
+      tls: options.tls !== undefined,
+    };
   } catch (err) {
     return Promise.reject(err);
   }
+  const { limits } = config;
   const logger = options.logger ?? silentLogger;
-  const server = createServer({ noDelay: true });
+  let server: Server;
+  try {
+    server = options.tls === undefined ? createServer({ noDelay: true }) : tlsServer(options.tls, config);
+  } catch (err) {
+    return Promise.reject(
+      new InvalidArgumentError(`bad TLS options: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+      }),
+    );
+  }
   return new Promise<TCPStoreServer>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
       const where = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
@@ -236,11 +354,61 @@ export function createTCPStoreServer(options: TCPStoreServerOptions = {}): Promi
     // The backlog matters during a rendezvous stampede; the kernel caps it at somaxconn.
     server.listen({ host, port, backlog: Math.min(limits.maxConnections, 65535) }, () => {
       server.off("error", onError);
-      const store = new TCPStoreServer(server, host, limits, logger);
-      logger.info("TCPStore server listening", { host, port: store.port });
+      const store = new TCPStoreServer(server, host, config, logger);
+      logger.info("TCPStore server listening", {
+        host,
+        port: store.port,
+        tls: store.tls,
+        auth: store.requiresAuth,
+      });
       resolve(store);
     });
   });
+}
+
+/** Validated configuration of a server. */
+interface ServerConfig {
+  readonly limits: Readonly<ServerLimits>;
+  readonly timeouts: Readonly<ServerTimeouts>;
+  readonly security: ServerSecurity;
+  readonly tls: boolean;
+}
+
+function tlsServer(options: NonNullable<ServerSecurityOptions["tls"]>, config: ServerConfig): Server {
+  if (options.cert === undefined || options.key === undefined) {
+    throw new InvalidArgumentError("tls needs both cert and key");
+  }
+  const { incompleteRequestMs } = config.timeouts;
+  const server = createTlsServer({
+    ...options,
+    ...(incompleteRequestMs > 0 ? { handshakeTimeout: incompleteRequestMs } : {}),
+  });
+  // Counted before the handshake, so a flood of handshakes cannot pass the limit; rejected ones emit "drop".
+  server.maxConnections = config.limits.maxConnections;
+  return server;
+}
+
+function checkToken(token: string | Uint8Array | undefined, maxBytes: number): Buffer | undefined {
+  if (token === undefined) return undefined;
+  const bytes = typeof token === "string" ? Buffer.from(token, "utf8") : token;
+  if (!(bytes instanceof Uint8Array) || bytes.length === 0) {
+    throw new InvalidArgumentError("authToken must be a non-empty string or Uint8Array");
+  }
+  if (bytes.length > maxBytes) {
+    throw new InvalidArgumentError(`authToken must be at most maxKeyBytes (${maxBytes}) bytes`);
+  }
+  return tokenDigest(bytes);
+}
+
+function checkTimeouts(timeouts: ServerTimeouts): ServerTimeouts {
+  for (const [name, value] of Object.entries(timeouts)) {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new InvalidArgumentError(
+        `timeouts.${name} must be a non-negative integer (ms), got ${String(value)}`,
+      );
+    }
+  }
+  return timeouts;
 }
 
 function checkHost(host: string): string {
