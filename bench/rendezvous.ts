@@ -113,7 +113,7 @@ async function main(): Promise<void> {
     for (let rep = 0; rep < (n >= 10_000 ? args.bigReps : args.reps); rep++) {
       const run = await runOurs(n, rep, opts);
       log(
-        `rdzv N=${n} rep ${rep}: ${run.elapsedMs} ms (first ${run.firstMs} ms, connect ${run.connectMs} ms, peak ${run.peakConnections} conns)${run.problem === undefined ? "" : ` PROBLEM ${run.problem}`}`,
+        `rdzv N=${n} rep ${rep}: ${run.elapsedMs} ms (first ${run.firstMs} ms, last ticket ${run.lastTicketMs} ms, decided ${run.decidedMs} ms, ${run.requestsPerNode.toFixed(1)} requests/node, connect ${run.connectMs} ms, peak ${run.peakConnections} conns, ${run.listenOverflows} listen overflows, ${run.synRetrans} SYN retransmits)${run.problem === undefined ? "" : ` PROBLEM ${run.problem}`}`,
       );
       runs.push(run);
     }

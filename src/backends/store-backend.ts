@@ -78,17 +78,59 @@ export class StoreRendezvousBackend implements RendezvousBackend {
 
   async getState(options?: CallOptions): Promise<RendezvousState> {
     let open = await this.store.add(this.key("open"), 0, options);
-    let last: RoundOutcome | undefined;
-    if (open > 0) last = await this.readOutcome(open - 1, options);
+    // Both reads in one round trip (the store pipelines them).
+    let [last, outcome] = await Promise.all([
+      open > 0 ? this.readOutcome(open - 1, options) : undefined,
+      this.readOutcome(open, options),
+    ]);
     // The hint trails the truth by at most the decisions in flight: step forward past decided rounds.
-    for (;;) {
-      const outcome = await this.readOutcome(open, options);
-      if (outcome === undefined) break;
+    while (outcome !== undefined) {
       last = outcome;
       open++;
+      outcome = await this.readOutcome(open, options);
     }
     return last === undefined ? { openRound: open } : { openRound: open, last };
   }
+
+  /**
+   * Three round trips on a pipelining store: the open-round hint and the closed flag; the round's outcome
+   * (is it still open?) and a ticket in it; the descriptor, sent without waiting so that it shares a write
+   * with the caller's next requests (keep-alive, coordinator claim). A ticket taken in a round that was
+   * decided meanwhile is left behind: it lies beyond the outcome's span.
+   */
+  async enter(
+    node: NodeDescriptor,
+    options?: CallOptions,
+  ): Promise<{ round: number; slot: number } | undefined> {
+    const [hint, closed] = await Promise.all([
+      this.store.add(this.key("open"), 0, options),
+      this.store.check([this.key("closed")], options),
+    ]);
+    if (closed) return undefined;
+    for (let round = hint; ; round++) {
+      const outcomeKey = this.roundKey(round, "outcome");
+      const [decided, ticket] = await Promise.all([
+        this.store.check([outcomeKey], options),
+        this.store.add(this.roundKey(round, "tickets"), 1, options),
+      ]);
+      if (decided) {
+        const outcome = this.parseOutcome(await this.store.get(outcomeKey, options), round);
+        if (outcome.kind === "closed") return undefined;
+        continue;
+      }
+      const slot = ticket - 1;
+      const published = this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
+      this.#published.set(`${round}/${slot}`, published);
+      const settled = (): void => {
+        this.#published.delete(`${round}/${slot}`);
+      };
+      published.then(settled, settled);
+      return { round, slot };
+    }
+  }
+
+  /** Descriptor writes of `enter()` still in flight, by `round/slot`; `keepAlive()` waits for them. */
+  readonly #published = new Map<string, Promise<void>>();
 
   private async readOutcome(round: number, options?: CallOptions): Promise<RoundOutcome | undefined> {
     const key = this.roundKey(round, "outcome");
@@ -112,7 +154,11 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       await this.store.compareSet(this.roundKey(token, "outcome"), "", encoded, options),
     );
     if (held === encoded) {
-      await this.store.add(this.key("open"), 1, options);
+      // The hint is on the wire; nobody needs it bumped before this returns (readers step past decided
+      // rounds), and the decision is what everyone waits for.
+      this.store.add(this.key("open"), 1, options).catch((err: unknown) => {
+        this.logger.debug("could not bump the open-round hint", { round: token, error: String(err) });
+      });
       return outcome;
     }
     return this.parseOutcome(Buffer.from(held), token);
@@ -164,12 +210,14 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     const goneKey = this.roundKey(round, `gone/${slot}`);
     const endedKey = this.roundKey(round, "ended");
     const store = this.store;
-    await store.add(hbKey, 1);
     const registered: string[] = [];
-    if (isDisconnectAware(store)) {
-      await store.setOnDisconnect(goneKey, GoneReason.Dead);
-      registered.push(goneKey);
-    }
+    // One round trip: the first keep-alive, the on-disconnect marker, and the descriptor enter() sent.
+    await Promise.all([
+      store.add(hbKey, 1),
+      isDisconnectAware(store) ? store.setOnDisconnect(goneKey, GoneReason.Dead) : undefined,
+      this.#published.get(`${round}/${slot}`),
+    ]);
+    if (isDisconnectAware(store)) registered.push(goneKey);
     const timer = setInterval(() => {
       store.add(hbKey, 1).catch((err: unknown) => {
         this.logger.debug("keep-alive failed", { round, slot, error: String(err) });
@@ -180,8 +228,9 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     return {
       becomeMember: async () => {
         if (stopped || !isDisconnectAware(store)) return;
-        await store.setOnDisconnect(endedKey, String(slot));
+        // Listed before it is sent: a stop() right after clears it on the same connection, after it.
         registered.push(endedKey);
+        await store.setOnDisconnect(endedKey, String(slot));
       },
       stop: async () => {
         if (stopped) return;
@@ -210,10 +259,12 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     endsRound: boolean,
     options?: CallOptions,
   ): Promise<GoneReason> {
-    const held = bytesToText(
-      await this.store.compareSet(this.roundKey(round, `gone/${slot}`), "", reason, options),
-    );
-    if (endsRound) await this.store.compareSet(this.roundKey(round, "ended"), "", String(slot), options);
+    // Both compare-and-sets in one round trip.
+    const [gone] = await Promise.all([
+      this.store.compareSet(this.roundKey(round, `gone/${slot}`), "", reason, options),
+      endsRound ? this.store.compareSet(this.roundKey(round, "ended"), "", String(slot), options) : undefined,
+    ]);
+    const held = bytesToText(gone);
     return parseGone(held);
   }
 

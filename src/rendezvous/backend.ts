@@ -32,7 +32,8 @@ export interface RendezvousState {
 export interface SlotLease {
   /**
    * Called once the slot's round completed with this node as a member: from now on the node's death
-   * also marks the round ended, waking the other members.
+   * also marks the round ended, waking the other members. The handler does not wait for it before it
+   * returns the round (a `stop()` issued meanwhile must still undo it).
    */
   becomeMember(): Promise<void>;
   /** Stops keep-alives and drops the on-disconnect registrations (without marking the slot gone). */
@@ -60,6 +61,14 @@ export interface RendezvousBackend {
   /** Marks the rendezvous closed (the caller also decides the open round as closed). */
   markClosed(options?: CallOptions): Promise<void>;
 
+  /**
+   * Optional fast path of `getState` + `isClosed` + `join` for a node entering the rendezvous: takes a ticket
+   * in the open round (or a later one) in as few round trips as the backend can, and publishes `node` under
+   * it. Resolves `undefined` when the rendezvous is closed. A ticket taken in a round that turns out to be
+   * decided already is harmless (its slot is beyond the outcome's span). Handlers fall back to the three
+   * calls when a backend lacks it.
+   */
+  enter?(node: NodeDescriptor, options?: CallOptions): Promise<{ round: number; slot: number } | undefined>;
   /** Takes the next ticket (slot) in `round` and publishes `node` under it. */
   join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number>;
   /** Number of tickets taken in `round`. */

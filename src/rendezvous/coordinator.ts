@@ -6,6 +6,7 @@
  */
 
 import type { Logger } from "../log.js";
+import { throwIfAborted } from "./abort.js";
 import type { RendezvousBackend } from "./backend.js";
 import {
   assignStickyRanks,
@@ -15,6 +16,7 @@ import {
   memberSlots,
   type RoundDecision,
   type RoundOutcome,
+  rankOf,
 } from "./round.js";
 
 /** What `coordinateRound` needs. */
@@ -36,38 +38,55 @@ export interface CoordinatorInput {
   readonly signal: AbortSignal;
   readonly logger: Logger;
   readonly onLost: (lost: { round: number; slot: number; reason: GoneReason }) => void;
+  /**
+   * This node's bootstrap address should it be rank 0: then it goes into the outcome, so that no member
+   * waits for rank 0 to publish it (see `RoundOutcome.master`).
+   */
+  readonly master?: () => Promise<{ addr: string; port: number }>;
 }
-
-const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /**
  * Coordinates `round` until it is decided (by this node or another) or the deadline passes (then
- * resolves `undefined`).
+ * resolves `undefined`). Round trips count here, since the coordinator's are the critical path of the
+ * whole round and every one of them queues behind the other nodes' requests at the store: each pass
+ * reads the ticket count and the leave markers of the slots it knows of in one round trip.
  */
 export async function coordinateRound(input: CoordinatorInput): Promise<RoundOutcome | undefined> {
   const { backend, round, settings, signal } = input;
   const deadAfterMs = settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts;
   const liveness = new LivenessTracker(deadAfterMs);
-  const state = await backend.getState({ signal });
-  // Decided already (its outcome exists): read it. A zero timeout would not do, since a remote store may
-  // time out a call before its reply comes back even when the key is there.
-  if (state.openRound !== round) {
-    return backend.waitOutcome(round, { timeoutMs: Math.max(input.deadline - Date.now(), 1000), signal });
-  }
-  const previous = state.last?.kind === "complete" ? memberSlots(state.last) : undefined;
+  // This node joined `round` while it was open, so round - 1 is decided: its members must drain first.
+  // Quick calls go without the signal (see `throwIfAborted`); blocking ones take it.
+  const [last, firstCount] = await Promise.all([
+    round > 0 ? backend.waitOutcome(round - 1, { timeoutMs: 10_000, signal }) : undefined,
+    backend.ticketCount(round),
+  ]);
+  const previous = last?.kind === "complete" ? memberSlots(last) : undefined;
   let minReachedAt: number | undefined;
   let nextLivenessCheck = Date.now() + settings.keepAliveIntervalMs;
+  /** Slots known to exist (published), whose markers are read together with the count. */
+  let known = firstCount;
   for (;;) {
     const now = Date.now();
     const checkLiveness = now >= nextLivenessCheck;
     if (checkLiveness) nextLivenessCheck = now + settings.keepAliveIntervalMs;
-    const tickets = await backend.ticketCount(round, { signal });
-    const gone = await observeGone(input, liveness, round, range(tickets), checkLiveness, false);
-    let pending: number[] = [];
-    if (previous !== undefined) {
-      const prevGone = await observeGone(input, liveness, round - 1, previous, checkLiveness, true);
-      pending = previous.filter((s) => !prevGone.has(s));
-    }
+    throwIfAborted(signal);
+    const [counted, goneKnown, prevGone] = await Promise.all([
+      known === firstCount && now === now ? backend.ticketCount(round) : backend.ticketCount(round),
+      observeGone(input, liveness, round, range(known), checkLiveness, false),
+      previous === undefined
+        ? undefined
+        : observeGone(input, liveness, round - 1, previous, checkLiveness, true),
+    ]);
+    const tickets = Math.max(counted, known);
+    const gone =
+      tickets > known
+        ? union(
+            goneKnown,
+            await observeGone(input, liveness, round, range(tickets, known), checkLiveness, false),
+          )
+        : goneKnown;
+    const pending = previous === undefined ? [] : previous.filter((s) => !prevGone!.has(s));
     const decision: RoundDecision = decideRound(
       {
         now,
@@ -80,7 +99,7 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
     );
     if (decision.kind === "complete") {
       const outcome = await buildOutcome(input, decision.span, decision.excluded);
-      return backend.setState(outcome, round, { signal });
+      return backend.setState(outcome, round);
     }
     minReachedAt = decision.minReachedAt;
     const until = Math.min(decision.wakeAt ?? Number.POSITIVE_INFINITY, nextLivenessCheck, input.deadline);
@@ -88,10 +107,21 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
     const live = tickets - gone.size;
     const needed = live < settings.minNodes ? settings.minNodes : settings.maxNodes;
     const targetSlot = tickets + Math.max(needed - live, 1) - 1;
-    const decided = await sleepUntilChange(input, targetSlot, pending, timeoutMs);
-    if (decided !== undefined) return decided;
+    const woke = await sleepUntilChange(input, targetSlot, pending, timeoutMs);
+    if (woke === "joined") known = targetSlot + 1;
+    else if (woke !== undefined) return woke;
+    else known = tickets;
     if (Date.now() >= input.deadline) return undefined;
   }
+}
+
+/** Slots `from`..`to - 1` (`range(n)`: 0..n-1). */
+function range(to: number, from = 0): number[] {
+  return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+}
+
+function union(a: ReadonlySet<number>, b: ReadonlySet<number>): Set<number> {
+  return new Set([...a, ...b]);
 }
 
 /**
@@ -106,16 +136,16 @@ async function observeGone(
   checkLiveness: boolean,
   endsRound: boolean,
 ): Promise<Set<number>> {
-  const { backend, signal } = input;
-  const reasons = await backend.goneSlots(round, slots, { signal });
+  const { backend } = input;
+  const reasons = await backend.goneSlots(round, slots);
   const gone = new Set(slots.filter((_, i) => reasons[i] !== undefined));
   if (!checkLiveness) return gone;
   const candidates = slots.filter((s) => !gone.has(s) && !(round === input.round && s === input.slot));
-  const counters = await backend.keepAliveCounters(round, candidates, { signal });
+  const counters = await backend.keepAliveCounters(round, candidates);
   const now = Date.now();
   for (const [i, slot] of candidates.entries()) {
     if (!liveness.observe(`${round}/${slot}`, counters[i]!, now)) continue;
-    const reason = await backend.markGone(round, slot, GoneReason.Dead, endsRound, { signal });
+    const reason = await backend.markGone(round, slot, GoneReason.Dead, endsRound);
     input.logger.info("node lost: keep-alives stopped", { round, slot });
     input.onLost({ round, slot, reason });
     gone.add(slot);
@@ -128,29 +158,42 @@ async function buildOutcome(
   span: number,
   excluded: readonly number[],
 ): Promise<RoundOutcome> {
-  const base = { kind: "complete" as const, round: input.round, span, excluded };
-  if (!input.settings.stickyRanks) return base;
-  const slots = memberSlots(base);
-  const nodes = await input.backend.nodes(input.round, slots, { signal: input.signal });
-  return { ...base, ranks: assignStickyRanks(nodes.map((n) => n.prevRank)) };
+  let outcome: Extract<RoundOutcome, { kind: "complete" }> = {
+    kind: "complete",
+    round: input.round,
+    span,
+    excluded,
+  };
+  if (input.settings.stickyRanks) {
+    const slots = memberSlots(outcome);
+    const nodes = await input.backend.nodes(input.round, slots, { signal: input.signal });
+    outcome = { ...outcome, ranks: assignStickyRanks(nodes.map((n) => n.prevRank)) };
+  }
+  if (input.master !== undefined && rankOf(outcome, input.slot)?.rank === 0) {
+    outcome = { ...outcome, master: await input.master() };
+  }
+  return outcome;
 }
 
 /**
  * Sleeps until the round is decided elsewhere (returns the outcome), the join of `targetSlot` is
- * published, every `pending` member of the previous round is gone, or `timeoutMs` passes.
+ * published (returns "joined"), every `pending` member of the previous round is gone, or `timeoutMs`
+ * passes (both: undefined).
  */
 async function sleepUntilChange(
   input: CoordinatorInput,
   targetSlot: number,
   pending: readonly number[],
   timeoutMs: number,
-): Promise<RoundOutcome | undefined> {
+): Promise<RoundOutcome | "joined" | undefined> {
   const { backend, round } = input;
   const stop = new AbortController();
   const signal = AbortSignal.any([stop.signal, input.signal]);
-  const wakes: Promise<RoundOutcome | undefined>[] = [
+  const wakes: Promise<RoundOutcome | "joined" | undefined>[] = [
     backend.waitOutcome(round, { timeoutMs, signal }),
-    backend.waitJoined(round, targetSlot, { timeoutMs, signal }).then(() => undefined),
+    backend
+      .waitJoined(round, targetSlot, { timeoutMs, signal })
+      .then((joined) => (joined ? "joined" : undefined)),
   ];
   if (pending.length > 0) {
     wakes.push(backend.waitAllGone(round - 1, pending, { timeoutMs, signal }).then(() => undefined));

@@ -11,16 +11,18 @@ import {
   hasErrorCode,
   RendezvousClosedError,
   RendezvousGracefulExitError,
+  RendezvousStateError,
   RendezvousTimeoutError,
 } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import { bytesToText } from "../store/bytes.js";
 import type { Store } from "../store/store.js";
+import { throwIfAborted } from "./abort.js";
 import type { RendezvousCallOptions, RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "./api.js";
 import type { NodeDescriptor, RendezvousBackend, SlotLease } from "./backend.js";
 import { coordinateRound } from "./coordinator.js";
 import { pickFreePort } from "./free-port.js";
-import { GoneReason, LivenessTracker, memberSlots, type RoundOutcome, rankOf } from "./round.js";
+import { GoneReason, LivenessTracker, type RoundOutcome, rankOf, slotAt } from "./round.js";
 
 /** Settings of a dynamic handler, all durations in milliseconds. */
 export interface DynamicHandlerSettings {
@@ -90,6 +92,9 @@ interface Membership {
 }
 
 let localCounter = 0;
+
+/** Keys of the bootstrap address in a round's store (PyTorch's `RendezvousStoreInfo`). */
+const BOOTSTRAP_KEYS = ["MASTER_ADDR", "MASTER_PORT"] as const;
 
 /** A dynamic rendezvous handler. Create with `createDynamicRendezvousHandler`. */
 export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> implements RendezvousHandler {
@@ -165,21 +170,35 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     const signal = anySignal(options.signal, this.#lifetime.signal);
     const deadline = Date.now() + this.settings.joinTimeoutMs;
     for (;;) {
-      const state = await this.#backend.getState({ signal });
-      if (state.last?.kind === "closed" || (await this.#backend.isClosed({ signal }))) {
-        await this.#leaveMembership(GoneReason.Left);
-        throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
-      }
-      const round = state.openRound;
       // Still a member of the previous round until it leaves it below (also when a call failed half-way).
       const previous = this.#member;
       const node = previous === undefined ? this.node : { ...this.node, prevRank: previous.rank };
-      const slot = await this.#backend.join(round, node, { signal });
+      const entered = await this.#enter(node, signal);
+      if (entered === undefined) {
+        await this.#leaveMembership(GoneReason.Left);
+        throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
+      }
+      const { round, slot } = entered;
+      throwIfAborted(signal);
       const info = await this.#takePart(round, slot, node, deadline, signal);
       if (info !== undefined) return info;
       // Not a member (a spare beyond maxNodes, or counted out as dead), or a member of a round whose rank 0
       // died before it started: go on in the next round.
     }
+  }
+
+  /** Takes a ticket in the open round (`backend.enter()` where the backend has it); undefined when closed. */
+  async #enter(
+    node: NodeDescriptor,
+    signal: AbortSignal,
+  ): Promise<{ round: number; slot: number } | undefined> {
+    // Quick calls go without the signal (see `throwIfAborted`); the caller checks it after them.
+    if (this.#backend.enter !== undefined) return this.#backend.enter(node);
+    const state = await this.#backend.getState();
+    if (state.last?.kind === "closed" || (await this.#backend.isClosed())) return undefined;
+    throwIfAborted(signal);
+    const round = state.openRound;
+    return { round, slot: await this.#backend.join(round, node) };
   }
 
   /**
@@ -198,22 +217,31 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     let lease: SlotLease | undefined;
     let member = false;
     try {
-      lease = await this.#backend.keepAlive(round, slot, this.settings.keepAliveIntervalMs);
-      this.#joining = { round, slot, lease };
+      // In one round trip: keep-alives start, the coordinator claim, and leaving the old round (only now
+      // that this node holds its ticket here: once the old round drains, every survivor holds one).
+      const [leased, claimed, left] = await Promise.allSettled([
+        this.#backend.keepAlive(round, slot, this.settings.keepAliveIntervalMs),
+        this.#backend.tryLead(round, slot),
+        this.#leaveMembership(GoneReason.Rejoined),
+      ]);
+      if (leased.status === "fulfilled") lease = leased.value;
+      for (const r of [leased, claimed, left]) if (r.status === "rejected") throw r.reason;
+      const held = (leased as PromiseFulfilledResult<SlotLease>).value;
+      const leader = (claimed as PromiseFulfilledResult<number>).value;
+      throwIfAborted(signal);
+      this.#joining = { round, slot, lease: held };
       this.emit("joined", { round, slot, node });
       this.#logger.debug("joined round", { runId: this.#runId, round, slot });
-      // Leave the old round only now: once it drains, every survivor already holds a ticket here.
-      await this.#leaveMembership(GoneReason.Rejoined);
-      const outcome = await this.#awaitOutcome(round, slot, deadline, signal);
+      const outcome = await this.#awaitOutcome(round, slot, leader, deadline, signal);
       this.#joining = undefined;
       const place = rankOf(outcome, slot);
       if (place === undefined) {
-        await lease.stop();
+        await held.stop();
         return undefined;
       }
       member = true;
       // Undefined when the round broke before it started: this node then re-joins like after any end.
-      return await this.#complete(round, slot, lease, place, outcome, signal);
+      return await this.#complete(round, slot, held, place, outcome, signal);
     } catch (err) {
       this.#joining = undefined;
       if (this.#member?.round === round && this.#member.slot === slot) this.#member = undefined;
@@ -228,10 +256,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
   async #awaitOutcome(
     round: number,
     slot: number,
+    firstLeader: number,
     deadline: number,
     signal: AbortSignal,
   ): Promise<RoundOutcome> {
-    let leader = await this.#backend.tryLead(round, slot, undefined, { signal });
+    let leader = firstLeader;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) throw await this.#timeoutError(round);
@@ -246,6 +275,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
               signal,
               logger: this.#logger,
               onLost: (lost) => this.emit("nodeLost", lost),
+              master: () => this.#masterInfo(),
             })
           : await this.#backend.waitOutcome(round, {
               timeoutMs: Math.min(left, this.settings.keepAliveIntervalMs),
@@ -295,9 +325,10 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     outcome: RoundOutcome,
     signal: AbortSignal,
   ): Promise<RendezvousInfo | undefined> {
-    await lease.becomeMember();
-    const slots = memberSlots(outcome);
-    const next = slots[(slots.indexOf(slot) + 1) % slots.length];
+    if (outcome.kind !== "complete") throw new RendezvousStateError(`round ${round} is not complete`);
+    // Index arithmetic, not member lists: O(excluded) per node, whatever the round's size.
+    const index = slot - outcome.excluded.filter((e) => e < slot).length;
+    const next = slotAt(outcome, (index + 1) % worldSize);
     this.#member = {
       round,
       slot,
@@ -308,8 +339,22 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       liveness: new LivenessTracker(this.#deadAfterMs),
     };
     const store = this.#backend.roundStore(round);
-    const rankZero = slots[outcome.kind === "complete" && outcome.ranks ? outcome.ranks.indexOf(0) : 0]!;
-    const bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, round, rankZero, signal);
+    const rankZero = slotAt(outcome, outcome.ranks ? outcome.ranks.indexOf(0) : 0);
+    const master = outcome.master;
+    let bootstrapStoreInfo: RendezvousStoreInfo | undefined;
+    // Registering this member's end with the store is one more round trip that nobody needs to wait for:
+    // it goes out now, ahead of anything this node sends later.
+    lease.becomeMember().catch((err: unknown) => {
+      this.#logger.warn("could not register the member's disconnect marker", { round, error: String(err) });
+    });
+    if (master === undefined) {
+      bootstrapStoreInfo = await this.#bootstrapInfo(store, rank, round, rankZero, signal);
+    } else {
+      // The coordinator was rank 0 and put its bootstrap address into the outcome: nothing to wait for.
+      // Rank 0 still publishes it in the round's store, as PyTorch's RendezvousStoreInfo.build does.
+      bootstrapStoreInfo = { masterAddr: master.addr, masterPort: master.port };
+      if (rank === 0) await this.#publishBootstrap(store, bootstrapStoreInfo);
+    }
     if (bootstrapStoreInfo === undefined) return undefined;
     this.emit("completed", { round, rank, worldSize });
     this.#logger.info("rendezvous completed", { runId: this.#runId, round, rank, worldSize });
@@ -327,14 +372,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     rankZero: number,
     signal: AbortSignal,
   ): Promise<RendezvousStoreInfo | undefined> {
-    const keys = ["MASTER_ADDR", "MASTER_PORT"];
+    const keys = BOOTSTRAP_KEYS;
     if (rank === 0) {
-      const endpoint = this.#options.storeEndpoint;
-      const info =
-        this.useAgentStore && endpoint !== undefined
-          ? endpoint
-          : { masterAddr: this.node.addr, masterPort: await pickFreePort() };
-      await store.multiSet(keys, [info.masterAddr, String(info.masterPort)], { signal });
+      const { addr, port } = await this.#masterInfo();
+      const info = { masterAddr: addr, masterPort: port };
+      await this.#publishBootstrap(store, info);
       return info;
     }
     const deadline = Date.now() + this.settings.joinTimeoutMs;
@@ -357,6 +399,18 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
         return undefined;
       }
     }
+  }
+
+  /** Where this node's workers would bootstrap as rank 0: the agent store, or its address and a free port. */
+  async #masterInfo(): Promise<{ addr: string; port: number }> {
+    const endpoint = this.#options.storeEndpoint;
+    if (this.useAgentStore && endpoint !== undefined)
+      return { addr: endpoint.masterAddr, port: endpoint.masterPort };
+    return { addr: this.node.addr, port: await pickFreePort() };
+  }
+
+  async #publishBootstrap(store: Store, info: RendezvousStoreInfo): Promise<void> {
+    await store.multiSet(BOOTSTRAP_KEYS, [info.masterAddr, String(info.masterPort)]);
   }
 
   /** Leaves the round this node is a member of, if any; it stays a member until that succeeded. */

@@ -16,6 +16,7 @@ import {
   type RoundView,
   rankOf,
   selectMembers,
+  slotAt,
 } from "./round.js";
 
 const isStateError = (err: unknown): boolean => (err as { code?: string }).code === ErrorCode.State;
@@ -64,11 +65,23 @@ const completeArb: fc.Arbitrary<Extract<RoundOutcome, { kind: "complete" }>> = f
     maxNodes: fc.integer({ min: 1, max: 20 }),
     sticky: fc.boolean(),
     seed: fc.array(fc.option(fc.integer({ min: -1, max: 22 }), { nil: undefined }), { maxLength: 20 }),
+    master: fc.option(
+      fc
+        .tuple(fc.constantFrom("10.0.0.1", "::1", "host-a"), fc.integer({ min: 1, max: 65_535 }))
+        .map(([addr, port]) => ({ addr, port })),
+      { nil: undefined },
+    ),
   })
-  .map(({ round, tickets, goneBits, maxNodes, sticky, seed }) => {
+  .map(({ round, tickets, goneBits, maxNodes, sticky, seed, master }) => {
     const gone = new Set(goneBits.flatMap((g, slot) => (g && slot < tickets ? [slot] : [])));
     const { span, excluded, size } = selectMembers(tickets, gone, maxNodes);
-    const base = { kind: "complete" as const, round, span, excluded };
+    const base = {
+      kind: "complete" as const,
+      round,
+      span,
+      excluded,
+      ...(master === undefined ? {} : { master }),
+    };
     if (!sticky) return base;
     return { ...base, ranks: assignStickyRanks(Array.from({ length: size }, (_, i) => seed[i])) };
   });
@@ -225,6 +238,18 @@ describe("decideRound", () => {
 });
 
 describe("selectMembers / rankOf / memberSlots", () => {
+  it("slotAt(i) is the i-th member slot (property)", () => {
+    fc.assert(
+      fc.property(completeArb, (outcome) => {
+        const slots = memberSlots(outcome);
+        assert.deepEqual(
+          slots.map((_, i) => slotAt(outcome, i)),
+          slots,
+        );
+      }),
+    );
+  });
+
   it("gives members dense unique ranks in slot order and no rank to anyone else (property)", () => {
     fc.assert(
       fc.property(completeArb, (outcome) => {
@@ -331,6 +356,13 @@ describe("encodeOutcome / decodeOutcome", () => {
       '{"r":0,"s":2,"x":[],"k":[0,0]}',
       '{"r":0,"s":2,"x":[],"k":[1,2]}',
       '{"r":0,"s":2,"x":[],"k":[-1,0]}',
+      // The bootstrap address must be [non-empty host, port 1..65535].
+      '{"r":0,"s":1,"x":[],"m":["h"]}',
+      '{"r":0,"s":1,"x":[],"m":["",80]}',
+      '{"r":0,"s":1,"x":[],"m":["h",0]}',
+      '{"r":0,"s":1,"x":[],"m":["h",65536]}',
+      '{"r":0,"s":1,"x":[],"m":["h","80"]}',
+      '{"r":0,"s":1,"x":[],"m":{"addr":"h","port":80}}',
     ];
     for (const text of corrupt) {
       assert.throws(() => decodeOutcome(text), isStateError, `accepted ${text}`);

@@ -43,6 +43,11 @@ export type RoundOutcome =
       readonly excluded: readonly number[];
       /** When sticky ranks are on: rank of each member in slot order (a permutation of 0..W-1). */
       readonly ranks?: readonly number[];
+      /**
+       * Where rank 0's workers bootstrap (PyTorch's MASTER_ADDR / MASTER_PORT), when the coordinator that
+       * decided the round is its rank 0 and put it here: then nobody waits for rank 0 to publish it.
+       */
+      readonly master?: { readonly addr: string; readonly port: number };
     }
   | { readonly kind: "closed"; readonly round: number };
 
@@ -129,6 +134,19 @@ export function rankOf(outcome: RoundOutcome, slot: number): { rank: number; wor
   return { rank: outcome.ranks?.[index] ?? index, worldSize };
 }
 
+/**
+ * The slot of the member at `index` (0-based, in slot order) of a complete outcome, without listing every
+ * member: O(excluded), so that each of 10,000 nodes can call it.
+ */
+export function slotAt(outcome: Extract<RoundOutcome, { kind: "complete" }>, index: number): number {
+  let slot = index;
+  for (const e of outcome.excluded) {
+    if (e > slot) break;
+    slot++;
+  }
+  return slot;
+}
+
 /** The slots of a complete outcome's members, in slot order. */
 export function memberSlots(outcome: RoundOutcome): number[] {
   if (outcome.kind !== "complete") return [];
@@ -165,6 +183,7 @@ export function encodeOutcome(outcome: RoundOutcome): string {
   if (outcome.kind === "closed") return JSON.stringify({ c: 1, r: outcome.round });
   const o: Record<string, unknown> = { r: outcome.round, s: outcome.span, x: outcome.excluded };
   if (outcome.ranks !== undefined) o.k = outcome.ranks;
+  if (outcome.master !== undefined) o.m = [outcome.master.addr, outcome.master.port];
   return JSON.stringify(o);
 }
 
@@ -196,11 +215,23 @@ export function decodeOutcome(text: string): RoundOutcome {
   );
   if (!ascending) return bad();
   const base = { kind: "complete" as const, round: round as number, span: span as number, excluded };
-  if (rec.k === undefined) return base;
+  const master = rec.m === undefined ? undefined : decodeMaster(rec.m);
+  if (master === null) return bad();
+  const withMaster = master === undefined ? base : { ...base, master };
+  if (rec.k === undefined) return withMaster;
   const ranks = rec.k;
   const size = (span as number) - excluded.length;
   if (!Array.isArray(ranks) || ranks.length !== size || !isPermutation(ranks)) return bad();
-  return { ...base, ranks };
+  return { ...withMaster, ranks };
+}
+
+/** `[addr, port]` as the outcome's `master`, or null when malformed. */
+function decodeMaster(m: unknown): { addr: string; port: number } | null {
+  if (!Array.isArray(m) || m.length !== 2) return null;
+  const [addr, port] = m as unknown[];
+  if (typeof addr !== "string" || addr === "" || !Number.isInteger(port)) return null;
+  if ((port as number) < 1 || (port as number) > 65_535) return null;
+  return { addr, port: port as number };
 }
 
 /** True when `values` holds each of 0..length-1 exactly once. */

@@ -379,6 +379,11 @@ export function assertRound(
   for (const info of infos) {
     assert.equal(info.round, round, "members disagree on the round");
     assert.equal(info.worldSize, worldSize, "members disagree on the world size");
+    assert.deepEqual(
+      info.bootstrapStoreInfo,
+      infos[0]!.bootstrapStoreInfo,
+      "members disagree on rank 0's address",
+    );
   }
   assert.deepEqual(
     infos.map((i) => i.rank).sort((a, b) => a - b),
@@ -627,14 +632,32 @@ function failureTests(bed: () => Testbed): void {
   });
 
   it("re-forms when rank 0 dies before it published the bootstrap info", async () => {
-    const [a, b, c] = await bed().nodes(3, { minNodes: 2, maxNodes: 3 });
+    // A coordinator that is rank 0 puts the address into the outcome; the others wait for it only when
+    // rank 0 is another node: here a keeps rank 0 (sticky ranks) while b, re-joining first, coordinates.
+    const [a, b, c] = await bed().nodes(3, { minNodes: 2, maxNodes: 3, stickyRanks: true });
+    const pa0 = a!.next();
+    await a!.slotIn(0);
+    const first = await within(Promise.all([pa0, b!.next(), c!.next()]), 4000, "round 0");
+    assert.equal(first[0]!.rank, 0);
+    const pb = b!.next();
+    await b!.slotIn(1);
     a!.store.crashBefore("multiSet", "MASTER_ADDR");
     const pa = a!.next();
-    await a!.slotIn(0);
-    const infos = await within(Promise.all([b!.next(), c!.next()]), 4000, "the members of the broken round");
-    assertRound(infos, { round: 1, worldSize: 2 });
+    await a!.slotIn(1);
+    const infos = await within(Promise.all([pb, c!.next()]), 4000, "the members of the broken round");
+    assertRound(infos, { round: 2, worldSize: 2 });
     assert.equal(a!.store.crashed, true);
     assert.equal(await stateAfter(pa, 100), "rejected");
+  });
+
+  it("hands every member rank 0's bootstrap address, also when the coordinator put it in the outcome", async () => {
+    const nodes = await bed().nodes(3, { minNodes: 3, maxNodes: 3 });
+    const infos = await within(Promise.all(nodes.map((n) => n.next())), 4000, "round 0");
+    assertRound(infos, { round: 0, worldSize: 3 });
+    const rankZero = infos.find((i) => i.rank === 0)!;
+    const [addr, port] = await rankZero.store.multiGet(["MASTER_ADDR", "MASTER_PORT"], { timeoutMs: 2000 });
+    assert.equal(bytesToText(addr!), rankZero.bootstrapStoreInfo.masterAddr);
+    assert.equal(Number(bytesToText(port!)), rankZero.bootstrapStoreInfo.masterPort);
   });
 
   it("lets the others complete when a joining node shuts down", async () => {
