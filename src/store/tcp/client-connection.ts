@@ -80,7 +80,7 @@ export class ClientConnection {
   readonly #onClose: ((err: RendezvousError | undefined) => void) | undefined;
   #pending: Pending[] = [];
   #head = 0;
-  readonly #out = new RequestWriter();
+  readonly #out: RequestWriter;
   #batch: Batch | undefined;
   #flushScheduled = false;
   #closed = false;
@@ -92,6 +92,7 @@ export class ClientConnection {
     this.dialect = options.dialect;
     this.peer = options.peer;
     this.#decoder = options.decoder;
+    this.#out = new RequestWriter(undefined, options.decoder.limits);
     this.#onClose = options.onClose;
     socket.on("data", (chunk: Buffer) => this.#onData(chunk));
     socket.on("error", (err) => this.destroy(socketError(this.peer, err)));

@@ -5,8 +5,8 @@
  * field, which dominated the client's cost under pipelining.
  */
 
-import { InvalidArgumentError } from "../../errors.js";
-import { type Dialect, type Request, V1_OPCODES, V2_OPCODES } from "./protocol.js";
+import { ErrorCode, InvalidArgumentError, StoreError } from "../../errors.js";
+import { type Dialect, type ProtocolLimits, type Request, V1_OPCODES, V2_OPCODES } from "./protocol.js";
 
 const INITIAL_BYTES = 64 * 1024;
 /** A scratch buffer grown past this is dropped after the flush instead of kept. */
@@ -15,12 +15,18 @@ const KEEP_BYTES = 4 * 1024 * 1024;
 /** Accumulates encoded requests until the next flush. */
 export class RequestWriter {
   readonly #initialBytes: number;
+  readonly #limits: Readonly<ProtocolLimits> | undefined;
   #buf: Buffer;
   #len = 0;
 
-  /** `initialBytes`: the scratch buffer's starting size (it doubles as needed). */
-  constructor(initialBytes = INITIAL_BYTES) {
+  /**
+   * `initialBytes`: the scratch buffer's starting size (it doubles as needed). `limits`: a request over them
+   * throws `StoreError` (code `RDZV_LIMIT_EXCEEDED`, naming the limit) instead of being written, so a client
+   * learns why rather than seeing the server close the connection.
+   */
+  constructor(initialBytes = INITIAL_BYTES, limits?: Readonly<ProtocolLimits>) {
     this.#initialBytes = initialBytes;
+    this.#limits = limits;
     this.#buf = Buffer.allocUnsafe(initialBytes);
   }
 
@@ -101,10 +107,12 @@ export class RequestWriter {
       case "check":
       case "wait":
       case "multiGet":
+        this.#count(req.type, req.keys.length);
         this.#u64(req.keys.length);
         for (const k of req.keys) this.#key(k);
         break;
       case "multiSet":
+        this.#count(req.type, req.keys.length);
         this.#u64(req.keys.length);
         req.keys.forEach((k, i) => {
           this.#key(k);
@@ -116,6 +124,15 @@ export class RequestWriter {
       case "listKeys":
         break;
     }
+  }
+
+  #count(what: string, n: number): void {
+    const max = this.#limits?.maxKeysPerRequest;
+    if (max !== undefined && n > max) this.#tooBig(`${what} of ${n} keys`, "maxKeysPerRequest", max);
+  }
+
+  #tooBig(what: string, limit: string, max: number): never {
+    throw new StoreError(`${what} exceeds ${limit} (${max})`, ErrorCode.LimitExceeded);
   }
 
   #reserve(n: number): number {
@@ -154,12 +171,19 @@ export class RequestWriter {
 
   /** A byte-string (latin1) key, length-prefixed. */
   #key(key: string): void {
+    const max = this.#limits?.maxKeyBytes;
+    if (max !== undefined && key.length > max)
+      this.#tooBig(`a key of ${key.length} bytes`, "maxKeyBytes", max);
     this.#u64(key.length);
     const at = this.#reserve(key.length);
     this.#buf.write(key, at, key.length, "latin1");
   }
 
   #value(value: Uint8Array): void {
+    const max = this.#limits?.maxValueBytes;
+    if (max !== undefined && value.length > max) {
+      this.#tooBig(`a value of ${value.length} bytes`, "maxValueBytes", max);
+    }
     this.#u64(value.length);
     const at = this.#reserve(value.length);
     this.#buf.set(value, at);

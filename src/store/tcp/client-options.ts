@@ -31,7 +31,11 @@ export interface TCPStoreOptions {
   worldSize?: number;
   /** PyTorch's `wait_for_workers` (default true): false skips the `init/` increment. */
   waitForWorkers?: boolean;
-  /** Limits applied to replies (sizes of values and keys). */
+  /**
+   * Size limits (default `DEFAULT_PROTOCOL_LIMITS`, those of a default rdzv server): replies over them
+   * drop the connection, and requests over them fail at once with `RDZV_LIMIT_EXCEEDED` instead of
+   * being sent. Set them to a server's own limits for clear errors.
+   */
   limits?: Partial<ProtocolLimits>;
   /**
    * Shared secret for an rdzv server started with an auth token (sent with rdzv's AUTH extension right
