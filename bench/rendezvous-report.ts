@@ -18,6 +18,8 @@ export interface ReportInput {
   recovery: RecoveryRun[];
   torch: Map<string, { python: string; runs: Map<number, TorchRun[]> }>;
   totalS: number;
+  /** 1-minute load averages at the start and the end of the run (the machine may be shared). */
+  load: { start: number; end: number };
 }
 
 /** Default file of `writeSection`. */
@@ -156,7 +158,7 @@ export async function render(input: ReportInput): Promise<string> {
     `node dist/bench/rendezvous.js ${input.argv.join(" ")}`.trimEnd(),
     "```",
     "",
-    `Whole run: ${input.totalS.toFixed(0)} s.`,
+    `Whole run: ${input.totalS.toFixed(0)} s. Backend: \`${input.args.backend}\`. Load average (1 min) of the machine: ${input.load.start.toFixed(2)} at the start, ${input.load.end.toFixed(2)} at the end (other work shared its 2 CPUs; figures are medians of several runs for that reason).`,
     "",
     "### Time to a complete round (min = max = N)",
     "",

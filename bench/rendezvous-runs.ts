@@ -3,13 +3,12 @@
  * recovery after a node is killed, and PyTorch's own rendezvous of N nodes.
  */
 
+import { type BenchService, benchBackend } from "./rendezvous-backends.js";
 import {
   forkWorker,
   type NodeWorker,
-  type OurServer,
   type ServerStatsLine,
   spawnPy,
-  startOurServer,
   tcpCounters,
 } from "./rendezvous-procs.js";
 import type { FromWorker, Placement } from "./rendezvous-worker.js";
@@ -84,7 +83,7 @@ const totalOps = (s: ServerStatsLine): number => Object.values(s.opsByType).redu
 
 /** Server-side view of a run: request count, round timeline, TCP counter growth since `before`. */
 async function observeServer(
-  server: OurServer,
+  server: BenchService,
   round: string,
   t0: number,
   before: Record<string, number>,
@@ -105,6 +104,8 @@ async function observeServer(
 }
 
 export interface RunOptions {
+  /** Name in BENCH_BACKENDS (bench/rendezvous-backends.ts). */
+  backend: string;
   workers: number;
   cpuProfDir: string | undefined;
   timeoutMs: number;
@@ -113,7 +114,7 @@ export interface RunOptions {
 
 async function startWorkers(
   counts: readonly number[],
-  port: number,
+  endpoint: string,
   runId: string,
   settings: { minNodes: number; maxNodes: number },
   opts: RunOptions,
@@ -122,8 +123,8 @@ async function startWorkers(
   workers.forEach((w, i) => {
     w.send({
       type: "setup",
-      host: HOST,
-      port,
+      backend: opts.backend,
+      endpoint,
       runId,
       count: counts[i]!,
       ...settings,
@@ -136,12 +137,12 @@ async function startWorkers(
 
 /** N nodes with min = max = N: from the common start signal until every node returned. */
 export async function runOurs(n: number, rep: number, opts: RunOptions): Promise<OurRun> {
-  const server = await startOurServer(opts.cpuProfDir);
+  const server = await benchBackend(opts.backend).startService(opts.cpuProfDir);
   let workers: NodeWorker[] = [];
   try {
     const runId = `scale-${n}-${rep}`;
     const settings = { minNodes: n, maxNodes: n };
-    const started = await startWorkers(split(n, opts.workers), server.port, runId, settings, opts);
+    const started = await startWorkers(split(n, opts.workers), server.endpoint, runId, settings, opts);
     workers = started.workers;
     const opsBefore = totalOps(await server.stats());
     const before = tcpCounters();
@@ -209,16 +210,19 @@ export async function runRecovery(
   rep: number,
   opts: RunOptions,
 ): Promise<RecoveryRun> {
-  const server = await startOurServer(opts.cpuProfDir);
+  const server = await benchBackend(opts.backend).startService(opts.cpuProfDir);
   const all: NodeWorker[] = [];
   const nan = Number.NaN;
   try {
     const settings = { minNodes, maxNodes: nodes };
     const runId = `recovery-${rep}`;
-    const victim = await startWorkers([1], server.port, runId, settings, { ...opts, cpuProfDir: undefined });
+    const victim = await startWorkers([1], server.endpoint, runId, settings, {
+      ...opts,
+      cpuProfDir: undefined,
+    });
     all.push(...victim.workers);
     const counts = split(nodes - 1, opts.workers);
-    const survivors = (await startWorkers(counts, server.port, runId, settings, opts)).workers;
+    const survivors = (await startWorkers(counts, server.endpoint, runId, settings, opts)).workers;
     all.push(...survivors);
     const t0 = Date.now();
     for (const w of all) w.send({ type: "go" });

@@ -10,19 +10,16 @@
  * - `exit`: exits at once (the server sees every connection drop).
  */
 
-import { StoreRendezvousBackend } from "../src/backends/store-backend.js";
-import {
-  createDynamicRendezvousHandler,
-  type DynamicRendezvousHandler,
-} from "../src/rendezvous/dynamic-handler.js";
-import { connectTCPStore, type TCPStore } from "../src/store/tcp/client.js";
+import type { DynamicRendezvousHandler } from "../src/rendezvous/dynamic-handler.js";
+import { type BenchNode, benchBackend } from "./rendezvous-backends.js";
 
 /** Messages from the parent. */
 export type ToWorker =
   | {
       type: "setup";
-      host: string;
-      port: number;
+      /** Name in BENCH_BACKENDS. */
+      backend: string;
+      endpoint: string;
       runId: string;
       count: number;
       minNodes: number;
@@ -58,7 +55,7 @@ export type FromWorker =
       connections: number;
     };
 
-let stores: TCPStore[] = [];
+let nodes: BenchNode[] = [];
 let handlers: DynamicRendezvousHandler[] = [];
 
 function send(message: FromWorker): void {
@@ -67,28 +64,24 @@ function send(message: FromWorker): void {
 
 async function setup(m: Extract<ToWorker, { type: "setup" }>): Promise<void> {
   const started = Date.now();
-  stores = new Array<TCPStore>(m.count);
+  const backend = benchBackend(m.backend);
+  nodes = new Array<BenchNode>(m.count);
   let next = 0;
   const lane = async (): Promise<void> => {
     for (let i = next++; i < m.count; i = next++) {
-      stores[i] = await connectTCPStore({ host: m.host, port: m.port, connectTimeoutMs: 60_000 });
+      nodes[i] = await backend.createNode(m.endpoint, m.runId, {
+        minNodes: m.minNodes,
+        maxNodes: m.maxNodes,
+      });
     }
   };
   await Promise.all(Array.from({ length: Math.min(m.connectConcurrency, m.count) }, lane));
-  handlers = stores.map((store) =>
-    createDynamicRendezvousHandler({
-      backend: new StoreRendezvousBackend(store, m.runId),
-      runId: m.runId,
-      settings: { minNodes: m.minNodes, maxNodes: m.maxNodes },
-      localAddr: "127.0.0.1",
-      onShutdown: () => store.close(),
-    }),
-  );
+  handlers = nodes.map((n) => n.handler);
   send({ type: "ready", connectMs: Date.now() - started });
 }
 
 function connections(): number {
-  return stores.reduce((sum, s) => sum + (s.closed ? 0 : 1) + s.waitConnections, 0);
+  return nodes.reduce((sum, n) => sum + n.connections(), 0);
 }
 
 /** Runs `step` for every handler at once and reports when the last one finished. */

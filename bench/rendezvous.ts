@@ -1,7 +1,7 @@
 /**
  * Rendezvous scale benchmark: rdzv's dynamic rendezvous against PyTorch's own handler, on one machine.
  *
- *   node dist/bench/rendezvous.js [--sizes 64,256,1000,10000] [--reps 5] [--big-reps 3] [--workers 4]
+ *   node dist/bench/rendezvous.js [--backend c10d] [--sizes 64,256,1000,10000] [--reps 5] [--big-reps 3] [--workers 4]
  *                                 [--torch-sizes 64,128,256] [--torch-timeout 120] [--torch 2,1|none]
  *                                 [--recovery-reps 5] [--timeout 120] [--cpu-prof DIR] [--write] [--results FILE]
  *
@@ -21,7 +21,9 @@
  */
 
 import { existsSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
+import { benchBackend } from "./rendezvous-backends.js";
 import { REPO_ROOT } from "./rendezvous-procs.js";
 import { printTables, type ReportInput, writeSection } from "./rendezvous-report.js";
 import {
@@ -35,6 +37,7 @@ import {
 } from "./rendezvous-runs.js";
 
 export interface Args {
+  backend: string;
   sizes: number[];
   reps: number;
   bigReps: number;
@@ -66,6 +69,7 @@ function parseArgs(argv: readonly string[]): Args {
   };
   const torch = raw("--torch") ?? "2,1";
   return {
+    backend: raw("--backend") ?? "c10d",
     sizes: list("--sizes", "64,256,1000,10000"),
     reps: num("--reps", 5),
     bigReps: num("--big-reps", 3),
@@ -100,13 +104,16 @@ const log = (line: string): void => {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  benchBackend(args.backend);
   const opts: RunOptions = {
+    backend: args.backend,
     workers: args.workers,
     cpuProfDir: args.cpuProf,
     timeoutMs: args.timeoutS * 1000,
     connectConcurrency: 256,
   };
   const started = Date.now();
+  const loadStart = loadavg()[0]!;
   const ours = new Map<number, OurRun[]>();
   for (const n of args.sizes) {
     const runs: OurRun[] = [];
@@ -150,6 +157,7 @@ async function main(): Promise<void> {
     recovery,
     torch,
     totalS: (Date.now() - started) / 1000,
+    load: { start: loadStart, end: loadavg()[0]! },
     argv: process.argv.slice(2),
   };
   process.stdout.write(await printTables(input));
