@@ -194,16 +194,24 @@ export async function printTables(input: ReportInput): Promise<string> {
 
 /** Replaces (or appends) the "## Rendezvous" section of bench/RESULTS.md, re-reading the file first. */
 export async function writeSection(input: ReportInput, file = RESULTS_FILE): Promise<void> {
-  const body = `${HEADING}\n\n${await render(input)}`;
+  replaceSection(HEADING, await render(input), file);
+}
+
+/**
+ * Replaces (or appends) section `heading` ("## Name") of `file` with `body`, re-reading the file first and
+ * keeping every other section as it is.
+ */
+export function replaceSection(heading: string, sectionBody: string, file = RESULTS_FILE): void {
+  const body = `${heading}\n\n${sectionBody}`;
   const text = existsSync(file)
     ? readFileSync(file, "utf8")
     : "# Benchmark results\n\n## Store throughput\n\nNot run yet: `npm run build && node dist/bench/store-throughput.js --write`.\n";
-  const start = text.indexOf(`\n${HEADING}\n`);
+  const start = text.indexOf(`\n${heading}\n`);
   let next: string;
   if (start < 0) {
     next = `${text.trimEnd()}\n\n${body}`;
   } else {
-    const after = text.indexOf("\n## ", start + HEADING.length + 1);
+    const after = text.indexOf("\n## ", start + heading.length + 1);
     next = `${text.slice(0, start + 1)}${body}${after < 0 ? "" : `\n${text.slice(after + 1)}`}`;
   }
   writeFileSync(file, next);
