@@ -197,6 +197,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
           remote: formatRemote(socket),
           error: err.message,
         });
+        socket.destroy(); // Node leaves a failed (or timed-out) handshake's socket open
       });
     } else {
       server.on("connection", (socket) => this.accept(socket));

@@ -1,0 +1,230 @@
+/**
+ * Shared-secret authentication (rdzv's AUTH extension) and TLS, with rdzv's client and raw sockets. The
+ * TLS certificate is self-signed, made by `openssl` for each run.
+ */
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, afterEach, before, describe, it } from "node:test";
+import { ErrorCode } from "../../errors.js";
+import { connectTCPStore, type TCPStore, type TCPStoreOptions } from "./client.js";
+import { encodeRequest } from "./encode.js";
+import { AUTH_PROBE_KEY, type Request, VALIDATION_MAGIC } from "./protocol.js";
+import { createTCPStoreServer, type TCPStoreServer, type TCPStoreServerOptions } from "./server.js";
+
+const HOST = "127.0.0.1";
+const TOKEN = "correct horse battery staple";
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function start(options: TCPStoreServerOptions): Promise<TCPStoreServer> {
+  const server = await createTCPStoreServer({ host: HOST, port: 0, ...options });
+  cleanups.push(() => server.close());
+  return server;
+}
+
+async function client(server: TCPStoreServer, options: Partial<TCPStoreOptions> = {}): Promise<TCPStore> {
+  const store = await connectTCPStore({ host: HOST, port: server.port, timeoutMs: 10_000, ...options });
+  cleanups.push(() => store.close());
+  return store;
+}
+
+const hasCode = (code: string, pattern?: RegExp) => (err: unknown) => {
+  const e = err as Error & { code?: string };
+  assert.equal(e.code, code, e.message);
+  if (pattern !== undefined) assert.match(e.message, pattern);
+  return true;
+};
+
+/** A raw socket that sends `reqs` (v2) and resolves with everything it read until the server closed it. */
+async function rawSession(server: TCPStoreServer, dialect: "v1" | "v2", reqs: Request[]): Promise<Buffer> {
+  const socket: Socket = connect({ host: HOST, port: server.port });
+  socket.on("error", () => {});
+  cleanups.push(() => socket.destroy());
+  const chunks: Buffer[] = [];
+  socket.on("data", (c: Buffer) => chunks.push(c));
+  const closed = once(socket, "close");
+  await once(socket, "connect");
+  socket.write(Buffer.concat(reqs.map((r) => encodeRequest(dialect, r))));
+  await closed;
+  return Buffer.concat(chunks);
+}
+
+const VALIDATE: Request = { type: "validate", magic: VALIDATION_MAGIC };
+
+describe("TCPStore authentication (shared secret)", () => {
+  it("serves a client with the token: plain calls, blocking calls on wait connections, clones", async () => {
+    const server = await start({ authToken: TOKEN });
+    assert.equal(server.requiresAuth, true);
+    const a = await client(server, { authToken: TOKEN });
+    const b = await client(server, { authToken: TOKEN });
+    const pending = a.get("k");
+    await b.set("k", "v");
+    assert.equal(Buffer.from(await pending).toString(), "v");
+    const clone = await a.clone();
+    cleanups.push(() => clone.close());
+    assert.equal(await clone.add("n", 2), 2);
+    assert.equal(server.stats().authFailures, 0);
+  });
+
+  it("refuses a client without a token at once, saying so (RDZV_AUTH, no retrying)", async () => {
+    const server = await start({ authToken: TOKEN });
+    // connectTimeoutMs is long: a retried failure would time the test out.
+    await assert.rejects(
+      connectTCPStore({ host: HOST, port: server.port, timeoutMs: 60_000 }),
+      hasCode(ErrorCode.Auth, /requires authentication.*RDZV_AUTH_TOKEN/),
+    );
+  });
+
+  it("refuses a wrong token (RDZV_AUTH), counts it and closes that connection only", async () => {
+    const server = await start({ authToken: TOKEN });
+    const good = await client(server, { authToken: TOKEN });
+    await assert.rejects(
+      connectTCPStore({ host: HOST, port: server.port, timeoutMs: 60_000, authToken: "guess" }),
+      hasCode(ErrorCode.Auth, /rejected the auth token/),
+    );
+    assert.equal(server.stats().authFailures, 1);
+    assert.equal(await good.add("still", 1), 1);
+  });
+
+  it("takes the token from RDZV_AUTH_TOKEN", async () => {
+    const server = await start({ authToken: TOKEN });
+    const saved = process.env.RDZV_AUTH_TOKEN;
+    process.env.RDZV_AUTH_TOKEN = TOKEN;
+    cleanups.push(() => {
+      if (saved === undefined) delete process.env.RDZV_AUTH_TOKEN;
+      else process.env.RDZV_AUTH_TOKEN = saved;
+    });
+    const store = await client(server);
+    assert.equal(await store.add("env", 1), 1);
+  });
+
+  it("closes unauthenticated connections at their first real request; only the handshake and probes pass", async () => {
+    const server = await start({ authToken: TOKEN });
+    const v2 = await rawSession(server, "v2", [
+      VALIDATE,
+      { type: "ping", nonce: 7 },
+      { type: "check", keys: [AUTH_PROBE_KEY] },
+      { type: "set", key: "/sneaky", value: Buffer.from("x") },
+      { type: "get", key: "/sneaky" },
+    ]);
+    // PING echoes 7, the auth probe reads "present" (00), then the SET closes the connection.
+    assert.deepEqual(v2, Buffer.from([7, 0, 0, 0, 0]));
+    const v1 = await rawSession(server, "v1", [{ type: "set", key: "/sneaky", value: Buffer.from("x") }]);
+    assert.equal(v1.length, 0);
+    assert.equal(server.engine.get("/sneaky"), undefined);
+    assert.equal(server.stats().protocolErrors, 2);
+  });
+
+  it("a client with a token works against a server without auth; a server without auth reports no auth", async () => {
+    const server = await start({});
+    assert.equal(server.requiresAuth, false);
+    const store = await client(server, { authToken: TOKEN });
+    assert.equal(await store.add("n", 1), 1);
+    const probe = await rawSession(server, "v2", [
+      VALIDATE,
+      { type: "check", keys: [AUTH_PROBE_KEY] },
+      VALIDATE, // a second VALIDATE is bad input: it ends the session
+    ]);
+    assert.deepEqual(probe, Buffer.from([1]), "auth probe: absent");
+  });
+
+  it("validates tokens eagerly", async () => {
+    await assert.rejects(
+      createTCPStoreServer({ port: 0, authToken: "" }),
+      hasCode(ErrorCode.InvalidArgument),
+    );
+    await assert.rejects(
+      connectTCPStore({ host: HOST, port: 1, authToken: TOKEN, dialect: "v1" }),
+      hasCode(ErrorCode.InvalidArgument, /v2/),
+    );
+  });
+});
+
+describe("TCPStore over TLS", () => {
+  let dir: string;
+  let cert: Buffer;
+  let key: Buffer;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "rdzv-tls-"));
+    try {
+      execFileSync(
+        "openssl",
+        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+          .concat(["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-days", "2"])
+          .concat(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]),
+        { stdio: "pipe" },
+      );
+    } catch (err) {
+      throw new Error(`these tests need openssl (apt-get install -y openssl): ${String(err)}`);
+    }
+    cert = readFileSync(join(dir, "cert.pem"));
+    key = readFileSync(join(dir, "key.pem"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("serves a client that trusts the certificate, with auth, blocking calls included", async () => {
+    const server = await start({ tls: { cert, key }, authToken: TOKEN });
+    assert.equal(server.tls, true);
+    const a = await client(server, { tls: { ca: cert }, authToken: TOKEN });
+    const b = await client(server, { tls: { ca: cert }, authToken: TOKEN });
+    const pending = a.get("secret");
+    await b.set("secret", "over tls");
+    assert.equal(Buffer.from(await pending).toString(), "over tls");
+    assert.equal(a.hasExtensions, true);
+  });
+
+  it("takes the CA from RDZV_TLS_CA", async () => {
+    const server = await start({ tls: { cert, key } });
+    const saved = process.env.RDZV_TLS_CA;
+    process.env.RDZV_TLS_CA = join(dir, "cert.pem");
+    cleanups.push(() => {
+      if (saved === undefined) delete process.env.RDZV_TLS_CA;
+      else process.env.RDZV_TLS_CA = saved;
+    });
+    const store = await client(server);
+    assert.equal(await store.add("n", 1), 1);
+  });
+
+  it("refuses a certificate the client does not trust at once (RDZV_AUTH)", async () => {
+    const server = await start({ tls: { cert, key } });
+    await assert.rejects(
+      connectTCPStore({ host: HOST, port: server.port, timeoutMs: 60_000, tls: true }),
+      hasCode(ErrorCode.Auth, /certificate/),
+    );
+  });
+
+  it("a plain client cannot talk to a TLS server, nor a TLS client to a plain one (RDZV_CONNECTION)", async () => {
+    const tlsServer = await start({ tls: { cert, key } });
+    const plainServer = await start({});
+    const opts = { host: HOST, timeoutMs: 1000, connectTimeoutMs: 1000 };
+    await assert.rejects(connectTCPStore({ ...opts, port: tlsServer.port }), hasCode(ErrorCode.Connection));
+    await assert.rejects(
+      connectTCPStore({ ...opts, port: plainServer.port, tls: { ca: cert } }),
+      hasCode(ErrorCode.Connection),
+    );
+  });
+
+  it("closes a TCP connection that never completes its TLS handshake", { timeout: 20_000 }, async () => {
+    const server = await start({ tls: { cert, key }, timeouts: { incompleteRequestMs: 300 } });
+    const socket = connect({ host: HOST, port: server.port });
+    socket.on("error", () => {});
+    cleanups.push(() => socket.destroy());
+    await once(socket, "close");
+  });
+
+  it("rejects TLS options without a key", async () => {
+    await assert.rejects(
+      createTCPStoreServer({ port: 0, tls: { cert } }),
+      hasCode(ErrorCode.InvalidArgument),
+    );
+  });
+});
