@@ -5,6 +5,7 @@ import { createConsoleLogger, LogLevel } from "../log.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
+import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
 export const SERVE_HELP = `Usage: rdzv serve [options]
 
@@ -17,7 +18,7 @@ Options:
   --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
-  --log-level LEVEL        debug, info, warn or error (default info)
+${SECURITY_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
   -h, --help               show this help
 `;
 
@@ -37,6 +38,7 @@ export async function serveCommand(
       "max-key-bytes": { type: "string" },
       "max-value-bytes": { type: "string" },
       "log-level": { type: "string" },
+      ...SECURITY_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -54,7 +56,9 @@ export async function serveCommand(
   const logger = createConsoleLogger(level as LogLevel);
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
+  const security = securityOptions(values);
   const server = await createTCPStoreServer({
+    ...security,
     host,
     port: intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535),
     logger,
@@ -83,6 +87,11 @@ export async function serveCommand(
     },
   });
   out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
+  if (server.tls || server.requiresAuth) {
+    out.write(
+      `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
+    );
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       process.off("SIGINT", stop);

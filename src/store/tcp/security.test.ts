@@ -1,16 +1,13 @@
 /**
  * Shared-secret authentication (rdzv's AUTH extension) and TLS, with rdzv's client and raw sockets. The
- * TLS certificate is self-signed, made by `openssl` for each run.
+ * TLS certificate is self-signed, made by `openssl` for each run (test/helpers/tls-cert.ts).
  */
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
+import { makeTestCertificate, type TestCertificate } from "../../../test/helpers/tls-cert.js";
 import { ErrorCode } from "../../errors.js";
 import { connectTCPStore, type TCPStore, type TCPStoreOptions } from "./client.js";
 import { encodeRequest } from "./encode.js";
@@ -149,27 +146,15 @@ describe("TCPStore authentication (shared secret)", () => {
 });
 
 describe("TCPStore over TLS", () => {
-  let dir: string;
+  let pem: TestCertificate;
   let cert: Buffer;
   let key: Buffer;
 
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), "rdzv-tls-"));
-    try {
-      execFileSync(
-        "openssl",
-        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-          .concat(["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-days", "2"])
-          .concat(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]),
-        { stdio: "pipe" },
-      );
-    } catch (err) {
-      throw new Error(`these tests need openssl (apt-get install -y openssl): ${String(err)}`);
-    }
-    cert = readFileSync(join(dir, "cert.pem"));
-    key = readFileSync(join(dir, "key.pem"));
+    pem = makeTestCertificate();
+    ({ cert, key } = pem);
   });
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  after(() => pem?.remove());
 
   it("serves a client that trusts the certificate, with auth, blocking calls included", async () => {
     const server = await start({ tls: { cert, key }, authToken: TOKEN });
@@ -185,7 +170,7 @@ describe("TCPStore over TLS", () => {
   it("takes the CA from RDZV_TLS_CA", async () => {
     const server = await start({ tls: { cert, key } });
     const saved = process.env.RDZV_TLS_CA;
-    process.env.RDZV_TLS_CA = join(dir, "cert.pem");
+    process.env.RDZV_TLS_CA = pem.certPath;
     cleanups.push(() => {
       if (saved === undefined) delete process.env.RDZV_TLS_CA;
       else process.env.RDZV_TLS_CA = saved;

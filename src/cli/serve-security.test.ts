@@ -1,0 +1,92 @@
+/** `rdzv serve` security options: parsing, and a real `rdzv serve` process with TLS and a token. */
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { makeTestCertificate, type TestCertificate } from "../../test/helpers/tls-cert.js";
+import { ErrorCode } from "../errors.js";
+import { connectTCPStore } from "../store/tcp/client.js";
+import { securityOptions } from "./serve-security.js";
+
+const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
+
+describe("rdzv serve security options", () => {
+  let pem: TestCertificate;
+  let tokenFile: string;
+
+  before(() => {
+    pem = makeTestCertificate();
+    tokenFile = join(pem.certPath, "..", "token");
+    writeFileSync(tokenFile, "s3cret-token\n");
+  });
+  after(() => pem?.remove());
+
+  it("reads the token file (trimmed) and the TLS files; defaults the timeouts", () => {
+    const out = securityOptions(
+      { "auth-token-file": tokenFile, "tls-cert": pem.certPath, "tls-key": pem.keyPath },
+      {},
+    );
+    assert.equal(out.authToken, "s3cret-token");
+    assert.equal(out.tls?.cert, pem.cert.toString());
+    assert.deepEqual(out.timeouts, { incompleteRequestMs: 30_000, idleMs: 0 });
+  });
+
+  it("falls back to RDZV_AUTH_TOKEN, and has no token without either", () => {
+    assert.equal(securityOptions({}, { RDZV_AUTH_TOKEN: "from-env" }).authToken, "from-env");
+    assert.equal(securityOptions({}, {}).authToken, undefined);
+    assert.equal(securityOptions({}, {}).tls, undefined);
+  });
+
+  it("rejects a lone --tls-cert, a missing file, an empty token file and bad timeouts", () => {
+    const bad = [
+      { "tls-cert": pem.certPath },
+      { "auth-token-file": join(pem.certPath, "..", "missing") },
+      { "idle-timeout-ms": "-5" },
+      { "incomplete-request-timeout-ms": "soon" },
+    ];
+    for (const values of bad) {
+      assert.throws(() => securityOptions(values, {}), { code: ErrorCode.InvalidArgument });
+    }
+    writeFileSync(tokenFile, "\n");
+    assert.throws(() => securityOptions({ "auth-token-file": tokenFile }, {}), /empty/);
+    writeFileSync(tokenFile, "s3cret-token\n");
+  });
+
+  it("a real rdzv serve with TLS and a token serves a client that has both", {
+    timeout: 30_000,
+  }, async () => {
+    const args = ["serve", "--port", "0", "--auth-token-file", tokenFile].concat([
+      "--tls-cert",
+      pem.certPath,
+      "--tls-key",
+      pem.keyPath,
+    ]);
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const exited = once(child, "exit");
+    try {
+      const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+      const first = String((await lines.next()).value);
+      const port = Number(/:(\d+)$/.exec(first)?.[1]);
+      assert.ok(port > 0, first);
+      assert.match(String((await lines.next()).value), /TLS, auth token required/);
+      const store = await connectTCPStore({
+        host: "127.0.0.1",
+        port,
+        timeoutMs: 10_000,
+        authToken: "s3cret-token",
+        tls: { ca: pem.cert },
+      });
+      assert.equal(await store.add("n", 5), 5);
+      await store.close();
+    } finally {
+      child.kill("SIGTERM");
+      const [code] = await exited;
+      assert.equal(code, 0);
+    }
+  });
+});
