@@ -1,0 +1,148 @@
+/**
+ * Connecting to etcd: the member list syntax, TLS files and user/password, as PyTorch's etcd rendezvous
+ * backend reads them (`protocol`, `cacert`, `cert`, `key` in the rendezvous config), plus several members.
+ */
+
+import { readFileSync } from "node:fs";
+import { Etcd3, type IOptions } from "etcd3";
+import { ErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
+import { formatEndpoint, parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
+import { checkTimeoutMs } from "../deadline.js";
+import { mapEtcdError } from "./errors.js";
+import { EtcdStore, type EtcdStoreOptions } from "./store.js";
+
+/** etcd's client port. */
+export const DEFAULT_ETCD_PORT = 2379;
+
+/** TLS material, as file paths (PyTorch's `cacert`, `cert`, `key`). */
+export interface EtcdTlsFiles {
+  /** CA certificate that signs the members' certificates. */
+  cacert?: string;
+  /** Client certificate, for members that require one (with `key`). */
+  cert?: string;
+  /** Private key of `cert`. */
+  key?: string;
+}
+
+/** Options of `connectEtcdStore`. */
+export interface ConnectEtcdOptions extends Omit<EtcdStoreOptions, "hosts" | "ownsClient"> {
+  /**
+   * The members: `host:port` entries separated by commas (port 2379 when left out), each optionally with
+   * its own `http://` / `https://` scheme; or an array of them.
+   */
+  endpoints: string | readonly string[];
+  /** `http` (default) or `https`, for entries without a scheme (PyTorch's `protocol`). */
+  protocol?: "http" | "https";
+  /** TLS files; any of them implies `https`. */
+  tls?: EtcdTlsFiles;
+  /** etcd user/password authentication. */
+  auth?: { username: string; password: string };
+  /** How long connecting may take (default 10 000 ms). */
+  connectTimeoutMs?: number;
+}
+
+/**
+ * Parses a member list into URLs. Throws `InvalidArgumentError` naming the bad entry for an empty list,
+ * a bad host or port, or an unknown scheme.
+ */
+export function parseEtcdEndpoints(endpoints: string | readonly string[], protocol = "http"): string[] {
+  if (protocol !== "http" && protocol !== "https") {
+    throw new InvalidArgumentError(
+      `the etcd protocol must be "http" or "https", got ${JSON.stringify(protocol)}`,
+    );
+  }
+  const list = (typeof endpoints === "string" ? endpoints.split(",") : [...endpoints])
+    .map((e) => e.trim())
+    .filter((e) => e !== "");
+  if (list.length === 0) {
+    throw new InvalidArgumentError(
+      `the etcd endpoint must name at least one member, got ${JSON.stringify(endpoints)}`,
+    );
+  }
+  return list.map((entry) => {
+    const m = /^([a-z][a-z0-9+.-]*):\/\/(.*)$/i.exec(entry);
+    const scheme = (m?.[1] ?? protocol).toLowerCase();
+    if (scheme !== "http" && scheme !== "https") {
+      throw new InvalidArgumentError(
+        `the etcd member ${JSON.stringify(entry)} has an unknown scheme ${scheme}`,
+      );
+    }
+    const rest = (m?.[2] ?? entry).replace(/\/+$/, "");
+    try {
+      const { host, port } = parseRendezvousEndpoint(rest, DEFAULT_ETCD_PORT);
+      return `${scheme}://${formatEndpoint(host, port)}`;
+    } catch (err) {
+      throw new InvalidArgumentError(`bad etcd member ${JSON.stringify(entry)}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  });
+}
+
+function readTlsFile(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      `cannot read the etcd ${what} file ${JSON.stringify(path)}: ${String(err)}`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+/** etcd3 client options for `options` (reads the TLS files; throws `InvalidArgumentError` when one is unreadable). */
+export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[]; client: IOptions } {
+  const tls = options.tls ?? {};
+  const anyTls = tls.cacert !== undefined || tls.cert !== undefined || tls.key !== undefined;
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new InvalidArgumentError("the etcd client certificate needs both 'cert' and 'key'");
+  }
+  const hosts = parseEtcdEndpoints(options.endpoints, options.protocol ?? (anyTls ? "https" : "http"));
+  const client: IOptions = { hosts, dialTimeout: options.connectTimeoutMs ?? 10_000 };
+  if (anyTls) {
+    client.credentials = {
+      rootCertificate: tls.cacert === undefined ? Buffer.alloc(0) : readTlsFile(tls.cacert, "CA certificate"),
+      ...(tls.key === undefined ? {} : { privateKey: readTlsFile(tls.key, "client key") }),
+      ...(tls.cert === undefined ? {} : { certChain: readTlsFile(tls.cert, "client certificate") }),
+    };
+  }
+  if (options.auth !== undefined) {
+    const { username, password } = options.auth;
+    if (username === "") throw new InvalidArgumentError("the etcd username must not be empty");
+    client.auth = { username, password };
+  }
+  return { hosts, client };
+}
+
+/**
+ * Connects to etcd and returns an `EtcdStore` under `options.prefix`, after one round trip that proves
+ * the cluster answers (and accepts the credentials). Rejects with `RendezvousConnectionError` when no
+ * member answers within `connectTimeoutMs`, `RendezvousAuthError` for refused credentials.
+ */
+export async function connectEtcdStore(options: ConnectEtcdOptions): Promise<EtcdStore> {
+  const connectTimeoutMs = checkTimeoutMs(options.connectTimeoutMs ?? 10_000, "connectTimeoutMs");
+  const { hosts, client: clientOptions } = etcdClientOptions(options);
+  const client = new Etcd3(clientOptions);
+  const store = new EtcdStore(client, {
+    hosts,
+    ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
+    ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+  });
+  try {
+    await client
+      .get(store.etcdKey(""))
+      .options({ deadline: new Date(Date.now() + connectTimeoutMs) })
+      .exec();
+  } catch (err) {
+    client.close();
+    const mapped = mapEtcdError(err, "connect", hosts);
+    if (mapped.code !== ErrorCode.Timeout) throw mapped;
+    throw new RendezvousConnectionError(
+      `connect: no etcd member of ${hosts.join(",")} answered within ${connectTimeoutMs} ms`,
+      { cause: err },
+    );
+  }
+  return store;
+}

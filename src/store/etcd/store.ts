@@ -1,0 +1,413 @@
+/**
+ * `EtcdStore`: the Store API over etcd v3 (the `etcd3` client). Every key lives under a key prefix. Blocking
+ * calls (`get`, `wait`, `multiGet`) read once and, for what is missing, watch from the revision right after
+ * that read, so no write between the read and the watch is missed and nothing polls. `add` and
+ * `compareSet` are transactions (compare on the key's mod revision or value), `multiGet` / `multiSet` are
+ * single transactions.
+ *
+ * etcd has no request ids: a mutating call whose reply is lost in a fail-over and that etcd3 retries may
+ * apply twice (an `add` then counts twice). Idempotent writes (`set`, compare-and-set) are unaffected.
+ */
+
+import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
+import { ErrorCode, StoreError } from "../../errors.js";
+import { concatBytes, toBytes } from "../bytes.js";
+import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import { parseCounter, wrapI64 } from "../kv-engine.js";
+import { toI64 } from "../memory-store.js";
+import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
+import { mapEtcdError } from "./errors.js";
+
+/** Options of `EtcdStore`. */
+export interface EtcdStoreOptions {
+  /** Prefix of every key of this store (default "", the whole keyspace). */
+  prefix?: string;
+  /** Default timeout of every call, blocking or not (default 300 000 ms, as PyTorch). */
+  timeoutMs?: number;
+  /** Close the etcd client when the store closes (default true). */
+  ownsClient?: boolean;
+  /** Member URLs, for error messages. */
+  hosts?: readonly string[];
+}
+
+const utf8 = new TextEncoder();
+
+/** A `Store` over an etcd v3 cluster. Build one with `connectEtcdStore` (etcd/connect.ts). */
+export class EtcdStore implements Store {
+  readonly client: Etcd3;
+  readonly prefix: string;
+  readonly hosts: readonly string[];
+  #prefixBytes: Buffer;
+  #timeoutMs: number;
+  #closed = false;
+  readonly #ownsClient: boolean;
+  /** Cancels the blocking calls in flight (on close). */
+  readonly #pending = new Set<() => void>();
+
+  constructor(client: Etcd3, options: EtcdStoreOptions = {}) {
+    this.client = client;
+    this.prefix = options.prefix ?? "";
+    this.#prefixBytes = Buffer.from(this.prefix, "utf8");
+    this.#timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS, "timeoutMs");
+    this.#ownsClient = options.ownsClient ?? true;
+    this.hosts = options.hosts ?? [];
+  }
+
+  get timeoutMs(): number {
+    return this.#timeoutMs;
+  }
+
+  set timeoutMs(value: number) {
+    this.#timeoutMs = checkTimeoutMs(value, "timeoutMs");
+  }
+
+  /** The etcd key of store key `key`. */
+  etcdKey(key: string): Buffer {
+    return Buffer.concat([this.#prefixBytes, utf8.encode(key)]);
+  }
+
+  async set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    await this.call("set", options, (o) =>
+      this.client.put(this.etcdKey(key)).value(buf(value)).options(o).exec(),
+    );
+  }
+
+  async get(key: string, options?: CallOptions): Promise<Uint8Array> {
+    const [value] = await this.#await([key], options, "get");
+    return value!;
+  }
+
+  /**
+   * A compare-and-set loop on the key's mod revision. Concurrent adds to one key through this store are
+   * coalesced into one transaction (each caller still gets its own intermediate sum), so that a burst of
+   * adds costs a few round trips instead of one conflict per add.
+   */
+  add(key: string, delta: number, options?: CallOptions): Promise<number> {
+    const d = toI64(delta);
+    return new Promise((resolve, reject) => {
+      const entry: QueuedAdd = { delta: d, options, resolve, reject };
+      const queue = this.#adds.get(key);
+      if (queue !== undefined) {
+        queue.push(entry);
+        return;
+      }
+      const fresh = [entry];
+      this.#adds.set(key, fresh);
+      void this.#runAdds(key, fresh);
+    });
+  }
+
+  /** Adds queued per key while a transaction for that key is in flight. */
+  readonly #adds = new Map<string, QueuedAdd[]>();
+
+  async #runAdds(key: string, queue: QueuedAdd[]): Promise<void> {
+    while (queue.length > 0) {
+      const batch = queue.splice(0);
+      const total = batch.reduce((sum, e) => sum + e.delta, 0n);
+      try {
+        let sum = wrapI64((await this.#casAdd(key, total, batch[0]!.options)) - total);
+        for (const e of batch) {
+          sum = wrapI64(sum + e.delta);
+          e.resolve(Number(sum));
+        }
+      } catch (err) {
+        for (const e of batch) e.reject(err);
+      }
+    }
+    this.#adds.delete(key);
+  }
+
+  /** Adds `delta` in a compare-and-set loop; returns the new sum. */
+  #casAdd(key: string, delta: bigint, options: CallOptions | undefined): Promise<bigint> {
+    const k = this.etcdKey(key);
+    return this.call("add", options, async (o) => {
+      let current = (await this.client.get(k).options(o).exec()).kvs[0];
+      // Adding 0 to a present counter only reads it.
+      if (current !== undefined && delta === 0n) return parseCounter(current.value);
+      for (;;) {
+        const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
+        const res = await (current === undefined
+          ? this.client.if(k, "Create", "==", 0)
+          : this.client.if(k, "Mod", "==", current.mod_revision)
+        )
+          .then(this.client.put(k).value(sum.toString()))
+          .else(this.client.get(k))
+          .options(o)
+          .commit();
+        if (res.succeeded) return sum;
+        current = rangeKvs(res, 0)[0];
+      }
+    });
+  }
+
+  async compareSet(
+    key: string,
+    expected: StoreValue,
+    desired: StoreValue,
+    options?: CallOptions,
+  ): Promise<Uint8Array> {
+    const k = this.etcdKey(key);
+    const want = buf(expected);
+    const next = buf(desired);
+    return this.call("compareSet", options, async (o) => {
+      // A missing key matches an empty `expected`; a present one matches by value.
+      const swap = (column: "Create" | "Value") =>
+        this.client
+          .if(k, column, "==", column === "Create" ? 0 : want)
+          .then(this.client.put(k).value(next))
+          .else(this.client.get(k))
+          .options(o)
+          .commit();
+      let res = await swap(want.length === 0 ? "Create" : "Value");
+      if (res.succeeded) return new Uint8Array(next);
+      const current = rangeKvs(res, 0)[0];
+      if (current === undefined) return new Uint8Array(want);
+      if (want.length !== 0 || current.value.length !== 0) return new Uint8Array(current.value);
+      // The key exists and holds "", which an empty `expected` also matches.
+      res = await swap("Value");
+      return new Uint8Array(res.succeeded ? next : (rangeKvs(res, 0)[0]?.value ?? want));
+    });
+  }
+
+  async wait(keys: readonly string[], options?: CallOptions): Promise<void> {
+    await this.#await(keys, options, "wait");
+  }
+
+  async check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
+    if (keys.length === 0) return true;
+    const res = await this.call("check", options, (o) => this.#readAll(keys, o));
+    return keys.every((_, i) => rangeKvs(res, i).length > 0);
+  }
+
+  async deleteKey(key: string, options?: CallOptions): Promise<boolean> {
+    const res = await this.call("deleteKey", options, (o) =>
+      this.client.delete().key(this.etcdKey(key)).options(o).exec(),
+    );
+    return Number(res.deleted) > 0;
+  }
+
+  /** Number of keys under the prefix. */
+  async numKeys(options?: CallOptions): Promise<number> {
+    return this.call("numKeys", options, (o) => this.#all().options(o).count());
+  }
+
+  async multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
+    return this.#await(keys, options, "multiGet");
+  }
+
+  async multiSet(
+    keys: readonly string[],
+    values: readonly StoreValue[],
+    options?: CallOptions,
+  ): Promise<void> {
+    if (keys.length !== values.length) {
+      throw new StoreError(
+        `multiSet: ${keys.length} keys but ${values.length} values`,
+        ErrorCode.InvalidArgument,
+      );
+    }
+    if (keys.length === 0) return;
+    const puts = keys.map((key, i) => this.client.put(this.etcdKey(key)).value(buf(values[i]!)));
+    await this.call("multiSet", options, (o) =>
+      this.#always()
+        .then(...puts)
+        .options(o)
+        .commit(),
+    );
+  }
+
+  async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
+    const k = this.etcdKey(key);
+    const tail = toBytes(value);
+    await this.call("append", options, async (o) => {
+      let current = (await this.client.get(k).options(o).exec()).kvs[0];
+      for (;;) {
+        const joined = current === undefined ? tail : concatBytes(current.value, tail);
+        const res = await (current === undefined
+          ? this.client.if(k, "Create", "==", 0)
+          : this.client.if(k, "Mod", "==", current.mod_revision)
+        )
+          .then(this.client.put(k).value(Buffer.from(joined)))
+          .else(this.client.get(k))
+          .options(o)
+          .commit();
+        if (res.succeeded) return;
+        current = rangeKvs(res, 0)[0];
+      }
+    });
+  }
+
+  async listKeys(options?: CallOptions): Promise<string[]> {
+    const keys = await this.call("listKeys", options, (o) => this.#all().options(o).keyBuffers());
+    return keys.map((k) => k.subarray(this.#prefixBytes.length).toString("utf8"));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const cancel of [...this.#pending]) cancel();
+    if (this.#ownsClient) this.client.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /**
+   * Runs `op` with a gRPC deadline from `options.timeoutMs` (or the store's), mapping errors. The signal
+   * is checked before the call; a quick call is not cut short by it.
+   */
+  async call<T>(
+    what: string,
+    options: CallOptions | undefined,
+    op: (o: { deadline: Date }) => Promise<T>,
+  ): Promise<T> {
+    if (this.#closed) throw new StoreError(`${what}: the store is closed`, ErrorCode.ResourceClosed);
+    throwIfAborted(options?.signal);
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    try {
+      return await op({ deadline: new Date(Date.now() + Math.max(timeoutMs, 1)) });
+    } catch (err) {
+      throw mapEtcdError(err, what, this.hosts);
+    }
+  }
+
+  /** One transaction reading every key (no compare: it always succeeds). */
+  #readAll(keys: readonly string[], o: { deadline: Date }): Promise<ITxnResponse> {
+    return this.#always()
+      .then(...keys.map((key) => this.client.get(this.etcdKey(key))))
+      .options(o)
+      .commit();
+  }
+
+  /** A transaction builder whose compare always holds (etcd txns need one compare to start from). */
+  #always() {
+    return this.client.if(this.#prefixBytes.length > 0 ? this.#prefixBytes : "\0", "Version", ">", -1);
+  }
+
+  #all() {
+    return this.#prefixBytes.length > 0
+      ? this.client.getAll().prefix(this.#prefixBytes)
+      : this.client.getAll().all();
+  }
+
+  /**
+   * Values of `keys`, waiting until all exist: one read, then one watch over the key range of the missing
+   * keys, starting at the revision after the read.
+   */
+  async #await(
+    keys: readonly string[],
+    options: CallOptions | undefined,
+    what: string,
+  ): Promise<Uint8Array[]> {
+    if (keys.length === 0) {
+      if (this.#closed) throw new StoreError(`${what}: the store is closed`, ErrorCode.ResourceClosed);
+      throwIfAborted(options?.signal);
+      return [];
+    }
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    const started = Date.now();
+    const res = await this.call(what, options, (o) => this.#readAll(keys, o));
+    const values = new Map<string, Uint8Array>();
+    keys.forEach((key, i) => {
+      const kv = rangeKvs(res, i)[0];
+      if (kv !== undefined) values.set(key, new Uint8Array(kv.value));
+    });
+    const missing = new Map<string, string>();
+    for (const key of keys) if (!values.has(key)) missing.set(this.etcdKey(key).toString("latin1"), key);
+    if (missing.size > 0) {
+      const left = Math.max(0, timeoutMs - (Date.now() - started));
+      await this.#watchFor(
+        missing,
+        values,
+        Number(res.header.revision) + 1,
+        { ...options, timeoutMs: left },
+        what,
+      );
+    }
+    return keys.map((key) => values.get(key)!);
+  }
+
+  /** Watches from `revision` until every key of `missing` (etcd key as latin1 -> store key) was put. */
+  #watchFor(
+    missing: Map<string, string>,
+    values: Map<string, Uint8Array>,
+    revision: number,
+    options: CallOptions,
+    what: string,
+  ): Promise<void> {
+    const etcdKeys = [...missing.keys()].sort();
+    let watcher: Watcher | undefined;
+    let stopped = false;
+    let onClose = (): void => undefined;
+    const stop = (): void => {
+      if (stopped) return;
+      stopped = true;
+      this.#pending.delete(onClose);
+      watcher?.cancel().catch(() => undefined);
+    };
+    return blockingCall<void>(
+      options,
+      this.#timeoutMs,
+      (ms) => `${what} timeout after ${ms}ms, keys: ${[...missing.values()].join(", ")}`,
+      (resolve, reject) => {
+        onClose = () => {
+          stop();
+          reject(new StoreError(`${what}: the store was closed`, ErrorCode.ResourceClosed));
+        };
+        this.#pending.add(onClose);
+        const first = Buffer.from(etcdKeys[0]!, "latin1");
+        const builder = this.client.watch().startRevision(String(revision)).only("put");
+        const watch =
+          etcdKeys.length === 1
+            ? builder.key(first)
+            : builder.inRange({ start: first, end: Buffer.from(`${etcdKeys.at(-1)!}\0`, "latin1") });
+        watch
+          .create()
+          .then((w) => {
+            watcher = w;
+            if (stopped) {
+              w.cancel().catch(() => undefined);
+              return;
+            }
+            w.on("put", (kv: IKeyValue) => {
+              const id = kv.key.toString("latin1");
+              const key = missing.get(id);
+              if (key === undefined) return;
+              missing.delete(id);
+              values.set(key, new Uint8Array(kv.value));
+              if (missing.size > 0) return;
+              stop();
+              resolve();
+            });
+            w.on("error", (err: unknown) => {
+              stop();
+              reject(mapEtcdError(err, what, this.hosts));
+            });
+          })
+          .catch((err: unknown) => {
+            stop();
+            reject(mapEtcdError(err, what, this.hosts));
+          });
+      },
+      stop,
+    );
+  }
+}
+
+interface QueuedAdd {
+  readonly delta: bigint;
+  readonly options: CallOptions | undefined;
+  readonly resolve: (sum: number) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+function buf(value: StoreValue): Buffer {
+  const bytes = toBytes(value);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** The key-values of the `i`-th range response of a transaction. */
+export function rangeKvs(res: ITxnResponse, i: number): IKeyValue[] {
+  return res.responses[i]?.response_range?.kvs ?? [];
+}

@@ -1,0 +1,90 @@
+/**
+ * EtcdStore against a real single-member etcd: the shared Store behaviour suite (queues are not part of
+ * the etcd store), key prefixes, the endpoint syntax, and errors for unreachable members.
+ */
+
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { ErrorCode } from "../src/errors.js";
+import { connectEtcdStore, parseEtcdEndpoints } from "../src/store/etcd/connect.js";
+import type { EtcdStore } from "../src/store/etcd/store.js";
+import { EtcdTestCluster } from "./helpers/etcd.js";
+import { rejectsWithCode, type StoreFixture, storeBehaviourSuite } from "./helpers/store-suite.js";
+
+let etcd: EtcdTestCluster;
+let counter = 0;
+
+before(async () => {
+  etcd = await EtcdTestCluster.start(1);
+});
+
+after(async () => {
+  await etcd?.stop();
+});
+
+/** A fixture under a fresh prefix, so that tests share one server but never each other's keys. */
+async function fixture(): Promise<StoreFixture> {
+  const prefix = `/test/${process.pid}/${counter++}/`;
+  const open = () => connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 5000 });
+  const stores: EtcdStore[] = [await open()];
+  return {
+    store: stores[0]!,
+    other: async () => {
+      const s = await open();
+      stores.push(s);
+      return s;
+    },
+    cleanup: async () => {
+      await Promise.all(stores.map((s) => s.close()));
+    },
+  };
+}
+
+storeBehaviourSuite("EtcdStore", fixture, { queues: false });
+
+describe("EtcdStore specifics", () => {
+  it("keeps stores under different prefixes apart, and counts numKeys under its prefix only", async () => {
+    const a = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/iso/a/", timeoutMs: 5000 });
+    const b = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/iso/b/", timeoutMs: 5000 });
+    try {
+      await a.set("k", "from a");
+      assert.equal(await b.check(["k"]), false);
+      assert.equal(await a.numKeys(), 1);
+      assert.equal(await b.numKeys(), 0);
+      assert.deepEqual(await a.listKeys(), ["k"]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it("a get blocked on a key is rejected with RDZV_RESOURCE_CLOSED when the store closes", async () => {
+    const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/closing/", timeoutMs: 5000 });
+    const pending = s.get("never");
+    await new Promise((r) => setTimeout(r, 50));
+    await s.close();
+    await rejectsWithCode(pending, ErrorCode.ResourceClosed);
+    await rejectsWithCode(s.get("never"), ErrorCode.ResourceClosed);
+  });
+
+  it("fails to connect to a port nobody serves with RDZV_CONNECTION", async () => {
+    const free = await import("../src/rendezvous/free-port.js").then((m) => m.pickFreePort("127.0.0.1"));
+    await rejectsWithCode(
+      connectEtcdStore({ endpoints: `127.0.0.1:${free}`, connectTimeoutMs: 500 }),
+      ErrorCode.Connection,
+    );
+  });
+
+  it("parses member lists: default port, schemes, IPv6, protocol", () => {
+    assert.deepEqual(parseEtcdEndpoints("a:1, b ,https://c:3/"), [
+      "http://a:1",
+      "http://b:2379",
+      "https://c:3",
+    ]);
+    assert.deepEqual(parseEtcdEndpoints("[::1]:5", "https"), ["https://[::1]:5"]);
+    assert.deepEqual(parseEtcdEndpoints(["h"]), ["http://h:2379"]);
+    for (const bad of ["", " , ", "ftp://h:1", "h:x", "h:70000"]) {
+      assert.throws(() => parseEtcdEndpoints(bad), { code: ErrorCode.InvalidArgument }, bad);
+    }
+    assert.throws(() => parseEtcdEndpoints("h", "grpc"), { code: ErrorCode.InvalidArgument });
+  });
+});
