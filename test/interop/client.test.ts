@@ -186,6 +186,20 @@ for (const target of TARGETS) {
         await assert.rejects(ts.queuePop("q", { timeoutMs: 200 }), hasCode(ErrorCode.Timeout));
       });
 
+      it("an rdzv client with an auth token cannot use a PyTorch server (connection error naming AUTH)", async () => {
+        await assert.rejects(
+          connectTCPStore({
+            host: HOST,
+            port: py.port,
+            timeoutMs: 1000,
+            authToken: "t",
+            connectTimeoutMs: 1000,
+          }),
+          (err: Error & { code?: string }) => err.code === ErrorCode.Connection && /AUTH/.test(err.message),
+        );
+        assert.equal(await ts.add("auth/after", 1), 1, "the server kept serving");
+      });
+
       it("a get parked on a key is woken by Python's compare_set (libuv)", async () => {
         const pending = ts.get("cs/wake");
         await delay(200);

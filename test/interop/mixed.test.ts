@@ -83,6 +83,21 @@ describe("PyTorch 1.13 and 2.x clients sharing one rdzv server", () => {
     assert.ok(g.ms >= 250 && m.ms >= 250, `returned after ${g.ms}/${m.ms} ms, before the sets`);
   });
 
+  it("a server that requires an auth token refuses both PyTorch clients (closed as bad input)", async () => {
+    const locked = await createTCPStoreServer({ host: HOST, port: 0, authToken: "only-rdzv-clients" });
+    try {
+      // PyTorch cannot authenticate: its first real request closes the connection.
+      for (const agent of [v1, v2]) {
+        await assert.rejects(agent.open("locked", HOST, locked.port, 2, { world_size: 2 }), /raised/);
+      }
+      const stats = locked.stats();
+      assert.ok(stats.protocolErrors >= 2, JSON.stringify(stats));
+      assert.equal(locked.engine.get("init/"), undefined, "no unauthenticated write went through");
+    } finally {
+      await locked.close();
+    }
+  });
+
   it("a 1.13 wait on two keys needs both, one from each client", async () => {
     const waited = v1.call("blocker", "wait", [["both/a", "both/b"]]);
     await delay(200);
