@@ -1,15 +1,17 @@
 /**
  * The shared Store behaviour suite against every store: MemoryStore, PrefixStore over it, TCPStore (v2
- * and v1) against rdzv's server, and PrefixStore over TCPStore.
+ * and v1) against rdzv's server, TCPStore over TLS with an auth token, and PrefixStore over TCPStore.
  */
 
+import { after } from "node:test";
 import { KvEngine } from "../src/store/kv-engine.js";
 import { MemoryStore } from "../src/store/memory-store.js";
 import { PrefixStore } from "../src/store/prefix-store.js";
 import type { Store } from "../src/store/store.js";
 import { connectTCPStore, type TCPStoreOptions } from "../src/store/tcp/client.js";
-import { createTCPStoreServer } from "../src/store/tcp/server.js";
+import { createTCPStoreServer, type TCPStoreServerOptions } from "../src/store/tcp/server.js";
 import { type StoreFixture, storeBehaviourSuite } from "./helpers/store-suite.js";
+import { makeTestCertificate } from "./helpers/tls-cert.js";
 
 const TIMEOUT_MS = 5000;
 
@@ -39,8 +41,12 @@ async function memoryFixture(prefix?: string): Promise<StoreFixture> {
   return fixture(await open(), open, async () => {});
 }
 
-async function tcpFixture(options: Partial<TCPStoreOptions>, prefix?: string): Promise<StoreFixture> {
-  const server = await createTCPStoreServer({ port: 0 });
+async function tcpFixture(
+  options: Partial<TCPStoreOptions>,
+  prefix?: string,
+  serverOptions: TCPStoreServerOptions = {},
+): Promise<StoreFixture> {
+  const server = await createTCPStoreServer({ ...serverOptions, port: 0 });
   const tcps: Store[] = [];
   const open = async (): Promise<Store> => {
     const tcp = await connectTCPStore({
@@ -65,6 +71,14 @@ storeBehaviourSuite("MemoryStore", () => memoryFixture());
 storeBehaviourSuite("PrefixStore over MemoryStore", () => memoryFixture("pre"));
 storeBehaviourSuite("TCPStore v2", () => tcpFixture({ worldSize: 1 }));
 storeBehaviourSuite("TCPStore v1", () => tcpFixture({ dialect: "v1" }), V1_LACKS);
+const pem = makeTestCertificate();
+after(() => pem.remove());
+storeBehaviourSuite("TCPStore v2 over TLS with an auth token", () =>
+  tcpFixture({ tls: { ca: pem.cert }, authToken: "behaviour" }, undefined, {
+    tls: { cert: pem.cert, key: pem.key },
+    authToken: "behaviour",
+  }),
+);
 storeBehaviourSuite("PrefixStore over TCPStore v2", () => tcpFixture({}, "test_prefix"));
 storeBehaviourSuite(
   "PrefixStore over PrefixStore over TCPStore v1",
