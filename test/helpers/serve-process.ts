@@ -6,11 +6,11 @@
 
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { once } from "node:events";
-import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { REPO_ROOT } from "./torch.js";
 
-/** The compiled `rdzv` command. */
-export const RDZV_MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
+/** The compiled `rdzv` command of the same build as this file (dist/src/cli/main.js). */
+export const RDZV_MAIN = fileURLToPath(new URL("../../src/cli/main.js", import.meta.url));
 
 const LISTENING = /rdzv store listening on (\S+):(\d+)/;
 const live = new Set<ChildProcessWithoutNullStreams>();

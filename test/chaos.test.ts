@@ -1,0 +1,75 @@
+/**
+ * The chaos soak: node processes run the dynamic rendezvous in a loop while the driver SIGKILLs,
+ * restarts and hangs (SIGSTOP/SIGCONT) them at random; the checker then verifies every node's reports
+ * (see test/chaos/checker.ts for the properties). Bounded: 75 s by default.
+ *
+ *   RDZV_CHAOS_SECONDS=600     run longer
+ *   RDZV_CHAOS_SEED=1234       replay a seed's fault schedule (printed on failure)
+ *   RDZV_CHAOS_BACKEND=tcp     which backends (comma-separated names of CHAOS_BACKENDS; default: all)
+ *   RDZV_CHAOS_REPORT=FILE     write the figures (and the verdict) as JSON
+ *
+ * On failure the whole record (every report and fault) is kept in a temporary file named in the message.
+ */
+
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { CHAOS_BACKENDS } from "./chaos/backends.js";
+import { checkSoak } from "./chaos/checker.js";
+import { runSoak } from "./chaos/driver.js";
+
+const seconds = Number(process.env.RDZV_CHAOS_SECONDS ?? "75");
+const seed = Number(process.env.RDZV_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const names = (process.env.RDZV_CHAOS_BACKEND ?? Object.keys(CHAOS_BACKENDS).join(",")).split(",");
+const SETTLE_DEADLINE_MS = 20_000;
+
+if (!Number.isFinite(seconds) || seconds <= 0)
+  throw new Error(`RDZV_CHAOS_SECONDS must be > 0, got ${seconds}`);
+if (!Number.isSafeInteger(seed)) throw new Error(`RDZV_CHAOS_SEED must be an integer, got ${seed}`);
+
+describe("chaos soak: nodes killed, restarted and hung at random", () => {
+  for (const name of names) {
+    const make = CHAOS_BACKENDS[name];
+    it(`keeps every rendezvous property (${name}, ${seconds} s, seed ${seed})`, {
+      timeout: seconds * 1000 + 5 * 60_000,
+    }, async (t) => {
+      assert.ok(
+        make !== undefined,
+        `unknown RDZV_CHAOS_BACKEND ${name}; known: ${Object.keys(CHAOS_BACKENDS)}`,
+      );
+      const record = await runSoak({
+        backend: make(),
+        seed,
+        durationMs: seconds * 1000,
+        nodes: 6,
+        minNodes: 2,
+        maxNodes: 5,
+        settleDeadlineMs: SETTLE_DEADLINE_MS,
+        log: (line) => t.diagnostic(line),
+      });
+      const verdict = checkSoak(record);
+      t.diagnostic(`figures: ${JSON.stringify(verdict.stats)}`);
+      if (process.env.RDZV_CHAOS_REPORT) {
+        writeFileSync(
+          process.env.RDZV_CHAOS_REPORT,
+          JSON.stringify({ params: record.params, ...verdict }, null, 2),
+        );
+      }
+      let kept = "";
+      if (verdict.violations.length > 0) {
+        kept = join(mkdtempSync(join(tmpdir(), "rdzv-chaos-")), "record.json");
+        writeFileSync(kept, JSON.stringify(record));
+      }
+      assert.deepEqual(
+        verdict.violations,
+        [],
+        `chaos soak failed (replay: RDZV_CHAOS_SEED=${seed} RDZV_CHAOS_BACKEND=${name}); record in ${kept}`,
+      );
+      // A soak that formed no rounds or injected no faults proves nothing.
+      assert.ok(verdict.stats.rounds >= 3, `only ${verdict.stats.rounds} rounds formed (seed ${seed})`);
+      assert.ok((verdict.stats.faults.kill ?? 0) + (verdict.stats.faults.stop ?? 0) > 0, "no fault injected");
+    });
+  }
+});

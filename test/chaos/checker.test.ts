@@ -1,0 +1,100 @@
+/**
+ * The chaos checker on hand-written histories: a sound one passes, and each broken property is found.
+ */
+
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { checkSoak } from "./checker.js";
+import type { FaultEvent, NodeEvent, Settle, SoakRecord } from "./record.js";
+
+const PARAMS = {
+  backend: "test",
+  seed: 1,
+  durationMs: 1000,
+  nodes: 3,
+  minNodes: 2,
+  maxNodes: 3,
+  settleDeadlineMs: 1000,
+  config: {},
+};
+
+/** `completed` + `members` reports of one round whose members are `ids` (rank = index), at time `t`. */
+function round(r: number, ids: readonly string[], t: number): NodeEvent[] {
+  return ids.flatMap((id, rank) => [
+    { ev: "joining", id, t: t - 50 } as const,
+    { ev: "completed", id, round: r, rank, worldSize: ids.length, t } as const,
+    { ev: "members", id, round: r, members: ids, t: t + 1 } as const,
+  ]);
+}
+
+function record(
+  events: NodeEvent[],
+  faults: FaultEvent[] = [],
+  settles: Settle[] = [],
+  noise: string[] = [],
+): SoakRecord {
+  return { params: PARAMS, startedAt: 0, endedAt: 10_000, events, faults, settles, noise };
+}
+
+function violations(rec: SoakRecord): readonly string[] {
+  return checkSoak(rec).violations;
+}
+
+describe("chaos checker", () => {
+  it("accepts a sound history: a member killed, the survivors re-form after it", () => {
+    const events = [...round(0, ["a", "b", "c"], 100), ...round(1, ["a", "b"], 300)];
+    const faults: FaultEvent[] = [{ kind: "kill", id: "c", t: 200 }];
+    const settles: Settle[] = [
+      { from: 200, healthy: ["a", "b"], expectRound: true, settledAt: 300, round: 1 },
+    ];
+    const verdict = checkSoak(record(events, faults, settles));
+    assert.deepEqual(verdict.violations, []);
+    assert.equal(verdict.stats.rounds, 2);
+    assert.equal(verdict.stats.completions, 5);
+    assert.deepEqual(verdict.stats.faults, { kill: 1 });
+  });
+
+  it("finds duplicate ranks, a world size out of bounds and disagreeing world sizes", () => {
+    const dup = round(0, ["a", "b"], 100).map((e) => (e.ev === "completed" ? { ...e, rank: 0 } : e));
+    assert.ok(violations(record(dup)).some((v) => v.includes("duplicate ranks")));
+    assert.ok(violations(record(round(0, ["a"], 100))).some((v) => v.includes("outside 2..3")));
+    const sizes = round(0, ["a", "b"], 100).map((e) =>
+      e.id === "b" && e.ev === "completed" ? { ...e, worldSize: 3 } : e,
+    );
+    assert.ok(violations(record(sizes)).some((v) => v.includes("world sizes")));
+  });
+
+  it("finds a node that believes a membership the others do not", () => {
+    const events = round(0, ["a", "b"], 100).map((e) =>
+      e.id === "b" && e.ev === "members" ? { ...e, members: ["a", "c"] } : e,
+    );
+    assert.ok(violations(record(events)).some((v) => v.includes("b believes a,c")));
+  });
+
+  it("finds two completed rounds at once, but exempts a member that was hung", () => {
+    // c never left round 0 when round 1 completed without it.
+    const events = [...round(0, ["a", "b", "c"], 100), ...round(1, ["a", "b"], 300)];
+    const found = violations(record(events));
+    assert.ok(found.some((v) => v.includes("round 1 completed while c was still a member of round 0")));
+    const hung: FaultEvent[] = [
+      { kind: "stop", id: "c", t: 150 },
+      { kind: "resume", id: "c", t: 400 },
+    ];
+    assert.deepEqual(violations(record(events, hung)), []);
+  });
+
+  it("finds rounds going backwards and a round that did not form in time", () => {
+    const events = [...round(1, ["a", "b"], 100), ...round(0, ["a", "b"], 300)];
+    assert.ok(violations(record(events)).some((v) => v.includes("out of order")));
+    const late: Settle[] = [{ from: 0, healthy: ["a", "b"], expectRound: true }];
+    assert.ok(violations(record([], [], late)).some((v) => v.includes("no round of the 2 healthy nodes")));
+    const fewer: Settle[] = [{ from: 0, healthy: ["a"], expectRound: false }];
+    assert.deepEqual(violations(record([], [], fewer)), []);
+  });
+
+  it("reports nodes that died of an error and stray output", () => {
+    const died: NodeEvent[] = [{ ev: "error", id: "a", code: "X", message: "boom", fatal: true, t: 1 }];
+    assert.ok(violations(record(died)).some((v) => v.includes("a died: X boom")));
+    assert.ok(violations(record([], [], [], ["a stdout: hello"])).some((v) => v.includes("hello")));
+  });
+});

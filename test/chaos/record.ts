@@ -1,0 +1,83 @@
+/**
+ * What a chaos soak records (test/chaos/driver.ts writes it, test/chaos/checker.ts judges it): every
+ * node's reports, every fault the driver injected, and every settle phase. Times are epoch ms of this
+ * machine's clock, which every process shares.
+ */
+
+/** One report line of a node (see test/chaos/node.ts). */
+export interface NodeEvent {
+  readonly ev: "start" | "joining" | "completed" | "members" | "ended" | "error";
+  /** The node incarnation: `n<slot>.<incarnation>`, unique over the soak. */
+  readonly id: string;
+  readonly t: number;
+  readonly round?: number;
+  readonly rank?: number;
+  readonly worldSize?: number;
+  readonly members?: readonly string[];
+  readonly code?: string;
+  readonly message?: string;
+  readonly fatal?: boolean;
+  readonly pid?: number;
+}
+
+/** Kinds of faults (and recoveries) the driver injects. */
+export const FaultKind = {
+  /** A node process is started (a new incarnation). */
+  Spawn: "spawn",
+  /** SIGKILL. */
+  Kill: "kill",
+  /** SIGSTOP: the process hangs, its connections stay open. */
+  Stop: "stop",
+  /** SIGCONT after a SIGSTOP. */
+  Resume: "resume",
+} as const;
+export type FaultKind = (typeof FaultKind)[keyof typeof FaultKind];
+
+/** One action of the driver on a node process. */
+export interface FaultEvent {
+  readonly kind: FaultKind;
+  readonly id: string;
+  readonly t: number;
+}
+
+/**
+ * A settle phase: after a burst of faults (and their recoveries), the driver waits until the healthy
+ * nodes (running, not stopped) form a round, when there are at least `minNodes` of them.
+ */
+export interface Settle {
+  /** When the burst's last action happened; the deadline counts from here. */
+  readonly from: number;
+  readonly healthy: readonly string[];
+  /** Whether a round of min(|healthy|, maxNodes) healthy nodes must form. */
+  readonly expectRound: boolean;
+  /** When the healthy nodes were seen in one completed round (undefined: not within the deadline). */
+  readonly settledAt?: number;
+  /** That round. */
+  readonly round?: number;
+}
+
+/** The soak's parameters, as recorded. */
+export interface SoakParams {
+  readonly backend: string;
+  readonly seed: number;
+  readonly durationMs: number;
+  readonly nodes: number;
+  readonly minNodes: number;
+  readonly maxNodes: number;
+  /** How long a round of the healthy nodes may take to form after a burst. */
+  readonly settleDeadlineMs: number;
+  /** Rendezvous config the nodes used (PyTorch key names). */
+  readonly config: Readonly<Record<string, string | number | boolean>>;
+}
+
+/** Everything one soak recorded. */
+export interface SoakRecord {
+  readonly params: SoakParams;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  readonly events: readonly NodeEvent[];
+  readonly faults: readonly FaultEvent[];
+  readonly settles: readonly Settle[];
+  /** Lines a node printed that are not reports (should be none), and the end of each node's stderr. */
+  readonly noise: readonly string[];
+}
