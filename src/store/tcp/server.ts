@@ -82,6 +82,8 @@ export interface TCPStoreServerOptions extends ServerSecurityOptions {
   timeouts?: Partial<ServerTimeouts>;
   /** Where to log (default: nowhere). */
   logger?: Logger;
+  /** The engine to serve (default: a new, empty one), e.g. one a journal replayed into. */
+  engine?: KvEngine;
 }
 
 /** A snapshot of a server's counters. */
@@ -177,7 +179,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.requiresAuth = security.tokenDigest !== undefined;
     this.tls = tls;
     this.#logger = logger;
-    this.engine = new KvEngine();
+    this.engine = config.engine;
     const hooks = {
       protocolError: (id: number, remote: string, reason: string) =>
         this.emit("protocolError", { id, remote, reason }),
@@ -325,6 +327,7 @@ export function createTCPStoreServer(options: TCPStoreServerOptions = {}): Promi
       timeouts: checkTimeouts({ ...DEFAULT_SERVER_TIMEOUTS, ...options.timeouts }),
       security: { tokenDigest: checkToken(options.authToken, limits.maxKeyBytes) },
       tls: options.tls !== undefined,
+      engine: options.engine ?? new KvEngine(),
     };
   } catch (err) {
     return Promise.reject(err);
@@ -373,6 +376,7 @@ interface ServerConfig {
   readonly timeouts: Readonly<ServerTimeouts>;
   readonly security: ServerSecurity;
   readonly tls: boolean;
+  readonly engine: KvEngine;
 }
 
 function tlsServer(options: NonNullable<ServerSecurityOptions["tls"]>, config: ServerConfig): Server {
