@@ -5,7 +5,8 @@
  *                                       [--cpu-prof DIR]
  *
  * 1. PyTorch 2.x's Python client (1 and 4 processes) doing set/get/add of 64-byte values against PyTorch's
- *    server (libuv, the default, and legacy) and against ours, interleaved, median of `--reps` runs.
+ *    server (libuv, the default, and legacy), against ours, and against the "Node floor" (store-floor.ts: a
+ *    Node server that stores nothing), interleaved, median of `--reps` runs.
  * 2. rdzv's TS client, pipelined (batches of 1000 concurrent calls), against ours and PyTorch's.
  * 3. Server memory per idle connection (2000 of them) and per 10k keys, measured in the server's process.
  *
@@ -32,6 +33,7 @@ import {
   startTorchServer,
   type TorchPython,
 } from "../test/helpers/torch.js";
+import { startFloorServer } from "./store-floor.js";
 
 const HOST = "127.0.0.1";
 const VALUE = Buffer.alloc(64, 0x76);
@@ -112,12 +114,21 @@ interface ServerHandle {
   close(): Promise<void>;
 }
 
-async function startOurServer(cpuProf: string | undefined): Promise<ServerHandle> {
+/** Child mode `--floor-child`: the Node floor server, until stdin closes. */
+async function floorChild(): Promise<void> {
+  const server = await startFloorServer(HOST);
+  const address = server.address() as { port: number };
+  process.stdout.write(`${JSON.stringify({ port: address.port, pid: process.pid })}\n`);
+  for await (const _ of createInterface({ input: process.stdin }));
+  process.exit(0);
+}
+
+async function startOurServer(cpuProf: string | undefined, mode = "--server-child"): Promise<ServerHandle> {
   const flags = [
     "--expose-gc",
     ...(cpuProf === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${cpuProf}`]),
   ];
-  const child = spawn(process.execPath, [...flags, fileURLToPath(import.meta.url), "--server-child"], {
+  const child = spawn(process.execPath, [...flags, fileURLToPath(import.meta.url), mode], {
     stdio: ["pipe", "pipe", "inherit"],
   });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
@@ -304,12 +315,14 @@ function writeResults(section: string): void {
 
 async function main(): Promise<void> {
   if (process.argv.includes("--server-child")) return serverChild();
+  if (process.argv.includes("--floor-child")) return floorChild();
   const args = parseArgs(process.argv.slice(2));
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const t2 = await findTorch2();
   const t1 = await findTorch1().catch(() => undefined);
-  const [ours, libuv, legacy, ...workers] = await Promise.all([
+  const [ours, floor, libuv, legacy, ...workers] = await Promise.all([
     startOurServer(args.cpuProf),
+    startOurServer(undefined, "--floor-child"),
     startTorchServer(t2, { useLibuv: true }),
     startTorchServer(t2, { useLibuv: false }),
     ...Array.from({ length: 4 }, () =>
@@ -319,6 +332,7 @@ async function main(): Promise<void> {
   const targets: Target[] = [
     { name: "PyTorch libuv", port: libuv.port },
     { name: "PyTorch legacy", port: legacy.port },
+    { name: "Node floor", port: floor.port },
     { name: "rdzv", port: ours.port },
   ];
   const lines: string[] = [];
@@ -349,7 +363,7 @@ async function main(): Promise<void> {
         }
         const m = (t: string): number => median(py[`${clients}|${kind}|${t}`]!);
         log(
-          `python x${clients} ${kind}: libuv ${fmt(m("PyTorch libuv"))}, legacy ${fmt(m("PyTorch legacy"))}, rdzv ${fmt(m("rdzv"))} ops/s`,
+          `python x${clients} ${kind}: libuv ${fmt(m("PyTorch libuv"))}, legacy ${fmt(m("PyTorch legacy"))}, floor ${fmt(m("Node floor"))}, rdzv ${fmt(m("rdzv"))} ops/s`,
         );
       }
     }
@@ -393,21 +407,30 @@ async function main(): Promise<void> {
       "",
       `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
       "",
-      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run).",
+      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs.",
       "",
-      "| clients | op | PyTorch libuv | PyTorch legacy | rdzv | rdzv / libuv | rdzv / legacy |",
-      "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+      "| clients | op | PyTorch libuv | PyTorch legacy | Node floor | rdzv | rdzv / libuv | rdzv / legacy | rdzv / floor |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     );
     for (const clients of [1, 4]) {
       for (const kind of KINDS) {
-        const [a, b, c] = ["PyTorch libuv", "PyTorch legacy", "rdzv"].map((t) =>
+        const [a, b, f, c] = ["PyTorch libuv", "PyTorch legacy", "Node floor", "rdzv"].map((t) =>
           median(py[`${clients}|${kind}|${t}`]!),
-        ) as [number, number, number];
+        ) as [number, number, number, number];
         lines.push(
-          `| ${clients} | ${kind} | ${fmt(a)} | ${fmt(b)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${(c / b).toFixed(2)} |`,
+          `| ${clients} | ${kind} | ${fmt(a)} | ${fmt(b)} | ${fmt(f)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${(c / b).toFixed(2)} | ${(c / f).toFixed(2)} |`,
         );
       }
     }
+    const rows = [1, 4].flatMap((c) => KINDS.map((k) => [c, k] as const));
+    const ratio = (c: number, k: Kind, t: string): number =>
+      median(py[`${c}|${k}|rdzv`]!) / median(py[`${c}|${k}|${t}`]!);
+    const met = rows.filter(([c, k]) => ratio(c, k, "PyTorch libuv") >= 1).length;
+    const floorMin = Math.min(...rows.map(([c, k]) => ratio(c, k, "Node floor")));
+    lines.push(
+      "",
+      `Target rdzv / PyTorch libuv >= 1.0: met in ${met} of ${rows.length} rows; rdzv / Node floor is at least ${floorMin.toFixed(2)} in every row.`,
+    );
     lines.push(
       "",
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
@@ -439,7 +462,13 @@ async function main(): Promise<void> {
       "",
     );
   } finally {
-    await Promise.all([ours.close(), libuv.close(), legacy.close(), ...workers.map((w) => w.close())]);
+    await Promise.all([
+      ours.close(),
+      floor.close(),
+      libuv.close(),
+      legacy.close(),
+      ...workers.map((w) => w.close()),
+    ]);
   }
   const section = lines.join("\n");
   process.stdout.write(`${section}\n`);
