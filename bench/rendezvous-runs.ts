@@ -319,6 +319,9 @@ export async function runTorch(
     const ranks = new Set(dones.flatMap((d) => d.ranks));
     const elapsedMs = Math.max(...dones.map((d) => d.last ?? Number.NaN)) - t0;
     return { n, elapsedMs, completed, ...(ranks.size === n ? {} : { problem: "ranks are not 0..N-1" }) };
+  } catch (err) {
+    // A PyTorch set-up that never gets ready (too many threads and clients) is a result, not a crash.
+    return { n, elapsedMs: undefined, completed: 0, problem: String(err instanceof Error ? err.message : err) };
   } finally {
     await Promise.all([master.kill(), ...nodes.map((p) => p.kill())]);
   }
