@@ -5,6 +5,7 @@ import { createConsoleLogger, LogLevel } from "../log.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
+import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
 import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
 export const SERVE_HELP = `Usage: rdzv serve [options]
@@ -18,7 +19,7 @@ Options:
   --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
-${SECURITY_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
+${SECURITY_HELP}${DATA_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
   -h, --help               show this help
 `;
 
@@ -39,6 +40,7 @@ export async function serveCommand(
       "max-value-bytes": { type: "string" },
       "log-level": { type: "string" },
       ...SECURITY_OPTIONS,
+      ...DATA_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -57,8 +59,10 @@ export async function serveCommand(
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const security = securityOptions(values);
+  const data = openServeData(values, logger, out);
   const server = await createTCPStoreServer({
     ...security,
+    ...(data.engine === undefined ? {} : { engine: data.engine }),
     host,
     port: intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535),
     logger,
@@ -85,6 +89,9 @@ export async function serveCommand(
         2 ** 31,
       ),
     },
+  }).catch((err: unknown) => {
+    data.close();
+    throw err;
   });
   out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
   if (server.tls || server.requiresAuth) {
@@ -92,17 +99,25 @@ export async function serveCommand(
       `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
     );
   }
-  await new Promise<void>((resolve) => {
+  const code = await new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       process.off("SIGINT", stop);
       process.off("SIGTERM", stop);
       logger.info(`received ${signal}, shutting down`);
-      resolve();
+      resolve(0);
     };
     process.on("SIGINT", stop);
     process.on("SIGTERM", stop);
+    data.onFailure(() => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+      resolve(1); // fail-stop: nothing more may be acknowledged that the data dir does not hold
+    });
   });
+  // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
+  // so a restart does not mark every client gone (they reconnect).
+  data.close();
   await server.close();
   out.write("rdzv store stopped\n");
-  return 0;
+  return code;
 }

@@ -27,6 +27,24 @@ export type KeyChangeListener = (
   newValue: Uint8Array | undefined,
 ) => void;
 
+/**
+ * A change of the engine's data as a journal records it (see src/store/journal.ts): `set` stands for
+ * every write of a whole value (set, multi-set, add with the new counter, a compare-set that wrote);
+ * `append` carries only the appended bytes; `push`/`pop` are queue operations.
+ */
+export type Mutation =
+  | { readonly op: "set"; readonly key: string; readonly value: Uint8Array }
+  | { readonly op: "append"; readonly key: string; readonly value: Uint8Array }
+  | { readonly op: "delete"; readonly key: string }
+  | { readonly op: "push"; readonly key: string; readonly value: Uint8Array }
+  | { readonly op: "pop"; readonly key: string };
+
+/**
+ * Called with every mutation before it is applied (and after it was validated): when it throws, the
+ * mutation is not applied and the error reaches the caller.
+ */
+export type MutationHook = (mutation: Mutation) => void;
+
 interface Registration {
   readonly waiter: Waiter;
   readonly pending: Set<string>;
@@ -77,6 +95,7 @@ export class KvEngine {
   private readonly waitersByKey = new Map<string, Set<Registration>>();
   private readonly registrations = new Map<Waiter, Registration>();
   private readonly listeners = new Set<KeyChangeListener>();
+  private mutationHook: MutationHook | undefined;
 
   /** Number of keys (queues excluded). */
   get size(): number {
@@ -103,6 +122,11 @@ export class KvEngine {
     return this.data.keys();
   }
 
+  /** Every non-empty queue with its items, oldest first (for snapshots; do not modify). */
+  queueEntries(): IterableIterator<[string, readonly Uint8Array[]]> {
+    return this.queues.entries();
+  }
+
   /**
    * Calls `listener` after every change of a key (set, add, append, a compare-set that creates or swaps,
    * a delete of an existing key; not queue operations). Returns a function that removes the listener.
@@ -114,7 +138,13 @@ export class KvEngine {
     };
   }
 
+  /** Installs (or with `undefined` removes) the one mutation hook, e.g. a journal. */
+  setMutationHook(hook: MutationHook | undefined): void {
+    this.mutationHook = hook;
+  }
+
   set(key: string, value: Uint8Array): void {
+    this.mutationHook?.({ op: "set", key, value });
     this.write(key, value);
   }
 
@@ -122,7 +152,9 @@ export class KvEngine {
   add(key: string, delta: bigint): bigint {
     const old = this.data.get(key);
     const sum = wrapI64((old === undefined ? 0n : parseCounter(old)) + delta);
-    this.write(key, Buffer.from(sum.toString(), "latin1"));
+    const value = Buffer.from(sum.toString(), "latin1");
+    this.mutationHook?.({ op: "set", key, value });
+    this.write(key, value);
     return sum;
   }
 
@@ -134,26 +166,30 @@ export class KvEngine {
     } else if (!bytesEqual(current, expected)) {
       return current;
     }
+    this.mutationHook?.({ op: "set", key, value: desired });
     this.write(key, desired);
     return desired;
   }
 
   append(key: string, value: Uint8Array): void {
     const old = this.data.get(key);
+    this.mutationHook?.({ op: "append", key, value });
     this.write(key, old === undefined ? value : concatBytes(old, value));
   }
 
   /** Deletes `key`; true when it existed. Wakes nobody. */
   delete(key: string): boolean {
-    if (this.listeners.size === 0) return this.data.delete(key);
     const old = this.data.get(key);
     if (old === undefined) return false;
+    this.mutationHook?.({ op: "delete", key });
+    if (this.listeners.size === 0) return this.data.delete(key);
     this.data.delete(key);
     this.notify(key, old, undefined);
     return true;
   }
 
   queuePush(key: string, value: Uint8Array): void {
+    this.mutationHook?.({ op: "push", key, value });
     let queue = this.queues.get(key);
     if (queue === undefined) {
       queue = [];
@@ -166,6 +202,7 @@ export class KvEngine {
   /** Removes and returns the head of queue `key`, or `undefined` when empty. */
   queuePop(key: string): Uint8Array | undefined {
     const queue = this.queues.get(key);
+    if (queue !== undefined && queue.length > 0) this.mutationHook?.({ op: "pop", key });
     const value = queue?.shift();
     if (queue !== undefined && queue.length === 0) this.queues.delete(key);
     return value;

@@ -1,0 +1,90 @@
+/**
+ * `rdzv serve --data-dir DIR [--fsync always|interval|never]`: the durability options, their help text,
+ * and opening the journal (src/store/journal.ts) that keeps the store across restarts.
+ */
+
+import type { StoreError } from "../errors.js";
+import type { Logger } from "../log.js";
+import { FsyncPolicy, type Journal, openJournal } from "../store/journal.js";
+import { KvEngine } from "../store/kv-engine.js";
+import { intOption, UsageError } from "./args.js";
+
+/** parseArgs definitions of the durability options. */
+export const DATA_OPTIONS = {
+  "data-dir": { type: "string" },
+  fsync: { type: "string" },
+  "fsync-interval-ms": { type: "string" },
+} as const;
+
+/** Help lines of the durability options. */
+export const DATA_HELP = `  --data-dir DIR           keep the store in DIR across restarts (journal + snapshots; default:
+                           memory only). A killed server loses nothing it acknowledged
+  --fsync POLICY           when DIR is flushed to disk: always (each write), interval (default; a
+                           machine crash loses at most the last interval) or never (the kernel decides)
+  --fsync-interval-ms N    the interval of --fsync interval (default 100)
+`;
+
+/** The parsed values of `DATA_OPTIONS`. */
+export type DataValues = { [K in keyof typeof DATA_OPTIONS]?: string | undefined };
+
+/** The store's data for `rdzv serve`: the engine to serve, and its journal when there is a data dir. */
+export interface ServeData {
+  /** The engine replayed from the data dir (undefined without one: the server makes its own). */
+  readonly engine: KvEngine | undefined;
+  readonly journal: Journal | undefined;
+  /** Calls `listener` once if the journal fails (the server must stop). */
+  onFailure(listener: (err: StoreError) => void): void;
+  /** Stops recording and releases the directory; idempotent. */
+  close(): void;
+}
+
+const POLICIES = new Set<string>(Object.values(FsyncPolicy));
+
+/**
+ * Opens `--data-dir` when given and writes what it restored to `out`. Throws `UsageError` for bad values,
+ * and the journal's errors (corrupt files, a directory in use) otherwise.
+ */
+export function openServeData(values: DataValues, logger: Logger, out: NodeJS.WritableStream): ServeData {
+  const dir = values["data-dir"];
+  const fsync = values.fsync ?? FsyncPolicy.Interval;
+  if (!POLICIES.has(fsync)) {
+    throw new UsageError(`--fsync must be one of ${[...POLICIES].join(", ")}, got ${JSON.stringify(fsync)}`);
+  }
+  const fsyncIntervalMs = intOption("fsync-interval-ms", values["fsync-interval-ms"], 100, 1, 3_600_000);
+  if (dir === undefined) {
+    if (values.fsync !== undefined || values["fsync-interval-ms"] !== undefined) {
+      throw new UsageError("--fsync and --fsync-interval-ms need --data-dir");
+    }
+    return { engine: undefined, journal: undefined, onFailure: () => {}, close: () => {} };
+  }
+  if (dir.trim() === "") throw new UsageError("--data-dir must not be empty");
+  let failure: StoreError | undefined;
+  let listener: ((err: StoreError) => void) | undefined;
+  const engine = new KvEngine();
+  const journal = openJournal(engine, {
+    dir,
+    fsync: fsync as FsyncPolicy,
+    fsyncIntervalMs,
+    logger,
+    onError: (err) => {
+      failure = err;
+      listener?.(err);
+    },
+  });
+  const { snapshotRecords, journalRecords, tornBytes } = journal.stats;
+  const policy = fsync === FsyncPolicy.Interval ? `interval ${fsyncIntervalMs} ms` : fsync;
+  out.write(
+    `rdzv store: data in ${dir} (fsync ${policy}): ${engine.size} keys restored from ` +
+      `${snapshotRecords} snapshot and ${journalRecords} journal records` +
+      `${tornBytes > 0 ? ` (a torn last record of ${tornBytes} bytes dropped)` : ""}\n`,
+  );
+  return {
+    engine,
+    journal,
+    onFailure: (l) => {
+      listener = l;
+      if (failure !== undefined) l(failure);
+    },
+    close: () => journal.close(),
+  };
+}

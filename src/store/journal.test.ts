@@ -1,0 +1,256 @@
+/**
+ * The journal of `rdzv serve --data-dir` on real files: every mutation kind survives a reopen, compaction
+ * keeps the data and one generation of files, a torn last record is dropped with a warning, corruption
+ * elsewhere is a clear error, the directory is locked; and a fast-check model test of random operations
+ * with random compaction points against an engine that never restarts.
+ */
+
+import assert from "node:assert/strict";
+import {
+  appendFileSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import fc from "fast-check";
+import { ErrorCode } from "../errors.js";
+import type { Logger } from "../log.js";
+import { type Journal, type JournalOptions, openJournal } from "./journal.js";
+import { encodeMutation, HEADER_BYTES } from "./journal-codec.js";
+import { KvEngine } from "./kv-engine.js";
+
+const roots: string[] = [];
+after(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "rdzv-journal-"));
+  roots.push(dir);
+  return dir;
+}
+
+const b = (s: string): Buffer => Buffer.from(s, "utf8");
+
+/** Everything an engine holds, comparable with deepEqual. */
+function contents(engine: KvEngine): { keys: [string, string][]; queues: [string, string[]][] } {
+  const keys = [...engine.keys()]
+    .sort()
+    .map((k): [string, string] => [k, Buffer.from(engine.get(k)!).toString("hex")]);
+  const queues = [...engine.queueEntries()]
+    .map(([k, items]): [string, string[]] => [k, items.map((v) => Buffer.from(v).toString("hex"))])
+    .sort((x, y) => (x[0] < y[0] ? -1 : 1));
+  return { keys, queues };
+}
+
+function reopen(
+  dir: string,
+  options: Partial<JournalOptions> = {},
+): { engine: KvEngine; journal: Journal; close: () => void } {
+  const engine = new KvEngine();
+  const journal = openJournal(engine, { dir, ...options });
+  return { engine, journal, close: () => journal.close() };
+}
+
+function capture(): { logger: Logger; warnings: string[] } {
+  const warnings: string[] = [];
+  const logger: Logger = {
+    debug() {},
+    info() {},
+    warn: (m, f) => warnings.push(`${m} ${JSON.stringify(f)}`),
+    error: (m, f) => warnings.push(`ERROR ${m} ${JSON.stringify(f)}`),
+  };
+  return { logger, warnings };
+}
+
+/** Applies one of every mutation kind. */
+function mutateAll(engine: KvEngine): void {
+  engine.set("a", b("1"));
+  engine.add("counter", 41n);
+  engine.add("counter", 1n);
+  engine.append("log", b("x"));
+  engine.append("log", b("yz"));
+  engine.compareSet("cas", b(""), b("first"));
+  engine.compareSet("cas", b("nope"), b("never"));
+  engine.set("doomed", b("bye"));
+  engine.delete("doomed");
+  engine.set("bin\u00ff/ключ", Buffer.from([0, 1, 2, 255]));
+  engine.queuePush("q", b("one"));
+  engine.queuePush("q", b("two"));
+  engine.queuePop("q");
+  engine.set("empty", b(""));
+}
+
+describe("journal", () => {
+  it("replays every kind of mutation after a reopen", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const second = reopen(dir);
+    assert.deepEqual(contents(second.engine), before);
+    assert.equal(Buffer.from(second.engine.get("counter")!).toString(), "42");
+    second.close();
+  });
+
+  it("compacts into a snapshot, keeps the data and one generation of files", () => {
+    const dir = tempDir();
+    const first = reopen(dir, { compactBytes: 2048 });
+    for (let i = 0; i < 500; i++) first.engine.set(`k${i % 50}`, b(`value ${i}`));
+    return new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      mutateAll(first.engine);
+      const before = contents(first.engine);
+      first.close();
+      const files = readdirSync(dir).sort();
+      assert.equal(files.length, 2, `files: ${files}`);
+      assert.match(files[0]!, /^journal-[1-9]\d*$/);
+      assert.match(files[1]!, /^snapshot-[1-9]\d*$/);
+      const second = reopen(dir);
+      assert.deepEqual(contents(second.engine), before);
+      second.close();
+    });
+  });
+
+  it("drops a torn last record with a warning, and appends after it", () => {
+    for (const tail of [
+      encodeMutation({ op: "set", key: "torn", value: b("lost") }).subarray(0, 11),
+      Buffer.alloc(64),
+    ]) {
+      const dir = tempDir();
+      const first = reopen(dir);
+      mutateAll(first.engine);
+      const before = contents(first.engine);
+      first.close();
+      const path = join(dir, "journal-0");
+      const size = statSync(path).size;
+      appendFileSync(path, tail);
+      const { logger, warnings } = capture();
+      const second = reopen(dir, { logger });
+      assert.deepEqual(contents(second.engine), before);
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0]!, /torn last record/);
+      assert.equal(statSync(path).size, size, "the torn bytes were cut off");
+      second.engine.set("after", b("ok"));
+      second.close();
+      const third = reopen(dir);
+      assert.equal(Buffer.from(third.engine.get("after")!).toString(), "ok");
+      third.close();
+    }
+  });
+
+  it("refuses a journal corrupted before its end, naming the file and offset", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const bytes = readFileSync(path);
+    bytes[HEADER_BYTES + 12] = bytes[HEADER_BYTES + 12]! ^ 0xff; // inside the first record's payload
+    writeFileSync(path, bytes);
+    assert.throws(
+      () => reopen(dir),
+      (err: { code: string; message: string }) =>
+        err.code === ErrorCode.State &&
+        err.message.includes(path) &&
+        err.message.includes(`byte ${HEADER_BYTES}`),
+    );
+    writeFileSync(path, Buffer.concat([Buffer.from("NOTAJRNL"), bytes.subarray(8)]));
+    assert.throws(() => reopen(dir), /bad header/);
+  });
+
+  it("refuses a damaged snapshot", () => {
+    const dir = tempDir();
+    const first = reopen(dir, { compactBytes: 256 });
+    for (let i = 0; i < 100; i++) first.engine.set(`k${i}`, b("v"));
+    return new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      first.close();
+      const name = readdirSync(dir).find((f) => f.startsWith("snapshot-"))!;
+      const path = join(dir, name);
+      writeFileSync(path, readFileSync(path).subarray(0, statSync(path).size - 3));
+      assert.throws(
+        () => reopen(dir),
+        (err: { code: string }) => err.code === ErrorCode.State,
+      );
+    });
+  });
+
+  it("locks the directory while open; a lock of a dead process is taken over", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    assert.throws(() => reopen(dir), /in use by this process/);
+    first.close();
+    for (const stale of [999999999, process.pid]) {
+      // A pid that does not run; this process's own pid, as a container's pid 1 after a restart.
+      writeFileSync(join(dir, "LOCK"), `${stale}\n`);
+      const again = reopen(dir);
+      again.close();
+    }
+  });
+
+  it("validates its options", () => {
+    const dir = tempDir();
+    assert.throws(
+      () => reopen(dir, { fsync: "sometimes" as never }),
+      /fsync must be one of always, interval, never/,
+    );
+    assert.throws(() => reopen(dir, { fsyncIntervalMs: 0 }), /fsyncIntervalMs/);
+    const engine = new KvEngine();
+    engine.set("x", b("1"));
+    assert.throws(() => openJournal(engine, { dir }), /empty engine/);
+  });
+
+  it("keeps what a never-restarted engine holds, over random operations, compactions and restarts (fast-check)", () => {
+    const key = fc.constantFrom("a", "b", "c", "q");
+    const value = fc.uint8Array({ maxLength: 40 });
+    const op = fc.oneof(
+      fc.record({ op: fc.constant("set"), key, value }),
+      fc.record({ op: fc.constant("add"), key: fc.constant("n"), delta: fc.bigInt({ min: -5n, max: 5n }) }),
+      fc.record({ op: fc.constant("append"), key, value }),
+      fc.record({ op: fc.constant("cas"), key, value }),
+      fc.record({ op: fc.constant("delete"), key }),
+      fc.record({ op: fc.constant("push"), key, value }),
+      fc.record({ op: fc.constant("pop"), key }),
+      fc.record({ op: fc.constant("restart") }),
+      fc.record({ op: fc.constant("compact") }),
+    );
+    fc.assert(
+      fc.property(
+        fc.array(op, { maxLength: 80 }),
+        fc.integer({ min: 64, max: 4096 }),
+        (ops, compactBytes) => {
+          const dir = tempDir();
+          const model = new KvEngine();
+          let live = reopen(dir, { compactBytes, fsync: "never" });
+          for (const o of ops) {
+            for (const engine of [model, live.engine]) {
+              if (o.op === "set") engine.set(o.key, o.value);
+              else if (o.op === "add") engine.add("n", o.delta);
+              else if (o.op === "append") engine.append(o.key, o.value);
+              else if (o.op === "cas")
+                engine.compareSet(o.key, engine.get(o.key) ?? new Uint8Array(), o.value);
+              else if (o.op === "delete") engine.delete(o.key);
+              else if (o.op === "push") engine.queuePush(o.key, o.value);
+              else if (o.op === "pop") engine.queuePop(o.key);
+            }
+            if (o.op === "compact") live.journal.compact();
+            if (o.op === "restart") {
+              live.close();
+              live = reopen(dir, { compactBytes, fsync: "never" });
+            }
+          }
+          assert.deepEqual(contents(live.engine), contents(model));
+          live.close();
+          rmSync(dir, { recursive: true, force: true });
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+});

@@ -1,0 +1,238 @@
+/**
+ * Durability for a `KvEngine` (`rdzv serve --data-dir DIR`): an append-only journal of mutations,
+ * replayed at start, compacted into a snapshot when it grows.
+ *
+ * Every mutation is written to the journal (a `write(2)` into the page cache) before it is applied, so
+ * before its reply exists: a server killed in any way (SIGKILL included) loses nothing it acknowledged.
+ * What a machine crash or power loss may lose depends on the fsync policy:
+ *
+ * - `always`: fdatasync after every mutation; nothing acknowledged is lost (slow: one disk flush each).
+ * - `interval` (default): fdatasync every `fsyncIntervalMs` (100 ms) when something was written; at
+ *   most that window of acknowledged mutations is lost.
+ * - `never`: the kernel writes back when it likes (Linux: within ~30 s).
+ *
+ * Files in DIR: `LOCK` (pid of the owner), `snapshot-<G>` (the whole store at generation G, absent for
+ * G = 0) and `journal-<G>` (mutations since). A torn last record (a write cut short) is dropped with a
+ * warning; anything else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect
+ * registrations belong to connections and are not kept.
+ */
+
+import { closeSync, fdatasyncSync, mkdirSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { InvalidArgumentError, StoreError } from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC } from "./journal-codec.js";
+import { type Loaded, loadDataDir, removeGeneration, snapshotChunks } from "./journal-files.js";
+import { lockDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
+import type { KvEngine, Mutation } from "./kv-engine.js";
+
+export { JournalCorruptError } from "./journal-codec.js";
+
+/** When the journal is flushed to disk (see the module comment). */
+export const FsyncPolicy = { Always: "always", Interval: "interval", Never: "never" } as const;
+export type FsyncPolicy = (typeof FsyncPolicy)[keyof typeof FsyncPolicy];
+
+/** Options of `openJournal`. */
+export interface JournalOptions {
+  /** The data directory (created when missing). */
+  readonly dir: string;
+  /** Default `interval`. */
+  readonly fsync?: FsyncPolicy;
+  /** The period of `interval`, ms (default 100). */
+  readonly fsyncIntervalMs?: number;
+  /** Compact once the journal is past this many bytes and past the last snapshot's size (default 64 MiB). */
+  readonly compactBytes?: number;
+  readonly logger?: Logger;
+  /**
+   * Called once when the journal cannot be written (disk full, I/O error). From then on every mutation
+   * throws that error (so nothing unrecorded is acknowledged); the owner should stop serving.
+   */
+  readonly onError?: (err: StoreError) => void;
+}
+
+/** What a journal did, for logs and tests. */
+export interface JournalStats {
+  generation: number;
+  /** Records replayed at open: from the snapshot, and from the journal. */
+  snapshotRecords: number;
+  journalRecords: number;
+  /** Bytes of a torn last record dropped at open (0 when none). */
+  tornBytes: number;
+  journalBytes: number;
+  compactions: number;
+}
+
+const DEFAULTS = { fsync: FsyncPolicy.Interval, fsyncIntervalMs: 100, compactBytes: 64 * 1024 * 1024 };
+const POLICIES = new Set<string>(Object.values(FsyncPolicy));
+
+type ResolvedOptions = Required<Omit<JournalOptions, "onError">> & Pick<JournalOptions, "onError">;
+
+/** An open journal attached to an engine. Create it with `openJournal`. */
+export class Journal implements Disposable {
+  readonly dir: string;
+  readonly stats: JournalStats;
+  readonly #engine: KvEngine;
+  readonly #options: ResolvedOptions;
+  readonly #release: () => void;
+  #fd: number;
+  #timer: NodeJS.Timeout | undefined;
+  #dirty = false;
+  #snapshotBytes = 0;
+  #compacting = false;
+  #failure: StoreError | undefined;
+  #closed = false;
+
+  /** @internal Use `openJournal`. */
+  constructor(engine: KvEngine, options: ResolvedOptions, release: () => void, loaded: Loaded) {
+    this.dir = options.dir;
+    this.#engine = engine;
+    this.#options = options;
+    this.#release = release;
+    this.#fd = loaded.fd;
+    this.stats = loaded.stats;
+    engine.setMutationHook((m) => this.record(m));
+    if (options.fsync === FsyncPolicy.Interval) {
+      this.#timer = setInterval(() => this.flush(), options.fsyncIntervalMs);
+      this.#timer.unref();
+    }
+  }
+
+  /** The error that stopped the journal, if one did. */
+  get failure(): StoreError | undefined {
+    return this.#failure;
+  }
+
+  /** fdatasyncs what was written since the last flush. */
+  flush(): void {
+    if (!this.#dirty || this.#failure !== undefined || this.#closed) return;
+    this.#dirty = false;
+    try {
+      fdatasyncSync(this.#fd);
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /**
+   * Detaches from the engine (later mutations are not recorded), flushes and closes the file and
+   * releases the directory. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#engine.setMutationHook(undefined);
+    clearInterval(this.#timer);
+    if (this.#failure === undefined) {
+      this.#dirty = true;
+      this.flush();
+    }
+    this.#closed = true;
+    closeSync(this.#fd);
+    this.#release();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  private record(m: Mutation): void {
+    if (this.#failure !== undefined) throw this.#failure;
+    const bytes = encodeMutation(m);
+    try {
+      writeAll(this.#fd, bytes);
+      if (this.#options.fsync === FsyncPolicy.Always) fdatasyncSync(this.#fd);
+      else this.#dirty = true;
+    } catch (err) {
+      throw this.fail(err);
+    }
+    this.stats.journalBytes += bytes.length;
+    const threshold = Math.max(this.#options.compactBytes, this.#snapshotBytes);
+    if (this.stats.journalBytes > threshold && !this.#compacting) {
+      this.#compacting = true;
+      // After the mutation being recorded is applied, so that the snapshot holds it.
+      setImmediate(() => this.compact());
+    }
+  }
+
+  /** Writes a snapshot of the engine as generation G+1, starts journal G+1, drops generation G. */
+  compact(): void {
+    this.#compacting = false;
+    if (this.#closed || this.#failure !== undefined) return;
+    const { dir } = this;
+    const old = this.stats.generation;
+    const next = old + 1;
+    try {
+      this.#snapshotBytes = writeFileAtomic(dir, `snapshot-${next}`, snapshotChunks(this.#engine, next));
+      writeFileAtomic(dir, `journal-${next}`, [encodeHeader(JOURNAL_MAGIC, next)]);
+      const fd = openSync(join(dir, `journal-${next}`), "a");
+      closeSync(this.#fd);
+      this.#fd = fd;
+      this.#dirty = false;
+    } catch (err) {
+      // Past the snapshot's rename, generation G is no longer what a restart reads: stop recording.
+      this.fail(err);
+      return;
+    }
+    this.stats.generation = next;
+    this.stats.journalBytes = HEADER_BYTES;
+    this.stats.compactions++;
+    removeGeneration(dir, old, this.#options.logger);
+    this.#options.logger.info("journal compacted", {
+      dir,
+      generation: next,
+      snapshotBytes: this.#snapshotBytes,
+    });
+  }
+
+  private fail(err: unknown): StoreError {
+    if (this.#failure !== undefined) return this.#failure;
+    const message = err instanceof Error ? err.message : String(err);
+    this.#failure = new StoreError(`journal in ${this.dir} cannot be written: ${message}`, undefined, {
+      cause: err,
+    });
+    this.#options.logger.error("journal failed; mutations are refused from now on", {
+      dir: this.dir,
+      error: message,
+    });
+    this.#options.onError?.(this.#failure);
+    return this.#failure;
+  }
+}
+
+function resolveOptions(options: JournalOptions): ResolvedOptions {
+  const o = { ...DEFAULTS, logger: silentLogger, ...options };
+  if (typeof o.dir !== "string" || o.dir.trim() === "") {
+    throw new InvalidArgumentError(`journal dir must be a non-empty path, got ${JSON.stringify(o.dir)}`);
+  }
+  if (!POLICIES.has(o.fsync)) {
+    throw new InvalidArgumentError(
+      `fsync must be one of ${[...POLICIES].join(", ")}, got ${JSON.stringify(o.fsync)}`,
+    );
+  }
+  for (const name of ["fsyncIntervalMs", "compactBytes"] as const) {
+    if (!Number.isSafeInteger(o[name]) || o[name] < 1) {
+      throw new InvalidArgumentError(`${name} must be a positive integer, got ${String(o[name])}`);
+    }
+  }
+  return o;
+}
+
+/**
+ * Opens the data directory `options.dir` for `engine`, which must be empty: takes the directory's lock,
+ * replays the snapshot and journal into the engine, and records every later mutation. Throws
+ * `JournalCorruptError` (code `RDZV_STATE`) when a file cannot be read back, `StoreError` when another
+ * live process holds the directory, `InvalidArgumentError` for bad options.
+ */
+export function openJournal(engine: KvEngine, options: JournalOptions): Journal {
+  const resolved = resolveOptions(options);
+  if (engine.size !== 0 || engine.queueEntries().next().done !== true) {
+    throw new InvalidArgumentError("openJournal needs an empty engine to replay into");
+  }
+  mkdirSync(resolved.dir, { recursive: true });
+  const release = lockDataDir(resolved.dir);
+  try {
+    return new Journal(engine, resolved, release, loadDataDir(engine, resolved.dir, resolved.logger));
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
