@@ -7,31 +7,19 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { after, afterEach, before, describe, it } from "node:test";
+import { HOST, TcpFixtures } from "../../../test/helpers/tcp-fixtures.js";
 import { makeTestCertificate, type TestCertificate } from "../../../test/helpers/tls-cert.js";
 import { ErrorCode } from "../../errors.js";
-import { connectTCPStore, type TCPStore, type TCPStoreOptions } from "./client.js";
+import { connectTCPStore, type TCPStoreOptions } from "./client.js";
 import { encodeRequest } from "./encode.js";
 import { AUTH_PROBE_KEY, type Request, VALIDATION_MAGIC } from "./protocol.js";
 import { createTCPStoreServer, type TCPStoreServer, type TCPStoreServerOptions } from "./server.js";
 
-const HOST = "127.0.0.1";
 const TOKEN = "correct horse battery staple";
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function start(options: TCPStoreServerOptions): Promise<TCPStoreServer> {
-  const server = await createTCPStoreServer({ host: HOST, port: 0, ...options });
-  cleanups.push(() => server.close());
-  return server;
-}
-
-async function client(server: TCPStoreServer, options: Partial<TCPStoreOptions> = {}): Promise<TCPStore> {
-  const store = await connectTCPStore({ host: HOST, port: server.port, timeoutMs: 10_000, ...options });
-  cleanups.push(() => store.close());
-  return store;
-}
+const fx = new TcpFixtures();
+afterEach(() => fx.cleanup());
+const start = (options: TCPStoreServerOptions) => fx.server(options);
+const client = (server: TCPStoreServer, options: Partial<TCPStoreOptions> = {}) => fx.client(server, options);
 
 const hasCode = (code: string, pattern?: RegExp) => (err: unknown) => {
   const e = err as Error & { code?: string };
@@ -44,7 +32,7 @@ const hasCode = (code: string, pattern?: RegExp) => (err: unknown) => {
 async function rawSession(server: TCPStoreServer, dialect: "v1" | "v2", reqs: Request[]): Promise<Buffer> {
   const socket: Socket = connect({ host: HOST, port: server.port });
   socket.on("error", () => {});
-  cleanups.push(() => socket.destroy());
+  fx.defer(() => socket.destroy());
   const chunks: Buffer[] = [];
   socket.on("data", (c: Buffer) => chunks.push(c));
   const closed = once(socket, "close");
@@ -66,7 +54,7 @@ describe("TCPStore authentication (shared secret)", () => {
     await b.set("k", "v");
     assert.equal(Buffer.from(await pending).toString(), "v");
     const clone = await a.clone();
-    cleanups.push(() => clone.close());
+    fx.defer(() => clone.close());
     assert.equal(await clone.add("n", 2), 2);
     assert.equal(server.stats().authFailures, 0);
   });
@@ -93,12 +81,7 @@ describe("TCPStore authentication (shared secret)", () => {
 
   it("takes the token from RDZV_AUTH_TOKEN", async () => {
     const server = await start({ authToken: TOKEN });
-    const saved = process.env.RDZV_AUTH_TOKEN;
-    process.env.RDZV_AUTH_TOKEN = TOKEN;
-    cleanups.push(() => {
-      if (saved === undefined) delete process.env.RDZV_AUTH_TOKEN;
-      else process.env.RDZV_AUTH_TOKEN = saved;
-    });
+    fx.env("RDZV_AUTH_TOKEN", TOKEN);
     const store = await client(server);
     assert.equal(await store.add("env", 1), 1);
   });
@@ -169,12 +152,7 @@ describe("TCPStore over TLS", () => {
 
   it("takes the CA from RDZV_TLS_CA", async () => {
     const server = await start({ tls: { cert, key } });
-    const saved = process.env.RDZV_TLS_CA;
-    process.env.RDZV_TLS_CA = pem.certPath;
-    cleanups.push(() => {
-      if (saved === undefined) delete process.env.RDZV_TLS_CA;
-      else process.env.RDZV_TLS_CA = saved;
-    });
+    fx.env("RDZV_TLS_CA", pem.certPath);
     const store = await client(server);
     assert.equal(await store.add("n", 1), 1);
   });
@@ -202,7 +180,7 @@ describe("TCPStore over TLS", () => {
     const server = await start({ tls: { cert, key }, timeouts: { incompleteRequestMs: 300 } });
     const socket = connect({ host: HOST, port: server.port });
     socket.on("error", () => {});
-    cleanups.push(() => socket.destroy());
+    fx.defer(() => socket.destroy());
     await once(socket, "close");
   });
 

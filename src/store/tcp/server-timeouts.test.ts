@@ -9,6 +9,7 @@ import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
+import { HOST, TcpFixtures } from "../../../test/helpers/tcp-fixtures.js";
 import { ErrorCode } from "../../errors.js";
 import { connectTCPStore } from "./client.js";
 import { encodeRequest } from "./encode.js";
@@ -20,23 +21,15 @@ import {
   type TCPStoreServerOptions,
 } from "./server.js";
 
-const HOST = "127.0.0.1";
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function start(options: TCPStoreServerOptions): Promise<TCPStoreServer> {
-  const server = await createTCPStoreServer({ host: HOST, port: 0, ...options });
-  cleanups.push(() => server.close());
-  return server;
-}
+const fx = new TcpFixtures();
+afterEach(() => fx.cleanup());
+const start = (options: TCPStoreServerOptions) => fx.server(options);
 
 /** A raw v2 socket (VALIDATE sent) with a promise of its close. */
 async function open(server: TCPStoreServer): Promise<{ socket: Socket; closed: Promise<unknown> }> {
   const socket = connect({ host: HOST, port: server.port });
   socket.on("error", () => {});
-  cleanups.push(() => socket.destroy());
+  fx.defer(() => socket.destroy());
   const closed = new Promise((resolve) => socket.once("close", resolve));
   await once(socket, "connect");
   socket.write(encodeRequest("v2", { type: "validate", magic: VALIDATION_MAGIC }));
@@ -69,14 +62,14 @@ describe("TCPStoreServer timeouts", () => {
   }, async () => {
     const server = await start({ timeouts: { incompleteRequestMs: 300 } });
     const store = await connectTCPStore({ host: HOST, port: server.port, timeoutMs: 10_000 });
-    cleanups.push(() => store.close());
+    fx.defer(() => store.close());
     const { socket, closed } = await open(server);
     const bytes = frame({ type: "set", key: "/slow", value: Buffer.alloc(1000, 1) });
     let sent = 0;
     const trickle = setInterval(() => {
       if (sent < bytes.length - 1 && !socket.destroyed) socket.write(bytes.subarray(sent, ++sent));
     }, 50);
-    cleanups.push(() => clearInterval(trickle));
+    fx.defer(() => clearInterval(trickle));
     await store.set("busy", "yes");
     assert.equal(Buffer.from(await store.get("busy")).toString(), "yes");
     await closed;
@@ -149,7 +142,7 @@ describe("TCPStoreServer timeouts", () => {
     const { closed } = await open(server);
     const neverSpoke = connect({ host: HOST, port: server.port });
     neverSpoke.on("error", () => {});
-    cleanups.push(() => neverSpoke.destroy());
+    fx.defer(() => neverSpoke.destroy());
     await Promise.all([closed, once(neverSpoke, "close")]);
     assert.equal(server.stats().reaped, 2);
     while (server.stats().connections > 0) await delay(10); // the server's own close events may lag
@@ -160,7 +153,7 @@ describe("TCPStoreServer timeouts", () => {
   it("an rdzv client reconnects after its idle main connection was reaped", { timeout: 20_000 }, async () => {
     const server = await start({ timeouts: { idleMs: 200 } });
     const store = await connectTCPStore({ host: HOST, port: server.port, timeoutMs: 10_000 });
-    cleanups.push(() => store.close());
+    fx.defer(() => store.close());
     await store.set("k", "v");
     const [err] = (await once(store, "disconnect")) as [Error & { code?: string }];
     assert.equal(err.code, ErrorCode.Connection);
