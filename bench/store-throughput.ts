@@ -336,7 +336,10 @@ async function main(): Promise<void> {
     { name: "rdzv", port: ours.port },
   ];
   const lines: string[] = [];
-  const loadBefore = loadavg();
+  // The machine is shared: sample the 1-minute load average through the run, for the report.
+  const loads: number[] = [loadavg()[0] ?? 0];
+  const sampler = setInterval(() => loads.push(loadavg()[0] ?? 0), 5000);
+  sampler.unref();
   try {
     // Warm-up, not measured: JIT tiers of our server and client, page faults of every server.
     const storeFor = (port: number) => connectTCPStore({ host: HOST, port, timeoutMs: 60_000 });
@@ -403,7 +406,7 @@ async function main(): Promise<void> {
       ...environment(t2, t1),
       `- Command: \`npm run build && ${cmd}\``,
       `- Every figure is the median of ${args.reps} runs, after an unmeasured warm-up. Servers each run in their own process; clients in others.`,
-      `- Load average (1 min) at start / end: ${loadBefore[0]?.toFixed(2)} / ${loadavg()[0]?.toFixed(2)} (this machine is shared; figures vary by ±30% between runs)`,
+      `- Load average (1 min, sampled every 5 s through the run): median ${median(loads).toFixed(2)}, max ${Math.max(...loads).toFixed(2)}, on ${cpus().length} CPUs. The machine is shared with other jobs: a load above the CPU count means the servers competed for CPU, and single rows can swing by ±50% between runs.`,
       "",
       `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
       "",
