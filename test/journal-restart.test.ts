@@ -1,0 +1,206 @@
+/**
+ * `rdzv serve --data-dir` across real restarts of the server process (the compiled CLI): SIGKILL and
+ * restart keep every key; a torn last record is dropped with a warning; corruption elsewhere stops the
+ * server with an error naming the file; a directory in use is refused; and a server SIGKILLed and
+ * restarted while a round runs loses no completed round: the round survives, and the next one is the
+ * next number, with the membership everyone agrees on (test/chaos/node.ts processes, test/chaos/checker.ts).
+ */
+
+import assert from "node:assert/strict";
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { connectTCPStore } from "../src/store/tcp/client.js";
+import { checkSoak } from "./chaos/checker.js";
+import type { FaultEvent, NodeEvent } from "./chaos/record.js";
+import { type ServeProcess, serveFailure, startServe } from "./helpers/serve-process.js";
+
+const NODE = fileURLToPath(new URL("./chaos/node.js", import.meta.url));
+const dirs: string[] = [];
+const children: ChildProcessWithoutNullStreams[] = [];
+const servers: ServeProcess[] = [];
+after(async () => {
+  for (const c of children) c.kill("SIGKILL");
+  for (const s of servers) await s.kill();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+function dataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "rdzv-data-"));
+  dirs.push(dir);
+  return dir;
+}
+
+const text = (b: Uint8Array): string => Buffer.from(b).toString("utf8");
+
+/** Writes one of every kind of mutation through rdzv's client. */
+async function writeSome(port: number): Promise<void> {
+  await using c = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+  await c.set("plain", "v1");
+  await c.add("counter", 7);
+  await c.append("log", "a");
+  await c.append("log", "b");
+  await c.multiSet(["m/1", "m/2"], ["x", "y"]);
+  await c.compareSet("cas", "", "won");
+  await c.set("doomed", "1");
+  await c.deleteKey("doomed");
+  await c.queuePush("jobs", "j1");
+  await c.queuePush("jobs", "j2");
+  await c.queuePop("jobs");
+}
+
+async function assertSome(port: number): Promise<void> {
+  await using c = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+  assert.equal(text(await c.get("plain")), "v1");
+  assert.equal(text(await c.get("counter")), "7");
+  assert.equal(text(await c.get("log")), "ab");
+  assert.deepEqual((await c.multiGet(["m/1", "m/2"])).map(text), ["x", "y"]);
+  assert.equal(text(await c.get("cas")), "won");
+  assert.equal(await c.check(["doomed"]), false);
+  assert.equal(await c.queueLen("jobs"), 1);
+  assert.equal(text(await c.queuePop("jobs")), "j2");
+}
+
+describe("rdzv serve --data-dir across restarts", () => {
+  it("keeps every key when SIGKILLed and restarted on the same directory", async () => {
+    const dir = dataDir();
+    await using first = await startServe(["--data-dir", dir]);
+    await writeSome(first.port);
+    assert.equal(await first.kill("SIGKILL"), "SIGKILL");
+    await using second = await startServe(["--data-dir", dir], { port: first.port });
+    await assertSome(second.port);
+    assert.match(second.output(), /6 keys restored/);
+    assert.equal(await second.kill("SIGTERM"), 0);
+    await using third = await startServe(["--data-dir", dir, "--fsync", "always"]);
+    await using c = await connectTCPStore({ host: "127.0.0.1", port: third.port, timeoutMs: 10_000 });
+    assert.equal(text(await c.get("plain")), "v1");
+    await c.close();
+    await third.kill("SIGTERM");
+  });
+
+  it("drops a torn last record with a warning; refuses corruption elsewhere, naming the file", async () => {
+    const dir = dataDir();
+    await using first = await startServe(["--data-dir", dir]);
+    await writeSome(first.port);
+    await first.kill("SIGKILL");
+    const journal = join(dir, "journal-0");
+    const intact = readFileSync(journal);
+    appendFileSync(journal, Buffer.from([40, 0, 0, 0, 1, 2, 3, 4, 1, 3])); // a record cut short
+    await using second = await startServe(["--data-dir", dir]);
+    await assertSome(second.port);
+    assert.match(second.output(), /torn last record/);
+    await second.kill("SIGKILL");
+    const bad = Buffer.from(intact);
+    bad[30] = bad[30]! ^ 0x55; // inside the first record
+    writeFileSync(journal, bad);
+    const refused = await serveFailure(["--data-dir", dir]);
+    assert.equal(refused.code, 1, refused.output);
+    assert.match(refused.output, new RegExp(`${journal} is corrupt: bad record at byte 16`));
+  });
+
+  it("refuses a data directory another live server holds, and bad options", async () => {
+    const dir = dataDir();
+    await using holder = await startServe(["--data-dir", dir]);
+    const refused = await serveFailure(["--data-dir", dir]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.output, new RegExp(`in use by process ${holder.child.pid}`));
+    await holder.kill("SIGTERM");
+    const usage = await serveFailure(["--data-dir", dir, "--fsync", "sometimes"]);
+    assert.equal(usage.code, 2);
+    assert.match(usage.output, /--fsync must be one of always, interval, never/);
+    assert.equal((await serveFailure(["--fsync", "always"])).code, 2);
+  });
+
+  it("loses no completed round when the server is SIGKILLed and restarted during a round", {
+    timeout: 120_000,
+  }, async () => {
+    const dir = dataDir();
+    let server = await startServe(["--data-dir", dir]);
+    servers.push(server);
+    const port = server.port;
+    const runId = "restart";
+    const params = {
+      backend: "c10d",
+      endpoint: `127.0.0.1:${port}`,
+      runId,
+      minNodes: 2,
+      maxNodes: 3,
+      localAddr: "127.0.0.1",
+      // Keep-alives must outlast the restart: 8 x 0.5 s before a silent member counts as dead.
+      config: {
+        is_host: false,
+        read_timeout: 30,
+        keep_alive_interval: 0.5,
+        keep_alive_max_attempt: 8,
+        last_call_timeout: 0.3,
+      },
+    };
+    const events: NodeEvent[] = [];
+    const faults: FaultEvent[] = [];
+    const nodes = ["a", "b", "c"].map((id) => {
+      const child = spawn(process.execPath, [NODE], {
+        env: { ...process.env, CHAOS_ID: id, CHAOS_PARAMS: JSON.stringify(params) },
+        stdio: ["pipe", "pipe", "pipe"],
+      });
+      children.push(child);
+      createInterface({ input: child.stdout }).on("line", (line) =>
+        events.push(JSON.parse(line) as NodeEvent),
+      );
+      faults.push({ kind: "spawn", id, t: Date.now() });
+      return { id, child };
+    });
+    const until = async (what: string, done: () => boolean, timeoutMs = 30_000): Promise<void> => {
+      const deadline = Date.now() + timeoutMs;
+      while (!done()) {
+        assert.ok(Date.now() < deadline, `${what}; events: ${JSON.stringify(events)}`);
+        await delay(50);
+      }
+    };
+    const reported = (ev: string, round: number) => events.filter((e) => e.ev === ev && e.round === round);
+    await until("round 0 did not form", () => reported("members", 0).length === 3);
+
+    assert.equal(await server.kill("SIGKILL"), "SIGKILL");
+    server = await startServe(["--data-dir", dir], { port });
+    servers.push(server);
+    await using store = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+    assert.ok(await store.check([`rdzv/${runId}/r0/outcome`]), "round 0's outcome was lost");
+    // The members ride out the restart: their round goes on (nobody ends it, no round 1 forms).
+    await delay(3000);
+    assert.deepEqual(reported("ended", 0), [], "round 0 ended because of the restart");
+    assert.deepEqual(reported("completed", 1), []);
+
+    nodes[2]!.child.kill("SIGKILL");
+    faults.push({ kind: "kill", id: "c", t: Date.now() });
+    await until("the survivors did not form round 1", () => reported("completed", 1).length === 2);
+    const verdict = checkSoak({
+      params: {
+        backend: "c10d over rdzv serve --data-dir",
+        seed: 0,
+        durationMs: 0,
+        nodes: 3,
+        minNodes: 2,
+        maxNodes: 3,
+        settleDeadlineMs: 30_000,
+        config: params.config,
+      },
+      startedAt: faults[0]!.t,
+      endedAt: Date.now(),
+      events,
+      faults,
+      settles: [],
+      noise: [],
+    });
+    assert.deepEqual(verdict.violations, []);
+    assert.deepEqual(
+      reported("completed", 1).map((e) => e.worldSize),
+      [2, 2],
+    );
+    await store.close();
+    await server.kill("SIGTERM");
+  });
+});
