@@ -65,7 +65,10 @@ const isReady = (v: number): boolean => v === 0;
  * "wait timeout after {ms}ms, keys: /a, /b"); `AbortedError` on abort; `RendezvousConnectionError` when
  * the server cannot be reached within the connect budget (`connectTimeoutMs`, and at most the call's
  * timeout) or the connection breaks (every pending call rejects at once; later calls reconnect);
- * `InvalidArgumentError` for a command the dialect lacks. Non-blocking calls given a `timeoutMs` or
+ * `InvalidArgumentError` for a command the dialect lacks; `RendezvousAuthError` (`RDZV_AUTH`, never retried)
+ * when the server requires an auth token this client lacks, rejects its token, or its TLS certificate does
+ * not verify; `StoreError` with `RDZV_LIMIT_EXCEEDED` for a request over `limits` (not sent). Non-blocking
+ * calls given a `timeoutMs` or
  * `signal` are bounded by them; without, a main connection that stops answering for `timeoutMs` is
  * dropped.
  */
