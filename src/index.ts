@@ -4,6 +4,8 @@
 
 // Backends
 export { createC10dRendezvousHandler } from "./backends/c10d.js";
+export { createEtcdRendezvousHandler, type EtcdHandlerOptions } from "./backends/etcd.js";
+export { type EtcdBackendOptions, EtcdRendezvousBackend } from "./backends/etcd-backend.js";
 export { type StoreBackendOptions, StoreRendezvousBackend } from "./backends/store-backend.js";
 // Errors
 export {
@@ -70,6 +72,14 @@ export {
 } from "./rendezvous/static-handler.js";
 // Stores
 export { bytesToText, toBytes } from "./store/bytes.js";
+export {
+  type ConnectEtcdOptions,
+  connectEtcdStore,
+  DEFAULT_ETCD_PORT,
+  type EtcdTlsFiles,
+  parseEtcdEndpoints,
+} from "./store/etcd/connect.js";
+export { EtcdStore, type EtcdStoreOptions } from "./store/etcd/store.js";
 export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.js";
 export { PrefixStore } from "./store/prefix-store.js";
 export {

@@ -1,4 +1,7 @@
-/** Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store) and `static`. */
+/**
+ * Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store), `etcd` (dynamic, over
+ * an etcd v3 cluster) and `static`.
+ */
 
 import { createC10dRendezvousHandler } from "../backends/c10d.js";
 import { registerRendezvousHandler } from "./registry.js";
@@ -11,5 +14,9 @@ export function registerBuiltinRendezvousHandlers(): void {
   if (registered) return;
   registered = true;
   registerRendezvousHandler("c10d", (params) => createC10dRendezvousHandler(params));
+  // Loaded on first use: the etcd client (gRPC) costs start-up time that other backends need not pay.
+  registerRendezvousHandler("etcd", async (params) =>
+    (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params),
+  );
   registerRendezvousHandler("static", (params) => createStaticRendezvousHandler(params));
 }

@@ -16,6 +16,7 @@ import { StoreRendezvousBackend } from "../../src/backends/store-backend.js";
 import { type ErrorCode, RendezvousConnectionError } from "../../src/errors.js";
 import { silentLogger } from "../../src/log.js";
 import type { RendezvousInfo } from "../../src/rendezvous/api.js";
+import type { RendezvousBackend } from "../../src/rendezvous/backend.js";
 import { coordinateRound } from "../../src/rendezvous/coordinator.js";
 import {
   createDynamicRendezvousHandler,
@@ -44,6 +45,11 @@ export interface TestCluster {
   connect(): Promise<CrashableStore>;
   /** A connection for the test itself, to look at the rendezvous state. */
   readonly observer: Store;
+  /**
+   * The backend of a node (or of the observer) over `store`; default `StoreRendezvousBackend`. Clusters of
+   * backends with keys of their own (etcd) supply it.
+   */
+  backend?(store: Store, runId: string): RendezvousBackend;
   close(): Promise<void>;
 }
 
@@ -252,19 +258,20 @@ export class Testbed {
   readonly cluster: TestCluster;
   readonly runId: string;
   /** The rendezvous state as the test sees it. */
-  readonly backend: StoreRendezvousBackend;
+  readonly backend: RendezvousBackend;
   readonly #nodes: TestNode[] = [];
 
   constructor(cluster: TestCluster, runId = "job") {
     this.cluster = cluster;
     this.runId = runId;
-    this.backend = new StoreRendezvousBackend(cluster.observer, runId);
+    this.backend =
+      cluster.backend?.(cluster.observer, runId) ?? new StoreRendezvousBackend(cluster.observer, runId);
   }
 
   async node(settings: NodeSettings): Promise<TestNode> {
     const store = await this.cluster.connect();
     const handler = createDynamicRendezvousHandler({
-      backend: new StoreRendezvousBackend(store, this.runId),
+      backend: this.cluster.backend?.(store, this.runId) ?? new StoreRendezvousBackend(store, this.runId),
       runId: this.runId,
       settings: { ...TIMING, ...settings },
       localAddr: "127.0.0.1",

@@ -4,7 +4,8 @@
  */
 
 import { readFileSync } from "node:fs";
-import { Etcd3, type IOptions } from "etcd3";
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from "cockatiel";
+import { Etcd3, GRPCDeadlineExceededError, type IOptions, isRecoverableError } from "etcd3";
 import { ErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
 import { checkTimeoutMs } from "../deadline.js";
@@ -92,6 +93,10 @@ function readTlsFile(path: string, what: string): Buffer {
   }
 }
 
+function isMemberFailure(err: Error): boolean {
+  return isRecoverableError(err) && !(err instanceof GRPCDeadlineExceededError);
+}
+
 /** etcd3 client options for `options` (reads the TLS files; throws `InvalidArgumentError` when one is unreadable). */
 export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[]; client: IOptions } {
   const tls = options.tls ?? {};
@@ -100,7 +105,20 @@ export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[
     throw new InvalidArgumentError("the etcd client certificate needs both 'cert' and 'key'");
   }
   const hosts = parseEtcdEndpoints(options.endpoints, options.protocol ?? (anyTls ? "https" : "http"));
-  const client: IOptions = { hosts, dialTimeout: options.connectTimeoutMs ?? 10_000 };
+  const client: IOptions = {
+    hosts,
+    dialTimeout: options.connectTimeoutMs ?? 10_000,
+    faultHandling: {
+      // etcd3's defaults, except that a missed deadline is neither retried nor counted against a member:
+      // a call that ran out of time says nothing about the member's health.
+      host: () =>
+        circuitBreaker(handleWhen(isMemberFailure), {
+          halfOpenAfter: 2000,
+          breaker: new ConsecutiveBreaker(3),
+        }),
+      global: retry(handleWhen(isMemberFailure), { maxAttempts: 3 }),
+    },
+  };
   if (anyTls) {
     client.credentials = {
       rootCertificate: tls.cacert === undefined ? Buffer.alloc(0) : readTlsFile(tls.cacert, "CA certificate"),

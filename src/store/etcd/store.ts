@@ -242,10 +242,18 @@ export class EtcdStore implements Store {
     return keys.map((k) => k.subarray(this.#prefixBytes.length).toString("utf8"));
   }
 
+  /** Runs `hook` when the store closes (before the client does): leases and watches of users of the client. */
+  onClose(hook: () => void): void {
+    this.#closeHooks.push(hook);
+  }
+
+  readonly #closeHooks: (() => void)[] = [];
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const cancel of [...this.#pending]) cancel();
+    for (const hook of this.#closeHooks.splice(0)) hook();
     if (this.#ownsClient) this.client.close();
   }
 
@@ -307,7 +315,9 @@ export class EtcdStore implements Store {
     }
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     const started = Date.now();
-    const res = await this.call(what, options, (o) => this.#readAll(keys, o));
+    // The read is quick: it gets the store's timeout, not what may be a short wait's.
+    const signal = options?.signal === undefined ? {} : { signal: options.signal };
+    const res = await this.call(what, signal, (o) => this.#readAll(keys, o));
     const values = new Map<string, Uint8Array>();
     keys.forEach((key, i) => {
       const kv = rangeKvs(res, i)[0];

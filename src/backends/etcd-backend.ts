@@ -1,0 +1,342 @@
+/**
+ * The etcd rendezvous backend. Same key layout as the store-backed backend (store-backend.ts), which it
+ * uses for the markers, the coordinator claim and the waits (all watch-based on an `EtcdStore`), with
+ * etcd-native parts where etcd does better:
+ *
+ * - **Tickets without contention**: joining puts `r<R>/tickets` and takes the key's previous *version*
+ *   as its slot (etcd bumps a key's version on every put), in the same transaction that checks the round
+ *   is still open. No compare-and-set loop, however many nodes join at once.
+ * - **Decisions in one transaction**: `setState` creates `r<R>/outcome` only if it does not exist
+ *   (compare on its create revision) and moves the `open` hint in the same transaction.
+ * - **Liveness through a lease**: each backend holds one etcd lease (TTL = the keep-alive budget,
+ *   kept alive by etcd3). A joiner publishes its descriptor together with `r<R>/live/<slot>` attached to
+ *   that lease, and a member adds `r<R>/member/<slot>`. When the node dies its lease expires and etcd
+ *   deletes those keys: a slot whose descriptor is there but whose `live` key is gone is dead (whoever
+ *   reads its markers first marks it so), and members blocked in `waitEnded` are woken by the deletion of
+ *   a `member` key, without watching each other. The keep-alive counters of the store-backed backend
+ *   still run beside the lease, so a stalled node is seen within the configured budget even where that
+ *   is shorter than etcd's lease granularity (whole seconds).
+ */
+
+import type { Lease } from "etcd3";
+import { RendezvousStateError } from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import type { NodeDescriptor, RendezvousBackend, RendezvousState, SlotLease } from "../rendezvous/backend.js";
+import { decodeOutcome, encodeOutcome, GoneReason, type RoundOutcome } from "../rendezvous/round.js";
+import { mapEtcdError } from "../store/etcd/errors.js";
+import { type EtcdStore, rangeKvs } from "../store/etcd/store.js";
+import type { CallOptions, Store } from "../store/store.js";
+import { EtcdRoundWatch } from "./etcd-watch.js";
+import { StoreRendezvousBackend } from "./store-backend.js";
+
+/** Options of `EtcdRendezvousBackend`. */
+export interface EtcdBackendOptions {
+  /** TTL of the node's lease in seconds (default 15: PyTorch's 5 s keep-alive x 3 attempts). etcd may raise it to its minimum. */
+  leaseTtlS?: number;
+  logger?: Logger;
+  /**
+   * The store the rendezvous keys go through (default: the `EtcdStore` itself). Tests pass a wrapper that
+   * can simulate a crash.
+   */
+  kv?: Store;
+}
+
+/** A `RendezvousBackend` on etcd v3. */
+export class EtcdRendezvousBackend implements RendezvousBackend {
+  readonly name = "etcd";
+  readonly store: Store;
+  readonly etcd: EtcdStore;
+  readonly runId: string;
+  readonly #inner: StoreRendezvousBackend;
+  readonly #leaseTtlS: number;
+  readonly #logger: Logger;
+  #lease: Lease | undefined;
+
+  constructor(etcd: EtcdStore, runId: string, options: EtcdBackendOptions = {}) {
+    this.etcd = etcd;
+    this.runId = runId;
+    this.store = options.kv ?? etcd;
+    this.#logger = options.logger ?? silentLogger;
+    this.#leaseTtlS = Math.max(1, Math.ceil(options.leaseTtlS ?? 15));
+    this.#inner = new StoreRendezvousBackend(this.store, runId, { name: "etcd", logger: this.#logger });
+  }
+
+  /** The etcd key of `path` under this run. */
+  #key(path: string): Buffer {
+    return this.etcd.etcdKey(this.#inner.key(path));
+  }
+
+  #roundKey(round: number, path: string): Buffer {
+    return this.#key(`r${round}/${path}`);
+  }
+
+  /** The node's lease, granted on first use and again after it was lost. */
+  #nodeLease(): Lease {
+    if (this.#lease !== undefined && !this.#lease.revoked()) return this.#lease;
+    const lease = this.etcd.client.lease(this.#leaseTtlS);
+    lease.on("lost", (err) => {
+      this.#logger.warn("etcd lease lost: this node counts as dead to the others", { error: String(err) });
+      if (this.#lease === lease) this.#lease = undefined;
+    });
+    this.#lease = lease;
+    // A closed client stops keep-alives (a crash, to the others); the lease then expires on its own.
+    this.etcd.onClose(() => lease.release());
+    return lease;
+  }
+
+  getState(options?: CallOptions): Promise<RendezvousState> {
+    return this.#inner.getState(options);
+  }
+
+  async setState(outcome: RoundOutcome, token: number, options?: CallOptions): Promise<RoundOutcome> {
+    if (outcome.round !== token)
+      throw new RendezvousStateError(`outcome of round ${outcome.round} under token ${token}`);
+    const key = this.#roundKey(token, "outcome");
+    const encoded = encodeOutcome(outcome);
+    const { client } = this.etcd;
+    const res = await this.etcd.call("setState", options, (o) =>
+      client
+        .if(key, "Create", "==", 0)
+        .then(client.put(key).value(encoded), client.put(this.#key("open")).value(String(token + 1)))
+        .else(client.get(key))
+        .options(o)
+        .commit(),
+    );
+    if (res.succeeded) return outcome;
+    const held = rangeKvs(res, 0)[0];
+    if (held === undefined) throw new RendezvousStateError(`round ${token} has neither an outcome nor none`);
+    return parseOutcome(held.value.toString("utf8"), token);
+  }
+
+  waitOutcome(
+    round: number,
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<RoundOutcome | undefined> {
+    return this.#inner.waitOutcome(round, options);
+  }
+
+  isClosed(options?: CallOptions): Promise<boolean> {
+    return this.#inner.isClosed(options);
+  }
+
+  markClosed(options?: CallOptions): Promise<void> {
+    return this.#inner.markClosed(options);
+  }
+
+  /** Two round trips: the hint and the closed flag; the open check and a ticket; then the descriptor. */
+  async enter(
+    node: NodeDescriptor,
+    options?: CallOptions,
+  ): Promise<{ round: number; slot: number } | undefined> {
+    const { client } = this.etcd;
+    const first = await this.etcd.call("enter", options, (o) =>
+      client
+        .if(this.#key("open"), "Version", ">", -1)
+        .then(client.get(this.#key("open")), client.get(this.#key("closed")))
+        .options(o)
+        .commit(),
+    );
+    if (rangeKvs(first, 1).length > 0) return undefined;
+    const hint = rangeKvs(first, 0)[0];
+    for (let round = hint === undefined ? 0 : Number(hint.value.toString("latin1")); ; round++) {
+      const { slot, outcome } = await this.#ticket(round, options);
+      if (outcome !== undefined) {
+        if (outcome.kind === "closed") return undefined;
+        continue;
+      }
+      await this.#publish(round, slot, node, options);
+      return { round, slot };
+    }
+  }
+
+  async join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number> {
+    const { slot } = await this.#ticket(round, options);
+    await this.#publish(round, slot, node, options);
+    return slot;
+  }
+
+  /** Takes a ticket in `round` (the tickets key's version before this put) and reads its outcome, atomically. */
+  async #ticket(round: number, options?: CallOptions): Promise<{ slot: number; outcome?: RoundOutcome }> {
+    const { client } = this.etcd;
+    const tickets = this.#roundKey(round, "tickets");
+    const outcomeKey = this.#roundKey(round, "outcome");
+    const res = await this.etcd.call("join", options, (o) =>
+      client
+        .if(tickets, "Version", ">", -1)
+        .then(
+          { request_put: { key: tickets, value: Buffer.alloc(0), prev_kv: true } },
+          client.get(outcomeKey),
+        )
+        .options(o)
+        .commit(),
+    );
+    const prev = res.responses[0]?.response_put?.prev_kv;
+    const slot = prev === undefined || prev === null ? 0 : Number(prev.version);
+    const decided = rangeKvs(res, 1)[0];
+    if (decided === undefined) return { slot };
+    return { slot, outcome: parseOutcome(decided.value.toString("utf8"), round) };
+  }
+
+  /** Puts the descriptor together with the slot's `live` key on the node's lease. */
+  async #publish(round: number, slot: number, node: NodeDescriptor, options?: CallOptions): Promise<void> {
+    const lease = this.#nodeLease();
+    const leaseId = await lease.grant().catch((err: unknown) => {
+      throw mapEtcdError(err, "lease grant", this.etcd.hosts);
+    });
+    const { client } = this.etcd;
+    const nodeKey = this.#roundKey(round, `node/${slot}`);
+    await this.etcd.call("join", options, (o) =>
+      client
+        .if(nodeKey, "Version", ">", -1)
+        .then(
+          client.put(nodeKey).value(JSON.stringify(node)),
+          client
+            .put(this.#roundKey(round, `live/${slot}`))
+            .value(node.id)
+            .lease(leaseId),
+        )
+        .options(o)
+        .commit(),
+    );
+  }
+
+  async ticketCount(round: number, options?: CallOptions): Promise<number> {
+    const res = await this.etcd.call("ticketCount", options, (o) =>
+      this.etcd.client.get(this.#roundKey(round, "tickets")).options(o).exec(),
+    );
+    return Number(res.kvs[0]?.version ?? 0);
+  }
+
+  nodes(round: number, slots: readonly number[], options?: CallOptions): Promise<NodeDescriptor[]> {
+    return this.#inner.nodes(round, slots, options);
+  }
+
+  waitJoined(round: number, slot: number, options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    return this.#inner.waitJoined(round, slot, options);
+  }
+
+  /**
+   * Keep-alive counters as the store-backed backend writes them (a stalled node is seen within the
+   * keep-alive budget, whatever etcd's lease granularity), while the slot's `live` key rides on the lease.
+   * Becoming a member puts `r<R>/member/<slot>` on the lease too.
+   */
+  async keepAlive(round: number, slot: number, intervalMs: number): Promise<SlotLease> {
+    const counters = await this.#inner.keepAlive(round, slot, intervalMs);
+    let stopped = false;
+    return {
+      becomeMember: async () => {
+        if (stopped) return;
+        const leaseId = await this.#nodeLease().grant();
+        await this.etcd.call("becomeMember", undefined, (o) =>
+          this.etcd.client
+            .put(this.#roundKey(round, `member/${slot}`))
+            .value("1")
+            .lease(leaseId)
+            .options(o)
+            .exec(),
+        );
+      },
+      // The lease keys stay until the node goes: deleting them here would look like a death.
+      stop: async () => {
+        stopped = true;
+        await counters.stop();
+      },
+    };
+  }
+
+  keepAliveCounters(round: number, slots: readonly number[], options?: CallOptions): Promise<string[]> {
+    return this.#inner.keepAliveCounters(round, slots, options);
+  }
+
+  markGone(
+    round: number,
+    slot: number,
+    reason: GoneReason,
+    endsRound: boolean,
+    options?: CallOptions,
+  ): Promise<GoneReason> {
+    return this.#inner.markGone(round, slot, reason, endsRound, options);
+  }
+
+  /** Marked slots, plus published slots whose `live` key expired with their lease (marked dead here). */
+  async goneSlots(
+    round: number,
+    slots: readonly number[],
+    options?: CallOptions,
+  ): Promise<(GoneReason | undefined)[]> {
+    if (slots.length === 0) return [];
+    const [reasons, published, live] = await Promise.all([
+      this.#inner.goneSlots(round, slots, options),
+      this.#presentSlots(round, "node", options),
+      this.#presentSlots(round, "live", options),
+    ]);
+    return Promise.all(
+      slots.map(async (slot, i) => {
+        const reason = reasons[i];
+        if (reason !== undefined || !published.has(slot) || live.has(slot)) return reason;
+        return this.#inner.markGone(round, slot, GoneReason.Dead, false, options);
+      }),
+    );
+  }
+
+  /** Slots of `round` that have a `<kind>/<slot>` key (one range read, keys only). */
+  async #presentSlots(round: number, kind: "live" | "node", options?: CallOptions): Promise<Set<number>> {
+    const prefix = this.#roundKey(round, `${kind}/`);
+    const keys = await this.etcd.call("read", options, (o) =>
+      this.etcd.client.getAll().prefix(prefix).options(o).keyBuffers(),
+    );
+    return new Set(keys.map((k) => Number(k.subarray(prefix.length).toString("latin1"))));
+  }
+
+  waitAllGone(
+    round: number,
+    slots: readonly number[],
+    options: CallOptions & { timeoutMs: number },
+  ): Promise<boolean> {
+    return this.#inner.waitAllGone(round, slots, options);
+  }
+
+  /** Until `r<R>/ended` is put or a `member` key of the round is deleted (its node's lease ended). */
+  async waitEnded(round: number, options: CallOptions & { timeoutMs: number }): Promise<boolean> {
+    const watch = new EtcdRoundWatch(this.etcd, this.#roundKey(round, ""));
+    const event = await watch.until(
+      (e) =>
+        (e.type === "put" && e.path === "ended") || (e.type === "delete" && e.path.startsWith("member/")),
+      "ended",
+      options,
+    );
+    if (event === undefined) return false;
+    if (event.type === "delete") {
+      const slot = Number(event.path.slice("member/".length));
+      await this.#inner.markGone(round, slot, GoneReason.Dead, true, options).catch(() => undefined);
+    }
+    return true;
+  }
+
+  tryLead(round: number, slot: number, current?: number, options?: CallOptions): Promise<number> {
+    return this.#inner.tryLead(round, slot, current, options);
+  }
+
+  leader(round: number, options?: CallOptions): Promise<number | undefined> {
+    return this.#inner.leader(round, options);
+  }
+
+  roundStore(round: number): Store {
+    return this.#inner.roundStore(round);
+  }
+
+  /** Revokes the node's lease (its `live` and `member` keys go with it). Call after leaving. */
+  async close(): Promise<void> {
+    const lease = this.#lease;
+    this.#lease = undefined;
+    if (lease !== undefined && !lease.revoked()) await lease.revoke().catch(() => undefined);
+  }
+}
+
+function parseOutcome(text: string, round: number): RoundOutcome {
+  const outcome = decodeOutcome(text);
+  if (outcome.round !== round) {
+    throw new RendezvousStateError(`outcome stored for round ${round} names round ${outcome.round}`);
+  }
+  return outcome;
+}

@@ -1,0 +1,94 @@
+/**
+ * The `etcd` rendezvous backend: the dynamic handler over an etcd v3 cluster (PyTorch's
+ * `EtcdRendezvousBackend` + `create_handler` counterpart). The endpoint lists one or more members
+ * (`host1:2379,host2:2379`, port 2379 when left out). Config keys, as PyTorch's etcd backend where it has
+ * them: `protocol` (`http`/`https`), `cacert`, `cert`, `key` (TLS files), plus `username` / `password`
+ * (etcd authentication; the password may also come from `RDZV_ETCD_PASSWORD`) and `key_prefix` (default
+ * none: keys start with `rdzv/<run_id>/`).
+ */
+
+import { InvalidArgumentError } from "../errors.js";
+import { type Logger, silentLogger } from "../log.js";
+import type { RendezvousParameters } from "../rendezvous/api.js";
+import {
+  createDynamicRendezvousHandler,
+  type DynamicRendezvousHandler,
+} from "../rendezvous/dynamic-handler.js";
+import {
+  configString,
+  type RendezvousSettings,
+  resolveRendezvousSettings,
+} from "../rendezvous/parameters.js";
+import { type ConnectEtcdOptions, connectEtcdStore } from "../store/etcd/connect.js";
+import { EtcdRendezvousBackend } from "./etcd-backend.js";
+
+/** Options of `createEtcdRendezvousHandler` beyond the parameters. */
+export interface EtcdHandlerOptions {
+  logger?: Logger;
+}
+
+/** The connection options the rendezvous settings describe (throws `InvalidArgumentError` for bad ones). */
+export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOptions {
+  const raw = settings.raw;
+  const protocol = configString(raw, "protocol");
+  if (protocol !== undefined && protocol !== "http" && protocol !== "https") {
+    throw new InvalidArgumentError(
+      `config option 'protocol' must be "http" or "https", got ${JSON.stringify(protocol)}`,
+    );
+  }
+  const tls = {
+    ...(configString(raw, "cacert") === undefined ? {} : { cacert: configString(raw, "cacert")! }),
+    ...(configString(raw, "cert") === undefined ? {} : { cert: configString(raw, "cert")! }),
+    ...(configString(raw, "key") === undefined ? {} : { key: configString(raw, "key")! }),
+  };
+  const username = configString(raw, "username");
+  const password = configString(raw, "password") ?? process.env.RDZV_ETCD_PASSWORD;
+  if (username === undefined && password !== undefined && configString(raw, "password") !== undefined) {
+    throw new InvalidArgumentError("config option 'password' needs 'username'");
+  }
+  const prefix = configString(raw, "key_prefix") ?? "";
+  return {
+    endpoints: settings.endpoint === "" ? "localhost:2379" : settings.endpoint,
+    ...(protocol === undefined ? {} : { protocol }),
+    tls,
+    ...(username === undefined ? {} : { auth: { username, password: password ?? "" } }),
+    prefix,
+    timeoutMs: settings.readTimeoutMs,
+    connectTimeoutMs: Math.min(settings.readTimeoutMs, 30_000),
+  };
+}
+
+/** Creates a dynamic handler over etcd at `params.endpoint`. */
+export async function createEtcdRendezvousHandler(
+  params: RendezvousParameters,
+  options: EtcdHandlerOptions = {},
+): Promise<DynamicRendezvousHandler> {
+  const logger = options.logger ?? silentLogger;
+  const settings = resolveRendezvousSettings(params);
+  const store = await connectEtcdStore(etcdConnectOptions(settings));
+  const backend = new EtcdRendezvousBackend(store, settings.runId, {
+    leaseTtlS: Math.ceil((settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts) / 1000),
+    logger,
+  });
+  return createDynamicRendezvousHandler({
+    backend,
+    runId: settings.runId,
+    settings: {
+      minNodes: settings.minNodes,
+      maxNodes: settings.maxNodes,
+      joinTimeoutMs: settings.joinTimeoutMs,
+      lastCallTimeoutMs: settings.lastCallTimeoutMs,
+      keepAliveIntervalMs: settings.keepAliveIntervalMs,
+      keepAliveMaxAttempts: settings.keepAliveMaxAttempts,
+      stickyRanks: settings.stickyRanks,
+      // Workers cannot bootstrap from etcd (it speaks no TCPStore protocol): rank 0 always hosts.
+      useAgentStore: false,
+    },
+    localAddr: settings.localAddr,
+    logger,
+    onShutdown: async () => {
+      await backend.close();
+      await store.close();
+    },
+  });
+}
