@@ -5,7 +5,8 @@
  *
  *   RDZV_CHAOS_SECONDS=600     run longer
  *   RDZV_CHAOS_SEED=1234       replay a seed's fault schedule (printed on failure)
- *   RDZV_CHAOS_BACKEND=tcp     which backends (comma-separated names of CHAOS_BACKENDS; default: all)
+ *   RDZV_CHAOS_BACKEND=etcd    which backends (comma-separated names of CHAOS_BACKENDS: tcp, etcd;
+ *                              default DEFAULT_CHAOS_BACKENDS)
  *   RDZV_CHAOS_REPORT=FILE     write the figures (and the verdict) as JSON
  *
  * On failure the whole record (every report and fault) is kept in a temporary file named in the message.
@@ -16,13 +17,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { CHAOS_BACKENDS } from "./chaos/backends.js";
+import { CHAOS_BACKENDS, DEFAULT_CHAOS_BACKENDS } from "./chaos/backends.js";
 import { checkSoak } from "./chaos/checker.js";
 import { runSoak } from "./chaos/driver.js";
 
 const seconds = Number(process.env.RDZV_CHAOS_SECONDS ?? "75");
 const seed = Number(process.env.RDZV_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
-const names = (process.env.RDZV_CHAOS_BACKEND ?? Object.keys(CHAOS_BACKENDS).join(",")).split(",");
+const names = (process.env.RDZV_CHAOS_BACKEND ?? DEFAULT_CHAOS_BACKENDS.join(",")).split(",");
 const SETTLE_DEADLINE_MS = 20_000;
 
 if (!Number.isFinite(seconds) || seconds <= 0)

@@ -2,12 +2,11 @@
  * What the chaos soak runs against: a rendezvous backend and the server behind it. The soak itself
  * (driver, nodes, checker) only needs the `RendezvousParameters` its nodes pass to
  * `createRendezvousHandler`, so another backend is one more `ChaosBackend`: start its server on a free
- * port, return `{ backend: <registered name>, endpoint }`, stop it. For etcd that is an `etcd` child
- * process with a temporary `--data-dir` and `--listen-client-urls http://127.0.0.1:PORT` plus the name the
- * etcd backend registers (src/backends/etcd*.ts), added to `CHAOS_BACKENDS` below.
+ * port, return `{ backend: <registered name>, endpoint }`, stop it, and list it in `CHAOS_BACKENDS`.
  */
 
 import type { RendezvousParameters } from "../../src/index.js";
+import { EtcdTestCluster } from "../helpers/etcd.js";
 import { type ServeProcess, startServe } from "../helpers/serve-process.js";
 
 /** A rendezvous backend for the soak. */
@@ -39,7 +38,29 @@ export function tcpStoreBackend(): ChaosBackend {
   };
 }
 
-/** Every backend the soak runs against, by the name `RDZV_CHAOS_BACKEND` selects. */
+/** The `etcd` backend (src/backends/etcd.ts) over a real one-member etcd (test/helpers/etcd.ts). */
+export function etcdBackend(): ChaosBackend {
+  let cluster: EtcdTestCluster | undefined;
+  return {
+    name: "etcd",
+    async start() {
+      cluster = await EtcdTestCluster.start(1);
+      return { backend: "etcd", endpoint: cluster.endpoints, config: { read_timeout: 30 } };
+    },
+    async stop() {
+      await cluster?.stop();
+    },
+  };
+}
+
+/** Every backend the soak can run against, by the name `RDZV_CHAOS_BACKEND` selects. */
 export const CHAOS_BACKENDS: Readonly<Record<string, () => ChaosBackend>> = {
   tcp: tcpStoreBackend,
+  etcd: etcdBackend,
 };
+
+/**
+ * The backends the soak runs when `RDZV_CHAOS_BACKEND` is not set. `etcd` joins once the etcd backend
+ * passes its own tests (RDZV_CHAOS_BACKEND=etcd runs it meanwhile).
+ */
+export const DEFAULT_CHAOS_BACKENDS: readonly string[] = ["tcp"];
