@@ -12,7 +12,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -44,17 +44,15 @@ function parseArgs(argv: readonly string[]): Args {
   return { workers, reps, write: argv.includes("--write"), results: raw("--results") };
 }
 
-/** Resolves once `ready()` holds, re-checked on every change in `dir`; rejects after STEP_TIMEOUT_MS. */
-async function until<T>(
-  dir: string,
-  ready: () => T | undefined,
-  what: string,
-  child: ChildProcess,
-): Promise<T> {
+/**
+ * Resolves once `ready()` holds, checked every 10 ms (the figures are the times the workers wrote, not
+ * when this noticed them); rejects after STEP_TIMEOUT_MS or when `rdzv run` exits first.
+ */
+async function until<T>(ready: () => T | undefined, what: string, child: ChildProcess): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const done = (err: Error | undefined, value?: T): void => {
       clearTimeout(timer);
-      watcher.close();
+      clearInterval(poll);
       child.off("exit", onExit);
       if (err === undefined) resolve(value as T);
       else reject(err);
@@ -64,7 +62,7 @@ async function until<T>(
       if (value !== undefined) done(undefined, value);
     };
     const onExit = (code: number | null): void => done(new Error(`rdzv run exited (${code}) before ${what}`));
-    const watcher = watch(dir, check);
+    const poll = setInterval(check, 10);
     const timer = setTimeout(
       () => done(new Error(`no ${what} within ${STEP_TIMEOUT_MS} ms`)),
       STEP_TIMEOUT_MS,
@@ -104,18 +102,24 @@ async function oneRep(k: number): Promise<Rep> {
       process.execPath,
       WORKER,
     ],
-    { env: { ...process.env, BENCH_DIR: dir }, stdio: ["ignore", "ignore", "inherit"] },
+    { env: { ...process.env, BENCH_DIR: dir }, stdio: ["ignore", "ignore", "pipe"] },
   );
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-600);
+  });
   try {
-    const started = await until(dir, () => allStarted(dir, 0, k), `${k} workers started`, child);
+    const started = await until(() => allStarted(dir, 0, k), `${k} workers started`, child);
     writeFileSync(join(dir, "crash"), "");
-    const restarted = await until(dir, () => allStarted(dir, 1, k), `${k} workers restarted`, child);
+    const restarted = await until(() => allStarted(dir, 1, k), `${k} workers restarted`, child);
     const crashed = Number(readFileSync(join(dir, "crashed"), "utf8"));
     const exited = once(child, "exit");
     writeFileSync(join(dir, "stop"), "");
     const [code] = (await exited) as [number | null];
     if (code !== 0) throw new Error(`rdzv run exited with ${code} after the workers were stopped`);
     return { startMs: started - t0, recoveryMs: restarted - crashed };
+  } catch (err) {
+    throw new Error(`${err instanceof Error ? err.message : String(err)}; rdzv run said: ${stderr.trim()}`);
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
@@ -150,16 +154,24 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const start = loadavg()[0]!;
   const results = new Map<number, Rep[]>();
+  const failures: string[] = [];
   for (const k of args.workers) {
     const reps: Rep[] = [];
     for (let i = 0; i < args.reps; i++) {
-      const rep = await oneRep(k);
-      process.stderr.write(`K=${k} rep ${i}: start ${rep.startMs} ms, recovery ${rep.recoveryMs} ms\n`);
-      reps.push(rep);
+      try {
+        const rep = await oneRep(k);
+        process.stderr.write(`K=${k} rep ${i}: start ${rep.startMs} ms, recovery ${rep.recoveryMs} ms\n`);
+        reps.push(rep);
+      } catch (err) {
+        process.stderr.write(`K=${k} rep ${i}: FAILED ${String(err)}\n`);
+        failures.push(`K=${k} run ${i + 1}: ${err instanceof Error ? err.message : String(err)}`);
+      }
     }
     results.set(k, reps);
   }
-  const body = render(args, results, { start, end: loadavg()[0]! });
+  let body = render(args, results, { start, end: loadavg()[0]! });
+  if (failures.length > 0)
+    body += `\nFailed runs (not in the medians):\n\n${failures.map((f) => `- ${f}`).join("\n")}\n`;
   process.stdout.write(`## Launcher\n\n${body}`);
   if (args.write) replaceSection("## Launcher", body, args.results);
 }
