@@ -1,0 +1,100 @@
+/**
+ * Where the run inspector reads keys from: a server's `KvEngine` in-process (the dashboard of `rdzv serve`),
+ * or any `Store` over the network (`rdzv status` with rdzv's TCPStore client, so it works against every
+ * server holding rendezvous state). Keys are user keys, as `Store` calls name them.
+ */
+
+import { ErrorCode, hasErrorCode, InvalidArgumentError } from "../errors.js";
+import type { KvEngine } from "../store/kv-engine.js";
+import type { CallOptions, Store } from "../store/store.js";
+
+/** Reads keys for the inspector. */
+export interface KeyReader {
+  /** The value of each of `keys`, `undefined` where missing. */
+  read(keys: readonly string[], options?: CallOptions): Promise<(Uint8Array | undefined)[]>;
+  /**
+   * Every key, or `undefined` when this source cannot list keys (PyTorch servers before 2.10, rdzv's
+   * v1 dialect): then runs must be named.
+   */
+  list(options?: CallOptions): Promise<string[] | undefined>;
+}
+
+/**
+ * PyTorch's TCPStore clients (and rdzv's) put "/" before every user key on the wire; the engine of a TCP
+ * store server holds the wire keys. Keys without it (the server's `init/` counter) are not user keys.
+ */
+export const WIRE_KEY_PREFIX = "/";
+
+/**
+ * A reader over `engine`, whose keys carry `keyPrefix` (default "/", as on a TCP store server; "" for
+ * an engine used in-process, such as a `MemoryStore`'s).
+ */
+export function engineKeyReader(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX): KeyReader {
+  return {
+    async read(keys) {
+      return keys.map((k) => engine.get(keyPrefix + k));
+    },
+    async list() {
+      const out: string[] = [];
+      for (const k of engine.keys()) if (k.startsWith(keyPrefix)) out.push(k.slice(keyPrefix.length));
+      return out;
+    },
+  };
+}
+
+/** Options of `storeKeyReader`. */
+export interface StoreKeyReaderOptions {
+  /** Most keys per `multiGet` (default 4096). */
+  batch?: number;
+}
+
+/**
+ * A reader over a `Store`: a pipelined `check` per key, then `multiGet` of those that exist. A key
+ * deleted in between reads as missing (the `multiGet` is bounded by a short timeout, then retried per key).
+ */
+export function storeKeyReader(store: Store, options: StoreKeyReaderOptions = {}): KeyReader {
+  const batch = options.batch ?? 4096;
+  if (!Number.isSafeInteger(batch) || batch < 1) {
+    throw new InvalidArgumentError(`batch must be a positive integer, got ${String(options.batch)}`);
+  }
+  const readBatch = async (keys: readonly string[], call?: CallOptions) => {
+    const present = await Promise.all(keys.map((k) => store.check([k], call)));
+    const have = keys.filter((_, i) => present[i]);
+    let values: (Uint8Array | undefined)[];
+    try {
+      values = have.length === 0 ? [] : await store.multiGet(have, { ...call, timeoutMs: 2000 });
+    } catch (err) {
+      if (!hasErrorCode(err, ErrorCode.Timeout)) throw err;
+      values = await Promise.all(
+        have.map((k) =>
+          store.get(k, { ...call, timeoutMs: 1000 }).catch((e: unknown) => {
+            if (hasErrorCode(e, ErrorCode.Timeout)) return undefined;
+            throw e;
+          }),
+        ),
+      );
+    }
+    let j = 0;
+    return present.map((p) => (p ? values[j++] : undefined));
+  };
+  return {
+    async read(keys, call) {
+      const out: (Uint8Array | undefined)[] = [];
+      for (let i = 0; i < keys.length; i += batch)
+        out.push(...(await readBatch(keys.slice(i, i + batch), call)));
+      return out;
+    },
+    async list(call) {
+      try {
+        return await store.listKeys(call);
+      } catch (err) {
+        // rdzv's client refuses in the v1 dialect; PyTorch servers before 2.10 drop the connection on it.
+        if (hasErrorCode(err, ErrorCode.InvalidArgument) || hasErrorCode(err, ErrorCode.Store))
+          return undefined;
+        if (!hasErrorCode(err, ErrorCode.Connection)) throw err;
+        await store.check(["rdzv/"], call); // still reachable: the server only cannot list
+        return undefined;
+      }
+    },
+  };
+}

@@ -1,0 +1,192 @@
+/**
+ * `RendezvousMonitor` watches a store's key changes and turns them into a timeline per run (joined,
+ * completed, node lost, left, closed) and keep-alive timing, for the dashboard, `/metrics` and library
+ * users. It sees every change as the server applies it, so events carry the server's clock and arrive in
+ * the order the store took them. rdzv runs: from their keys' creation; PyTorch runs: from the difference
+ * between successive decoded states.
+ */
+
+import { EventEmitter } from "node:events";
+import type { KvEngine } from "../store/kv-engine.js";
+import { WIRE_KEY_PREFIX } from "./key-reader.js";
+import type { KeepAliveTimes } from "./rdzv-inspect.js";
+import { parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
+import type { TimelineEvent } from "./run-view.js";
+import { diffTorchStates } from "./torch-diff.js";
+import { decodeTorchState, type TorchRendezvousState } from "./torch-state.js";
+
+/** Options of `RendezvousMonitor`. */
+export interface RendezvousMonitorOptions {
+  /** Clock, epoch ms (default `Date.now`). */
+  now?: () => number;
+  /** Events kept per run, oldest dropped first (default 1000). */
+  maxEventsPerRun?: number;
+  /** Runs tracked, least recently changed dropped first (default 1000). */
+  maxRuns?: number;
+}
+
+/** Events of `RendezvousMonitor`. */
+export interface RendezvousMonitorEvents {
+  /** A timeline event of some run. */
+  event: [TimelineEvent];
+  /** Some key of run `runId` changed (keep-alives included). */
+  changed: [string];
+}
+
+interface RunTrack {
+  readonly events: TimelineEvent[];
+  closed: boolean;
+  /** rdzv: when the first ticket of each round was seen; PyTorch: key "torch". */
+  readonly roundStart: Map<number | "torch", { round: number; at: number }>;
+  readonly beats: Map<string, { at: number; intervalMs?: number }>;
+  readonly nodes: Map<string, { id: string; addr: string }>;
+  torch?: TorchRendezvousState;
+}
+
+/** Watches key changes; see the file comment. */
+export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> implements KeepAliveTimes {
+  readonly #now: () => number;
+  readonly #maxEvents: number;
+  readonly #maxRuns: number;
+  readonly #runs = new Map<string, RunTrack>();
+
+  constructor(options: RendezvousMonitorOptions = {}) {
+    super();
+    this.#now = options.now ?? Date.now;
+    this.#maxEvents = options.maxEventsPerRun ?? 1000;
+    this.#maxRuns = options.maxRuns ?? 1000;
+  }
+
+  /**
+   * Follows `engine`'s changes (keys carrying `keyPrefix`, "/" on a TCP store server). Returns a function
+   * that stops following.
+   */
+  attach(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX): () => void {
+    return engine.onChange((key, oldValue, newValue) => {
+      if (key.startsWith(keyPrefix)) this.observe(key.slice(keyPrefix.length), oldValue, newValue);
+    });
+  }
+
+  /** Feeds one change of user key `key` (`undefined` values: created / deleted). */
+  observe(key: string, oldValue: Uint8Array | undefined, newValue: Uint8Array | undefined): void {
+    if (key.startsWith("rdzv/")) {
+      const k = parseRdzvKey(key);
+      if (k !== undefined && newValue !== undefined) this.#rdzv(k, oldValue === undefined, newValue);
+      return;
+    }
+    const torchRun = parseTorchKey(key);
+    if (torchRun !== undefined && newValue !== undefined) this.#torch(torchRun, newValue);
+  }
+
+  /** The timeline of `runId` (oldest first); empty when unseen. */
+  timeline(runId: string): TimelineEvent[] {
+    return [...(this.#runs.get(runId)?.events ?? [])];
+  }
+
+  keepAlive(runId: string, round: number, slot: number): { at: number; intervalMs?: number } | undefined {
+    return this.#runs.get(runId)?.beats.get(`${round}/${slot}`);
+  }
+
+  #track(runId: string): RunTrack {
+    let t = this.#runs.get(runId);
+    if (t === undefined) {
+      t = { events: [], closed: false, roundStart: new Map(), beats: new Map(), nodes: new Map() };
+    } else this.#runs.delete(runId);
+    this.#runs.set(runId, t);
+    if (this.#runs.size > this.#maxRuns) this.#runs.delete(this.#runs.keys().next().value!);
+    return t;
+  }
+
+  #push(t: RunTrack, e: TimelineEvent): void {
+    t.events.push(e);
+    if (t.events.length > this.#maxEvents) t.events.shift();
+    this.emit("event", e);
+  }
+
+  #rdzv(k: RdzvKey, created: boolean, value: Uint8Array): void {
+    const t = this.#track(k.runId);
+    const at = this.#now();
+    const text = Buffer.from(value).toString("utf8");
+    const base = { at, runId: k.runId };
+    if (k.kind === "hb") {
+      const id = `${k.round}/${k.slot}`;
+      const last = t.beats.get(id);
+      t.beats.set(id, last === undefined ? { at } : { at, intervalMs: at - last.at });
+    } else if (k.kind === "tickets") {
+      if (!t.roundStart.has(k.round)) t.roundStart.set(k.round, { round: k.round, at });
+    } else if (k.kind === "node" && created) {
+      const node = nodeOf(text, k.slot);
+      t.nodes.set(`${k.round}/${k.slot}`, node);
+      this.#push(t, { ...base, round: k.round, type: "joined", node: { ...node, slot: k.slot } });
+    } else if (k.kind === "gone" && created) {
+      const node = t.nodes.get(`${k.round}/${k.slot}`) ?? { id: `slot ${k.slot}`, addr: "" };
+      const type = text === "dead" ? "nodeLost" : "left";
+      this.#push(t, { ...base, round: k.round, type, node: { ...node, slot: k.slot }, reason: text });
+    } else if (k.kind === "outcome" && created) {
+      this.#outcome(t, k.runId, k.round, text, at);
+    } else if (k.kind === "closed" && created && !t.closed) {
+      t.closed = true;
+      this.#push(t, { ...base, round: -1, type: "closed" });
+    }
+    this.emit("changed", k.runId);
+  }
+
+  #outcome(t: RunTrack, runId: string, round: number, text: string, at: number): void {
+    let o: { c?: number; s?: number; x?: unknown[] };
+    try {
+      o = JSON.parse(text) as typeof o;
+    } catch {
+      return;
+    }
+    if (o.c === 1) {
+      if (t.closed) return;
+      t.closed = true;
+      this.#push(t, { at, runId, round, type: "closed" });
+      return;
+    }
+    const worldSize = (o.s ?? 0) - (o.x?.length ?? 0);
+    const start = t.roundStart.get(round);
+    const e: TimelineEvent = { at, runId, round, type: "completed", worldSize };
+    if (start !== undefined) e.elapsedMs = at - start.at;
+    this.#push(t, e);
+    // Rounds before the previous one are drained (exclusivity): forget their slots.
+    for (const key of [...t.beats.keys(), ...t.nodes.keys()]) {
+      if (Number(key.slice(0, key.indexOf("/"))) < round - 1) {
+        t.beats.delete(key);
+        t.nodes.delete(key);
+      }
+    }
+    for (const r of t.roundStart.keys()) if (typeof r === "number" && r < round) t.roundStart.delete(r);
+  }
+
+  #torch(runId: string, value: Uint8Array): void {
+    const reading = decodeTorchState(value);
+    if (reading.format !== "pytorch") return;
+    const t = this.#track(runId);
+    const at = this.#now();
+    const next = reading.state;
+    // A round starts when its first node is seen joining (PyTorch bumps the round when a new one forms).
+    if (next.participants.length > 0 && !next.complete && t.roundStart.get("torch")?.round !== next.round) {
+      t.roundStart.set("torch", { round: next.round, at });
+    }
+    const start = t.roundStart.get("torch");
+    for (const e of diffTorchStates(runId, t.torch, next, at)) {
+      if (e.type === "completed" && start !== undefined && start.round === next.round)
+        e.elapsedMs = at - start.at;
+      if (e.type === "closed") t.closed = true;
+      this.#push(t, e);
+    }
+    t.torch = next;
+    this.emit("changed", runId);
+  }
+}
+
+function nodeOf(json: string, slot: number): { id: string; addr: string } {
+  try {
+    const d = JSON.parse(json) as { id?: unknown; addr?: unknown };
+    if (typeof d.id === "string") return { id: d.id, addr: typeof d.addr === "string" ? d.addr : "" };
+  } catch {
+    // a descriptor that is not JSON: shown by slot
+  }
+  return { id: `slot ${slot}`, addr: "" };
+}

@@ -1,0 +1,215 @@
+/**
+ * Reads one run of rdzv's dynamic rendezvous out of its keys (layout: src/backends/store-backend.ts) into
+ * a `RunView`: the open round and the last decided one, their tickets, descriptors, keep-alive counters
+ * and leave markers. Read-only: it never writes (no `add(open, 0)` as the backend does), so inspecting a
+ * store changes nothing in it.
+ */
+
+import type { NodeDescriptor } from "../rendezvous/backend.js";
+import { decodeOutcome, type RoundOutcome, rankOf } from "../rendezvous/round.js";
+import type { CallOptions } from "../store/store.js";
+import type { KeyReader } from "./key-reader.js";
+import { rdzvKey, rdzvRoundKey } from "./run-keys.js";
+import { type NodeStatus, type NodeView, RunState, type RunView } from "./run-view.js";
+
+/** When the inspector saw a slot's keep-alive counter move (the dashboard's key-change monitor knows). */
+export interface KeepAliveTimes {
+  /** Last time the counter moved, and the interval between its last two moves, if seen. */
+  keepAlive(runId: string, round: number, slot: number): { at: number; intervalMs?: number } | undefined;
+}
+
+/** Options of `inspectRdzvRun`. */
+export interface InspectOptions extends CallOptions {
+  /** Keep-alive timing, when known (omitted by `rdzv status`, which only sees counters). */
+  keepAlives?: KeepAliveTimes;
+  /** Most slots read per round (default 20 000); more are counted in a note. */
+  maxSlots?: number;
+}
+
+/** PyTorch's default `keep_alive_max_attempt`: a node counts as dead after this many missed keep-alives. */
+const MISSED_KEEP_ALIVES = 3;
+
+interface RoundKeys {
+  tickets: number;
+  lead: number | undefined;
+  ended: boolean;
+  slots: SlotKeys[];
+}
+
+interface SlotKeys {
+  slot: number;
+  node: NodeDescriptor | undefined;
+  keepAlives: number | undefined;
+  gone: string | undefined;
+}
+
+const text = (v: Uint8Array | undefined): string | undefined =>
+  v === undefined ? undefined : Buffer.from(v).toString("utf8");
+
+function int(v: Uint8Array | undefined): number | undefined {
+  const t = text(v)?.trim();
+  return t !== undefined && /^-?\d+$/.test(t) ? Number(t) : undefined;
+}
+
+/** Reads run `runId`; `undefined` when the store holds no such rdzv run. */
+export async function inspectRdzvRun(
+  reader: KeyReader,
+  runId: string,
+  options: InspectOptions = {},
+): Promise<RunView | undefined> {
+  const call: CallOptions = options.signal === undefined ? {} : { signal: options.signal };
+  const [open, closed] = await reader.read([rdzvKey(runId, "open"), rdzvKey(runId, "closed")], call);
+  if (open === undefined && closed === undefined) return undefined;
+  const notes: string[] = [];
+  const { openRound, last } = await findOpenRound(reader, runId, int(open) ?? 0, notes, call);
+  const maxSlots = options.maxSlots ?? 20_000;
+  const view: RunView = {
+    runId,
+    source: "rdzv",
+    state: RunState.Idle,
+    round: openRound,
+    participants: [],
+    waiting: [],
+    redundant: [],
+    notes,
+  };
+  if (closed !== undefined || last?.kind === "closed") {
+    view.state = RunState.Closed;
+    view.round = last?.round ?? openRound;
+    return view;
+  }
+  const current = await readRound(reader, runId, openRound, maxSlots, notes, call);
+  if (current.lead !== undefined) view.coordinator = current.lead;
+  const toView = (round: number) => (s: SlotKeys) => nodeView(runId, round, s, options.keepAlives);
+  if (last?.kind === "complete") {
+    const done = await readRound(reader, runId, last.round, maxSlots, notes, call);
+    const live = current.slots.some((s) => s.gone === undefined);
+    if (done.ended) {
+      const lost = done.slots.filter((s) => s.gone === "dead" || s.gone === "left");
+      const who = lost.map((s) => `slot ${s.slot} ${s.gone}`).join(", ");
+      notes.push(`round ${last.round} ended${who === "" ? "" : ` (${who})`}; round ${openRound} re-forms`);
+    }
+    // Until someone joins the next round, the ended round's members are still the ones to look at.
+    if (!done.ended || !live) {
+      view.state = RunState.Complete;
+      view.round = last.round;
+      view.participants = members(last, done).map(toView(last.round));
+      view.waiting = current.slots.filter((s) => s.gone === undefined).map(toView(openRound));
+      return view;
+    }
+  }
+  view.participants = current.slots.map(toView(openRound));
+  if (current.slots.some((s) => s.gone === undefined)) {
+    view.state = RunState.Joining;
+    notes.push(
+      "rdzv's coordinator keeps min/max nodes and the last-call timer to itself: joining includes the last call",
+    );
+  }
+  return view;
+}
+
+/** Steps from the open-round hint past decided rounds, as `StoreRendezvousBackend.getState` does. */
+async function findOpenRound(
+  reader: KeyReader,
+  runId: string,
+  hint: number,
+  notes: string[],
+  call: CallOptions,
+): Promise<{ openRound: number; last: RoundOutcome | undefined }> {
+  let round = Math.max(0, hint - 1);
+  let last: RoundOutcome | undefined;
+  for (;;) {
+    const keys = [0, 1, 2, 3].map((i) => rdzvRoundKey(runId, round + i, "outcome"));
+    const values = await reader.read(keys, call);
+    for (const value of values) {
+      if (value === undefined) return { openRound: round, last };
+      try {
+        last = decodeOutcome(text(value)!);
+      } catch (err) {
+        notes.push(`round ${round}: ${err instanceof Error ? err.message : String(err)}`);
+        last = undefined;
+      }
+      round++;
+    }
+  }
+}
+
+async function readRound(
+  reader: KeyReader,
+  runId: string,
+  round: number,
+  maxSlots: number,
+  notes: string[],
+  call: CallOptions,
+): Promise<RoundKeys> {
+  const key = (path: string) => rdzvRoundKey(runId, round, path);
+  const [tickets, lead, ended] = await reader.read([key("tickets"), key("lead"), key("ended")], call);
+  const count = Math.max(0, int(tickets) ?? 0);
+  const shown = Math.min(count, maxSlots);
+  if (shown < count) notes.push(`round ${round}: showing ${shown} of ${count} tickets`);
+  const paths = [];
+  for (let s = 0; s < shown; s++) paths.push(key(`node/${s}`), key(`hb/${s}`), key(`gone/${s}`));
+  const values = await reader.read(paths, call);
+  const slots: SlotKeys[] = [];
+  for (let s = 0; s < shown; s++) {
+    slots.push({
+      slot: s,
+      node: descriptor(text(values[3 * s])),
+      keepAlives: int(values[3 * s + 1]),
+      gone: text(values[3 * s + 2]),
+    });
+  }
+  return { tickets: count, lead: int(lead), ended: ended !== undefined, slots };
+}
+
+function descriptor(json: string | undefined): NodeDescriptor | undefined {
+  if (json === undefined) return undefined;
+  try {
+    const d = JSON.parse(json) as NodeDescriptor;
+    return typeof d.id === "string" && typeof d.addr === "string" ? d : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The members of a complete round (slot order), with their ranks. */
+function members(outcome: RoundOutcome, round: RoundKeys): SlotKeys[] {
+  if (outcome.kind !== "complete") return [];
+  const bySlot = new Map(round.slots.map((s) => [s.slot, s]));
+  const out: SlotKeys[] = [];
+  for (let s = 0; s < outcome.span; s++) {
+    if (rankOf(outcome, s) === undefined) continue;
+    out.push(bySlot.get(s) ?? { slot: s, node: undefined, keepAlives: undefined, gone: undefined });
+  }
+  return out.map((s) => ({ ...s, rank: rankOf(outcome, s.slot)!.rank }));
+}
+
+function nodeView(
+  runId: string,
+  round: number,
+  s: SlotKeys & { rank?: number },
+  times: KeepAliveTimes | undefined,
+): NodeView {
+  const view: NodeView = {
+    id: s.node?.id ?? `slot ${s.slot}`,
+    addr: s.node?.addr ?? "",
+    slot: s.slot,
+    status: status(s.gone),
+  };
+  if (s.node !== undefined) view.pid = s.node.pid;
+  if (s.rank !== undefined) view.rank = s.rank;
+  if (s.keepAlives !== undefined) view.keepAlives = s.keepAlives;
+  const seen = times?.keepAlive(runId, round, s.slot);
+  if (seen !== undefined) {
+    view.lastKeepAliveAt = seen.at;
+    if (seen.intervalMs !== undefined && view.status === "alive") {
+      view.expiresAt = seen.at + MISSED_KEEP_ALIVES * seen.intervalMs;
+    }
+  }
+  return view;
+}
+
+function status(gone: string | undefined): NodeStatus {
+  if (gone === undefined) return "alive";
+  return gone === "rejoined" || gone === "left" ? gone : "dead";
+}

@@ -1,0 +1,95 @@
+/**
+ * The key names of the two rendezvous layouts the inspector reads: rdzv's (`rdzv/<run id>/...`, written by
+ * `StoreRendezvousBackend`, see src/backends/store-backend.ts) and PyTorch's c10d backend
+ * (`torch.rendezvous.<run id>`). User keys, without the TCP wire's leading "/".
+ */
+
+/** A key of rdzv's layout, parsed. */
+export type RdzvKey =
+  | { readonly runId: string; readonly kind: "open" | "closed" }
+  | {
+      readonly runId: string;
+      readonly kind: "outcome" | "tickets" | "lead" | "ended";
+      readonly round: number;
+    }
+  | {
+      readonly runId: string;
+      readonly kind: "node" | "hb" | "gone";
+      readonly round: number;
+      readonly slot: number;
+    };
+
+const RUN_KEY = /^rdzv\/(.+)\/(open|closed)$/;
+const ROUND_KEY = /^rdzv\/(.+)\/r(\d+)\/(outcome|tickets|lead|ended)$/;
+const SLOT_KEY = /^rdzv\/(.+)\/r(\d+)\/(node|hb|gone)\/(\d+)$/;
+/** A run id that is really a path into some round's member store (`rdzv/<id>/r<R>/store/...`). */
+const INSIDE_ROUND_STORE = /\/r\d+\/store(\/|$)/;
+
+/** Parses a key of rdzv's layout; `undefined` for any other key (a round's own store keys included). */
+export function parseRdzvKey(key: string): RdzvKey | undefined {
+  if (!key.startsWith("rdzv/")) return undefined;
+  let m = SLOT_KEY.exec(key);
+  if (m !== null) {
+    const kind = m[3] as "node" | "hb" | "gone";
+    return valid({ runId: m[1]!, kind, round: Number(m[2]), slot: Number(m[4]) });
+  }
+  m = ROUND_KEY.exec(key);
+  if (m !== null) {
+    const kind = m[3] as "outcome" | "tickets" | "lead" | "ended";
+    return valid({ runId: m[1]!, kind, round: Number(m[2]) });
+  }
+  m = RUN_KEY.exec(key);
+  if (m !== null) return valid({ runId: m[1]!, kind: m[2] as "open" | "closed" });
+  return undefined;
+}
+
+function valid(k: RdzvKey): RdzvKey | undefined {
+  if (INSIDE_ROUND_STORE.test(k.runId)) return undefined;
+  if ("round" in k && !Number.isSafeInteger(k.round)) return undefined;
+  if ("slot" in k && !Number.isSafeInteger(k.slot)) return undefined;
+  return k;
+}
+
+/** The key of `path` under rdzv run `runId` (as `StoreRendezvousBackend.key`). */
+export function rdzvKey(runId: string, path: string): string {
+  return `rdzv/${runId}/${path}`;
+}
+
+/** The key of `path` in round `round` of rdzv run `runId`. */
+export function rdzvRoundKey(runId: string, round: number, path: string): string {
+  return `rdzv/${runId}/r${round}/${path}`;
+}
+
+const TORCH_PREFIX = "torch.rendezvous.";
+
+/**
+ * The run id of PyTorch's state key `torch.rendezvous.<run id>`, else `undefined`. PyTorch's per-round
+ * store keys (`torch.rendezvous.<run id>.<round>/...`) are not state keys: ids with "/" are refused.
+ */
+export function parseTorchKey(key: string): string | undefined {
+  if (!key.startsWith(TORCH_PREFIX)) return undefined;
+  const id = key.slice(TORCH_PREFIX.length);
+  return id === "" || id.includes("/") ? undefined : id;
+}
+
+/** PyTorch's state key of `runId`. */
+export function torchKey(runId: string): string {
+  return TORCH_PREFIX + runId;
+}
+
+/** Every run id found in `keys`, by layout, sorted. */
+export function findRunIds(keys: Iterable<string>): { rdzv: string[]; pytorch: string[] } {
+  const rdzv = new Set<string>();
+  const pytorch = new Set<string>();
+  for (const key of keys) {
+    if (key.startsWith("rdzv/")) {
+      // Every run has `open`: `enter()` reads the hint with add(open, 0) before it takes a ticket.
+      const k = key.endsWith("/open") ? parseRdzvKey(key) : undefined;
+      if (k !== undefined) rdzv.add(k.runId);
+    } else {
+      const id = parseTorchKey(key);
+      if (id !== undefined) pytorch.add(id);
+    }
+  }
+  return { rdzv: [...rdzv].sort(), pytorch: [...pytorch].sort() };
+}
