@@ -6,6 +6,7 @@
 export { createC10dRendezvousHandler } from "./backends/c10d.js";
 export { createEtcdRendezvousHandler, type EtcdHandlerOptions } from "./backends/etcd.js";
 export { type EtcdBackendOptions, EtcdRendezvousBackend } from "./backends/etcd-backend.js";
+export { createRedisRendezvousHandler, type RedisHandlerOptions } from "./backends/redis.js";
 export { type StoreBackendOptions, StoreRendezvousBackend } from "./backends/store-backend.js";
 // Errors
 export {
@@ -82,6 +83,8 @@ export {
 export { EtcdStore, type EtcdStoreOptions } from "./store/etcd/store.js";
 export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.js";
 export { PrefixStore } from "./store/prefix-store.js";
+export { type ConnectRedisOptions, connectRedisStore, DEFAULT_REDIS_PORT } from "./store/redis/connect.js";
+export { RedisStore } from "./store/redis/store.js";
 export {
   type CallOptions,
   DEFAULT_STORE_TIMEOUT_MS,

@@ -1,6 +1,6 @@
 /**
  * Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store), `etcd` (dynamic, over
- * an etcd v3 cluster) and `static`.
+ * an etcd v3 cluster), `redis` (dynamic, over Redis) and `static`.
  */
 
 import { createC10dRendezvousHandler } from "../backends/c10d.js";
@@ -14,9 +14,12 @@ export function registerBuiltinRendezvousHandlers(): void {
   if (registered) return;
   registered = true;
   registerRendezvousHandler("c10d", (params) => createC10dRendezvousHandler(params));
-  // Loaded on first use: the etcd client (gRPC) costs start-up time that other backends need not pay.
+  // Loaded on first use: the etcd (gRPC) and Redis clients cost start-up time that other backends need not pay.
   registerRendezvousHandler("etcd", async (params) =>
     (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params),
+  );
+  registerRendezvousHandler("redis", async (params) =>
+    (await import("../backends/redis.js")).createRedisRendezvousHandler(params),
   );
   registerRendezvousHandler("static", (params) => createStaticRendezvousHandler(params));
 }
