@@ -321,7 +321,12 @@ export async function runTorch(
     return { n, elapsedMs, completed, ...(ranks.size === n ? {} : { problem: "ranks are not 0..N-1" }) };
   } catch (err) {
     // A PyTorch set-up that never gets ready (too many threads and clients) is a result, not a crash.
-    return { n, elapsedMs: undefined, completed: 0, problem: String(err instanceof Error ? err.message : err) };
+    return {
+      n,
+      elapsedMs: undefined,
+      completed: 0,
+      problem: String(err instanceof Error ? err.message : err),
+    };
   } finally {
     await Promise.all([master.kill(), ...nodes.map((p) => p.kill())]);
   }

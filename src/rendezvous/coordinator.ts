@@ -72,7 +72,7 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
     if (checkLiveness) nextLivenessCheck = now + settings.keepAliveIntervalMs;
     throwIfAborted(signal);
     const [counted, goneKnown, prevGone] = await Promise.all([
-      known === firstCount && now === now ? backend.ticketCount(round) : backend.ticketCount(round),
+      backend.ticketCount(round),
       observeGone(input, liveness, round, range(known), checkLiveness, false),
       previous === undefined
         ? undefined
