@@ -24,7 +24,7 @@ import { runSoak } from "./chaos/driver.js";
 const seconds = Number(process.env.RDZV_CHAOS_SECONDS ?? "75");
 const seed = Number(process.env.RDZV_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const names = (process.env.RDZV_CHAOS_BACKEND ?? DEFAULT_CHAOS_BACKENDS.join(",")).split(",");
-const SETTLE_DEADLINE_MS = 20_000;
+const SETTLE_DEADLINE_MS = 30_000;
 
 if (!Number.isFinite(seconds) || seconds <= 0)
   throw new Error(`RDZV_CHAOS_SECONDS must be > 0, got ${seconds}`);

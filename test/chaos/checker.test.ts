@@ -90,6 +90,10 @@ describe("chaos checker", () => {
     assert.ok(violations(record([], [], late)).some((v) => v.includes("no round of the 2 healthy nodes")));
     const fewer: Settle[] = [{ from: 0, healthy: ["a"], expectRound: false }];
     assert.deepEqual(violations(record([], [], fewer)), []);
+    const stuck: Settle[] = [{ from: 0, healthy: ["a", "b"], expectRound: true, notStarted: ["b"] }];
+    assert.deepEqual(violations(record([], [], stuck)), [
+      "node processes b did not start (is the machine overloaded?)",
+    ]);
   });
 
   it("reports nodes that died of an error and stray output", () => {

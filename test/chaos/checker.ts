@@ -159,7 +159,9 @@ export function checkSoak(record: SoakRecord): SoakVerdict {
   checkExclusive(rounds, firstCompletion, membersOf, record, out);
   const { settleDeadlineMs } = record.params;
   for (const s of record.settles) {
-    if (s.expectRound && s.settledAt === undefined) {
+    if (s.notStarted !== undefined && s.notStarted.length > 0) {
+      out.push(`node processes ${s.notStarted.join(", ")} did not start (is the machine overloaded?)`);
+    } else if (s.expectRound && s.settledAt === undefined) {
       out.push(
         `no round of the ${s.healthy.length} healthy nodes (${s.healthy.join(", ")}) within ${settleDeadlineMs} ms`,
       );

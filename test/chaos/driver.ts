@@ -14,6 +14,8 @@ import type { ChaosBackend } from "./backends.js";
 import { FaultKind, type NodeEvent, type Settle, type SoakParams, type SoakRecord } from "./record.js";
 
 const NODE_SCRIPT = fileURLToPath(new URL("./node.js", import.meta.url));
+/** How long a node process may take to start (to report `joining`) before the soak gives up. */
+const START_TIMEOUT_MS = 120_000;
 
 /** A small seeded PRNG (mulberry32): the same seed gives the same fault schedule. */
 export function seededRandom(seed: number): () => number {
@@ -158,9 +160,19 @@ export async function runSoak(options: SoakOptions): Promise<SoakRecord> {
   };
 
   const settle = async (): Promise<Settle> => {
-    const from = Date.now();
     const healthy = slots.filter((s) => s.state === "running").map((s) => s.id);
+    // The deadline counts from when every healthy node runs its rendezvous loop: how long a process
+    // takes to start on a busy machine is not the rendezvous's business.
+    const startBy = Date.now() + START_TIMEOUT_MS;
+    let notStarted = healthy;
+    while (notStarted.length > 0 && Date.now() < startBy) {
+      await delay(50);
+      const joining = new Set(events.filter((e) => e.ev === "joining").map((e) => e.id));
+      notStarted = notStarted.filter((id) => !joining.has(id));
+    }
+    const from = Date.now();
     const expectRound = healthy.length >= options.minNodes;
+    if (notStarted.length > 0) return { from, healthy, expectRound, notStarted };
     if (!expectRound) {
       await delay(1000);
       return { from, healthy, expectRound };
@@ -191,7 +203,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakRecord> {
       settles.push(s);
       const took = s.settledAt === undefined ? "no round" : `round ${s.round} in ${s.settledAt - s.from} ms`;
       options.log?.(`burst ${burst}: ${count} fault(s), ${s.healthy.length} healthy -> ${took}`);
-      if (s.expectRound && s.settledAt === undefined) break; // the checker reports it; stop early
+      // The checker reports it; stop early.
+      if (s.settledAt === undefined && (s.expectRound || s.notStarted !== undefined)) break;
       await delay(Math.floor(random() * 1000));
     }
   } finally {

@@ -45,8 +45,10 @@ export interface FaultEvent {
  * nodes (running, not stopped) form a round, when there are at least `minNodes` of them.
  */
 export interface Settle {
-  /** When the burst's last action happened; the deadline counts from here. */
+  /** When every healthy node ran its rendezvous loop after the burst; the deadline counts from here. */
   readonly from: number;
+  /** Healthy nodes that did not even start within the driver's start timeout (the soak stops). */
+  readonly notStarted?: readonly string[];
   readonly healthy: readonly string[];
   /** Whether a round of min(|healthy|, maxNodes) healthy nodes must form. */
   readonly expectRound: boolean;
