@@ -156,6 +156,23 @@ export class EtcdTestCluster {
     }
   }
 
+  /** Index of the member that leads the cluster now. */
+  async leader(): Promise<number> {
+    for (const [i, m] of this.#members.entries()) {
+      if (m.process === undefined) continue;
+      const client = new Etcd3({ hosts: `http://127.0.0.1:${m.clientPort}`, dialTimeout: 1000 });
+      try {
+        const status = await client.maintenance.status({});
+        if (status.leader === status.header.member_id) return i;
+      } catch {
+        // not answering: not the leader we can kill
+      } finally {
+        client.close();
+      }
+    }
+    throw new Error("no etcd member leads the cluster");
+  }
+
   /** Kills member `i` with SIGKILL (its data directory stays, so it can restart). */
   async kill(i: number): Promise<void> {
     const child = this.#member(i).process;

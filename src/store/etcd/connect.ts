@@ -150,7 +150,7 @@ export async function connectEtcdStore(options: ConnectEtcdOptions): Promise<Etc
   });
   try {
     await client
-      .get(store.etcdKey(""))
+      .get(store.etcdKey("\0"))
       .options({ deadline: new Date(Date.now() + connectTimeoutMs) })
       .exec();
   } catch (err) {
