@@ -7,6 +7,7 @@
  */
 
 import { EventEmitter } from "node:events";
+import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/round.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import { WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
@@ -40,8 +41,13 @@ interface RunTrack {
   readonly roundStart: Map<number | "torch", { round: number; at: number }>;
   readonly beats: Map<string, { at: number; intervalMs?: number }>;
   readonly nodes: Map<string, { id: string; addr: string }>;
+  /** rdzv: completions held back until their members' descriptors were seen (see `#outcome`). */
+  readonly held: Map<number, { event: TimelineEvent; missing: Set<number>; timer: NodeJS.Timeout }>;
   torch?: TorchRendezvousState;
 }
+
+/** How long a completion waits for member descriptors still in flight before it is shown anyway. */
+const HOLD_MS = 2000;
 
 /** Watches key changes; see the file comment. */
 export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> implements KeepAliveTimes {
@@ -90,7 +96,14 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   #track(runId: string): RunTrack {
     let t = this.#runs.get(runId);
     if (t === undefined) {
-      t = { events: [], closed: false, roundStart: new Map(), beats: new Map(), nodes: new Map() };
+      t = {
+        events: [],
+        closed: false,
+        roundStart: new Map(),
+        beats: new Map(),
+        nodes: new Map(),
+        held: new Map(),
+      };
     } else this.#runs.delete(runId);
     this.#runs.set(runId, t);
     if (this.#runs.size > this.#maxRuns) this.#runs.delete(this.#runs.keys().next().value!);
@@ -118,7 +131,13 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       const node = nodeOf(text, k.slot);
       t.nodes.set(`${k.round}/${k.slot}`, node);
       this.#push(t, { ...base, round: k.round, type: "joined", node: { ...node, slot: k.slot } });
+      const held = t.held.get(k.round);
+      if (held?.missing.delete(k.slot) && held.missing.size === 0) {
+        held.event.at = Math.max(held.event.at, at);
+        this.#release(t, k.round);
+      }
     } else if (k.kind === "gone" && created) {
+      this.#release(t, k.round);
       const node = t.nodes.get(`${k.round}/${k.slot}`) ?? { id: `slot ${k.slot}`, addr: "" };
       const type = text === "dead" ? "nodeLost" : "left";
       this.#push(t, { ...base, round: k.round, type, node: { ...node, slot: k.slot }, reason: text });
@@ -131,24 +150,36 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     this.emit("changed", k.runId);
   }
 
+  /**
+   * A complete outcome can reach the store before the descriptor of the member whose ticket completed the
+   * round (the coordinator counts tickets; the descriptor follows the ticket on another connection). The
+   * completion is then held until those descriptors arrive (or `HOLD_MS`), so that the timeline shows
+   * every member joining before the round completes.
+   */
   #outcome(t: RunTrack, runId: string, round: number, text: string, at: number): void {
-    let o: { c?: number; s?: number; x?: unknown[] };
+    let outcome: RoundOutcome;
     try {
-      o = JSON.parse(text) as typeof o;
+      outcome = decodeOutcome(text);
     } catch {
       return;
     }
-    if (o.c === 1) {
+    if (outcome.kind === "closed") {
       if (t.closed) return;
       t.closed = true;
       this.#push(t, { at, runId, round, type: "closed" });
       return;
     }
-    const worldSize = (o.s ?? 0) - (o.x?.length ?? 0);
+    const members = memberSlots(outcome);
     const start = t.roundStart.get(round);
-    const e: TimelineEvent = { at, runId, round, type: "completed", worldSize };
-    if (start !== undefined) e.elapsedMs = at - start.at;
-    this.#push(t, e);
+    const event: TimelineEvent = { at, runId, round, type: "completed", worldSize: members.length };
+    if (start !== undefined) event.elapsedMs = at - start.at;
+    const missing = new Set(members.filter((s) => !t.nodes.has(`${round}/${s}`)));
+    if (missing.size === 0) this.#push(t, event);
+    else {
+      const timer = setTimeout(() => this.#release(t, round), HOLD_MS);
+      timer.unref();
+      t.held.set(round, { event, missing, timer });
+    }
     // Rounds before the previous one are drained (exclusivity): forget their slots.
     for (const key of [...t.beats.keys(), ...t.nodes.keys()]) {
       if (Number(key.slice(0, key.indexOf("/"))) < round - 1) {
@@ -157,6 +188,15 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       }
     }
     for (const r of t.roundStart.keys()) if (typeof r === "number" && r < round) t.roundStart.delete(r);
+  }
+
+  /** Shows the held completion of `round`, if any. */
+  #release(t: RunTrack, round: number): void {
+    const held = t.held.get(round);
+    if (held === undefined) return;
+    clearTimeout(held.timer);
+    t.held.delete(round);
+    this.#push(t, held.event);
   }
 
   #torch(runId: string, value: Uint8Array): void {

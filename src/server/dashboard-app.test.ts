@@ -1,0 +1,213 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { type NodeProc, startNodes } from "../../test/helpers/rdzv-node-procs.js";
+import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import { createDashboardApp, type DashboardApp } from "./dashboard-app.js";
+import { startHttpServer } from "./http-server.js";
+import type { RunSummary, RunView, TimelineEvent } from "./run-view.js";
+
+/** What the dashboard pushes (`runs`, `run` and `timeline` events). */
+interface Pushed {
+  now: number;
+  runs?: RunSummary[];
+  views?: RunView[];
+  events?: TimelineEvent[];
+  reset?: boolean;
+}
+type Sse = { event: string; data: Pushed };
+
+/** Reads server-sent events off a response body. */
+class SseReader {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #decoder = new TextDecoder();
+  #buffer = "";
+  readonly received: Sse[] = [];
+
+  constructor(body: ReadableStream<Uint8Array>) {
+    this.#reader = body.getReader();
+  }
+
+  /** Reads until an event satisfies `match`; returns it. */
+  async until(match: (e: Sse) => boolean, timeoutMs = 60_000): Promise<Sse> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.received.find(match);
+      if (found !== undefined) return found;
+      if (Date.now() > deadline)
+        throw new Error(`no such event in ${JSON.stringify(this.received).slice(-2000)}`);
+      const { done, value } = await this.#reader.read();
+      if (done) throw new Error(`stream ended; got ${JSON.stringify(this.received).slice(-2000)}`);
+      this.#buffer += this.#decoder.decode(value, { stream: true });
+      for (let end = this.#buffer.indexOf("\n\n"); end >= 0; end = this.#buffer.indexOf("\n\n")) {
+        const block = this.#buffer.slice(0, end);
+        this.#buffer = this.#buffer.slice(end + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event !== undefined && data !== undefined)
+          this.received.push({ event, data: JSON.parse(data) as Pushed });
+      }
+    }
+  }
+
+  cancel(): Promise<void> {
+    return this.#reader.cancel();
+  }
+}
+
+const get = (app: DashboardApp, path: string, method = "GET") =>
+  app.fetch(new Request(`http://dashboard${path}`, { method }));
+
+/** The value of one sample of `name{labels}` in an exposition. */
+function sample(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  assert.ok(line !== undefined, `no ${series} in\n${text.slice(0, 3000)}`);
+  return Number(line.slice(series.length + 1));
+}
+
+describe("dashboard routes (no socket)", () => {
+  let server: TCPStoreServer;
+  let app: DashboardApp;
+  let nodes: NodeProc[] = [];
+  before(async () => {
+    server = await createTCPStoreServer({ port: 0 });
+    app = createDashboardApp({
+      engine: server.engine,
+      stats: () => server.stats(),
+      storeAddress: `127.0.0.1:${server.port}`,
+      pushIntervalMs: 50,
+    });
+  });
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.kill()));
+    app?.close();
+    await server?.close();
+  });
+
+  it("serves the page, its script and style, health, and clear errors", async () => {
+    const page = await get(app, "/");
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-type") ?? "", /text\/html/);
+    assert.match(page.headers.get("content-security-policy") ?? "", /script-src 'self'/);
+    const html = await page.text();
+    assert.match(html, /<script src="\/dashboard.js"><\/script>/);
+    assert.doesNotMatch(html, /https?:\/\//, "no CDN");
+    assert.match(await (await get(app, "/dashboard.js")).text(), /new EventSource\("\/events"/);
+    assert.equal((await get(app, "/dashboard.css")).status, 200);
+    assert.deepEqual(await (await get(app, "/healthz")).json(), {
+      status: "ok",
+      store: `127.0.0.1:${server.port}`,
+      connections: 0,
+      keys: 0,
+    });
+    const t0 = Date.now();
+    const runs = (await (await get(app, "/api/runs")).json()) as {
+      now: number;
+      store: string;
+      runs: unknown[];
+    };
+    assert.ok(runs.now >= t0 && runs.now <= Date.now());
+    assert.deepEqual({ ...runs, now: 0 }, { now: 0, store: `127.0.0.1:${server.port}`, runs: [] });
+    const missing = await get(app, "/api/runs/nope");
+    assert.equal(missing.status, 404);
+    assert.match(((await missing.json()) as { error: string }).error, /no run "nope"/);
+    assert.equal((await get(app, "/nowhere")).status, 404);
+    const post = await get(app, "/api/runs", "POST");
+    assert.equal(post.status, 405);
+    assert.equal(post.headers.get("allow"), "GET, HEAD");
+    assert.equal((await get(app, "/api/runs/x?source=etcd")).status, 400);
+    assert.equal((await get(app, "/api/runs/%E0%A4%A")).status, 400);
+  });
+
+  it("shows a run forming, completing and losing a killed node, through the API, the event stream and /metrics", async () => {
+    const events = await get(app, "/events?run=job");
+    assert.equal(events.headers.get("content-type"), "text/event-stream; charset=utf-8");
+    const sse = new SseReader(events.body!);
+    await sse.until((e) => e.event === "timeline" && e.data.reset === true);
+
+    nodes = startNodes(3, `127.0.0.1:${server.port}`, "job", 2, 3);
+    await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === "completed" && e.round === 0)));
+    const list = (await (await get(app, "/api/runs")).json()) as { runs: RunSummary[] };
+    assert.deepEqual(list.runs, [
+      { runId: "job", source: "rdzv", state: "complete", round: 0, participants: 3, waiting: 0 },
+    ]);
+    const detail = (await (await get(app, "/api/runs/job")).json()) as {
+      runs: RunView[];
+      timeline: TimelineEvent[];
+    };
+    const pids = new Set(nodes.map((n) => n.pid));
+    assert.deepEqual(
+      detail.runs[0]?.participants.map((p) => p.rank),
+      [0, 1, 2],
+    );
+    assert.ok(detail.runs[0]?.participants.every((p) => pids.has(p.pid!) && p.status === "alive"));
+    assert.deepEqual(
+      detail.timeline.map((e) => e.type),
+      ["joined", "joined", "joined", "completed"],
+    );
+    await sse.until((e) => e.event === "run" && e.data.views?.[0]?.state === "complete");
+
+    const victim = nodes[1]!;
+    await victim.kill();
+    const lost = await sse.until(
+      (e) => e.event === "timeline" && e.data.events?.some((t) => t.type === "nodeLost") === true,
+    );
+    const lostEvent = lost.data.events?.find((t) => t.type === "nodeLost");
+    assert.equal(lostEvent?.round, 0);
+    assert.match(lostEvent?.node?.id ?? "", new RegExp(`_${victim.pid}_`));
+    // The survivors re-form round 1 without the dead node.
+    await Promise.all(
+      [nodes[0]!, nodes[2]!].map((n) => n.waitFor((e) => e.event === "completed" && e.round === 1)),
+    );
+    const streamed = sse.received.filter((e) => e.event === "timeline").flatMap((e) => e.data.events ?? []);
+    const types = streamed.map((e) => e.type);
+    assert.deepEqual(types.slice(0, 4), ["joined", "joined", "joined", "completed"]);
+    assert.ok(types.indexOf("nodeLost") > 3, types.join());
+    await sse.cancel();
+
+    const metrics = await get(app, "/metrics");
+    assert.match(metrics.headers.get("content-type") ?? "", /text\/plain/);
+    const text = await metrics.text();
+    assert.ok(sample(text, "rdzv_rendezvous_rounds_completed_total") >= 2);
+    assert.equal(sample(text, "rdzv_rendezvous_nodes_lost_total"), 1);
+    assert.ok(sample(text, "rdzv_rendezvous_nodes_joined_total") >= 5);
+    assert.ok(sample(text, "rdzv_rendezvous_latency_seconds_count") >= 2);
+    assert.equal(sample(text, "rdzv_store_connections"), server.stats().connections);
+    assert.ok(sample(text, 'rdzv_store_operations_total{op="add"}') > 0);
+    assert.ok(sample(text, 'rdzv_store_operations_total{op="compareSet"}') > 0);
+    assert.ok(sample(text, "rdzv_store_waiters") >= 1, "survivors block in waitForRoundEnd");
+    assert.match(text, /rdzv_process_cpu_user_seconds_total/);
+  });
+
+  it("ends its event streams when closed", async () => {
+    const other = createDashboardApp({ engine: server.engine, processMetrics: false });
+    const res = await get(other, "/events");
+    const reader = res.body!.getReader();
+    await reader.read();
+    other.close();
+    for (;;) if ((await reader.read()).done) break;
+    assert.equal((await get(other, "/api/runs")).status, 503);
+  });
+});
+
+describe("dashboard over HTTP", () => {
+  it("serves the routes on a port and streams events until closed", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false });
+    const http = await startHttpServer({ port: 0, fetch: app.fetch });
+    try {
+      assert.match(http.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+      const res = await fetch(`${http.url}api/runs`);
+      assert.equal(res.status, 200);
+      assert.deepEqual(((await res.json()) as { runs: unknown[] }).runs, []);
+      const stream = await fetch(`${http.url}events`);
+      const sse = new SseReader(stream.body!);
+      await sse.until((e) => e.event === "runs");
+      // A request target that looks like another host stays a path here.
+      assert.equal((await fetch(`${http.url}/evil.example/healthz`)).status, 404);
+    } finally {
+      await http.close();
+      app.close();
+      await server.close();
+    }
+  });
+});

@@ -1,0 +1,203 @@
+/**
+ * The dashboard's HTTP routes as a fetch-style handler (`Request` in, `Response` out), so they are tested
+ * without a socket; http-server.ts puts them on a port.
+ *
+ * | route              | answer                                                                  |
+ * | ------------------ | ----------------------------------------------------------------------- |
+ * | `GET /`            | the dashboard page (self-contained: its script and style come from here) |
+ * | `GET /api/runs`    | `{ now, runs: RunSummary[] }`                                          |
+ * | `GET /api/runs/ID` | `{ now, runs: RunView[], timeline: TimelineEvent[] }`; 404 when unknown |
+ * | `GET /events`      | server-sent events `runs`, and with `?run=ID` also `run` and `timeline`  |
+ * | `GET /metrics`     | Prometheus exposition (prom-client)                                     |
+ * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
+ */
+
+import type { KvEngine } from "../store/kv-engine.js";
+import type { ServerStats } from "../store/tcp/server.js";
+import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from "./dashboard-page.js";
+import { inspectRun, listRunRefs } from "./inspector.js";
+import { engineKeyReader, WIRE_KEY_PREFIX } from "./key-reader.js";
+import { LiveUpdates } from "./live-updates.js";
+import { createServerMetrics, type ServerMetrics } from "./metrics.js";
+import { RendezvousMonitor } from "./monitor.js";
+import { type RunSummary, type RunView, summarize } from "./run-view.js";
+import { createSseStream, type SseStream } from "./sse.js";
+
+/** Options of `createDashboardApp`. */
+export interface DashboardAppOptions {
+  /** The store's data (a `TCPStoreServer`'s `engine`). */
+  engine: KvEngine;
+  /** Prefix of user keys in `engine` (default "/", as on a TCP store server). */
+  keyPrefix?: string;
+  /** The store server's counters, for `/metrics` and `/healthz`. */
+  stats?: () => ServerStats;
+  /** Shown in the page header, e.g. the store's `host:port`. */
+  storeAddress?: string;
+  /** Most nodes per round shown in a run's detail (default 5000; more are counted in a note). */
+  maxNodesShown?: number;
+  /** Least time between two pushes to event-stream clients, ms (default 200). */
+  pushIntervalMs?: number;
+  /** Export Node's process metrics too (default true). */
+  processMetrics?: boolean;
+  /** Clock, epoch ms (default `Date.now`). */
+  now?: () => number;
+}
+
+/** The dashboard's routes and the state behind them. */
+export interface DashboardApp {
+  /** Answers one request. Never rejects: failures become 500 answers. */
+  fetch(request: Request): Promise<Response>;
+  readonly monitor: RendezvousMonitor;
+  readonly metrics: ServerMetrics;
+  /** Stops watching the engine and ends every event stream. Idempotent. */
+  close(): void;
+}
+
+const SOURCES = new Set<string>(["rdzv", "pytorch"]);
+
+/** Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline). */
+export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
+  const now = options.now ?? Date.now;
+  const monitor = new RendezvousMonitor({ now });
+  const detach = monitor.attach(options.engine, options.keyPrefix ?? WIRE_KEY_PREFIX);
+  const metrics = createServerMetrics({
+    monitor,
+    ...(options.stats === undefined ? {} : { stats: options.stats }),
+    ...(options.processMetrics === undefined ? {} : { processMetrics: options.processMetrics }),
+  });
+  const reader = engineKeyReader(options.engine, options.keyPrefix ?? WIRE_KEY_PREFIX);
+  const inspect = { keepAlives: monitor, maxSlots: options.maxNodesShown ?? 5000 };
+  const views = (runId: string, source?: RunView["source"]): Promise<RunView[]> =>
+    inspectRun(reader, runId, source === undefined ? inspect : { ...inspect, source });
+  const summaries = async (): Promise<RunSummary[]> => {
+    const out: RunSummary[] = [];
+    for (const ref of await listRunRefs(reader))
+      out.push(...(await views(ref.runId, ref.source)).map(summarize));
+    return out;
+  };
+  const live = new LiveUpdates({ now, summaries, views }, monitor, options.pushIntervalMs ?? 200);
+  const streams = new Set<SseStream>();
+  let closed = false;
+
+  const events = (url: URL): Response => {
+    const runId = url.searchParams.get("run") ?? undefined;
+    const source = url.searchParams.get("source") ?? undefined;
+    if (source !== undefined && !SOURCES.has(source))
+      return problem(400, `source must be rdzv or pytorch, got ${source}`);
+    const watch = { ...(runId ? { runId } : {}), ...(source ? { source: source as RunView["source"] } : {}) };
+    let unsubscribe: (() => void) | undefined;
+    const stream = createSseStream({
+      open(client) {
+        void live
+          .subscribe(client, watch, (id) => monitor.timeline(id))
+          .then(
+            (remove) => {
+              unsubscribe = remove;
+              if (!streams.has(stream)) remove(); // ended while subscribing
+            },
+            () => stream.end(),
+          );
+      },
+      close() {
+        unsubscribe?.();
+        streams.delete(stream);
+      },
+    });
+    streams.add(stream);
+    return new Response(stream.body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-store",
+        "x-accel-buffering": "no",
+      },
+    });
+  };
+
+  const route = async (request: Request): Promise<Response> => {
+    const url = new URL(request.url, "http://localhost");
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return problem(405, `${request.method} is not allowed`, { allow: "GET, HEAD" });
+    }
+    const path = url.pathname;
+    if (path === "/" || path === "/index.html")
+      return text(DASHBOARD_HTML, "text/html; charset=utf-8", PAGE_HEADERS);
+    if (path === "/dashboard.js") return text(DASHBOARD_JS, "text/javascript; charset=utf-8");
+    if (path === "/dashboard.css") return text(DASHBOARD_CSS, "text/css; charset=utf-8");
+    if (path === "/healthz") {
+      const stats = options.stats?.();
+      return json({
+        status: "ok",
+        ...(options.storeAddress ? { store: options.storeAddress } : {}),
+        ...(stats ? { connections: stats.connections, keys: stats.keys } : {}),
+      });
+    }
+    if (path === "/metrics") {
+      const { body, contentType } = await metrics.scrape();
+      return text(body, contentType);
+    }
+    if (path === "/api/runs")
+      return json({ now: now(), store: options.storeAddress ?? null, runs: await summaries() });
+    if (path.startsWith("/api/runs/")) {
+      let runId: string;
+      try {
+        runId = decodeURIComponent(path.slice("/api/runs/".length));
+      } catch {
+        return problem(400, "the run id is not valid percent-encoding");
+      }
+      const source = url.searchParams.get("source") ?? undefined;
+      if (source !== undefined && !SOURCES.has(source))
+        return problem(400, `source must be rdzv or pytorch, got ${source}`);
+      if (runId === "") return problem(404, "no run id");
+      const runs = await views(runId, source as RunView["source"] | undefined);
+      if (runs.length === 0) return problem(404, `no run ${JSON.stringify(runId)} in this store`);
+      return json({ now: now(), runs, timeline: monitor.timeline(runId) });
+    }
+    if (path === "/events") return events(url);
+    return problem(404, `no route ${path}`);
+  };
+
+  return {
+    monitor,
+    metrics,
+    async fetch(request) {
+      if (closed) return problem(503, "the dashboard is closed");
+      try {
+        return await route(request);
+      } catch (err) {
+        return problem(500, err instanceof Error ? err.message : String(err));
+      }
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      detach();
+      live.close();
+      metrics.close();
+      for (const stream of [...streams]) stream.end();
+      streams.clear();
+    },
+  };
+}
+
+/** The page only loads its own script and style. */
+const PAGE_HEADERS = {
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'",
+  "x-content-type-options": "nosniff",
+};
+
+function text(body: string, type: string, headers: Record<string, string> = {}): Response {
+  return new Response(body, { headers: { "content-type": type, "cache-control": "no-store", ...headers } });
+}
+
+function json(data: unknown, status = 200): Response {
+  return new Response(JSON.stringify(data), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" },
+  });
+}
+
+function problem(status: number, message: string, headers: Record<string, string> = {}): Response {
+  const response = json({ error: message }, status);
+  for (const [k, v] of Object.entries(headers)) response.headers.set(k, v);
+  return response;
+}

@@ -1,0 +1,124 @@
+/**
+ * Puts a fetch-style handler (dashboard-app.ts) on a `node:http` port: `rdzv serve --http-port`. Binds
+ * loopback unless told otherwise: the dashboard has no authentication, so anyone who can reach the port
+ * reads every run's nodes and addresses.
+ */
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { InvalidArgumentError, RendezvousConnectionError } from "../errors.js";
+import { formatHostPort } from "../store/tcp/address.js";
+
+/** A running HTTP server. */
+export interface HttpServer extends AsyncDisposable {
+  readonly host: string;
+  /** The bound port (the actual one when 0 was asked). */
+  readonly port: number;
+  /** `http://host:port/`. */
+  readonly url: string;
+  /** Stops listening and closes every connection (event streams included). Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Options of `startHttpServer`. */
+export interface HttpServerOptions {
+  /** Address to bind (default "127.0.0.1"). */
+  host?: string;
+  /** Port (default 0: any free port). */
+  port?: number;
+  /** Answers each request. */
+  fetch(request: Request): Promise<Response>;
+}
+
+/**
+ * Starts serving and resolves once listening. Rejects with `RendezvousConnectionError` naming host:port
+ * when it cannot listen, `InvalidArgumentError` for a bad port.
+ */
+export function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
+  const host = options.host ?? "127.0.0.1";
+  const port = options.port ?? 0;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    return Promise.reject(
+      new InvalidArgumentError(`the HTTP port must be an integer in 0..65535, got ${port}`),
+    );
+  }
+  const server = createServer((req, res) => void serve(options.fetch, req, res, host));
+  return new Promise<HttpServer>((resolve, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      const where = formatHostPort(host, port);
+      reject(
+        new RendezvousConnectionError(`dashboard cannot listen on ${where}: ${err.code ?? err.message}`, {
+          cause: err,
+        }),
+      );
+    });
+    server.listen({ host, port }, () => {
+      const address = server.address();
+      const bound = typeof address === "object" && address !== null ? address.port : port;
+      resolve(handle(server, host, bound));
+    });
+  });
+}
+
+function handle(server: Server, host: string, port: number): HttpServer {
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+    return closing;
+  };
+  return {
+    host,
+    port,
+    url: `http://${formatHostPort(host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host, port)}/`,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+async function serve(
+  fetch: (request: Request) => Promise<Response>,
+  req: IncomingMessage,
+  res: ServerResponse,
+  host: string,
+): Promise<void> {
+  const abort = new AbortController();
+  res.on("close", () => abort.abort());
+  let response: Response;
+  try {
+    // The path only: a request target such as "//other-host/x" must not become a host.
+    const url = new URL(`http://${formatHostPort(host, 80)}${req.url ?? "/"}`);
+    response = await fetch(new Request(url, { method: req.method ?? "GET", signal: abort.signal }));
+  } catch (err) {
+    response = new Response(JSON.stringify({ error: String(err) }), { status: 400 });
+  }
+  const headers: Record<string, string> = {};
+  response.headers.forEach((value, key) => {
+    headers[key] = value;
+  });
+  res.writeHead(response.status, headers);
+  if (response.body === null || req.method === "HEAD") {
+    res.end();
+    await response.body?.cancel().catch(() => undefined);
+    return;
+  }
+  const reader = response.body.getReader();
+  res.on("close", () => void reader.cancel().catch(() => undefined));
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      // Event streams must reach the browser now, not when a buffer fills.
+      if (!res.write(value)) {
+        await new Promise<void>((resolve) => {
+          res.once("drain", resolve);
+          res.once("close", resolve);
+        });
+      }
+    }
+    res.end();
+  } catch {
+    res.destroy();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Pushes run changes to the dashboard's event-stream clients. Key changes arrive from the monitor at the
+ * store's pace (a keep-alive every few seconds per node, thousands of joins at once); the hub coalesces
+ * them and pushes at most once per `intervalMs`: the run list when it changed, the detail of the run a
+ * client watches when that run changed, and the timeline events of that run since the last push.
+ */
+
+import type { RendezvousMonitor } from "./monitor.js";
+import type { RunSummary, RunView, TimelineEvent } from "./run-view.js";
+import type { SseClient } from "./sse.js";
+
+/** What a client watches: the run list, plus one run's detail when `runId` is set. */
+export interface Watch {
+  runId?: string;
+  source?: RunView["source"];
+}
+
+/** Reads the data the hub pushes. */
+export interface LiveSource {
+  now(): number;
+  summaries(): Promise<RunSummary[]>;
+  views(runId: string, source: RunView["source"] | undefined): Promise<RunView[]>;
+}
+
+interface Subscriber {
+  readonly client: SseClient;
+  readonly watch: Watch;
+  /** Timeline events of the watched run not pushed yet. */
+  pending: TimelineEvent[];
+  /** False until the first messages went out (pushes wait for them). */
+  ready: boolean;
+}
+
+/** The push loop; see the file comment. */
+export class LiveUpdates {
+  readonly #subscribers = new Set<Subscriber>();
+  readonly #changed = new Set<string>();
+  #timer: NodeJS.Timeout | undefined;
+  #flushing = false;
+  #lastRuns = "";
+  readonly #detach: () => void;
+
+  constructor(
+    private readonly source: LiveSource,
+    monitor: RendezvousMonitor,
+    private readonly intervalMs = 200,
+  ) {
+    const onChanged = (runId: string): void => {
+      this.#changed.add(runId);
+      this.#schedule();
+    };
+    const onEvent = (e: TimelineEvent): void => {
+      for (const sub of this.#subscribers) if (sub.watch.runId === e.runId) sub.pending.push(e);
+    };
+    monitor.on("changed", onChanged);
+    monitor.on("event", onEvent);
+    this.#detach = () => {
+      monitor.off("changed", onChanged);
+      monitor.off("event", onEvent);
+    };
+  }
+
+  /** Number of connected clients. */
+  get size(): number {
+    return this.#subscribers.size;
+  }
+
+  /**
+   * Adds a client: it gets the run list, and the watched run with its whole timeline, at once; then
+   * changes. Returns the function that removes it.
+   */
+  async subscribe(
+    client: SseClient,
+    watch: Watch,
+    timeline: (runId: string) => TimelineEvent[],
+  ): Promise<() => void> {
+    const sub: Subscriber = { client, watch, pending: [], ready: false };
+    this.#subscribers.add(sub);
+    // Taken in the same tick as the subscription: every later event is in `pending`, none twice.
+    const past = watch.runId === undefined ? [] : timeline(watch.runId);
+    const remove = () => {
+      this.#subscribers.delete(sub);
+    };
+    try {
+      const now = this.source.now();
+      client.send({ event: "runs", data: { now, runs: await this.source.summaries() } });
+      if (watch.runId !== undefined) {
+        const views = await this.source.views(watch.runId, watch.source);
+        client.send({ event: "run", data: { now, runId: watch.runId, views } });
+        client.send({ event: "timeline", data: { now, reset: true, events: past } });
+      }
+    } catch (err) {
+      remove();
+      throw err;
+    }
+    sub.ready = true;
+    if (sub.pending.length > 0 && watch.runId !== undefined) {
+      this.#changed.add(watch.runId);
+      this.#schedule();
+    }
+    return remove;
+  }
+
+  /** Stops pushing. */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#detach();
+    this.#subscribers.clear();
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined || this.#subscribers.size === 0) {
+      if (this.#subscribers.size === 0) this.#changed.clear();
+      return;
+    }
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.#flush();
+    }, this.intervalMs);
+    this.#timer.unref();
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#flushing) {
+      this.#schedule();
+      return;
+    }
+    this.#flushing = true;
+    const changed = new Set(this.#changed);
+    this.#changed.clear();
+    try {
+      const now = this.source.now();
+      const runs = await this.source.summaries();
+      const runsJson = JSON.stringify(runs);
+      const runsChanged = runsJson !== this.#lastRuns;
+      this.#lastRuns = runsJson;
+      const views = new Map<string, Promise<RunView[]>>();
+      for (const sub of [...this.#subscribers]) {
+        if (!sub.ready) continue;
+        const { runId, source } = sub.watch;
+        let ok = !runsChanged || sub.client.send({ event: "runs", data: { now, runs } });
+        if (ok && runId !== undefined && changed.has(runId)) {
+          const key = `${source ?? ""}:${runId}`;
+          if (!views.has(key)) views.set(key, this.source.views(runId, source));
+          ok = sub.client.send({ event: "run", data: { now, runId, views: await views.get(key)! } });
+          const mine = sub.pending;
+          sub.pending = [];
+          if (ok && mine.length > 0) ok = sub.client.send({ event: "timeline", data: { now, events: mine } });
+        }
+        if (!ok) this.#subscribers.delete(sub);
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+}

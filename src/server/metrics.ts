@@ -1,0 +1,157 @@
+/**
+ * Prometheus metrics of `rdzv serve` (prom-client, one registry per server): the store's counters, read
+ * from `TCPStoreServer.stats()` at scrape time, and the rendezvous' events, counted as the monitor sees
+ * them (rounds completed, nodes joined and lost, rendezvous latency).
+ */
+
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { ServerStats } from "../store/tcp/server.js";
+import type { RendezvousMonitor } from "./monitor.js";
+import type { TimelineEvent } from "./run-view.js";
+
+/** Options of `createServerMetrics`. */
+export interface ServerMetricsOptions {
+  /** The store's counters (`TCPStoreServer.stats`); without it only rendezvous metrics are exported. */
+  stats?: () => ServerStats;
+  /** The monitor whose events are counted. */
+  monitor: RendezvousMonitor;
+  /** Also export Node's process metrics (CPU, memory, event loop lag; default true). */
+  processMetrics?: boolean;
+}
+
+/** A server's metrics. */
+export interface ServerMetrics {
+  readonly registry: Registry;
+  /** The exposition text and its content type, for `/metrics`. */
+  scrape(): Promise<{ body: string; contentType: string }>;
+  /** Stops counting the monitor's events. */
+  close(): void;
+}
+
+/** Latency buckets in seconds: a rendezvous takes from milliseconds (max nodes at once) to minutes. */
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+
+/** Creates the registry; see the file comment for what it holds. */
+export function createServerMetrics(options: ServerMetricsOptions): ServerMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "rdzv_" });
+  const { stats } = options;
+  if (stats !== undefined) storeMetrics(registry, stats);
+  const joined = new Counter({
+    name: "rdzv_rendezvous_nodes_joined_total",
+    help: "Nodes that joined a round (tickets published, or new PyTorch participants)",
+    registers,
+  });
+  const completed = new Counter({
+    name: "rdzv_rendezvous_rounds_completed_total",
+    help: "Rounds that completed",
+    registers,
+  });
+  const lost = new Counter({
+    name: "rdzv_rendezvous_nodes_lost_total",
+    help: "Nodes found dead: connection dropped or keep-alives stopped",
+    registers,
+  });
+  const left = new Counter({
+    name: "rdzv_rendezvous_nodes_left_total",
+    help: "Nodes that left a round (shutdown, join timeout, or re-joining the next round)",
+    labelNames: ["reason"],
+    registers,
+  });
+  const closed = new Counter({
+    name: "rdzv_rendezvous_closed_total",
+    help: "Rendezvous runs closed",
+    registers,
+  });
+  const latency = new Histogram({
+    name: "rdzv_rendezvous_latency_seconds",
+    help: "From the first node joining a round to the round completing, as the server saw it",
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
+  const onEvent = (e: TimelineEvent): void => {
+    if (e.type === "joined") joined.inc();
+    else if (e.type === "nodeLost") lost.inc();
+    else if (e.type === "left") left.inc({ reason: e.reason ?? "left" });
+    else if (e.type === "closed") closed.inc();
+    else if (e.type === "completed") {
+      completed.inc();
+      if (e.elapsedMs !== undefined) latency.observe(e.elapsedMs / 1000);
+    }
+  };
+  options.monitor.on("event", onEvent);
+  return {
+    registry,
+    async scrape() {
+      return { body: await registry.metrics(), contentType: registry.contentType };
+    },
+    close() {
+      options.monitor.off("event", onEvent);
+    },
+  };
+}
+
+/** Gauges and counters over `stats()`, read at scrape time (counters advance by the delta since the last). */
+function storeMetrics(registry: Registry, stats: () => ServerStats): void {
+  const registers = [registry];
+  let snapshot: ServerStats | undefined;
+  let taken = 0;
+  // One stats() per scrape, whichever metric collects first.
+  const current = (): ServerStats => {
+    const now = Date.now();
+    if (snapshot === undefined || now - taken > 100) {
+      snapshot = stats();
+      taken = now;
+    }
+    return snapshot;
+  };
+  const gauge = (name: string, help: string, read: (s: ServerStats) => number): void => {
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read(current()));
+      },
+    });
+  };
+  gauge("rdzv_store_connections", "Open store connections", (s) => s.connections);
+  gauge(
+    "rdzv_store_waiters",
+    "Blocked callers: pending WAIT and BARRIER calls (and other engine waiters)",
+    (s) => s.waiters,
+  );
+  gauge("rdzv_store_keys", "Keys in the store (queues excluded)", (s) => s.keys);
+  const counter = (name: string, help: string, read: (s: ServerStats) => number): void => {
+    let seen = 0;
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const v = read(current());
+        if (v > seen) this.inc(v - seen);
+        seen = v;
+      },
+    });
+  };
+  counter("rdzv_store_connections_accepted_total", "Store connections accepted", (s) => s.connectionsTotal);
+  counter("rdzv_store_protocol_errors_total", "Connections closed for bad input", (s) => s.protocolErrors);
+  counter("rdzv_store_auth_failures_total", "AUTH requests with a wrong token", (s) => s.authFailures);
+  counter("rdzv_store_reaped_connections_total", "Connections closed by a timeout", (s) => s.reaped);
+  const seenOps = new Map<string, number>();
+  new Counter({
+    name: "rdzv_store_operations_total",
+    help: "Store requests handled, by command",
+    labelNames: ["op"],
+    registers,
+    collect() {
+      for (const [op, v] of Object.entries(current().opsByType)) {
+        const before = seenOps.get(op) ?? 0;
+        if (v > before) this.inc({ op }, v - before);
+        seenOps.set(op, v);
+      }
+    },
+  });
+}

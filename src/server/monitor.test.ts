@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { encodeOutcome } from "../rendezvous/round.js";
+import { RendezvousMonitor } from "./monitor.js";
+import type { TimelineEvent } from "./run-view.js";
+
+const enc = (s: string): Uint8Array => Buffer.from(s);
+const desc = (slot: number) => enc(JSON.stringify({ id: `h_${100 + slot}_0`, addr: "h", pid: 100 + slot }));
+
+/** A monitor on a virtual clock, and a way to feed it created keys. */
+function setup() {
+  let clock = 1000;
+  const monitor = new RendezvousMonitor({ now: () => clock });
+  const seen: TimelineEvent[] = [];
+  monitor.on("event", (e) => seen.push(e));
+  const create = (key: string, value: Uint8Array, advanceMs = 10): void => {
+    clock += advanceMs;
+    monitor.observe(key, undefined, value);
+  };
+  const update = (key: string, value: Uint8Array, advanceMs = 10): void => {
+    clock += advanceMs;
+    monitor.observe(key, enc("0"), value);
+  };
+  return { monitor, seen, create, update };
+}
+
+describe("RendezvousMonitor", () => {
+  it("turns rdzv keys into joined, completed (with latency), nodeLost, left and one closed", () => {
+    const { monitor, seen, create } = setup();
+    create("rdzv/j/open", enc("0"));
+    create("rdzv/j/r0/tickets", enc("1"));
+    for (const slot of [0, 1]) create(`rdzv/j/r0/node/${slot}`, desc(slot));
+    create("rdzv/j/r0/outcome", enc(encodeOutcome({ kind: "complete", round: 0, span: 2, excluded: [] })));
+    create("rdzv/j/r0/gone/1", enc("dead"));
+    create("rdzv/j/r0/gone/0", enc("rejoined"));
+    create("rdzv/j/r1/outcome", enc(encodeOutcome({ kind: "closed", round: 1 })));
+    create("rdzv/j/closed", enc("1"));
+    assert.deepEqual(
+      seen.map((e) => [e.type, e.round, e.node?.slot, e.reason, e.worldSize, e.elapsedMs]),
+      [
+        ["joined", 0, 0, undefined, undefined, undefined],
+        ["joined", 0, 1, undefined, undefined, undefined],
+        ["completed", 0, undefined, undefined, 2, 30],
+        ["nodeLost", 0, 1, "dead", undefined, undefined],
+        ["left", 0, 0, "rejoined", undefined, undefined],
+        ["closed", 1, undefined, undefined, undefined, undefined],
+      ],
+    );
+    assert.equal(seen[3]?.node?.id, "h_101_0");
+    assert.deepEqual(monitor.timeline("j"), seen);
+  });
+
+  it("holds a completion back until the descriptor of the member that completed it arrives", () => {
+    const { seen, create } = setup();
+    create("rdzv/j/r0/tickets", enc("1"));
+    create("rdzv/j/r0/node/0", desc(0));
+    // The coordinator counted slot 1's ticket; its descriptor is still on the way.
+    create("rdzv/j/r0/outcome", enc(encodeOutcome({ kind: "complete", round: 0, span: 2, excluded: [] })));
+    assert.deepEqual(
+      seen.map((e) => e.type),
+      ["joined"],
+    );
+    create("rdzv/j/r0/node/1", desc(1));
+    assert.deepEqual(
+      seen.map((e) => e.type),
+      ["joined", "joined", "completed"],
+    );
+    assert.ok(seen[2]!.at >= seen[1]!.at);
+  });
+
+  it("shows a held completion anyway when a descriptor never comes", async () => {
+    const { seen, create } = setup();
+    create("rdzv/j/r0/outcome", enc(encodeOutcome({ kind: "complete", round: 0, span: 1, excluded: [] })));
+    assert.equal(seen.length, 0);
+    const deadline = Date.now() + 30_000;
+    while (seen.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(
+      seen.map((e) => e.type),
+      ["completed"],
+    );
+  });
+
+  it("times keep-alives by their counter moves and ignores keys of a round's own store", () => {
+    const { monitor, seen, create, update } = setup();
+    create("rdzv/j/r0/hb/3", enc("1"));
+    assert.deepEqual(monitor.keepAlive("j", 0, 3), { at: 1010 });
+    update("rdzv/j/r0/hb/3", enc("2"), 500);
+    assert.deepEqual(monitor.keepAlive("j", 0, 3), { at: 1510, intervalMs: 500 });
+    create("rdzv/j/r0/store/rdzv/x/r0/node/0", desc(0));
+    create("rdzv/j/r0/store/x/r0/node/0", desc(0));
+    assert.deepEqual(seen, []);
+  });
+
+  it("keeps a bounded timeline per run and a bounded number of runs", () => {
+    const monitor = new RendezvousMonitor({ maxEventsPerRun: 3, maxRuns: 2 });
+    for (let s = 0; s < 5; s++) monitor.observe(`rdzv/a/r0/node/${s}`, undefined, desc(s));
+    assert.deepEqual(
+      monitor.timeline("a").map((e) => e.node?.slot),
+      [2, 3, 4],
+    );
+    monitor.observe("rdzv/b/r0/node/0", undefined, desc(0));
+    monitor.observe("rdzv/c/r0/node/0", undefined, desc(0));
+    assert.deepEqual(monitor.timeline("a"), []);
+    assert.equal(monitor.timeline("c").length, 1);
+  });
+});
