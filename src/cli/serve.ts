@@ -5,6 +5,7 @@ import { createConsoleLogger, LogLevel } from "../log.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
+import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
 import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
 import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
@@ -19,7 +20,7 @@ Options:
   --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
-${SECURITY_HELP}${DATA_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
+${SECURITY_HELP}${DATA_HELP}${DASHBOARD_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
   -h, --help               show this help
 `;
 
@@ -41,6 +42,7 @@ export async function serveCommand(
       "log-level": { type: "string" },
       ...SECURITY_OPTIONS,
       ...DATA_OPTIONS,
+      ...DASHBOARD_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -59,6 +61,7 @@ export async function serveCommand(
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const security = securityOptions(values);
+  const http = dashboardPort(values);
   const data = openServeData(values, logger, out);
   const server = await createTCPStoreServer({
     ...security,
@@ -99,6 +102,11 @@ export async function serveCommand(
       `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
     );
   }
+  const dashboard = await startServeDashboard(http, server, out).catch(async (err: unknown) => {
+    data.close();
+    await server.close();
+    throw err;
+  });
   const code = await new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       process.off("SIGINT", stop);
@@ -117,6 +125,7 @@ export async function serveCommand(
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
   // so a restart does not mark every client gone (they reconnect).
   data.close();
+  await dashboard.close();
   await server.close();
   out.write("rdzv store stopped\n");
   return code;

@@ -1,0 +1,79 @@
+/**
+ * `rdzv serve --http-port N [--http-host HOST]`: the dashboard options, their help text, and starting the
+ * dashboard (src/server/dashboard-app.ts) beside the store.
+ */
+
+import { isLoopbackAddress } from "../rendezvous/endpoint.js";
+import { createDashboardApp } from "../server/dashboard-app.js";
+import { startHttpServer } from "../server/http-server.js";
+import { formatHostPort } from "../store/tcp/address.js";
+import type { TCPStoreServer } from "../store/tcp/server.js";
+import { intOption, UsageError } from "./args.js";
+
+/** parseArgs definitions of the dashboard options. */
+export const DASHBOARD_OPTIONS = {
+  "http-port": { type: "string" },
+  "http-host": { type: "string" },
+} as const;
+
+/** Help lines of the dashboard options. */
+export const DASHBOARD_HELP = `  --http-port PORT         serve the dashboard, /api/runs, /events, /metrics and /healthz on this HTTP
+                           port (0 picks a free one; default: no dashboard)
+  --http-host HOST         address of the HTTP port (default 127.0.0.1: it has no authentication)
+`;
+
+/** The parsed values of `DASHBOARD_OPTIONS`. */
+export type DashboardValues = { [K in keyof typeof DASHBOARD_OPTIONS]?: string | undefined };
+
+/** A started dashboard, or nothing when `--http-port` was not given. */
+export interface ServeDashboard {
+  /** Stops the HTTP server and the dashboard's watchers; idempotent. */
+  close(): Promise<void>;
+}
+
+/** Checks the options before anything starts (a bad value is a usage error). */
+export function dashboardPort(values: DashboardValues): { host: string; port: number } | undefined {
+  const host = values["http-host"] ?? "127.0.0.1";
+  if (host.trim() === "") throw new UsageError("--http-host must not be empty");
+  if (values["http-port"] === undefined) {
+    if (values["http-host"] !== undefined) throw new UsageError("--http-host needs --http-port");
+    return undefined;
+  }
+  return { host, port: intOption("http-port", values["http-port"], 0, 0, 65535) };
+}
+
+/**
+ * Starts the dashboard of `server` when `--http-port` was given, and prints its URL to `out`
+ * (`rdzv dashboard on http://HOST:PORT/`). Warns when it listens beyond loopback.
+ */
+export async function startServeDashboard(
+  at: { host: string; port: number } | undefined,
+  server: TCPStoreServer,
+  out: NodeJS.WritableStream,
+): Promise<ServeDashboard> {
+  if (at === undefined) return { close: async () => {} };
+  const app = createDashboardApp({
+    engine: server.engine,
+    stats: () => server.stats(),
+    storeAddress: formatHostPort(server.host, server.port),
+  });
+  let http: Awaited<ReturnType<typeof startHttpServer>>;
+  try {
+    http = await startHttpServer({ host: at.host, port: at.port, fetch: app.fetch });
+  } catch (err) {
+    app.close();
+    throw err;
+  }
+  out.write(`rdzv dashboard on ${http.url}\n`);
+  if (at.host !== "localhost" && !isLoopbackAddress(at.host)) {
+    out.write(
+      `rdzv dashboard: listening on ${at.host} without authentication; anyone who reaches it sees every run\n`,
+    );
+  }
+  return {
+    async close() {
+      app.close();
+      await http.close();
+    },
+  };
+}
