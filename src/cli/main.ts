@@ -5,12 +5,14 @@ import { RendezvousError } from "../errors.js";
 import { UsageError } from "./args.js";
 import { RUN_HELP, runCommand } from "./run.js";
 import { SERVE_HELP, serveCommand } from "./serve.js";
+import { STATUS_HELP, statusCommand } from "./status.js";
 
 const HELP = `Usage: rdzv <command> [options]
 
 Commands:
   serve     run the rendezvous store server (PyTorch TCPStore compatible)
   run       launch workers elastically on this node, like torchrun
+  status    show the rendezvous runs in a store: rounds, members, keep-alives
 
 Run 'rdzv <command> --help' for a command's options.
 `;
@@ -18,6 +20,7 @@ Run 'rdzv <command> --help' for a command's options.
 const COMMANDS: Record<string, { run: (argv: readonly string[]) => Promise<number>; help: string }> = {
   serve: { run: serveCommand, help: SERVE_HELP },
   run: { run: runCommand, help: RUN_HELP },
+  status: { run: statusCommand, help: STATUS_HELP },
 };
 
 async function main(argv: readonly string[]): Promise<number> {

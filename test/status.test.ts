@@ -1,0 +1,213 @@
+/**
+ * `rdzv status` (the compiled CLI) against real stores: a rendezvous of node processes formed in the test,
+ * PyTorch's own handler's pickled state, and `rdzv serve --http-port`'s API.
+ */
+
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import type { RunView } from "../src/server/run-view.js";
+import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
+import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
+import { RDZV_MAIN, startServe } from "./helpers/serve-process.js";
+import { findTorch1, runDriver } from "./helpers/torch.js";
+
+const run = promisify(execFile);
+
+/** Runs `rdzv status ARGS`; resolves with exit code and output (never rejects on a non-zero exit). */
+async function status(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [RDZV_MAIN, "status", ...args], {
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: e.code ?? -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+interface StatusJson {
+  endpoint: string;
+  now: number;
+  runs: RunView[];
+}
+
+describe("rdzv status", () => {
+  let server: TCPStoreServer;
+  let endpoint: string;
+  let nodes: NodeProc[] = [];
+  before(async () => {
+    server = await createTCPStoreServer({ port: 0 });
+    endpoint = `127.0.0.1:${server.port}`;
+  });
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.kill()));
+    await server?.close();
+  });
+
+  it("--json shows a rendezvous formed here: its round, state and each node's rank, pid and address", async () => {
+    nodes = startNodes(3, endpoint, "job", 2, 3);
+    const done = await Promise.all(
+      nodes.map((n) => n.waitFor((e) => e.event === "completed" && e.round === 0)),
+    );
+    const rankByPid = new Map(done.map((e) => [e.pid as number, e.rank as number]));
+    const { code, stdout } = await status(["--endpoint", endpoint, "--json"]);
+    assert.equal(code, 0);
+    const doc = JSON.parse(stdout) as StatusJson;
+    assert.equal(doc.endpoint, endpoint);
+    assert.equal(doc.runs.length, 1);
+    const [view] = doc.runs;
+    assert.equal(view?.runId, "job");
+    assert.equal(view?.source, "rdzv");
+    assert.equal(view?.state, "complete");
+    assert.equal(view?.round, 0);
+    assert.deepEqual(view?.waiting, []);
+    assert.equal(view?.participants.length, 3);
+    for (const p of view?.participants ?? []) {
+      assert.equal(p.rank, rankByPid.get(p.pid!), `rank of pid ${p.pid}`);
+      assert.equal(p.addr, "127.0.0.1");
+      assert.equal(p.status, "alive");
+      assert.match(p.id, new RegExp(`^127\\.0\\.0\\.1_${p.pid}_\\d+$`));
+      assert.ok((p.keepAlives ?? 0) >= 1);
+    }
+    const one = JSON.parse(
+      (await status(["--endpoint", endpoint, "--json", "--run-id", "job"])).stdout,
+    ) as StatusJson;
+    assert.deepEqual(
+      one.runs.map((r) => [r.runId, r.state, r.participants.map((p) => p.pid)]),
+      doc.runs.map((r) => [r.runId, r.state, r.participants.map((p) => p.pid)]),
+    );
+  });
+
+  it("prints a table by default, and exits 1 naming a run that is not there", async () => {
+    const text = await status(["--endpoint", endpoint]);
+    assert.equal(text.code, 0);
+    assert.match(text.stdout, /^run job \(rdzv\) {2}complete {2}round 0 {2}3 participants/m);
+    assert.match(text.stdout, /RANK\s+SLOT\s+NODE\s+ADDRESS\s+PID\s+STATUS\s+KEEP-ALIVE/);
+    for (const n of nodes)
+      assert.match(
+        text.stdout,
+        new RegExp(`127\\.0\\.0\\.1_${n.pid}_\\d+\\s+127\\.0\\.0\\.1\\s+${n.pid}\\s+alive`),
+      );
+    const missing = await status(["--endpoint", endpoint, "--run-id", "nope"]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /no run "nope" at 127\.0\.0\.1:\d+/);
+    const bad = await status(["--endpoint", "127.0.0.1:notaport"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--endpoint: .*port/);
+  });
+
+  it("--watch --json refreshes with keep-alive ages from counters seen moving, until SIGINT", async () => {
+    const child = spawn(process.execPath, [
+      RDZV_MAIN,
+      "status",
+      "--endpoint",
+      endpoint,
+      "--json",
+      "--watch",
+      "--interval-ms",
+      "400",
+    ]);
+    const docs: StatusJson[] = [];
+    let pending = "";
+    const enough = new Promise<void>((resolve) => {
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        pending += chunk;
+        for (let nl = pending.indexOf("\n"); nl >= 0; nl = pending.indexOf("\n")) {
+          docs.push(JSON.parse(pending.slice(0, nl)) as StatusJson);
+          pending = pending.slice(nl + 1);
+        }
+        const last = docs[docs.length - 1];
+        if (
+          last?.runs[0]?.participants.every(
+            (p) => p.lastKeepAliveAt !== undefined && p.expiresAt !== undefined,
+          )
+        )
+          resolve();
+      });
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    await Promise.race([
+      enough,
+      exited.then(() => assert.fail(`status --watch exited early: ${JSON.stringify(docs)}`)),
+    ]);
+    assert.ok(docs.length >= 2);
+    assert.equal(
+      docs[0]?.runs[0]?.participants[0]?.lastKeepAliveAt,
+      undefined,
+      "one read sees counters only",
+    );
+    child.kill("SIGINT");
+    assert.equal(await exited, 0);
+  });
+
+  it("shows PyTorch's own handler's state, read through the TCPStore client", async () => {
+    const torch = await findTorch1();
+    await runDriver(torch, "torch_rdzv_state.py", ["127.0.0.1", String(server.port), "samples", "pt"]);
+    const doc = JSON.parse(
+      (await status(["--endpoint", endpoint, "--json", "--run-id", "pt-complete"])).stdout,
+    ) as StatusJson;
+    assert.equal(doc.runs.length, 1);
+    const [view] = doc.runs;
+    assert.equal(view?.source, "pytorch");
+    assert.equal(view?.state, "complete");
+    assert.deepEqual(
+      view?.participants.map((p) => [p.id, p.rank]),
+      [
+        ["node-b.example_202_1", 0],
+        ["node-a.example_101_0", 1],
+      ],
+    );
+    assert.deepEqual(
+      view?.waiting.map((p) => p.id),
+      ["10.0.0.3_303_2"],
+    );
+    const all = JSON.parse((await status(["--endpoint", endpoint, "--json"])).stdout) as StatusJson;
+    assert.deepEqual(
+      all.runs.map((r) => `${r.runId}/${r.source}/${r.state}`),
+      [
+        "job/rdzv/complete",
+        "pt-closed/pytorch/closed",
+        "pt-complete/pytorch/complete",
+        "pt-joining/pytorch/last call",
+      ],
+    );
+  });
+});
+
+describe("rdzv status --http", () => {
+  it("reads rdzv serve's dashboard API, timeline included", async () => {
+    await using serve = await startServe(["--http-port", "0"]);
+    const url = await waitForUrl(serve.output);
+    const nodes = startNodes(2, `127.0.0.1:${serve.port}`, "web", 2, 2);
+    try {
+      await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === "completed")));
+      const { code, stdout } = await status(["--http", url]);
+      assert.equal(code, 0, stdout);
+      assert.match(stdout, /^run web \(rdzv\) {2}complete {2}round 0 {2}2 participants/m);
+      assert.match(stdout, /timeline:\n(.*joined.*\n){2}.*completed world size 2/);
+      const doc = JSON.parse((await status(["--http", url, "--json"])).stdout) as StatusJson & {
+        timelines: Record<string, { type: string }[]>;
+      };
+      assert.deepEqual(
+        doc.timelines.web?.map((e) => e.type),
+        ["joined", "joined", "completed"],
+      );
+      assert.equal((await status(["--http", url, "--run-id", "nope"])).code, 1);
+    } finally {
+      await Promise.all(nodes.map((n) => n.kill()));
+    }
+  });
+});
+
+async function waitForUrl(output: () => string): Promise<string> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const m = /rdzv dashboard on (http:\/\/\S+)/.exec(output());
+    if (m !== null) return m[1]!;
+    if (Date.now() > deadline) throw new Error(`no dashboard URL in:\n${output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
