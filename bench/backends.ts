@@ -67,7 +67,11 @@ async function etcdService(members: number): Promise<Service> {
     async connect(runId) {
       const store = await connectEtcdStore({ endpoints: cluster.endpoints, timeoutMs: 120_000 });
       const backend = new EtcdRendezvousBackend(store, runId, { leaseTtlS: 15 });
-      return { backend, close: async () => (await backend.close(), await store.close()) };
+      const close = async (): Promise<void> => {
+        await backend.close();
+        await store.close();
+      };
+      return { backend, close };
     },
     stop: () => cluster.stop(),
   };

@@ -57,6 +57,24 @@ describe("EtcdStore specifics", () => {
     }
   });
 
+  it("multiSet, multiGet and check take more keys than one etcd transaction may hold (128)", async () => {
+    const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/many/", timeoutMs: 5000 });
+    try {
+      const keys = Array.from({ length: 300 }, (_, i) => `k${i}`);
+      await s.multiSet(keys, keys);
+      assert.equal(await s.check(keys), true);
+      assert.deepEqual(
+        (await s.multiGet(keys)).map((v) => Buffer.from(v).toString()),
+        keys,
+      );
+      const pending = s.multiGet([...keys, "late"], { timeoutMs: 5000 });
+      await s.set("late", "x");
+      assert.equal((await pending).length, 301);
+    } finally {
+      await s.close();
+    }
+  });
+
   it("a get blocked on a key is rejected with RDZV_RESOURCE_CLOSED when the store closes", async () => {
     const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/closing/", timeoutMs: 5000 });
     const pending = s.get("never");

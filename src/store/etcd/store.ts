@@ -3,7 +3,7 @@
  * calls (`get`, `wait`, `multiGet`) read once and, for what is missing, watch from the revision right after
  * that read, so no write between the read and the watch is missed and nothing polls. `add` and
  * `compareSet` are transactions (compare on the key's mod revision or value), `multiGet` / `multiSet` are
- * single transactions.
+ * single transactions up to 128 keys (etcd's default `--max-txn-ops`), one per 128 keys beyond.
  *
  * etcd has no request ids: a mutating call whose reply is lost in a fail-over and that etcd3 retries may
  * apply twice (an `add` then counts twice). Idempotent writes (`set`, compare-and-set) are unaffected.
@@ -175,8 +175,8 @@ export class EtcdStore implements Store {
 
   async check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
     if (keys.length === 0) return true;
-    const res = await this.call("check", options, (o) => this.#readAll(keys, o));
-    return keys.every((_, i) => rangeKvs(res, i).length > 0);
+    const { kvs } = await this.call("check", options, (o) => this.#readAll(keys, o));
+    return kvs.every((kv) => kv !== undefined);
   }
 
   async deleteKey(key: string, options?: CallOptions): Promise<boolean> {
@@ -208,11 +208,16 @@ export class EtcdStore implements Store {
     }
     if (keys.length === 0) return;
     const puts = keys.map((key, i) => this.client.put(this.etcdKey(key)).value(buf(values[i]!)));
+    // Atomic up to MAX_TXN_OPS keys (one transaction); beyond that, one transaction per chunk.
     await this.call("multiSet", options, (o) =>
-      this.#always()
-        .then(...puts)
-        .options(o)
-        .commit(),
+      Promise.all(
+        chunks(puts).map((part) =>
+          this.#always()
+            .then(...part)
+            .options(o)
+            .commit(),
+        ),
+      ),
     );
   }
 
@@ -280,12 +285,26 @@ export class EtcdStore implements Store {
     }
   }
 
-  /** One transaction reading every key (no compare: it always succeeds). */
-  #readAll(keys: readonly string[], o: { deadline: Date }): Promise<ITxnResponse> {
-    return this.#always()
-      .then(...keys.map((key) => this.client.get(this.etcdKey(key))))
-      .options(o)
-      .commit();
+  /**
+   * Reads every key: one transaction per `MAX_TXN_OPS` keys (etcd's default limit), in parallel. Returns
+   * each key's key-value (undefined when missing) and the lowest revision the reads saw.
+   */
+  async #readAll(
+    keys: readonly string[],
+    o: { deadline: Date },
+  ): Promise<{ kvs: (IKeyValue | undefined)[]; revision: number }> {
+    const results = await Promise.all(
+      chunks(keys).map((part) =>
+        this.#always()
+          .then(...part.map((key) => this.client.get(this.etcdKey(key))))
+          .options(o)
+          .commit(),
+      ),
+    );
+    return {
+      kvs: results.flatMap((res, c) => chunks(keys)[c]!.map((_, i) => rangeKvs(res, i)[0])),
+      revision: Math.min(...results.map((res) => Number(res.header.revision))),
+    };
   }
 
   /** A transaction builder whose compare always holds (etcd txns need one compare to start from). */
@@ -320,20 +339,14 @@ export class EtcdStore implements Store {
     const res = await this.call(what, signal, (o) => this.#readAll(keys, o));
     const values = new Map<string, Uint8Array>();
     keys.forEach((key, i) => {
-      const kv = rangeKvs(res, i)[0];
+      const kv = res.kvs[i];
       if (kv !== undefined) values.set(key, new Uint8Array(kv.value));
     });
     const missing = new Map<string, string>();
     for (const key of keys) if (!values.has(key)) missing.set(this.etcdKey(key).toString("latin1"), key);
     if (missing.size > 0) {
       const left = Math.max(0, timeoutMs - (Date.now() - started));
-      await this.#watchFor(
-        missing,
-        values,
-        Number(res.header.revision) + 1,
-        { ...options, timeoutMs: left },
-        what,
-      );
+      await this.#watchFor(missing, values, res.revision + 1, { ...options, timeoutMs: left }, what);
     }
     return keys.map((key) => values.get(key)!);
   }
@@ -403,6 +416,15 @@ export class EtcdStore implements Store {
       stop,
     );
   }
+}
+
+/** etcd's default `--max-txn-ops`: the most operations one transaction may hold. */
+const MAX_TXN_OPS = 128;
+
+function chunks<T>(items: readonly T[]): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += MAX_TXN_OPS) out.push(items.slice(i, i + MAX_TXN_OPS));
+  return out;
 }
 
 interface QueuedAdd {
