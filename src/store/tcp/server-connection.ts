@@ -25,7 +25,9 @@ import {
   WatchResponse,
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
+import { ConnectionRegistrations, checkWaiterLimit } from "./server-registrations.js";
 import { PendingReplies } from "./server-replies.js";
+import { StallClock } from "./server-stall.js";
 import { type BarrierParty, type KeyWatcher, type ServerState, tokenMatches } from "./server-state.js";
 
 type PendingWait =
@@ -83,17 +85,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   #dialect: Dialect | undefined;
   #closed = false;
   #closeReason: string | undefined;
-  #watched: Set<string> | undefined;
-  #onDisconnect: Map<string, Uint8Array> | undefined;
+  readonly #registrations: ConnectionRegistrations;
   #authenticated: boolean;
-  /** Requests decoded or dequeued so far: progress, for the incomplete-request clock. */
-  #progress = 0;
-  /** When the bytes now buffered started to be an incomplete request (epoch ms), if they are. */
-  #partialSince: number | undefined;
-  /** When bytes last arrived (epoch ms). */
-  #lastReadAt = Date.now();
-  /** When the socket last refused more replies (epoch ms), while it does. */
-  #writeBlockedSince: number | undefined;
+  readonly #stall = new StallClock();
 
   constructor(
     readonly id: number,
@@ -104,17 +98,18 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     private readonly onClosed: (conn: ServerConnection, reason: string) => void,
   ) {
     this.decoder = new RequestDecoder(protocolLimits);
+    this.#registrations = new ConnectionRegistrations(state, this);
     this.#authenticated = state.security.tokenDigest === undefined;
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => {
       if (this.#closed) return;
-      this.#lastReadAt = Date.now();
+      this.#stall.read();
       this.decoder.push(chunk);
       this.pump();
     });
     socket.on("drain", () => {
       this.#writeBlocked = false;
-      this.#writeBlockedSince = undefined;
+      this.#stall.writable();
       this.pump();
     });
     socket.on("end", () => {
@@ -149,18 +144,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
    */
   reapReason(now: number, incompleteMs: number, idleMs: number): string | undefined {
     if (this.#closed || this.#pending !== undefined) return undefined;
-    if (incompleteMs > 0) {
-      const since = this.#writeBlockedSince;
-      if (since !== undefined && now - since >= incompleteMs) {
-        return `did not read its replies for ${now - since} ms`;
-      }
-      const partial = this.#partialSince;
-      if (partial !== undefined && !this.#readingPaused && now - partial >= incompleteMs) {
-        return `held an incomplete request (${this.decoder.bufferedBytes} bytes) for ${now - partial} ms`;
-      }
-    }
-    if (idleMs > 0 && now - this.#lastReadAt >= idleMs) return `idle for ${now - this.#lastReadAt} ms`;
-    return undefined;
+    const buffered = this.decoder.bufferedBytes;
+    return this.#stall.reapReason(now, incompleteMs, idleMs, buffered, this.#readingPaused);
   }
 
   /** BarrierParty: the barrier this connection was parked on reached its count. */
@@ -184,7 +169,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   /** Handles whatever can be handled now, writes the replies, and pauses or resumes reading. */
   private pump(): void {
     if (this.#closed) return;
-    const progress = this.#progress;
+    const mark = this.#stall.mark();
     try {
       this.processRequests();
     } catch (err) {
@@ -193,15 +178,14 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     }
     this.flush();
     this.updateReading();
-    if (this.decoder.bufferedBytes === 0) this.#partialSince = undefined;
-    else if (this.#partialSince === undefined || this.#progress !== progress) this.#partialSince = Date.now();
+    this.#stall.settle(this.decoder.bufferedBytes, mark);
   }
 
   private processRequests(): void {
     while (!this.#closed && !this.#writeBlocked) {
       if (this.#pending === undefined && this.#queue.length > 0) {
         const next = this.#queue.shift()!;
-        this.#progress++;
+        this.#stall.progressed();
         this.#queuedBytes -= next.bytes;
         this.dispatch(next.request);
       } else {
@@ -210,7 +194,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         const request = this.decoder.next();
         if (this.#dialect === undefined && this.decoder.dialect !== undefined) this.dialectDecided();
         if (request === undefined) return;
-        this.#progress++;
+        this.#stall.progressed();
         if (this.#pending === undefined) {
           this.dispatch(request);
         } else if (this.#dialect === Dialect.V1) {
@@ -284,7 +268,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.#out.i64(BigInt(engine.size));
         break;
       case "watchKey":
-        this.watch(req.key);
+        this.#registrations.watch(req.key);
+        this.reply(WATCH_REGISTERED);
         break;
       case "deleteKey":
         this.#out.i64(engine.delete(req.key) ? 1n : 0n);
@@ -320,10 +305,11 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.barrier(req.key, req.worldSize);
         break;
       case "onDisconnectSet":
-        this.onDisconnectSet(req.key, req.value);
+        this.#registrations.onDisconnectSet(req.key, req.value);
+        this.reply(ACK);
         break;
       case "onDisconnectClear":
-        this.#onDisconnect?.delete(req.key);
+        this.#registrations.onDisconnectClear(req.key);
         this.reply(ACK);
         break;
     }
@@ -347,7 +333,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private wait(keys: readonly string[]): void {
-    this.checkWaiterLimit(keys.length, "WAIT keys");
+    checkWaiterLimit(this.state, keys.length, "WAIT keys");
     const waiter: Waiter = {
       wake: () => {
         if (this.#pending?.kind !== "wait" || this.#pending.waiter !== waiter) return;
@@ -374,7 +360,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   private waitDone(): void {
     if (this.#closed) return;
     // The incomplete-request clock stood still during the wait.
-    if (this.#partialSince !== undefined) this.#partialSince = Date.now();
+    this.#stall.restart();
     this.reply(STOP_WAITING);
     this.scheduleResume();
   }
@@ -386,34 +372,6 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.#pending = undefined;
     if (pending.kind === "wait") this.state.engine.removeWaiter(pending.waiter);
     else this.state.unparkBarrier(pending.key, this);
-  }
-
-  private watch(key: string): void {
-    this.#watched ??= new Set();
-    if (!this.#watched.has(key)) {
-      this.checkWaiterLimit(this.#watched.size + 1, "watched keys");
-      this.#watched.add(key);
-      this.state.watch(key, this);
-    }
-    this.reply(WATCH_REGISTERED);
-  }
-
-  private onDisconnectSet(key: string, value: Uint8Array): void {
-    this.#onDisconnect ??= new Map();
-    if (!this.#onDisconnect.has(key))
-      this.checkWaiterLimit(this.#onDisconnect.size + 1, "on-disconnect keys");
-    this.#onDisconnect.set(key, value);
-    this.reply(ACK);
-  }
-
-  private checkWaiterLimit(n: number, what: string): void {
-    const max = this.state.limits.maxWaitersPerConnection;
-    if (n > max) {
-      throw new ProtocolError(
-        `${what}: ${n} exceeds maxWaitersPerConnection (${max})`,
-        ErrorCode.LimitExceeded,
-      );
-    }
   }
 
   private dialectDecided(): void {
@@ -438,7 +396,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   private flush(): void {
     if (this.#out.writeTo(this.socket)) return;
     this.#writeBlocked = true;
-    this.#writeBlockedSince ??= Date.now();
+    this.#stall.writeBlocked();
   }
 
   private updateReading(): void {
@@ -468,16 +426,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.cancelPending();
     this.#queue = [];
     this.#out.clear();
-    if (this.#watched !== undefined) {
-      for (const key of this.#watched) this.state.unwatch(key, this);
-      this.#watched = undefined;
-    }
     if (this.#dialect !== undefined) this.state.dialects[this.#dialect]--;
-    const sets = this.#onDisconnect;
-    this.#onDisconnect = undefined;
-    if (sets !== undefined) {
-      for (const [key, value] of sets) this.state.engine.set(key, value);
-      this.state.logger.debug("TCPStore server: ran on-disconnect sets", { id: this.id, keys: sets.size });
-    }
+    const sets = this.#registrations.release();
+    if (sets > 0)
+      this.state.logger.debug("TCPStore server: ran on-disconnect sets", { id: this.id, keys: sets });
   }
 }
