@@ -59,8 +59,5 @@ export const CHAOS_BACKENDS: Readonly<Record<string, () => ChaosBackend>> = {
   etcd: etcdBackend,
 };
 
-/**
- * The backends the soak runs when `RDZV_CHAOS_BACKEND` is not set. `etcd` joins once the etcd backend
- * passes its own tests (RDZV_CHAOS_BACKEND=etcd runs it meanwhile).
- */
-export const DEFAULT_CHAOS_BACKENDS: readonly string[] = ["tcp"];
+/** The backends the soak runs when `RDZV_CHAOS_BACKEND` is not set. */
+export const DEFAULT_CHAOS_BACKENDS: readonly string[] = ["tcp", "etcd"];
