@@ -148,12 +148,12 @@ describe("dashboard routes (no socket)", () => {
 
     const victim = nodes[1]!;
     await victim.kill();
-    const lost = await sse.until(
-      (e) => e.event === "timeline" && e.data.events?.some((t) => t.type === "nodeLost") === true,
-    );
-    const lostEvent = lost.data.events?.find((t) => t.type === "nodeLost");
+    // The victim's loss (a busy machine could also make a node miss keep-alives: only the victim counts).
+    const isVictim = (t: TimelineEvent) =>
+      t.type === "nodeLost" && (t.node?.id ?? "").includes(`_${victim.pid}_`);
+    const lost = await sse.until((e) => e.event === "timeline" && e.data.events?.some(isVictim) === true);
+    const lostEvent = lost.data.events?.find(isVictim);
     assert.equal(lostEvent?.round, 0);
-    assert.match(lostEvent?.node?.id ?? "", new RegExp(`_${victim.pid}_`));
     // The survivors re-form round 1 without the dead node.
     await Promise.all(
       [nodes[0]!, nodes[2]!].map((n) => n.waitFor((e) => e.event === "completed" && e.round === 1)),
@@ -161,14 +161,14 @@ describe("dashboard routes (no socket)", () => {
     const streamed = sse.received.filter((e) => e.event === "timeline").flatMap((e) => e.data.events ?? []);
     const types = streamed.map((e) => e.type);
     assert.deepEqual(types.slice(0, 4), ["joined", "joined", "joined", "completed"]);
-    assert.ok(types.indexOf("nodeLost") > 3, types.join());
+    assert.ok(streamed.findIndex(isVictim) > 3, types.join());
     await sse.cancel();
 
     const metrics = await get(app, "/metrics");
     assert.match(metrics.headers.get("content-type") ?? "", /text\/plain/);
     const text = await metrics.text();
     assert.ok(sample(text, "rdzv_rendezvous_rounds_completed_total") >= 2);
-    assert.equal(sample(text, "rdzv_rendezvous_nodes_lost_total"), 1);
+    assert.ok(sample(text, "rdzv_rendezvous_nodes_lost_total") >= 1);
     assert.ok(sample(text, "rdzv_rendezvous_nodes_joined_total") >= 5);
     assert.ok(sample(text, "rdzv_rendezvous_latency_seconds_count") >= 2);
     assert.equal(sample(text, "rdzv_store_connections"), server.stats().connections);

@@ -149,7 +149,7 @@ export const DASHBOARD_JS = String.raw`(function () {
   }
   function describe(e) {
     var who = e.node ? " " + e.node.id + (e.node.slot === undefined ? "" : " (slot " + e.node.slot + ")") : "";
-    var extra = e.type === "completed" ? " world size " + e.worldSize + (e.elapsedMs === undefined ? "" : " after " + secs(e.elapsedMs)) : e.reason && e.type !== "nodeLost" ? " (" + e.reason + ")" : "";
+    var extra = e.type === "completed" ? " world size " + e.worldSize + (e.elapsedMs === undefined ? "" : " after " + secs(e.elapsedMs)) : e.type === "left" && e.reason && e.reason !== "left" ? " (" + e.reason + ")" : "";
     return time(e.at) + "  round " + (e.round < 0 ? "-" : e.round) + "  " + e.type + who + extra;
   }
   function renderTimeline(events, reset) {

@@ -68,6 +68,23 @@ describe("RendezvousMonitor", () => {
     assert.ok(seen[2]!.at >= seen[1]!.at);
   });
 
+  it("does not count a ticket taken in a round already decided as a join", () => {
+    const { seen, create } = setup();
+    for (const slot of [0, 1]) create(`rdzv/j/r0/node/${slot}`, desc(slot));
+    create("rdzv/j/r0/outcome", enc(encodeOutcome({ kind: "complete", round: 0, span: 2, excluded: [] })));
+    create("rdzv/j/r0/node/2", desc(2)); // too late for round 0: this node goes on to round 1
+    create("rdzv/j/r1/node/0", desc(2));
+    assert.deepEqual(
+      seen.map((e) => [e.type, e.round, e.node?.slot]),
+      [
+        ["joined", 0, 0],
+        ["joined", 0, 1],
+        ["completed", 0, undefined],
+        ["joined", 1, 0],
+      ],
+    );
+  });
+
   it("shows a held completion anyway when a descriptor never comes", async () => {
     const { seen, create } = setup();
     create("rdzv/j/r0/outcome", enc(encodeOutcome({ kind: "complete", round: 0, span: 1, excluded: [] })));

@@ -41,6 +41,8 @@ interface RunTrack {
   readonly roundStart: Map<number | "torch", { round: number; at: number }>;
   readonly beats: Map<string, { at: number; intervalMs?: number }>;
   readonly nodes: Map<string, { id: string; addr: string }>;
+  /** rdzv: the span of each decided round seen (0 for closed): tickets at or beyond it never joined. */
+  readonly spans: Map<number, number>;
   /** rdzv: completions held back until their members' descriptors were seen (see `#outcome`). */
   readonly held: Map<number, { event: TimelineEvent; missing: Set<number>; timer: NodeJS.Timeout }>;
   torch?: TorchRendezvousState;
@@ -102,6 +104,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
         roundStart: new Map(),
         beats: new Map(),
         nodes: new Map(),
+        spans: new Map(),
         held: new Map(),
       };
     } else this.#runs.delete(runId);
@@ -127,7 +130,8 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       t.beats.set(id, last === undefined ? { at } : { at, intervalMs: at - last.at });
     } else if (k.kind === "tickets") {
       if (!t.roundStart.has(k.round)) t.roundStart.set(k.round, { round: k.round, at });
-    } else if (k.kind === "node" && created) {
+    } else if (k.kind === "node" && created && k.slot < (t.spans.get(k.round) ?? Number.POSITIVE_INFINITY)) {
+      // (A ticket beyond a decided round's span was taken too late and is left behind: not a join.)
       const node = nodeOf(text, k.slot);
       t.nodes.set(`${k.round}/${k.slot}`, node);
       this.#push(t, { ...base, round: k.round, type: "joined", node: { ...node, slot: k.slot } });
@@ -163,6 +167,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     } catch {
       return;
     }
+    t.spans.set(round, outcome.kind === "complete" ? outcome.span : 0);
     if (outcome.kind === "closed") {
       if (t.closed) return;
       t.closed = true;
@@ -188,6 +193,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       }
     }
     for (const r of t.roundStart.keys()) if (typeof r === "number" && r < round) t.roundStart.delete(r);
+    for (const r of t.spans.keys()) if (r < round - 1) t.spans.delete(r);
   }
 
   /** Shows the held completion of `round`, if any. */

@@ -110,7 +110,7 @@ export function describeEvent(e: TimelineEvent): string {
   let extra = "";
   if (e.type === "completed")
     extra = ` world size ${e.worldSize}${e.elapsedMs === undefined ? "" : ` after ${secs(e.elapsedMs)}`}`;
-  else if (e.type === "left" && e.reason !== undefined) extra = ` (${e.reason})`;
+  else if (e.type === "left" && e.reason !== undefined && e.reason !== "left") extra = ` (${e.reason})`;
   return `${time}  round ${e.round < 0 ? "-" : e.round}  ${e.type}${who}${extra}`;
 }
 

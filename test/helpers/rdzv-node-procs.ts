@@ -1,13 +1,13 @@
 /**
- * Rendezvous nodes as child processes (test/fixtures/rendezvous-node.ts: a c10d handler looping
- * nextRendezvous / waitForRoundEnd like an agent), for the dashboard, status and browser tests that need
+ * Rendezvous nodes as child processes (test/fixtures/agent-node.ts: a c10d handler looping
+ * nextRendezvous / waitForRoundEnd like an agent, 1 s keep-alives), for the dashboard, status and browser tests that need
  * a node they can SIGKILL. Every process is killed when its handle closes and when this process exits.
  */
 
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const FIXTURE = fileURLToPath(new URL("../fixtures/rendezvous-node.js", import.meta.url));
+const FIXTURE = fileURLToPath(new URL("../fixtures/agent-node.js", import.meta.url));
 const live = new Set<ChildProcessWithoutNullStreams>();
 process.on("exit", () => {
   for (const child of live) child.kill("SIGKILL");

@@ -1,0 +1,120 @@
+/**
+ * The dashboard in a real browser: headless Debian Chromium driven by playwright-core, against a real
+ * `rdzv serve --http-port` while node processes join, complete a round, and one of them is SIGKILLed. The
+ * page must show those events in that order as they happen, without a reload.
+ */
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { type Browser, chromium } from "playwright-core";
+import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
+import { type ServeProcess, startServe } from "./helpers/serve-process.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+
+async function launch(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(
+      `${CHROMIUM} is missing: the dashboard browser test needs Debian's Chromium. Install it: apt-get install -y chromium`,
+    );
+  }
+  // --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox"],
+    timeout: 120_000,
+  });
+}
+
+async function dashboardUrl(serve: ServeProcess): Promise<string> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const m = /rdzv dashboard on (http:\/\/\S+)/.exec(serve.output());
+    if (m !== null) return m[1]!;
+    if (Date.now() > deadline) throw new Error(`rdzv serve printed no dashboard URL:\n${serve.output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("dashboard in Chromium", () => {
+  let browser: Browser;
+  let serve: ServeProcess;
+  let nodes: NodeProc[] = [];
+  before(async () => {
+    browser = await launch();
+    serve = await startServe(["--http-port", "0"]);
+  });
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.kill()));
+    await serve?.kill();
+    await browser?.close();
+  });
+
+  it("shows nodes joining, the round completing and a killed node lost, in that order, live", async () => {
+    const url = await dashboardUrl(serve);
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+    page.on("console", (msg) => {
+      if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
+    });
+    let loads = 0;
+    page.on("load", () => loads++);
+    await page.goto(url);
+    await page.locator("#conn.on").waitFor({ timeout: 30_000 });
+    assert.equal(await page.locator("#no-runs").isVisible(), true);
+    // Survives only as long as the page is not reloaded.
+    await page.evaluate(() => {
+      (globalThis as unknown as { marker: number }).marker = 42;
+    });
+
+    nodes = startNodes(3, `127.0.0.1:${serve.port}`, "job", 2, 3);
+    await page.locator('#timeline li[data-type="completed"]').waitFor({ timeout: 60_000 });
+    await page.locator('#run-title [data-state="complete"]').waitFor({ timeout: 30_000 });
+    for (const n of nodes) {
+      await page
+        .locator(`#run tr[data-status="alive"]`, { hasText: `_${n.pid}_` })
+        .waitFor({ timeout: 30_000 });
+    }
+    assert.equal(await page.locator('#runs tr[data-run="job"] [data-state="complete"]').count(), 1);
+
+    const victim = nodes[1]!;
+    await victim.kill();
+    // Only the victim's loss counts (a starved machine could make another node miss keep-alives).
+    await page
+      .locator('#timeline li[data-type="nodeLost"]', { hasText: `_${victim.pid}_` })
+      .waitFor({ timeout: 60_000 });
+    const items = await page
+      .locator("#timeline li")
+      .evaluateAll((lis) =>
+        lis.map((li) => ({ type: li.getAttribute("data-type"), text: li.textContent ?? "" })),
+      );
+    const types = items.map((i) => i.type);
+    assert.deepEqual(types.slice(0, 4), ["joined", "joined", "joined", "completed"], JSON.stringify(items));
+    const lost = items.findIndex((i) => i.type === "nodeLost" && i.text.includes(`_${victim.pid}_`));
+    assert.ok(lost > 3, JSON.stringify(items));
+    assert.match(
+      items[lost]!.text,
+      new RegExp(`round 0 {2}nodeLost 127\\.0\\.0\\.1_${victim.pid}_\\d+ \\(slot \\d\\)`),
+    );
+    for (const n of nodes) {
+      assert.ok(
+        items.slice(0, 3).some((i) => i.text.includes(`_${n.pid}_`)),
+        `joined ${n.pid}: ${JSON.stringify(items)}`,
+      );
+    }
+
+    // The survivors re-form round 1 and the page follows.
+    await page.locator("#run-title", { hasText: "round 1" }).waitFor({ timeout: 60_000 });
+    assert.equal(
+      await page.evaluate(() => (globalThis as unknown as { marker?: number }).marker),
+      42,
+      "the page reloaded",
+    );
+    assert.equal(loads, 1, "the page loaded more than once");
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+});
