@@ -3,6 +3,7 @@
 #   - PyTorch 1.13 from Debian (python3-torch, at /usr/bin/python3): the v1 TCPStore dialect
 #   - PyTorch 2.x (CPU) into .venv-torch with pip: the v2 dialect
 #   - etcd-server and redis-server from Debian: the etcd and redis backend tests start real servers
+#   - chromium from Debian (/usr/bin/chromium): the dashboard's browser test drives it headless
 # Safe to re-run: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ if ! /usr/bin/python3 -c "import torch" >/dev/null 2>&1; then apt_packages+=(pyt
 # Real etcd (binary /usr/bin/etcd) and Redis servers for the etcd and redis backend tests.
 if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then apt_packages+=(etcd-server); fi
 if ! command -v redis-server >/dev/null 2>&1; then apt_packages+=(redis-server); fi
+if [ ! -x /usr/bin/chromium ]; then apt_packages+=(chromium); fi
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
