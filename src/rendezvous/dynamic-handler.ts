@@ -89,6 +89,8 @@ interface Membership {
   readonly watched: number | undefined;
   /** Keep-alive staleness of `watched`, on this node's clock. */
   readonly liveness: LivenessTracker;
+  /** Whether this node already emitted `nodeLost` for `watched`. */
+  lossReported: boolean;
 }
 
 let localCounter = 0;
@@ -337,6 +339,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       worldSize,
       watched: next === slot ? undefined : next,
       liveness: new LivenessTracker(this.#deadAfterMs),
+      lossReported: false,
     };
     const store = this.#backend.roundStore(round);
     const rankZero = slotAt(outcome, outcome.ranks ? outcome.ranks.indexOf(0) : 0);
@@ -481,12 +484,33 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     const signal = optionalSignal(options.signal);
     for (;;) {
       const step = Math.max(0, Math.min(deadline - Date.now(), this.settings.keepAliveIntervalMs));
-      if (await this.#backend.waitEnded(member.round, { timeoutMs: step, ...signal })) return true;
+      if (await this.#backend.waitEnded(member.round, { timeoutMs: step, ...signal })) {
+        await this.#reportWatchedLoss(member, signal);
+        return true;
+      }
       const { round, watched, liveness } = member;
-      if (watched !== undefined && (await this.#memberGone(round, watched, liveness, signal))) return true;
+      if (watched !== undefined && (await this.#memberGone(round, watched, liveness, signal))) {
+        member.lossReported = true; // #memberGone emitted it when it found the keep-alives stopped
+        return true;
+      }
       if (await this.#nodesWaiting(member, signal)) return true;
       if (Date.now() >= deadline) return false;
     }
+  }
+
+  /**
+   * The round ended. When the member this node watches died or left, emits `nodeLost` for it, also when
+   * the server marked it (its connection dropped) rather than this node: so every lost member is reported
+   * once, by the member before it in slot order, at one read per member.
+   */
+  async #reportWatchedLoss(member: Membership, options: RendezvousCallOptions): Promise<void> {
+    if (member.watched === undefined || member.lossReported) return;
+    const [reason] = await this.#backend
+      .goneSlots(member.round, [member.watched], options)
+      .catch(() => [undefined]);
+    if (reason !== GoneReason.Dead && reason !== GoneReason.Left) return;
+    member.lossReported = true;
+    this.emit("nodeLost", { round: member.round, slot: member.watched, reason });
   }
 
   /**
