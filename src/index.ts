@@ -71,6 +71,43 @@ export {
   createStaticRendezvousHandler,
   StaticRendezvousHandler,
 } from "./rendezvous/static-handler.js";
+// Dashboard, run inspector, metrics (rdzv serve --http-port, rdzv status)
+export {
+  createDashboardApp,
+  type DashboardApp,
+  type DashboardAppOptions,
+} from "./server/dashboard-app.js";
+export { type HttpServer, type HttpServerOptions, startHttpServer } from "./server/http-server.js";
+export {
+  type InspectOptions,
+  inspectAllRuns,
+  inspectRun,
+  type KeepAliveTimes,
+  listRunRefs,
+  type RunRef,
+} from "./server/inspector.js";
+export { engineKeyReader, type KeyReader, storeKeyReader } from "./server/key-reader.js";
+export { createServerMetrics, type ServerMetrics, type ServerMetricsOptions } from "./server/metrics.js";
+export {
+  RendezvousMonitor,
+  type RendezvousMonitorEvents,
+  type RendezvousMonitorOptions,
+} from "./server/monitor.js";
+export { PickleError } from "./server/pickle.js";
+export {
+  NodeStatus,
+  type NodeView,
+  RunState,
+  type RunSummary,
+  type RunView,
+  type TimelineEvent,
+} from "./server/run-view.js";
+export {
+  decodeTorchState,
+  type TorchNode,
+  type TorchRendezvousState,
+  type TorchStateReading,
+} from "./server/torch-state.js";
 // Stores
 export { bytesToText, toBytes } from "./store/bytes.js";
 export {
