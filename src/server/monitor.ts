@@ -57,6 +57,8 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   readonly #maxEvents: number;
   readonly #maxRuns: number;
   readonly #runs = new Map<string, RunTrack>();
+  /** The most recently touched run (already last in `#runs`): keep-alives hit the same run in bursts. */
+  #latest: string | undefined;
 
   constructor(options: RendezvousMonitorOptions = {}) {
     super();
@@ -97,6 +99,8 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
 
   #track(runId: string): RunTrack {
     let t = this.#runs.get(runId);
+    if (t !== undefined && runId === this.#latest) return t;
+    this.#latest = runId;
     if (t === undefined) {
       t = {
         events: [],
@@ -122,7 +126,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   #rdzv(k: RdzvKey, created: boolean, value: Uint8Array): void {
     const t = this.#track(k.runId);
     const at = this.#now();
-    const text = Buffer.from(value).toString("utf8");
+    const text = k.kind === "hb" || k.kind === "tickets" ? "" : Buffer.from(value).toString("utf8");
     const base = { at, runId: k.runId };
     if (k.kind === "hb") {
       const id = `${k.round}/${k.slot}`;
