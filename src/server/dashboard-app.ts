@@ -37,6 +37,8 @@ export interface DashboardAppOptions {
   maxNodesShown?: number;
   /** Least time between two pushes to event-stream clients, ms (default 200). */
   pushIntervalMs?: number;
+  /** Least time between two pushes when only keep-alive counters moved, ms (default 1000). */
+  keepAlivePushIntervalMs?: number;
   /** Export Node's process metrics too (default true). */
   processMetrics?: boolean;
   /** Clock, epoch ms (default `Date.now`). */
@@ -69,13 +71,25 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const inspect = { keepAlives: monitor, maxSlots: options.maxNodesShown ?? 5000 };
   const views = (runId: string, source?: RunView["source"]): Promise<RunView[]> =>
     inspectRun(reader, runId, source === undefined ? inspect : { ...inspect, source });
+  // Counts and states need only the leave markers, whatever the run's size.
   const summaries = async (): Promise<RunSummary[]> => {
     const out: RunSummary[] = [];
-    for (const ref of await listRunRefs(reader))
-      out.push(...(await views(ref.runId, ref.source)).map(summarize));
+    for (const ref of await listRunRefs(reader)) {
+      const found = await inspectRun(reader, ref.runId, {
+        source: ref.source,
+        markersOnly: true,
+        maxSlots: 1_000_000,
+      });
+      out.push(...found.map(summarize));
+    }
     return out;
   };
-  const live = new LiveUpdates({ now, summaries, views }, monitor, options.pushIntervalMs ?? 200);
+  const live = new LiveUpdates({ now, summaries, views }, monitor, {
+    ...(options.pushIntervalMs === undefined ? {} : { intervalMs: options.pushIntervalMs }),
+    ...(options.keepAlivePushIntervalMs === undefined
+      ? {}
+      : { keepAliveIntervalMs: options.keepAlivePushIntervalMs }),
+  });
   const streams = new Set<SseStream>();
   let closed = false;
 

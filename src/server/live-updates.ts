@@ -1,8 +1,9 @@
 /**
  * Pushes run changes to the dashboard's event-stream clients. Key changes arrive from the monitor at the
  * store's pace (a keep-alive every few seconds per node, thousands of joins at once); the hub coalesces
- * them and pushes at most once per `intervalMs`: the run list when it changed, the detail of the run a
- * client watches when that run changed, and the timeline events of that run since the last push.
+ * them and pushes at most once per `intervalMs` (`keepAliveIntervalMs` when only keep-alive counters moved):
+ * the run list when it changed, the detail of the run a client watches when that run changed, and the
+ * timeline events of that run since the last push. Nothing is read while no client is connected.
  */
 
 import type { RendezvousMonitor } from "./monitor.js";
@@ -35,19 +36,29 @@ interface Subscriber {
 export class LiveUpdates {
   readonly #subscribers = new Set<Subscriber>();
   readonly #changed = new Set<string>();
+  /** Something other than a keep-alive changed since the last push: the run list may differ. */
+  #structural = false;
   #timer: NodeJS.Timeout | undefined;
+  #due = Number.POSITIVE_INFINITY;
   #flushing = false;
   #lastRuns = "";
   readonly #detach: () => void;
 
+  private readonly intervalMs: number;
+  private readonly keepAliveIntervalMs: number;
+
   constructor(
     private readonly source: LiveSource,
     monitor: RendezvousMonitor,
-    private readonly intervalMs = 200,
+    options: { intervalMs?: number; keepAliveIntervalMs?: number } = {},
   ) {
-    const onChanged = (runId: string): void => {
+    this.intervalMs = options.intervalMs ?? 200;
+    this.keepAliveIntervalMs = Math.max(this.intervalMs, options.keepAliveIntervalMs ?? 1000);
+    const onChanged = (runId: string, keepAliveOnly: boolean): void => {
+      if (this.#subscribers.size === 0) return;
       this.#changed.add(runId);
-      this.#schedule();
+      if (!keepAliveOnly) this.#structural = true;
+      this.#schedule(keepAliveOnly ? this.keepAliveIntervalMs : this.intervalMs);
     };
     const onEvent = (e: TimelineEvent): void => {
       for (const sub of this.#subscribers) if (sub.watch.runId === e.runId) sub.pending.push(e);
@@ -96,7 +107,7 @@ export class LiveUpdates {
     sub.ready = true;
     if (sub.pending.length > 0 && watch.runId !== undefined) {
       this.#changed.add(watch.runId);
-      this.#schedule();
+      this.#schedule(this.intervalMs);
     }
     return remove;
   }
@@ -109,32 +120,44 @@ export class LiveUpdates {
     this.#subscribers.clear();
   }
 
-  #schedule(): void {
-    if (this.#timer !== undefined || this.#subscribers.size === 0) {
-      if (this.#subscribers.size === 0) this.#changed.clear();
+  /** Pushes in `delayMs`, or earlier when a push is due sooner already. */
+  #schedule(delayMs: number): void {
+    if (this.#subscribers.size === 0) {
+      this.#changed.clear();
       return;
     }
+    const due = Date.now() + delayMs;
+    if (this.#timer !== undefined && this.#due <= due) return;
+    clearTimeout(this.#timer);
+    this.#due = due;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
+      this.#due = Number.POSITIVE_INFINITY;
       void this.#flush();
-    }, this.intervalMs);
+    }, delayMs);
     this.#timer.unref();
   }
 
   async #flush(): Promise<void> {
     if (this.#flushing) {
-      this.#schedule();
+      this.#schedule(this.intervalMs);
       return;
     }
     this.#flushing = true;
     const changed = new Set(this.#changed);
     this.#changed.clear();
+    const structural = this.#structural;
+    this.#structural = false;
     try {
       const now = this.source.now();
-      const runs = await this.source.summaries();
-      const runsJson = JSON.stringify(runs);
-      const runsChanged = runsJson !== this.#lastRuns;
-      this.#lastRuns = runsJson;
+      let runs: RunSummary[] = [];
+      let runsChanged = false;
+      if (structural) {
+        runs = await this.source.summaries();
+        const runsJson = JSON.stringify(runs);
+        runsChanged = runsJson !== this.#lastRuns;
+        this.#lastRuns = runsJson;
+      }
       const views = new Map<string, Promise<RunView[]>>();
       for (const sub of [...this.#subscribers]) {
         if (!sub.ready) continue;

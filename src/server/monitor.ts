@@ -30,8 +30,8 @@ export interface RendezvousMonitorOptions {
 export interface RendezvousMonitorEvents {
   /** A timeline event of some run. */
   event: [TimelineEvent];
-  /** Some key of run `runId` changed (keep-alives included). */
-  changed: [string];
+  /** Some key of run `runId` changed; `keepAliveOnly` when it was a keep-alive counter. */
+  changed: [string, boolean];
 }
 
 interface RunTrack {
@@ -155,7 +155,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       t.closed = true;
       this.#push(t, { ...base, round: -1, type: "closed" });
     }
-    this.emit("changed", k.runId);
+    this.emit("changed", k.runId, k.kind === "hb");
   }
 
   /**
@@ -227,7 +227,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       this.#push(t, e);
     }
     t.torch = next;
-    this.emit("changed", runId);
+    this.emit("changed", runId, false);
   }
 }
 

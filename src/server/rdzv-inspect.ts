@@ -24,6 +24,11 @@ export interface InspectOptions extends CallOptions {
   keepAlives?: KeepAliveTimes;
   /** Most slots read per round (default 20 000); more are counted in a note. */
   maxSlots?: number;
+  /**
+   * Read only the leave markers of each slot, not descriptors and keep-alives: states and counts are
+   * right, nodes are named by slot. A tenth of the work at 10,000 nodes; for run lists.
+   */
+  markersOnly?: boolean;
 }
 
 /** PyTorch's default `keep_alive_max_attempt`: a node counts as dead after this many missed keep-alives. */
@@ -78,11 +83,12 @@ export async function inspectRdzvRun(
     view.round = last?.round ?? openRound;
     return view;
   }
-  const current = await readRound(reader, runId, openRound, maxSlots, notes, call);
+  const full = options.markersOnly !== true;
+  const current = await readRound(reader, runId, openRound, maxSlots, full, notes, call);
   if (current.lead !== undefined) view.coordinator = current.lead;
   const toView = (round: number) => (s: SlotKeys) => nodeView(runId, round, s, options.keepAlives);
   if (last?.kind === "complete") {
-    const done = await readRound(reader, runId, last.round, maxSlots, notes, call);
+    const done = await readRound(reader, runId, last.round, maxSlots, full, notes, call);
     const live = current.slots.some((s) => s.gone === undefined);
     if (done.ended) {
       const lost = done.slots.filter((s) => s.gone === "dead" || s.gone === "left");
@@ -139,6 +145,7 @@ async function readRound(
   runId: string,
   round: number,
   maxSlots: number,
+  full: boolean,
   notes: string[],
   call: CallOptions,
 ): Promise<RoundKeys> {
@@ -148,15 +155,20 @@ async function readRound(
   const shown = Math.min(count, maxSlots);
   if (shown < count) notes.push(`round ${round}: showing ${shown} of ${count} tickets`);
   const paths = [];
-  for (let s = 0; s < shown; s++) paths.push(key(`node/${s}`), key(`hb/${s}`), key(`gone/${s}`));
+  for (let s = 0; s < shown; s++) {
+    if (full) paths.push(key(`node/${s}`), key(`hb/${s}`));
+    paths.push(key(`gone/${s}`));
+  }
   const values = await reader.read(paths, call);
   const slots: SlotKeys[] = [];
+  const per = full ? 3 : 1;
   for (let s = 0; s < shown; s++) {
+    const at = per * s;
     slots.push({
       slot: s,
-      node: descriptor(text(values[3 * s])),
-      keepAlives: int(values[3 * s + 1]),
-      gone: text(values[3 * s + 2]),
+      node: full ? descriptor(text(values[at])) : undefined,
+      keepAlives: full ? int(values[at + 1]) : undefined,
+      gone: text(values[at + per - 1]),
     });
   }
   return { tickets: count, lead: int(lead), ended: ended !== undefined, slots };

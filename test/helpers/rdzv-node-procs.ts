@@ -1,6 +1,6 @@
 /**
  * Rendezvous nodes as child processes (test/fixtures/agent-node.ts: a c10d handler looping
- * nextRendezvous / waitForRoundEnd like an agent, 1 s keep-alives), for the dashboard, status and browser tests that need
+ * nextRendezvous / waitForRoundEnd like an agent, 2 s keep-alives), for the dashboard, status and browser tests that need
  * a node they can SIGKILL. Every process is killed when its handle closes and when this process exits.
  */
 
