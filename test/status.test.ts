@@ -11,7 +11,7 @@ import type { RunView } from "../src/server/run-view.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
 import { RDZV_MAIN, startServe } from "./helpers/serve-process.js";
-import { findTorch1, runDriver } from "./helpers/torch.js";
+import { findTorch1, findTorch2, runDriver, startTorchServer } from "./helpers/torch.js";
 
 const run = promisify(execFile);
 
@@ -174,6 +174,34 @@ describe("rdzv status", () => {
         "pt-joining/pytorch/last call",
       ],
     );
+  });
+});
+
+describe("rdzv status against PyTorch's own TCPStore server", () => {
+  it("lists and shows the runs of PyTorch's handler there (2.x lists keys; 1.13 needs --run-id and v1)", async () => {
+    for (const torch of [await findTorch2(), await findTorch1()]) {
+      await using server = await startTorchServer(torch);
+      await runDriver(torch, "torch_rdzv_state.py", ["127.0.0.1", String(server.port), "samples", "own"]);
+      const at = ["--endpoint", `127.0.0.1:${server.port}`, "--json"];
+      if (torch.major >= 2) {
+        const doc = JSON.parse((await status(at)).stdout) as StatusJson;
+        assert.deepEqual(
+          doc.runs.map((r) => `${r.runId}/${r.state}`),
+          ["own-closed/closed", "own-complete/complete", "own-joining/last call"],
+        );
+      } else {
+        const listed = await status([...at, "--dialect", "v1"]);
+        assert.equal(listed.code, 1);
+        assert.match(listed.stderr, /cannot list its keys .*: name the run id/);
+        const one = JSON.parse(
+          (await status([...at, "--dialect", "v1", "--run-id", "own-complete"])).stdout,
+        ) as StatusJson;
+        assert.deepEqual(
+          one.runs[0]?.participants.map((p) => p.rank),
+          [0, 1],
+        );
+      }
+    }
   });
 });
 

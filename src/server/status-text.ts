@@ -62,10 +62,20 @@ function keepAlive(n: NodeView, now: number): string {
 
 /** A table of `nodes`, columns padded to their widest cell. */
 function table(nodes: NodeView[], now: number, withRank: boolean, indent: string): string[] {
-  const head = [...(withRank ? ["RANK"] : []), "SLOT", "NODE", "ADDRESS", "PID", "STATUS", "KEEP-ALIVE"];
+  // PyTorch's nodes have no slots (tickets are rdzv's): no column for them.
+  const withSlot = nodes.some((n) => n.slot !== undefined);
+  const head = [
+    ...(withRank ? ["RANK"] : []),
+    ...(withSlot ? ["SLOT"] : []),
+    "NODE",
+    "ADDRESS",
+    "PID",
+    "STATUS",
+    "KEEP-ALIVE",
+  ];
   const rows = nodes.map((n) => [
     ...(withRank ? [n.rank === undefined ? "-" : String(n.rank)] : []),
-    n.slot === undefined ? "-" : String(n.slot),
+    ...(withSlot ? [n.slot === undefined ? "-" : String(n.slot)] : []),
     n.id,
     n.addr || "-",
     n.pid === undefined ? "-" : String(n.pid),
