@@ -3,7 +3,7 @@
 // Node 20 has no glob support in `node --test`, so the files are listed here.
 // Usage: node scripts/run-tests.mjs [substring-filter...]
 import { spawnSync } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 
 function find(dir, out) {
@@ -15,8 +15,14 @@ function find(dir, out) {
   return out;
 }
 
+/** A compiled test whose source is gone (renamed or deleted since an earlier build) must not run. */
+function hasSource(file) {
+  return existsSync(file.replace(/^dist[\\/]/, "").replace(/\.js$/, ".ts"));
+}
+
 const filters = process.argv.slice(2);
 const files = find("dist", [])
+  .filter(hasSource)
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
   .sort();
 if (files.length === 0) {
