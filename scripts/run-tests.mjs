@@ -32,7 +32,7 @@ if (files.length === 0) {
 const concurrency = process.env.RDZV_TEST_CONCURRENCY ?? "2";
 const result = spawnSync(
   process.execPath,
-  ["--test", `--test-concurrency=${concurrency}`, "--test-reporter=spec", ...files],
+  ["--test", `--test-concurrency=${concurrency}`, "--test-timeout=300000", "--test-reporter=spec", ...files],
   { stdio: "inherit" },
 );
 process.exit(result.status ?? 1);
