@@ -174,7 +174,13 @@ describe("dashboard routes (no socket)", () => {
     assert.equal(sample(text, "rdzv_store_connections"), server.stats().connections);
     assert.ok(sample(text, 'rdzv_store_operations_total{op="add"}') > 0);
     assert.ok(sample(text, 'rdzv_store_operations_total{op="compareSet"}') > 0);
-    assert.ok(sample(text, "rdzv_store_waiters") >= 1, "survivors block in waitForRoundEnd");
+    // Survivors block in waitForRoundEnd, between short re-checks: look a few times.
+    let waiters = sample(text, "rdzv_store_waiters");
+    for (let i = 0; waiters < 1 && i < 100; i += 1) {
+      await new Promise((r) => setTimeout(r, 50));
+      waiters = sample(await (await get(app, "/metrics")).text(), "rdzv_store_waiters");
+    }
+    assert.ok(waiters >= 1, "survivors block in waitForRoundEnd");
     assert.match(text, /rdzv_process_cpu_user_seconds_total/);
   });
 
