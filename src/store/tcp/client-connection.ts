@@ -9,7 +9,9 @@
  * A WAIT or BARRIER parks the reply stream on the server, and PyTorch's servers keep answering later
  * requests of that connection while it is parked (out of order). So a connection carrying a blocking
  * request must carry nothing else but the CANCEL_WAIT that may follow it; `TCPStore` runs blocking
- * requests on connections of their own (see `client-wait-pool.ts`).
+ * requests on connections of their own (see `client-wait-pool.ts`). Against an rdzv server the main
+ * connection instead switches to tagged replies (`enableTagged`) and waits with `WAIT_ASYNC`, any number
+ * at once, between its pipelined requests (see `client-async-waits.ts`).
  */
 
 import type { Socket } from "node:net";
@@ -19,9 +21,13 @@ import {
   RendezvousError,
   RendezvousTimeoutError,
 } from "../../errors.js";
+import { AsyncWaitTable } from "./client-async-waits.js";
 import { RequestWriter } from "./client-encode.js";
-import { type Dialect, type Request, WaitResponse } from "./protocol.js";
+import { closedByServer, socketError } from "./client-errors.js";
+import { CancelAsyncResponse, type Dialect, type Request, WaitResponse } from "./protocol.js";
 import type { Reply, ReplyDecoder, ReplyShape } from "./reply-decoder.js";
+
+export { describeRequest, printable, socketError } from "./client-errors.js";
 
 /** The value type of a reply of kind `K`. */
 export type ReplyValue<K extends ReplyShape["kind"]> = Extract<Reply, { kind: K }>["value"];
@@ -49,18 +55,6 @@ interface Batch {
   readonly reject: (err: Error) => void;
 }
 
-/** Describes a request for error messages, keys shown as sent (with their `/`). */
-export function describeRequest(req: Request): string {
-  if ("key" in req) return `${req.type} ${printable(req.key)}`;
-  if ("keys" in req) return `${req.type} [${req.keys.map(printable).join(", ")}]`;
-  return req.type;
-}
-
-/** A byte-string key as readable text (UTF-8 decoded). */
-export function printable(key: string): string {
-  return Buffer.from(key, "latin1").toString("utf8");
-}
-
 /** How a `ClientConnection` speaks and whom it tells when it ends. */
 export interface ClientConnectionOptions {
   readonly dialect: Dialect;
@@ -86,6 +80,8 @@ export class ClientConnection {
   #closed = false;
   #repliesDecoded = 0;
   #watchdog: NodeJS.Timeout | undefined;
+  #tagged = false;
+  readonly #asyncWaits = new AsyncWaitTable();
 
   constructor(socket: Socket, options: ClientConnectionOptions) {
     this.socket = socket;
@@ -96,12 +92,24 @@ export class ClientConnection {
     this.#onClose = options.onClose;
     socket.on("data", (chunk: Buffer) => this.#onData(chunk));
     socket.on("error", (err) => this.destroy(socketError(this.peer, err)));
-    socket.on("close", () => this.destroy(closedByServer(this.peer, this.#headRequest())));
+    socket.on("close", () =>
+      this.destroy(closedByServer(this.peer, this.#headRequest(), this.#asyncWaits.size)),
+    );
   }
 
   /** False once the connection ended, for whatever reason. */
   get open(): boolean {
     return !this.#closed;
+  }
+
+  /** True once `enableTagged()` was sent: `waitAsync` may be used. */
+  get tagged(): boolean {
+    return this.#tagged;
+  }
+
+  /** Outstanding `waitAsync` waits. */
+  get asyncWaitCount(): number {
+    return this.#asyncWaits.size;
   }
 
   /** Number of requests still waiting for their reply. */
@@ -146,6 +154,49 @@ export class ClientConnection {
     return this.request({ type: "cancelWait" }, Shape.u8).then((v) => {
       if (v !== WaitResponse.WaitCanceled) throw this.#protocolError(`CANCEL_WAIT answered ${v}`);
     });
+  }
+
+  /**
+   * rdzv extension (only on a server that answered the extension probe): switches the connection to tagged
+   * replies. `waitAsync` works at once (the server handles requests in order); the decoder switches when
+   * the acknowledgement arrives. Resolves then.
+   */
+  enableTagged(): Promise<void> {
+    this.#tagged = true;
+    return this.request({ type: "taggedReplies" }, Shape.u8).then(() => {});
+  }
+
+  /**
+   * rdzv extension (after `enableTagged`): waits until every one of `keys` exists without blocking the
+   * connection. `done` resolves then, or rejects when the connection ends. Give it up with `cancelAsync(id)`.
+   */
+  waitAsync(keys: readonly string[]): { id: number; done: Promise<void> } {
+    if (this.#closed) return { id: -1, done: Promise.reject(this.#closedError()) };
+    const wait = this.#asyncWaits.add();
+    try {
+      this.#write({ type: "waitAsync", id: wait.id, keys });
+    } catch (err) {
+      this.#asyncWaits.forget(wait.id);
+      wait.done.catch(() => {});
+      throw err;
+    }
+    return wait;
+  }
+
+  /**
+   * Gives up the async wait `id` (its promise stays pending forever) and drops it on the server, so no
+   * waiter is left behind there. Resolves once the server answered (or the connection ended).
+   */
+  async cancelAsync(id: number): Promise<void> {
+    if (!this.#asyncWaits.forget(id) || this.#closed) return;
+    const reply = await this.request({ type: "cancelAsync", id }, Shape.u8).catch(() => undefined);
+    if (
+      reply !== undefined &&
+      reply !== CancelAsyncResponse.Canceled &&
+      reply !== CancelAsyncResponse.NotPending
+    ) {
+      this.destroy(this.#protocolError(`CANCEL_ASYNC answered ${reply}`));
+    }
   }
 
   /**
@@ -215,6 +266,7 @@ export class ClientConnection {
     this.#batch = undefined;
     batch?.reject(err);
     for (const p of pending) p.reject(err);
+    this.#asyncWaits.rejectAll(err);
     this.#onClose?.(reason);
   }
 
@@ -242,12 +294,19 @@ export class ClientConnection {
     if (this.#closed) return;
     this.#decoder.push(chunk);
     try {
-      while (this.#head < this.#pending.length) {
-        const entry = this.#pending[this.#head]!;
-        const reply = this.#decoder.next(entry.shape);
+      while (this.#head < this.#pending.length || this.#decoder.tagged) {
+        const entry = this.#pending[this.#head];
+        const reply = this.#decoder.next(entry?.shape);
         if (reply === undefined) return;
-        this.#shift();
         this.#repliesDecoded++;
+        if (reply.kind === "waitDone") {
+          this.#asyncWaits.settle(reply.value);
+          continue;
+        }
+        if (entry === undefined) throw this.#protocolError("a reply with no request pending");
+        this.#shift();
+        // Every reply after TAGGED_REPLIES' acknowledgement is tagged.
+        if (entry.req.type === "taggedReplies") this.#decoder.tagged = true;
         if (reply.kind === "u8" && reply.value === WaitResponse.WaitCanceled && this.#cancelFollows(entry)) {
           // The server cancelled `entry` (a WAIT/BARRIER) without answering it: its single `01` answers
           // both the blocking request and the CANCEL_WAIT behind it.
@@ -299,25 +358,4 @@ export class ClientConnection {
 function settleBatch(batch: Batch, err: Error | null | undefined, peer: string): void {
   if (err === null || err === undefined) batch.resolve();
   else batch.reject(socketError(peer, err));
-}
-
-/** Maps a Node socket error (ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, ...) to a connection error. */
-export function socketError(peer: string, err: Error): RendezvousError {
-  if (err instanceof RendezvousError) return err;
-  const code = (err as NodeJS.ErrnoException).code;
-  return new RendezvousConnectionError(`TCPStore connection to ${peer} failed: ${code ?? err.message}`, {
-    cause: err,
-  });
-}
-
-function closedByServer(peer: string, head: Request | undefined): RendezvousError {
-  let message = `the TCPStore server at ${peer} closed the connection`;
-  if (head !== undefined) message += ` while a reply to ${describeRequest(head)} was pending`;
-  if (head?.type === "add") message += " (likely because the stored value is not an integer)";
-  else if (head !== undefined) {
-    message +=
-      " (a server closes a connection whose request breaks its limits: key or value size, keys per request," +
-      " waiters per connection; an rdzv server logs which)";
-  }
-  return new RendezvousConnectionError(message);
 }

@@ -73,6 +73,15 @@ export class RequestWriter {
       case "ping":
         this.#u32(req.nonce);
         break;
+      case "cancelAsync":
+        this.#u32(req.id);
+        break;
+      case "waitAsync":
+        this.#count(req.type, req.keys.length);
+        this.#u32(req.id);
+        this.#u64(req.keys.length);
+        for (const k of req.keys) this.#key(k);
+        break;
       case "set":
       case "append":
       case "queuePush":
@@ -122,6 +131,7 @@ export class RequestWriter {
       case "getNumKeys":
       case "cancelWait":
       case "listKeys":
+      case "taggedReplies":
         break;
     }
   }

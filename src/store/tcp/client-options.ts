@@ -49,6 +49,12 @@ export interface TCPStoreOptions {
    * that variable is set, else plain TCP. Only rdzv servers speak TLS.
    */
   tls?: boolean | ConnectionOptions | undefined;
+  /**
+   * Against an rdzv server (one that answers the extension probe), run WAITs on the main connection with
+   * rdzv's `WAIT_ASYNC` extension instead of a wait connection each (default true). PyTorch servers
+   * always get wait connections.
+   */
+  asyncWaits?: boolean;
   logger?: Logger;
 }
 
@@ -69,6 +75,7 @@ export interface ResolvedOptions {
   readonly limits: Partial<ProtocolLimits>;
   readonly authToken: string | undefined;
   readonly tls: ConnectionOptions | undefined;
+  readonly asyncWaits: boolean;
   readonly logger: Logger;
 }
 
@@ -102,6 +109,7 @@ export function resolveOptions(options: TCPStoreOptions): ResolvedOptions {
     limits: options.limits ?? {},
     authToken: resolveToken(options.authToken, dialect),
     tls: resolveTls(options.tls),
+    asyncWaits: options.asyncWaits ?? true,
     logger: options.logger ?? silentLogger,
   };
 }

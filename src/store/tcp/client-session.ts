@@ -1,7 +1,8 @@
 /**
  * The connections behind one `TCPStore` handle: the main connection (pipelined non-blocking requests,
  * reconnected on demand) and the pool of wait connections (one per pending WAIT/BARRIER), plus the
- * deadline, abort and reconnect rules every call follows.
+ * deadline, abort and reconnect rules every call follows. Against an rdzv server, WAITs run on the main
+ * connection instead, as `WAIT_ASYNC`s (tagged replies), so a waiting client holds one connection only.
  */
 
 import {
@@ -116,6 +117,9 @@ export class ClientSession {
 
   /** Waits for byte-string keys: CHECK on the main connection, then WAIT on a wait connection if needed. */
   async waitKeys(keys: readonly string[], options: CallOptions | undefined, start: number): Promise<void> {
+    // A WAIT_ASYNC of present keys completes at once: no CHECK needed.
+    if (this.#main?.tagged)
+      return this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
     const ready = await this.run(options, "wait", (c) => c.request({ type: "check", keys }, Shape.u8));
     if (ready === CheckResponse.Ready) return;
     await this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
@@ -135,6 +139,13 @@ export class ClientSession {
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     const deadlineAt = start + timeoutMs;
     const signal = options?.signal;
+    if (req.type === "wait" && this.#hasExtensions && this.#options.asyncWaits) {
+      const main = this.#main?.open ? this.#main : await this.#reconnect(options);
+      if (main.tagged) {
+        const timeout = (): RendezvousError => new RendezvousTimeoutError(describe(timeoutMs));
+        return this.#waitAsync(main, req.keys, deadlineAt, signal, timeout);
+      }
+    }
     // Opening a wait connection retries within the connect budget. Running out of the call's own time
     // while the server is reachable (the main connection is up) is a timeout, not a connection error.
     const acquiring = this.#waits.acquire(Math.min(deadlineAt, Date.now() + this.#options.connectTimeoutMs));
@@ -158,6 +169,23 @@ export class ClientSession {
     this.#waits.release(conn);
     if (reply !== WaitResponse.StopWaiting) {
       throw new RendezvousError(`${req.type} answered ${reply} instead of STOP_WAITING`, ErrorCode.Protocol);
+    }
+  }
+
+  /** WAIT_ASYNC on the (tagged) main connection; cancelled on the server on timeout or abort. */
+  async #waitAsync(
+    conn: ClientConnection,
+    keys: readonly string[],
+    deadlineAt: number,
+    signal: AbortSignal | undefined,
+    timeout: () => RendezvousError,
+  ): Promise<void> {
+    const { id, done } = conn.waitAsync(keys);
+    try {
+      await race(done, deadlineAt, signal, timeout);
+    } catch (err) {
+      void conn.cancelAsync(id);
+      throw err;
     }
   }
 
@@ -209,6 +237,8 @@ export class ClientSession {
     this.#main = conn;
     this.#lastConnectError = undefined;
     this.#hasExtensions = opened.hasExtensions;
+    // Not awaited: the server handles TAGGED_REPLIES before anything sent after it.
+    if (opened.hasExtensions && this.#options.asyncWaits) conn.enableTagged().catch(() => {});
     conn.startWatchdog(() => this.#timeoutMs);
     this.#options.logger.debug("TCPStore connected", { peer: this.peer, extensions: opened.hasExtensions });
     return conn;

@@ -368,7 +368,7 @@ describe("TCPStore connection loss", () => {
 describe("TCPStore blocking calls", () => {
   it("runs concurrent blocking calls on their own connections and keeps at most 2 idle", async () => {
     const srv = await server();
-    const store = await client(srv);
+    const store = await client(srv, { asyncWaits: false });
     const other = await client(srv);
     const gets = Array.from({ length: 5 }, (_, i) => store.get(`b${i}`));
     await until(() => srv.stats().waiters === 5, "5 waits are parked");
@@ -387,7 +387,7 @@ describe("TCPStore blocking calls", () => {
 
   it("v2: a timed-out wait is cancelled with CANCEL_WAIT and its connection reused", async () => {
     const srv = await server();
-    const store = await client(srv);
+    const store = await client(srv, { asyncWaits: false });
     await rejectsWithCode(store.get("x", { timeoutMs: 50 }), ErrorCode.Timeout);
     await until(() => srv.stats().waiters === 0, "the wait is cancelled");
     await sleep(50); // the WAIT_CANCELED reply is on its way back

@@ -47,6 +47,12 @@ export const Command = {
   OnDisconnectClear: "onDisconnectClear",
   /** rdzv extension (v2 only): present the shared-secret token of a server that requires authentication. */
   Auth: "auth",
+  /** rdzv extension (v2 only): every later reply of the connection is tagged (see `ReplyTag`). */
+  TaggedReplies: "taggedReplies",
+  /** rdzv extension (tagged connections): wait for keys without blocking the connection; no in-order reply. */
+  WaitAsync: "waitAsync",
+  /** rdzv extension (tagged connections): drop a `WAIT_ASYNC` by id. */
+  CancelAsync: "cancelAsync",
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -90,6 +96,9 @@ export const V2_OPCODES: Readonly<Partial<Record<Command, number>>> = {
   onDisconnectSet: 0x40,
   onDisconnectClear: 0x41,
   auth: 0x42,
+  taggedReplies: 0x43,
+  waitAsync: 0x44,
+  cancelAsync: 0x45,
 };
 
 function invert(table: Readonly<Partial<Record<Command, number>>>): ReadonlyMap<number, Command> {
@@ -132,6 +141,14 @@ export const WatchResponse = {
   KeyDeleted: 2,
   KeyCallbackRegistered: 3,
 } as const;
+/**
+ * Reply markers of a connection in tagged mode (after `TAGGED_REPLIES`): every reply the server writes is
+ * preceded by one of them. `InOrder`: the next in-order reply follows, shaped as usual. `WaitDone`: a u32
+ * id follows; the `WAIT_ASYNC` of that id is over (its keys all exist).
+ */
+export const ReplyTag = { InOrder: 0, WaitDone: 1 } as const;
+/** CANCEL_ASYNC replies: the wait was pending and is dropped, or nothing of that id was pending. */
+export const CancelAsyncResponse = { Canceled: 1, NotPending: 0 } as const;
 /** Acknowledgement byte of the rdzv extension commands. */
 export const EXTENSION_ACK = 0;
 
@@ -164,7 +181,10 @@ export type Request =
   | { readonly type: "barrier"; readonly key: string; readonly worldSize: bigint }
   | { readonly type: "onDisconnectSet"; readonly key: string; readonly value: Uint8Array }
   | { readonly type: "onDisconnectClear"; readonly key: string }
-  | { readonly type: "auth"; readonly token: Uint8Array };
+  | { readonly type: "auth"; readonly token: Uint8Array }
+  | { readonly type: "taggedReplies" }
+  | { readonly type: "waitAsync"; readonly id: number; readonly keys: readonly string[] }
+  | { readonly type: "cancelAsync"; readonly id: number };
 
 /** Limits a decoder enforces on incoming requests. */
 export interface ProtocolLimits {

@@ -1,10 +1,12 @@
 /**
  * Client-side incremental decoder of TCPStore replies. Replies carry no type or id: the client knows what
- * it asked, so it tells the decoder the shape of each reply it expects, in order.
+ * it asked, so it tells the decoder the shape of each reply it expects, in order. In tagged mode (rdzv's
+ * `TAGGED_REPLIES` extension) each reply is preceded by a `ReplyTag` byte, and `WAIT_ASYNC` completions
+ * (tag `WaitDone`, u32 id) arrive between the in-order replies.
  */
 
-import { ByteReader, StreamBuffer } from "./byte-reader.js";
-import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
+import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";
+import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits, ReplyTag } from "./protocol.js";
 
 /** The shape of one expected reply. */
 export type ReplyShape =
@@ -24,13 +26,17 @@ export type Reply =
   | { readonly kind: "value"; readonly value: Uint8Array }
   | { readonly kind: "values"; readonly value: Uint8Array[] }
   | { readonly kind: "queuePop"; readonly value: Uint8Array | undefined }
-  | { readonly kind: "keyList"; readonly value: string[] };
+  | { readonly kind: "keyList"; readonly value: string[] }
+  /** Tagged mode only: the `WAIT_ASYNC` with this id is over. */
+  | { readonly kind: "waitDone"; readonly value: number };
 
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
   readonly #input = new StreamBuffer();
   #needed = 1;
   readonly limits: Readonly<ProtocolLimits>;
+  /** Whether replies carry a `ReplyTag` byte (set once the server acknowledged `TAGGED_REPLIES`). */
+  tagged = false;
 
   constructor(limits: Partial<ProtocolLimits> = {}) {
     this.limits = { ...DEFAULT_PROTOCOL_LIMITS, ...limits };
@@ -44,14 +50,18 @@ export class ReplyDecoder {
     this.#input.push(chunk);
   }
 
-  /** Decodes a reply of `shape`, or returns `undefined` when more bytes are needed. Throws `ProtocolError`. */
-  next(shape: ReplyShape): Reply | undefined {
-    // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives.
-    if (shape.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
+  /**
+   * Decodes a reply of `shape` (in tagged mode: or a `waitDone`, which comes whatever is expected), or
+   * returns `undefined` when more bytes are needed. `shape` undefined: no in-order reply is expected, so
+   * only a `waitDone` may come. Throws `ProtocolError`.
+   */
+  next(shape: ReplyShape | undefined): Reply | undefined {
+    // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives (never tagged).
+    if (shape?.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
     if (this.#input.bufferedBytes < this.#needed) return undefined;
     const buf = this.#input.contiguous();
     const r = new ByteReader(buf);
-    const reply = this.decode(r, shape);
+    const reply = this.tagged ? this.decodeTagged(r, shape) : shape && this.decode(r, shape);
     if (reply === undefined) {
       this.#needed = r.needed;
       return undefined;
@@ -59,6 +69,20 @@ export class ReplyDecoder {
     this.#input.consume(buf, r.pos);
     this.#needed = 1;
     return reply;
+  }
+
+  private decodeTagged(r: ByteReader, shape: ReplyShape | undefined): Reply | undefined {
+    const tag = r.u8();
+    if (tag === ReplyTag.WaitDone) {
+      const id = r.u32();
+      return id === undefined ? undefined : { kind: "waitDone", value: id };
+    }
+    if (tag === ReplyTag.InOrder) {
+      if (shape === undefined) throw new ProtocolError("an in-order reply with no request pending");
+      return this.decode(r, shape);
+    }
+    if (tag === undefined) return undefined;
+    throw new ProtocolError(`unknown reply tag ${tag}`);
   }
 
   private decode(r: ByteReader, shape: ReplyShape): Reply | undefined {

@@ -60,6 +60,9 @@ const v2Request: fc.Arbitrary<Request> = fc.oneof(
   fc.record({ type: fc.constant("barrier" as const), key, worldSize: i64 }),
   fc.record({ type: fc.constant("onDisconnectSet" as const), key, value }),
   fc.record({ type: fc.constant("onDisconnectClear" as const), key }),
+  fc.constant({ type: "taggedReplies" as const }),
+  fc.record({ type: fc.constant("waitAsync" as const), id: u32, keys }),
+  fc.record({ type: fc.constant("cancelAsync" as const), id: u32 }),
 );
 
 /** A stream of requests as a client would send it (v2 starts with VALIDATE). */

@@ -165,9 +165,20 @@ export class RequestDecoder {
         const nonce = r.u32();
         return nonce === undefined ? undefined : { type, nonce };
       }
+      case "waitAsync": {
+        const id = r.u32();
+        const n = id === undefined ? undefined : r.length(maxKeysPerRequest, "waitAsync key count");
+        const keys = n === undefined ? undefined : this.keys(r, n);
+        return keys === undefined ? undefined : { type, id: id!, keys };
+      }
+      case "cancelAsync": {
+        const id = r.u32();
+        return id === undefined ? undefined : { type, id };
+      }
       case "getNumKeys":
       case "cancelWait":
       case "listKeys":
+      case "taggedReplies":
         return { type };
     }
   }

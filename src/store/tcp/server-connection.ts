@@ -15,16 +15,19 @@ import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply 
 import {
   AUTH_PROBE_KEY,
   AuthResponse,
+  CancelAsyncResponse,
   CheckResponse,
   Dialect,
   EXTENSION_ACK,
   EXTENSION_PROBE_KEY,
   type ProtocolLimits,
+  ReplyTag,
   type Request,
   WaitResponse,
   WatchResponse,
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
+import { AsyncWaits, encodeWaitDone } from "./server-async-waits.js";
 import { ConnectionRegistrations, checkWaiterLimit } from "./server-registrations.js";
 import { PendingReplies } from "./server-replies.js";
 import { StallClock } from "./server-stall.js";
@@ -48,6 +51,9 @@ const ACK = encodeU8Reply(EXTENSION_ACK);
 const WATCH_REGISTERED = encodeU8Reply(WatchResponse.KeyCallbackRegistered);
 const AUTH_ACCEPTED = encodeU8Reply(AuthResponse.Accepted);
 const AUTH_REJECTED = encodeU8Reply(AuthResponse.Rejected);
+const IN_ORDER = encodeU8Reply(ReplyTag.InOrder);
+const ASYNC_CANCELED = encodeU8Reply(CancelAsyncResponse.Canceled);
+const ASYNC_NOT_PENDING = encodeU8Reply(CancelAsyncResponse.NotPending);
 
 /** Whether a connection that has not authenticated may send `req`: the handshake and the probes only. */
 function allowedBeforeAuth(req: Request): boolean {
@@ -88,6 +94,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   readonly #registrations: ConnectionRegistrations;
   #authenticated: boolean;
   readonly #stall = new StallClock();
+  /** After TAGGED_REPLIES: every reply is preceded by a `ReplyTag`; WAIT_ASYNC is allowed. */
+  #tagged = false;
+  readonly #asyncWaits: AsyncWaits;
 
   constructor(
     readonly id: number,
@@ -100,6 +109,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.decoder = new RequestDecoder(protocolLimits);
     this.#registrations = new ConnectionRegistrations(state, this);
     this.#authenticated = state.security.tokenDigest === undefined;
+    this.#asyncWaits = new AsyncWaits(state, (id) => this.notify(encodeWaitDone(id)));
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => {
       if (this.#closed) return;
@@ -145,7 +155,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   reapReason(now: number, incompleteMs: number, idleMs: number): string | undefined {
     if (this.#closed || this.#pending !== undefined) return undefined;
     const buffered = this.decoder.bufferedBytes;
-    return this.#stall.reapReason(now, incompleteMs, idleMs, buffered, this.#readingPaused);
+    // Async waits are waiting too: a connection holding some is not idle.
+    const idle = this.#asyncWaits.size > 0 ? 0 : idleMs;
+    return this.#stall.reapReason(now, incompleteMs, idle, buffered, this.#readingPaused);
   }
 
   /** BarrierParty: the barrier this connection was parked on reached its count. */
@@ -154,7 +166,10 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.waitDone();
   }
 
-  /** KeyWatcher: a v1 watch notification for this connection. */
+  /**
+   * KeyWatcher: a v1 watch notification for this connection; also a WAIT_ASYNC completion. Raised by this
+   * connection's own request, it follows that request's reply.
+   */
   notify(message: Buffer): void {
     if (this.#closed) return;
     if (this.#dispatching) {
@@ -224,7 +239,10 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     }
     this.state.ops[req.type]++;
     this.#dispatching = true;
+    const tagAt = this.#tagged ? this.#out.count : -1;
     this.handle(req);
+    // The in-order reply this request produced, if any, gets its tag in front.
+    if (tagAt >= 0) this.#out.insertAt(tagAt, IN_ORDER);
     this.#dispatching = false;
     if (this.#deferred !== undefined) {
       for (const message of this.#deferred) this.reply(message);
@@ -312,7 +330,24 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.#registrations.onDisconnectClear(req.key);
         this.reply(ACK);
         break;
+      case "taggedReplies":
+        // Its own ACK is the last untagged reply.
+        this.reply(ACK);
+        this.#tagged = true;
+        break;
+      case "waitAsync":
+        this.requireTagged(req.type);
+        this.#asyncWaits.add(req.id, req.keys);
+        break;
+      case "cancelAsync":
+        this.requireTagged(req.type);
+        this.reply(this.#asyncWaits.cancel(req.id) ? ASYNC_CANCELED : ASYNC_NOT_PENDING);
+        break;
     }
+  }
+
+  private requireTagged(type: string): void {
+    if (!this.#tagged) throw new ProtocolError(`${type} before TAGGED_REPLIES`);
   }
 
   /** CHECK's answer for a probe key, or undefined for a real key. */
@@ -361,6 +396,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     if (this.#closed) return;
     // The incomplete-request clock stood still during the wait.
     this.#stall.restart();
+    if (this.#tagged) this.reply(IN_ORDER);
     this.reply(STOP_WAITING);
     this.scheduleResume();
   }
@@ -424,6 +460,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     if (this.#closed) return;
     this.#closed = true;
     this.cancelPending();
+    this.#asyncWaits.clear();
     this.#queue = [];
     this.#out.clear();
     if (this.#dialect !== undefined) this.state.dialects[this.#dialect]--;

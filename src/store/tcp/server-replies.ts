@@ -19,6 +19,24 @@ export class PendingReplies {
     return this.#bytes;
   }
 
+  /** Buffers pushed so far (a position for `insertAt`). */
+  get count(): number {
+    return this.#parts.length;
+  }
+
+  /** Inserts `buf` before the buffer pushed at position `at`, if anything was pushed since. */
+  insertAt(at: number, buf: Buffer): void {
+    if (this.#parts.length <= at) return;
+    if (at === this.#parts.length - 1) {
+      const last = this.#parts[at]!;
+      this.#parts[at] = buf;
+      this.#parts.push(last);
+    } else {
+      this.#parts.splice(at, 0, buf);
+    }
+    this.#bytes += buf.length;
+  }
+
   push(buf: Buffer): void {
     this.#parts.push(buf);
     this.#bytes += buf.length;

@@ -1,0 +1,220 @@
+/**
+ * rdzv's async-wait extension at the byte level: golden bytes of TAGGED_REPLIES / WAIT_ASYNC /
+ * CANCEL_ASYNC and of the `WaitDone` frame, the tagged `ReplyDecoder` over arbitrary streams split
+ * anywhere, and a real server's tagged reply stream seen through a raw socket.
+ */
+
+import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
+import { afterEach, describe, it } from "node:test";
+import fc from "fast-check";
+import { encodeI64Reply, encodeRequest, encodeU8Reply, encodeU32Reply, encodeValueReply } from "./encode.js";
+import { ReplyTag, type Request, VALIDATION_MAGIC } from "./protocol.js";
+import { type Reply, ReplyDecoder, type ReplyShape } from "./reply-decoder.js";
+import { createTCPStoreServer, type TCPStoreServer } from "./server.js";
+import { encodeWaitDone } from "./server-async-waits.js";
+
+const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ""), "hex");
+
+describe("async-wait extension: encoding", () => {
+  it("golden bytes", () => {
+    assert.deepEqual(encodeRequest("v2", { type: "taggedReplies" }), hex("43"));
+    assert.deepEqual(
+      encodeRequest("v2", { type: "waitAsync", id: 7, keys: ["a"] }),
+      hex("44 07000000 0100000000000000 0100000000000000 61"),
+    );
+    assert.deepEqual(encodeRequest("v2", { type: "cancelAsync", id: 0x01020304 }), hex("45 04030201"));
+    assert.deepEqual(encodeWaitDone(0xfffffffe), hex("01 FEFFFFFF"));
+    assert.throws(() => encodeRequest("v1", { type: "waitAsync", id: 1, keys: [] }), /v1 TCPStore protocol/);
+  });
+
+  it("a tagged decoder rejects an unknown tag and an in-order reply nobody asked for", () => {
+    const d = new ReplyDecoder();
+    d.tagged = true;
+    d.push(hex("07"));
+    assert.throws(() => d.next({ kind: "u8" }), /unknown reply tag 7/);
+    const e = new ReplyDecoder();
+    e.tagged = true;
+    e.push(hex("00 01"));
+    assert.throws(() => e.next(undefined), /no request pending/);
+  });
+
+  interface Item {
+    buf: Buffer;
+    /** The in-order shape a client expects; undefined for a WaitDone frame. */
+    shape: ReplyShape | undefined;
+    expected: Reply;
+  }
+  const tagged = (buf: Buffer): Buffer => Buffer.concat([Buffer.from([ReplyTag.InOrder]), buf]);
+  const item: fc.Arbitrary<Item> = fc.oneof<fc.Arbitrary<Item>[]>(
+    fc.nat({ max: 0xffffffff }).map((id) => ({
+      buf: encodeWaitDone(id),
+      shape: undefined,
+      expected: { kind: "waitDone", value: id },
+    })),
+    fc.nat({ max: 255 }).map((v) => ({
+      buf: tagged(encodeU8Reply(v)),
+      shape: { kind: "u8" },
+      expected: { kind: "u8", value: v },
+    })),
+    fc.nat({ max: 0xffffffff }).map((v) => ({
+      buf: tagged(encodeU32Reply(v)),
+      shape: { kind: "u32" },
+      expected: { kind: "u32", value: v },
+    })),
+    fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map((v) => ({
+      buf: tagged(encodeI64Reply(v)),
+      shape: { kind: "i64" },
+      expected: { kind: "i64", value: v },
+    })),
+    fc.uint8Array({ maxLength: 24 }).map((v) => ({
+      buf: tagged(encodeValueReply(v)),
+      shape: { kind: "value" },
+      expected: { kind: "value", value: v },
+    })),
+  );
+
+  it("round trip: in-order replies and WaitDone frames interleaved, split anywhere", () => {
+    fc.assert(
+      fc.property(
+        fc.array(item, { minLength: 1, maxLength: 12 }),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        (items, at) => {
+          const stream = Buffer.concat(items.map((i) => i.buf));
+          const points = [...new Set(at.map((p) => p % (stream.length + 1)))].sort((x, y) => x - y);
+          const shapes = items.flatMap((i) => (i.shape === undefined ? [] : [i.shape]));
+          const decoder = new ReplyDecoder();
+          decoder.tagged = true;
+          const out: Reply[] = [];
+          let inOrder = 0;
+          let start = 0;
+          for (const p of [...points, stream.length]) {
+            decoder.push(stream.subarray(start, Math.max(start, p)));
+            start = Math.max(start, p);
+            for (let r = decoder.next(shapes[inOrder]); r !== undefined; r = decoder.next(shapes[inOrder])) {
+              out.push(r);
+              if (r.kind !== "waitDone") inOrder++;
+            }
+          }
+          assert.deepEqual(
+            out,
+            items.map((i) => i.expected),
+          );
+          assert.equal(decoder.bufferedBytes, 0);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+/** A raw v2 socket that reads exact byte counts. */
+async function raw(port: number): Promise<{
+  send(...reqs: Request[]): void;
+  read(n: number): Promise<Buffer>;
+  closed: Promise<void>;
+  socket: Socket;
+}> {
+  const socket = connect({ port, host: "127.0.0.1", noDelay: true });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  socket.on("error", () => {});
+  let buf = Buffer.alloc(0);
+  let wake: (() => void) | undefined;
+  socket.on("data", (chunk: Buffer) => {
+    buf = Buffer.concat([buf, chunk]);
+    wake?.();
+  });
+  const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
+  const send = (...reqs: Request[]): void => {
+    socket.write(Buffer.concat(reqs.map((r) => encodeRequest("v2", r))));
+  };
+  send({ type: "validate", magic: VALIDATION_MAGIC });
+  const read = async (n: number): Promise<Buffer> => {
+    while (buf.length < n) {
+      if (socket.closed) throw new Error(`closed after ${buf.length} of ${n} bytes`);
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        socket.once("close", resolve);
+      });
+    }
+    const out = buf.subarray(0, n);
+    buf = buf.subarray(n);
+    return out;
+  };
+  return { send, read, closed, socket };
+}
+
+describe("async-wait extension: server", () => {
+  let server: TCPStoreServer | undefined;
+  const sockets: Socket[] = [];
+  afterEach(async () => {
+    for (const s of sockets.splice(0)) s.destroy();
+    await server?.close();
+    server = undefined;
+  });
+  const open = async (): Promise<Awaited<ReturnType<typeof raw>>> => {
+    server ??= await createTCPStoreServer({ port: 0 });
+    const c = await raw(server.port);
+    sockets.push(c.socket);
+    return c;
+  };
+
+  it("tags every reply after TAGGED_REPLIES; completions come between them, in order of events", async () => {
+    const c = await open();
+    const other = await open();
+    c.send(
+      { type: "add", key: "n", delta: 1n },
+      { type: "taggedReplies" },
+      { type: "waitAsync", id: 5, keys: ["x", "y"] },
+      { type: "waitAsync", id: 6, keys: ["n"] },
+      { type: "add", key: "n", delta: 1n },
+    );
+    // Untagged ADD reply, untagged ACK, WaitDone(6) at once (n exists), tagged ADD reply.
+    assert.deepEqual(await c.read(8 + 1 + 5 + 9), hex(`0100000000000000 00 0106000000 00 0200000000000000`));
+    // A WAIT_ASYNC made true by the connection's own request: the request's reply comes first.
+    c.send({ type: "waitAsync", id: 7, keys: ["z"] }, { type: "add", key: "z", delta: 3n });
+    assert.deepEqual(await c.read(9 + 5), hex("00 0300000000000000 0107000000"));
+    other.send(
+      { type: "set", key: "x", value: Buffer.from("1") },
+      { type: "set", key: "y", value: Buffer.from("2") },
+    );
+    assert.deepEqual(await c.read(5), hex("0105000000"));
+    // CANCEL_ASYNC: 01 when it dropped a pending wait, 00 when nothing of that id was pending.
+    c.send({ type: "waitAsync", id: 8, keys: ["never"] });
+    c.send({ type: "cancelAsync", id: 8 }, { type: "cancelAsync", id: 8 });
+    assert.deepEqual(await c.read(4), hex("00 01 00 00"));
+    assert.equal(server!.stats().waiters, 0);
+  });
+
+  it("keeps many waits outstanding on one connection and drops them when it closes", async () => {
+    const c = await open();
+    c.send({ type: "taggedReplies" });
+    await c.read(1);
+    for (let id = 0; id < 100; id++) c.send({ type: "waitAsync", id, keys: [`k${id}`] });
+    c.send({ type: "ping", nonce: 9 });
+    assert.deepEqual(await c.read(5), hex("00 09000000"), "PING is not held back by the waits");
+    assert.equal(server!.stats().waiters, 100);
+    c.socket.destroy();
+    await c.closed;
+    for (let i = 0; i < 50 && server!.stats().waiters > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(server!.stats().waiters, 0);
+  });
+
+  it("closes a connection that sends WAIT_ASYNC untagged or reuses a pending id", async () => {
+    const a = await open();
+    a.send({ type: "waitAsync", id: 1, keys: ["k"] });
+    await a.closed;
+    const b = await open();
+    b.send(
+      { type: "taggedReplies" },
+      { type: "waitAsync", id: 1, keys: ["k"] },
+      { type: "waitAsync", id: 1, keys: ["k"] },
+    );
+    assert.deepEqual(await b.read(1), hex("00"));
+    await b.closed;
+    assert.equal(server!.stats().protocolErrors, 2);
+  });
+});
