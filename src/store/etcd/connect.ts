@@ -4,7 +4,14 @@
  */
 
 import { readFileSync } from "node:fs";
-import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from "cockatiel";
+import {
+  ConsecutiveBreaker,
+  circuitBreaker,
+  ExponentialBackoff,
+  handleWhen,
+  type IBackoff,
+  retry,
+} from "cockatiel";
 import { Etcd3, GRPCDeadlineExceededError, type IOptions, isRecoverableError } from "etcd3";
 import { ErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
@@ -117,6 +124,13 @@ export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[
           breaker: new ConsecutiveBreaker(3),
         }),
       global: retry(handleWhen(isMemberFailure), { maxAttempts: 3 }),
+      // A lost watch stream is re-opened within 2 s (etcd3's default backs off to 30 s), which also bounds
+      // how long a retry timer pending at close keeps the process alive.
+      // (etcd3 types this as a backoff, but calls `next()` on it first, as on a factory.)
+      watchBackoff: new ExponentialBackoff({
+        initialDelay: 100,
+        maxDelay: 2000,
+      }) as unknown as IBackoff<unknown>,
     },
   };
   if (anyTls) {

@@ -259,7 +259,10 @@ export class EtcdStore implements Store {
     this.#closed = true;
     for (const cancel of [...this.#pending]) cancel();
     for (const hook of this.#closeHooks.splice(0)) hook();
-    if (this.#ownsClient) this.client.close();
+    if (this.#ownsClient) {
+      this.client.close();
+      stopWatchRetries(this.client);
+    }
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -442,4 +445,17 @@ function buf(value: StoreValue): Buffer {
 /** The key-values of the `i`-th range response of a transaction. */
 export function rangeKvs(res: ITxnResponse, i: number): IKeyValue[] {
   return res.responses[i]?.response_range?.kvs ?? [];
+}
+
+/**
+ * etcd3's watch manager re-opens a failed watch stream on a timer, forever, even after its client closed:
+ * every attempt fails on the closed client and schedules the next, so the process never exits. Ends the
+ * loop once the client is closed (at most one retry timer stays pending, bounded by the watch backoff).
+ */
+function stopWatchRetries(client: unknown): void {
+  const manager = (client as { watchManager?: { establishStream?: () => void; handleError?: () => void } })
+    .watchManager;
+  if (manager === undefined) return;
+  manager.establishStream = () => undefined;
+  manager.handleError = () => undefined;
 }
