@@ -12,7 +12,7 @@ import type { RendezvousInfo } from "../src/rendezvous/api.js";
 import type { DynamicRendezvousHandler } from "../src/rendezvous/dynamic-handler.js";
 import { connectRedisStore } from "../src/store/redis/connect.js";
 import { RedisTestServer } from "./helpers/redis.js";
-import { assertRound, within } from "./helpers/rendezvous-suite.js";
+import { within } from "./helpers/rendezvous-suite.js";
 
 const NODES = 20;
 
@@ -66,8 +66,25 @@ describe("redis backend across a server restart", () => {
     const { infos, errors } = await rendezvousAcrossRestart(true);
     for (const code of errors) assert.equal(code, "RDZV_CONNECTION");
     assert.ok(infos.length > 0, `no node recovered: ${errors.join(", ")}`);
-    assertRound(infos);
-    assert.equal(infos.length, infos[0]!.worldSize, "a member of the round did not get its result");
+    // Whoever completed agrees on one round. A member whose own call was cut by the restart after the
+    // round was decided fails with RDZV_CONNECTION (like a member crashing right after completion): its
+    // rank is then missing here, and only such failures may account for missing ranks.
+    const { round, worldSize } = infos[0]!;
+    for (const info of infos) {
+      assert.equal(info.round, round, "members disagree on the round");
+      assert.equal(info.worldSize, worldSize, "members disagree on the world size");
+      assert.deepEqual(info.bootstrapStoreInfo, infos[0]!.bootstrapStoreInfo, "members disagree on rank 0");
+    }
+    const ranks = infos.map((i) => i.rank);
+    assert.equal(new Set(ranks).size, ranks.length, `duplicate ranks: ${ranks.join()}`);
+    assert.ok(
+      ranks.every((r) => r >= 0 && r < worldSize),
+      `a rank out of 0..${worldSize - 1}`,
+    );
+    assert.ok(
+      worldSize - infos.length <= errors.length,
+      "a member of the round got neither result nor error",
+    );
   });
 
   it("without persistence: the nodes fail with RDZV_CONNECTION instead of ranking anew", async () => {
