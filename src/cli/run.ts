@@ -25,7 +25,7 @@ and when new nodes wait to join. Exits 0 when every worker of every node succeed
 Rendezvous:
   --nnodes MIN:MAX|N         nodes of the job (default 1:1)
   --nproc-per-node K|cpu     workers on this node (default 1; cpu: one per CPU)
-  --rdzv-backend NAME        c10d (default), static, or another registered backend
+  --rdzv-backend NAME        c10d (default), etcd, redis, static, or another registered one
   --rdzv-endpoint HOST:PORT  the rendezvous store (default localhost:29400); with c10d, the node whose
                              address matches HOST hosts it unless 'rdzv serve' already does
   --rdzv-id ID               run id shared by the job's nodes (default "none")
