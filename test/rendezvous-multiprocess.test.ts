@@ -81,9 +81,10 @@ let server: TCPStoreServer;
 let procs: NodeProc[] = [];
 let run = 0;
 
-function startNodes(count: number, minNodes: number, maxNodes: number): NodeProc[] {
+function startNodes(count: number, minNodes: number, maxNodes: number, lastCallS = 0.3): NodeProc[] {
   const env = {
     ...process.env,
+    RDZV_LAST_CALL: String(lastCallS),
     RDZV_ENDPOINT: `127.0.0.1:${server.port}`,
     RDZV_RUN_ID: `mp-${run}`,
     RDZV_MIN: String(minNodes),
@@ -136,7 +137,9 @@ describe("dynamic rendezvous across processes (rdzv's TCP store on loopback)", (
   });
 
   it("re-forms without a SIGKILLed process of a completed round", async () => {
-    const nodes = startNodes(4, 2, 4);
+    // min < 4, so a last call shorter than the processes' start-up spread on a busy machine would
+    // complete round 0 without the slowest; 8 s covers that (round 0 completes at max = 4 at once).
+    const nodes = startNodes(4, 2, 4, 8);
     const first = await Promise.all(nodes.map((n) => n.completed(0)));
     assertRound(first, 0, 4);
     const [victim, ...survivors] = nodes;
@@ -146,9 +149,10 @@ describe("dynamic rendezvous across processes (rdzv's TCP store on loopback)", (
   });
 
   it("lets a late process wait and enter the next round", async () => {
-    const early = startNodes(2, 2, 3);
+    // Round 1 completes at max = 3 at once; the long last call only keeps a slow node from missing it.
+    const early = startNodes(2, 2, 3, 8);
     assertRound(await Promise.all(early.map((n) => n.completed(0))), 0, 2);
-    const [late] = startNodes(1, 2, 3);
+    const [late] = startNodes(1, 2, 3, 8);
     const next = await Promise.all([...early, late!].map((n) => n.completed(1)));
     assertRound(next, 1, 3);
     assert.equal(
