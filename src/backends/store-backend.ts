@@ -93,40 +93,53 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   /**
-   * Three round trips on a pipelining store: the open-round hint and the closed flag; the round's outcome
-   * (is it still open?) and a ticket in it; the descriptor, sent without waiting so that it shares a write
-   * with the caller's next requests (keep-alive, coordinator claim). A ticket taken in a round that was
-   * decided meanwhile is left behind: it lies beyond the outcome's span.
+   * Two round trips on a pipelining store when `from` is the open round (always so for a fresh rendezvous,
+   * and for a member re-joining after its round): the open-round hint, the closed flag, round `from`'s
+   * outcome (is it still open?) and a ticket in it, all at once; then the descriptor, sent without waiting
+   * so that it shares a write with the caller's next requests (keep-alive, coordinator claim). Otherwise
+   * one more round trip per round it steps forward. A ticket taken in a round that was decided meanwhile
+   * (or, for a late `from`, long ago) is left behind: it lies beyond the outcome's span.
    */
   async enter(
     node: NodeDescriptor,
     options?: CallOptions,
+    from = 0,
   ): Promise<{ round: number; slot: number } | undefined> {
-    const [hint, closed] = await Promise.all([
+    const [hint, closed, first] = await Promise.all([
       this.store.add(this.key("open"), 0, options),
       this.store.check([this.key("closed")], options),
+      this.#tryRound(from, options),
     ]);
     if (closed) return undefined;
-    for (let round = hint; ; round++) {
-      const outcomeKey = this.roundKey(round, "outcome");
-      const [decided, ticket] = await Promise.all([
-        this.store.check([outcomeKey], options),
-        this.store.add(this.roundKey(round, "tickets"), 1, options),
-      ]);
-      if (decided) {
-        const outcome = this.parseOutcome(await this.store.get(outcomeKey, options), round);
-        if (outcome.kind === "closed") return undefined;
-        continue;
-      }
-      const slot = ticket - 1;
-      const published = this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
-      this.#published.set(`${round}/${slot}`, published);
-      const settled = (): void => {
-        this.#published.delete(`${round}/${slot}`);
-      };
-      published.then(settled, settled);
-      return { round, slot };
+    let round = from;
+    let { decided, ticket } = first;
+    while (decided) {
+      const outcome = this.parseOutcome(
+        await this.store.get(this.roundKey(round, "outcome"), options),
+        round,
+      );
+      if (outcome.kind === "closed") return undefined;
+      // Rounds before the hint are decided (it is bumped after each decision): skip them.
+      round = Math.max(round + 1, hint);
+      ({ decided, ticket } = await this.#tryRound(round, options));
     }
+    const slot = ticket - 1;
+    const published = this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
+    this.#published.set(`${round}/${slot}`, published);
+    const settled = (): void => {
+      this.#published.delete(`${round}/${slot}`);
+    };
+    published.then(settled, settled);
+    return { round, slot };
+  }
+
+  /** Whether `round` is decided, and a ticket taken in it, in one round trip. */
+  async #tryRound(round: number, options?: CallOptions): Promise<{ decided: boolean; ticket: number }> {
+    const [decided, ticket] = await Promise.all([
+      this.store.check([this.roundKey(round, "outcome")], options),
+      this.store.add(this.roundKey(round, "tickets"), 1, options),
+    ]);
+    return { decided, ticket };
   }
 
   /** Descriptor writes of `enter()` still in flight, by `round/slot`; `keepAlive()` waits for them. */

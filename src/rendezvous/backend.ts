@@ -66,9 +66,15 @@ export interface RendezvousBackend {
    * in the open round (or a later one) in as few round trips as the backend can, and publishes `node` under
    * it. Resolves `undefined` when the rendezvous is closed. A ticket taken in a round that turns out to be
    * decided already is harmless (its slot is beyond the outcome's span). Handlers fall back to the three
-   * calls when a backend lacks it.
+   * calls when a backend lacks it. `from` (default 0): every round before it is known to be decided, so
+   * the backend may take its first ticket there without reading the open round first; it must never take
+   * one in a round whose predecessor it does not know decided.
    */
-  enter?(node: NodeDescriptor, options?: CallOptions): Promise<{ round: number; slot: number } | undefined>;
+  enter?(
+    node: NodeDescriptor,
+    options?: CallOptions,
+    from?: number,
+  ): Promise<{ round: number; slot: number } | undefined>;
   /** Takes the next ticket (slot) in `round` and publishes `node` under it. */
   join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number>;
   /** Number of tickets taken in `round`. */

@@ -112,6 +112,8 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
   /** Settles when the nextRendezvous() in progress, if any, has finished (and cleaned up). */
   #inFlight: Promise<void> | undefined;
   #shutDown = false;
+  /** Every round before this one is known decided (this node saw the outcome of the one before it). */
+  #decidedBefore = 0;
 
   constructor(options: DynamicHandlerOptions) {
     super();
@@ -195,7 +197,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     signal: AbortSignal,
   ): Promise<{ round: number; slot: number } | undefined> {
     // Quick calls go without the signal (see `throwIfAborted`); the caller checks it after them.
-    if (this.#backend.enter !== undefined) return this.#backend.enter(node);
+    if (this.#backend.enter !== undefined) return this.#backend.enter(node, undefined, this.#decidedBefore);
     const state = await this.#backend.getState();
     if (state.last?.kind === "closed" || (await this.#backend.isClosed())) return undefined;
     throwIfAborted(signal);
@@ -236,6 +238,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       this.#logger.debug("joined round", { runId: this.#runId, round, slot });
       const outcome = await this.#awaitOutcome(round, slot, leader, deadline, signal);
       this.#joining = undefined;
+      this.#decidedBefore = Math.max(this.#decidedBefore, round + 1);
       const place = rankOf(outcome, slot);
       if (place === undefined) {
         await held.stop();

@@ -715,6 +715,26 @@ class NoWaitConnectionStore extends CrashableStore {
 }
 
 function backendTests(bed: () => Testbed): void {
+  it("enters the open round from a round known decided, stepping past decided rounds", async () => {
+    const { backend } = bed();
+    assert.ok(backend.enter, "the backend has no enter()");
+    const node = { id: "n", addr: "127.0.0.1", pid: 1 };
+    assert.deepEqual(await backend.enter(node), { round: 0, slot: 0 });
+    await backend.setState({ kind: "complete", round: 0, span: 1, excluded: [] }, 0);
+    await backend.setState({ kind: "complete", round: 1, span: 0, excluded: [] }, 1);
+    // A fresh node (every round before 0 decided, trivially) steps past both decided rounds.
+    assert.deepEqual(await backend.enter(node), { round: 2, slot: 0 });
+    // A node that knows rounds 0 and 1 decided enters round 2 at once.
+    assert.deepEqual(await backend.enter(node, undefined, 2), { round: 2, slot: 1 });
+    // Nothing stray became a member of the decided rounds.
+    const state = await backend.getState();
+    assert.equal(state.openRound, 2);
+    assert.deepEqual(state.last, { kind: "complete", round: 1, span: 0, excluded: [] });
+    await backend.markClosed();
+    assert.equal(await backend.enter(node, undefined, 2), undefined);
+    assert.equal(await backend.enter(node), undefined);
+  });
+
   it("degrades a wait that cannot open its connection to a check, and fails only when the check fails", async () => {
     const flaky = new NoWaitConnectionStore(bed().cluster.observer);
     const backend = new StoreRendezvousBackend(flaky, bed().runId);
