@@ -182,9 +182,18 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     options: CallOptions & { timeoutMs: number },
   ): Promise<RoundOutcome | undefined> {
     const key = this.roundKey(round, "outcome");
-    if (!(await this.waitKeys([key], options))) return undefined;
-    // The key exists: read it within the store's own timeout, not what is left of a short wait's.
-    return this.parseOutcome(await this.store.get(key, signalOnly(options)), round);
+    let bytes: Uint8Array;
+    try {
+      // A blocking get: on rdzv's TCP store one request whose reply comes with the decision.
+      bytes = await this.store.get(key, options);
+    } catch (err) {
+      if (hasErrorCode(err, ErrorCode.Timeout)) return undefined;
+      // As in `waitKeys`: a get that could not open a wait connection in time degrades to a check.
+      if (!hasErrorCode(err, ErrorCode.Connection)) throw err;
+      if (!(await this.store.check([key], signalOnly(options)))) return undefined;
+      bytes = await this.store.get(key, signalOnly(options));
+    }
+    return this.parseOutcome(bytes, round);
   }
 
   async isClosed(options?: CallOptions): Promise<boolean> {

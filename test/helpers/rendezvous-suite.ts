@@ -708,9 +708,16 @@ function coordinatorTests(bed: () => Testbed): void {
 }
 
 /** A store whose blocking waits fail as if their connection could not be opened in time. */
+/** A store whose blocking calls cannot open their wait connection (rdzv's TCP client without async waits). */
 class NoWaitConnectionStore extends CrashableStore {
   override wait(): Promise<void> {
     return Promise.reject(new RendezvousConnectionError("could not connect within 49ms"));
+  }
+
+  override async get(key: string, options?: CallOptions): Promise<Uint8Array> {
+    if (!(await this.check([key], options)))
+      throw new RendezvousConnectionError("could not connect within 49ms");
+    return super.get(key, options);
   }
 }
 

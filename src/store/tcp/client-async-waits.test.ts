@@ -71,6 +71,24 @@ describe("TCPStore async waits (rdzv server)", () => {
     assert.equal(srv.stats().connectionsTotal, 2);
   });
 
+  it("get is one GET_ASYNC request, whether the key exists yet or not", async () => {
+    const srv = await server();
+    const store = await client(srv);
+    await store.set("here", "1");
+    const before = srv.stats().opsByType;
+    assert.equal(text(await store.get("here")), "1");
+    const pending = store.get("soon");
+    await until(() => srv.stats().waiters === 1, "the GET_ASYNC is registered");
+    await store.set("soon", "2");
+    assert.equal(text(await pending), "2");
+    const delta = (op: string): number => (srv.stats().opsByType[op] ?? 0) - (before[op] ?? 0);
+    assert.deepEqual([delta("getAsync"), delta("get"), delta("check"), delta("waitAsync")], [2, 0, 0, 0]);
+    // Without async waits (as against PyTorch's servers, which have no extensions): CHECK + GET.
+    const classic = await client(srv, { asyncWaits: false });
+    assert.equal(text(await classic.get("here")), "1");
+    assert.deepEqual([delta("getAsync"), delta("get")], [2, 1]);
+  });
+
   it("a timed-out or aborted wait is cancelled on the server; the connection goes on", async () => {
     const srv = await server();
     const store = await client(srv);

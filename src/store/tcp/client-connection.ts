@@ -171,10 +171,25 @@ export class ClientConnection {
    * connection. `done` resolves then, or rejects when the connection ends. Give it up with `cancelAsync(id)`.
    */
   waitAsync(keys: readonly string[]): { id: number; done: Promise<void> } {
+    const { id, done } = this.#async((id) => ({ type: "waitAsync", id, keys }));
+    return { id, done: done.then(() => undefined) };
+  }
+
+  /**
+   * rdzv extension (after `enableTagged`): reads `key` once it exists, without blocking the connection.
+   * `done` resolves with its value then, or rejects when the connection ends. Give it up with
+   * `cancelAsync(id)`.
+   */
+  getAsync(key: string): { id: number; done: Promise<Uint8Array> } {
+    const { id, done } = this.#async((id) => ({ type: "getAsync", id, key }));
+    return { id, done: done.then((v) => v ?? new Uint8Array(0)) };
+  }
+
+  #async(request: (id: number) => Request): { id: number; done: Promise<Uint8Array | undefined> } {
     if (this.#closed) return { id: -1, done: Promise.reject(this.#closedError()) };
     const wait = this.#asyncWaits.add();
     try {
-      this.#write({ type: "waitAsync", id: wait.id, keys });
+      this.#write(request(wait.id));
     } catch (err) {
       this.#asyncWaits.forget(wait.id);
       wait.done.catch(() => {});
@@ -301,6 +316,10 @@ export class ClientConnection {
         this.#repliesDecoded++;
         if (reply.kind === "waitDone") {
           this.#asyncWaits.settle(reply.value);
+          continue;
+        }
+        if (reply.kind === "getDone") {
+          this.#asyncWaits.settle(reply.value, reply.data);
           continue;
         }
         if (entry === undefined) throw this.#protocolError("a reply with no request pending");

@@ -76,6 +76,10 @@ export class RequestWriter {
       case "cancelAsync":
         this.#u32(req.id);
         break;
+      case "getAsync":
+        this.#u32(req.id);
+        this.#key(req.key);
+        break;
       case "waitAsync":
         this.#count(req.type, req.keys.length);
         this.#u32(req.id);

@@ -173,16 +173,46 @@ export class ClientSession {
   }
 
   /** WAIT_ASYNC on the (tagged) main connection; cancelled on the server on timeout or abort. */
-  async #waitAsync(
+  #waitAsync(
     conn: ClientConnection,
     keys: readonly string[],
     deadlineAt: number,
     signal: AbortSignal | undefined,
     timeout: () => RendezvousError,
   ): Promise<void> {
-    const { id, done } = conn.waitAsync(keys);
+    return this.#settleAsync(conn, conn.waitAsync(keys), deadlineAt, signal, timeout);
+  }
+
+  /**
+   * The value of byte-string `key` once it exists, read with one GET_ASYNC on the tagged main connection
+   * (one request, one reply, whether the key exists yet or not) within the call's timeout (counted from
+   * `start`); `undefined`, sending nothing, when the main connection is not tagged (a PyTorch server, or
+   * option `asyncWaits: false`): the caller then reads the classic way.
+   */
+  async getAsync(
+    key: string,
+    options: CallOptions | undefined,
+    start: number,
+  ): Promise<Uint8Array | undefined> {
+    this.#enter(options);
+    if (!this.#hasExtensions || !this.#options.asyncWaits) return undefined;
+    const main =
+      this.#main?.open && options?.signal?.aborted !== true ? this.#main : await this.#reconnect(options);
+    if (!main.tagged) return undefined;
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    const timeout = (): RendezvousError => new RendezvousTimeoutError(waitTimeoutMessage([key])(timeoutMs));
+    return this.#settleAsync(main, main.getAsync(key), start + timeoutMs, options?.signal, timeout);
+  }
+
+  async #settleAsync<T>(
+    conn: ClientConnection,
+    { id, done }: { id: number; done: Promise<T> },
+    deadlineAt: number,
+    signal: AbortSignal | undefined,
+    timeout: () => RendezvousError,
+  ): Promise<T> {
     try {
-      await race(done, deadlineAt, signal, timeout);
+      return await race(done, deadlineAt, signal, timeout);
     } catch (err) {
       void conn.cancelAsync(id);
       throw err;

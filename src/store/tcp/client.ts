@@ -139,10 +139,16 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
     );
   }
 
-  /** The value of `key`, waiting until it exists (CHECK, WAIT if missing, then GET). */
+  /**
+   * The value of `key`, waiting until it exists: one GET_ASYNC against an rdzv server (tagged connection),
+   * else CHECK, WAIT if missing, then GET.
+   */
   async get(key: string, options?: CallOptions): Promise<Uint8Array> {
     const k = wireKey(key);
-    return this.#read([k], options, "get", (c) => c.request({ type: "get", key: k }, Shape.value));
+    const start = Date.now();
+    const value = await this.#session.getAsync(k, options, start);
+    if (value !== undefined) return value;
+    return this.#read([k], options, "get", (c) => c.request({ type: "get", key: k }, Shape.value), start);
   }
 
   add(key: string, delta: number, options?: CallOptions): Promise<number> {
@@ -347,8 +353,8 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
     options: CallOptions | undefined,
     what: string,
     read: (conn: ClientConnection) => Promise<T>,
+    start = Date.now(),
   ): Promise<T> {
-    const start = Date.now();
     if (!this.hasExtensions) {
       await this.#session.waitKeys(keys, options, start);
     } else {

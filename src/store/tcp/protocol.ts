@@ -51,8 +51,10 @@ export const Command = {
   TaggedReplies: "taggedReplies",
   /** rdzv extension (tagged connections): wait for keys without blocking the connection; no in-order reply. */
   WaitAsync: "waitAsync",
-  /** rdzv extension (tagged connections): drop a `WAIT_ASYNC` by id. */
+  /** rdzv extension (tagged connections): drop a `WAIT_ASYNC` or `GET_ASYNC` by id. */
   CancelAsync: "cancelAsync",
+  /** rdzv extension (tagged connections): read a key once it exists without blocking the connection. */
+  GetAsync: "getAsync",
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -99,6 +101,7 @@ export const V2_OPCODES: Readonly<Partial<Record<Command, number>>> = {
   taggedReplies: 0x43,
   waitAsync: 0x44,
   cancelAsync: 0x45,
+  getAsync: 0x46,
 };
 
 function invert(table: Readonly<Partial<Record<Command, number>>>): ReadonlyMap<number, Command> {
@@ -144,9 +147,10 @@ export const WatchResponse = {
 /**
  * Reply markers of a connection in tagged mode (after `TAGGED_REPLIES`): every reply the server writes is
  * preceded by one of them. `InOrder`: the next in-order reply follows, shaped as usual. `WaitDone`: a u32
- * id follows; the `WAIT_ASYNC` of that id is over (its keys all exist).
+ * id follows; the `WAIT_ASYNC` of that id is over (its keys all exist). `GetDone`: a u32 id and a value
+ * (u64 length, bytes) follow; the `GET_ASYNC` of that id read it.
  */
-export const ReplyTag = { InOrder: 0, WaitDone: 1 } as const;
+export const ReplyTag = { InOrder: 0, WaitDone: 1, GetDone: 2 } as const;
 /** CANCEL_ASYNC replies: the wait was pending and is dropped, or nothing of that id was pending. */
 export const CancelAsyncResponse = { Canceled: 1, NotPending: 0 } as const;
 /** Acknowledgement byte of the rdzv extension commands. */
@@ -184,7 +188,8 @@ export type Request =
   | { readonly type: "auth"; readonly token: Uint8Array }
   | { readonly type: "taggedReplies" }
   | { readonly type: "waitAsync"; readonly id: number; readonly keys: readonly string[] }
-  | { readonly type: "cancelAsync"; readonly id: number };
+  | { readonly type: "cancelAsync"; readonly id: number }
+  | { readonly type: "getAsync"; readonly id: number; readonly key: string };
 
 /** Limits a decoder enforces on incoming requests. */
 export interface ProtocolLimits {

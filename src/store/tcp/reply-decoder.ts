@@ -2,7 +2,8 @@
  * Client-side incremental decoder of TCPStore replies. Replies carry no type or id: the client knows what
  * it asked, so it tells the decoder the shape of each reply it expects, in order. In tagged mode (rdzv's
  * `TAGGED_REPLIES` extension) each reply is preceded by a `ReplyTag` byte, and `WAIT_ASYNC` completions
- * (tag `WaitDone`, u32 id) arrive between the in-order replies.
+ * (tag `WaitDone`, u32 id) and `GET_ASYNC` ones (tag `GetDone`, u32 id, value) arrive between the in-order
+ * replies.
  */
 
 import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";
@@ -28,7 +29,9 @@ export type Reply =
   | { readonly kind: "queuePop"; readonly value: Uint8Array | undefined }
   | { readonly kind: "keyList"; readonly value: string[] }
   /** Tagged mode only: the `WAIT_ASYNC` with this id is over. */
-  | { readonly kind: "waitDone"; readonly value: number };
+  | { readonly kind: "waitDone"; readonly value: number }
+  /** Tagged mode only: the `GET_ASYNC` with this id read `value`. */
+  | { readonly kind: "getDone"; readonly value: number; readonly data: Uint8Array };
 
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
@@ -51,9 +54,9 @@ export class ReplyDecoder {
   }
 
   /**
-   * Decodes a reply of `shape` (in tagged mode: or a `waitDone`, which comes whatever is expected), or
-   * returns `undefined` when more bytes are needed. `shape` undefined: no in-order reply is expected, so
-   * only a `waitDone` may come. Throws `ProtocolError`.
+   * Decodes a reply of `shape` (in tagged mode: or a `waitDone` or `getDone`, which come whatever is
+   * expected), or returns `undefined` when more bytes are needed. `shape` undefined: no in-order reply is
+   * expected, so only those may come. Throws `ProtocolError`.
    */
   next(shape: ReplyShape | undefined): Reply | undefined {
     // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives (never tagged).
@@ -76,6 +79,11 @@ export class ReplyDecoder {
     if (tag === ReplyTag.WaitDone) {
       const id = r.u32();
       return id === undefined ? undefined : { kind: "waitDone", value: id };
+    }
+    if (tag === ReplyTag.GetDone) {
+      const id = r.u32();
+      const data = id === undefined ? undefined : this.value(r);
+      return data === undefined ? undefined : { kind: "getDone", value: id!, data };
     }
     if (tag === ReplyTag.InOrder) {
       if (shape === undefined) throw new ProtocolError("an in-order reply with no request pending");

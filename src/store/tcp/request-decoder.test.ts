@@ -63,6 +63,7 @@ const v2Request: fc.Arbitrary<Request> = fc.oneof(
   fc.constant({ type: "taggedReplies" as const }),
   fc.record({ type: fc.constant("waitAsync" as const), id: u32, keys }),
   fc.record({ type: fc.constant("cancelAsync" as const), id: u32 }),
+  fc.record({ type: fc.constant("getAsync" as const), id: u32, key }),
 );
 
 /** A stream of requests as a client would send it (v2 starts with VALIDATE). */

@@ -175,6 +175,11 @@ export class RequestDecoder {
         const id = r.u32();
         return id === undefined ? undefined : { type, id };
       }
+      case "getAsync": {
+        const id = r.u32();
+        const key = id === undefined ? undefined : this.key(r);
+        return key === undefined ? undefined : { type, id: id!, key };
+      }
       case "getNumKeys":
       case "cancelWait":
       case "listKeys":

@@ -1,8 +1,9 @@
 /**
- * The `WAIT_ASYNC` registrations of one server connection (rdzv extension, tagged connections only): any
- * number of waits, each with a client-chosen u32 id, outstanding at once without parking the connection.
- * When a wait's keys all exist the connection writes a `WaitDone` frame with its id; `CANCEL_ASYNC` drops
- * one; all of them end with the connection.
+ * The `WAIT_ASYNC` and `GET_ASYNC` registrations of one server connection (rdzv extension, tagged
+ * connections only): any number of waits, each with a client-chosen u32 id (one id space for both),
+ * outstanding at once without parking the connection. When a wait's keys all exist the connection writes
+ * a `WaitDone` frame with its id (a `GetDone` frame with the key's value, for a GET_ASYNC);
+ * `CANCEL_ASYNC` drops one; all of them end with the connection.
  */
 
 import type { Waiter } from "../kv-engine.js";
@@ -16,6 +17,16 @@ export function encodeWaitDone(id: number): Buffer {
   const buf = Buffer.allocUnsafe(5);
   buf[0] = ReplyTag.WaitDone;
   buf.writeUInt32LE(id >>> 0, 1);
+  return buf;
+}
+
+/** The tagged frame carrying what the `GET_ASYNC` of `id` read: tag, u32 id, u64 length, bytes. */
+export function encodeGetDone(id: number, value: Uint8Array): Buffer {
+  const buf = Buffer.allocUnsafe(13 + value.byteLength);
+  buf[0] = ReplyTag.GetDone;
+  buf.writeUInt32LE(id >>> 0, 1);
+  buf.writeBigUInt64LE(BigInt(value.byteLength), 5);
+  buf.set(value, 13);
   return buf;
 }
 
@@ -34,19 +45,22 @@ export class AsyncWaits {
     return this.#waits.size;
   }
 
-  /** Registers wait `id` on `keys`; when they all exist already it is done at once. */
-  add(id: number, keys: readonly string[]): void {
-    if (this.#waits.has(id)) throw new ProtocolError(`WAIT_ASYNC id ${id} is already pending`);
+  /**
+   * Registers wait `id` on `keys`; when they all exist already it is done at once. `done` (default: the
+   * constructor's) runs when it is over.
+   */
+  add(id: number, keys: readonly string[], done: (id: number) => void = this.done): void {
+    if (this.#waits.has(id)) throw new ProtocolError(`async wait id ${id} is already pending`);
     checkWaiterLimit(this.state, keys.length, "WAIT keys");
     checkWaiterLimit(this.state, this.#waits.size + 1, "pending WAIT_ASYNCs");
     const waiter: Waiter = {
       wake: () => {
         if (this.#waits.get(id) !== waiter) return;
         this.#waits.delete(id);
-        this.done(id);
+        done(id);
       },
     };
-    if (this.state.engine.addWaiter(keys, waiter)) this.done(id);
+    if (this.state.engine.addWaiter(keys, waiter)) done(id);
     else this.#waits.set(id, waiter);
   }
 

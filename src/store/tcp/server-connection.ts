@@ -27,7 +27,7 @@ import {
   WatchResponse,
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
-import { AsyncWaits, encodeWaitDone } from "./server-async-waits.js";
+import { AsyncWaits, encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
 import { ConnectionRegistrations, checkWaiterLimit } from "./server-registrations.js";
 import { PendingReplies } from "./server-replies.js";
 import { StallClock } from "./server-stall.js";
@@ -339,6 +339,13 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.requireTagged(req.type);
         this.#asyncWaits.add(req.id, req.keys);
         break;
+      case "getAsync": {
+        this.requireTagged(req.type);
+        const { key } = req;
+        // The value as it is when the key appears (synchronously, from the request that created it).
+        this.#asyncWaits.add(req.id, [key], (id) => this.notify(encodeGetDone(id, engine.get(key) ?? EMPTY)));
+        break;
+      }
       case "cancelAsync":
         this.requireTagged(req.type);
         this.reply(this.#asyncWaits.cancel(req.id) ? ASYNC_CANCELED : ASYNC_NOT_PENDING);

@@ -1,6 +1,6 @@
 /**
- * rdzv's async-wait extension at the byte level: golden bytes of TAGGED_REPLIES / WAIT_ASYNC /
- * CANCEL_ASYNC and of the `WaitDone` frame, the tagged `ReplyDecoder` over arbitrary streams split
+ * rdzv's async-wait extension at the byte level: golden bytes of TAGGED_REPLIES / WAIT_ASYNC / GET_ASYNC /
+ * CANCEL_ASYNC and of the `WaitDone` and `GetDone` frames, the tagged `ReplyDecoder` over arbitrary streams split
  * anywhere, and a real server's tagged reply stream seen through a raw socket.
  */
 
@@ -12,7 +12,7 @@ import { encodeI64Reply, encodeRequest, encodeU8Reply, encodeU32Reply, encodeVal
 import { ReplyTag, type Request, VALIDATION_MAGIC } from "./protocol.js";
 import { type Reply, ReplyDecoder, type ReplyShape } from "./reply-decoder.js";
 import { createTCPStoreServer, type TCPStoreServer } from "./server.js";
-import { encodeWaitDone } from "./server-async-waits.js";
+import { encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ""), "hex");
 
@@ -25,6 +25,13 @@ describe("async-wait extension: encoding", () => {
     );
     assert.deepEqual(encodeRequest("v2", { type: "cancelAsync", id: 0x01020304 }), hex("45 04030201"));
     assert.deepEqual(encodeWaitDone(0xfffffffe), hex("01 FEFFFFFF"));
+    assert.deepEqual(
+      encodeRequest("v2", { type: "getAsync", id: 9, key: "ab" }),
+      hex("46 09000000 0200000000000000 6162"),
+    );
+    assert.deepEqual(encodeGetDone(3, Buffer.from("hi")), hex("02 03000000 0200000000000000 6869"));
+    assert.deepEqual(encodeGetDone(4, new Uint8Array(0)), hex("02 04000000 0000000000000000"));
+    assert.throws(() => encodeRequest("v1", { type: "getAsync", id: 1, key: "k" }), /v1 TCPStore protocol/);
     assert.throws(() => encodeRequest("v1", { type: "waitAsync", id: 1, keys: [] }), /v1 TCPStore protocol/);
   });
 
@@ -41,7 +48,7 @@ describe("async-wait extension: encoding", () => {
 
   interface Item {
     buf: Buffer;
-    /** The in-order shape a client expects; undefined for a WaitDone frame. */
+    /** The in-order shape a client expects; undefined for a WaitDone or GetDone frame. */
     shape: ReplyShape | undefined;
     expected: Reply;
   }
@@ -51,6 +58,11 @@ describe("async-wait extension: encoding", () => {
       buf: encodeWaitDone(id),
       shape: undefined,
       expected: { kind: "waitDone", value: id },
+    })),
+    fc.tuple(fc.nat({ max: 0xffffffff }), fc.uint8Array({ maxLength: 24 })).map(([id, v]) => ({
+      buf: encodeGetDone(id, v),
+      shape: undefined,
+      expected: { kind: "getDone", value: id, data: v },
     })),
     fc.nat({ max: 255 }).map((v) => ({
       buf: tagged(encodeU8Reply(v)),
@@ -74,7 +86,7 @@ describe("async-wait extension: encoding", () => {
     })),
   );
 
-  it("round trip: in-order replies and WaitDone frames interleaved, split anywhere", () => {
+  it("round trip: in-order replies, WaitDone and GetDone frames interleaved, split anywhere", () => {
     fc.assert(
       fc.property(
         fc.array(item, { minLength: 1, maxLength: 12 }),
@@ -93,7 +105,7 @@ describe("async-wait extension: encoding", () => {
             start = Math.max(start, p);
             for (let r = decoder.next(shapes[inOrder]); r !== undefined; r = decoder.next(shapes[inOrder])) {
               out.push(r);
-              if (r.kind !== "waitDone") inOrder++;
+              if (r.kind !== "waitDone" && r.kind !== "getDone") inOrder++;
             }
           }
           assert.deepEqual(
@@ -187,6 +199,40 @@ describe("async-wait extension: server", () => {
     c.send({ type: "cancelAsync", id: 8 }, { type: "cancelAsync", id: 8 });
     assert.deepEqual(await c.read(4), hex("00 01 00 00"));
     assert.equal(server!.stats().waiters, 0);
+  });
+
+  it("GET_ASYNC: the value at once when the key exists, else when it is created; cancellable", async () => {
+    const c = await open();
+    const other = await open();
+    c.send(
+      { type: "taggedReplies" },
+      { type: "set", key: "k", value: Buffer.from("v1") },
+      { type: "getAsync", id: 1, key: "k" },
+      { type: "getAsync", id: 2, key: "later" },
+      { type: "ping", nonce: 5 },
+    );
+    // ACK; GetDone(1, "v1") at once; the PING is not held back by the pending GET_ASYNC of id 2.
+    assert.deepEqual(await c.read(1 + 15 + 5), hex("00 02 01000000 0200000000000000 7631 00 05000000"));
+    // The value as created, even when it changes right after (in the same chunk of the other client).
+    other.send(
+      { type: "set", key: "later", value: Buffer.from("abc") },
+      { type: "set", key: "later", value: Buffer.from("changed") },
+    );
+    assert.deepEqual(await c.read(16), hex("02 02000000 0300000000000000 616263"));
+    // An id is one id space with WAIT_ASYNC; CANCEL_ASYNC drops a pending GET_ASYNC.
+    c.send(
+      { type: "getAsync", id: 3, key: "never" },
+      { type: "cancelAsync", id: 3 },
+      { type: "cancelAsync", id: 3 },
+    );
+    assert.deepEqual(await c.read(4), hex("00 01 00 00"));
+    assert.equal(server!.stats().waiters, 0);
+    c.send({ type: "getAsync", id: 4, key: "never" }, { type: "waitAsync", id: 4, keys: ["x"] });
+    await c.closed;
+    const untagged = await open();
+    untagged.send({ type: "getAsync", id: 1, key: "k" });
+    await untagged.closed;
+    assert.equal(server!.stats().protocolErrors, 2);
   });
 
   it("keeps many waits outstanding on one connection and drops them when it closes", async () => {
