@@ -57,7 +57,10 @@ describe("rdzv server driven by PyTorch 1.13 clients (v1)", () => {
   });
 
   it("keeps 1.13's idle callback connection open next to its store connection", async () => {
+    // The TS client's connection and both of "s" (whose second one may still be on its way in).
+    for (let i = 0; i < 100 && server.stats().connections < 3; i++) await delay(20);
     const before = server.stats();
+    assert.equal(before.connections, 3, "the TS client and a 1.13 TCPStore connected");
     await py.open("two", HOST, server.port);
     assert.equal(await py.ok("two", "add", "two/alive", 1), 1);
     await delay(300);
