@@ -444,7 +444,7 @@ async function main(): Promise<void> {
       "",
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
       "",
-      "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends CHECK + GET.",
+      "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's.",
       "",
       "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
       "| --- | --- | ---: | ---: | ---: |",
