@@ -495,7 +495,9 @@ function barrierTests(bed: () => Testbed): void {
   });
 
   it("makes a late node wait (numNodesWaiting) until the members re-rendezvous, then admits it", async () => {
-    const [a, b, late] = await bed().nodes(3, { minNodes: 2, maxNodes: 3 });
+    // The late node's one call spans the whole test (up to ~6 s of waits before the others re-join):
+    // a join timeout well beyond that, so that a slow store (etcd on a loaded machine) cannot expire it.
+    const [a, b, late] = await bed().nodes(3, { minNodes: 2, maxNodes: 3, joinTimeoutMs: 30_000 });
     const first = await Promise.all([a!.next(), b!.next()]);
     assertRound(first, { round: 0, worldSize: 2 });
     const pl = late!.next();
