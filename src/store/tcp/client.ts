@@ -11,8 +11,9 @@
  * `multiGet` first CHECK their keys on the main connection and only WAIT when one is missing, so reads of
  * existing keys cost the same two round trips as PyTorch's WAIT+GET and never touch a wait connection.
  * Against an rdzv server (extension probe answered) WAITs instead run on the main connection itself as
- * `WAIT_ASYNC`s over tagged replies (docs/tcpstore-compat.md), so a store holds one connection however
- * many reads wait; option `asyncWaits: false` turns that off. BARRIER always uses a wait connection.
+ * `WAIT_ASYNC`s over tagged replies (docs/tcpstore-compat.md), and `get` is a single `GET_ASYNC` (one
+ * request, answered with the value once the key exists), so a store holds one connection however many
+ * reads wait; option `asyncWaits: false` turns that off. BARRIER always uses a wait connection.
  *
  * Keys get PyTorch's leading "/" (spec §2.4), so `store.set("k")` here is `store.get("k")` in Python.
  *
