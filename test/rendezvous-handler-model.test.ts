@@ -77,6 +77,12 @@ class World {
         const key = `${round}/${slot}`;
         if (!world.lost.has(key)) world.lost.set(key, Date.now());
       });
+      // A node can report a round while it shuts down (its call completed first); it leaves that round
+      // when the shutdown marks it gone, which `left` reports.
+      node.handler.on("left", ({ round }) => {
+        const key = `${index}/${round}`;
+        if (!world.departures.has(key)) world.departures.set(key, Date.now());
+      });
       world.nodes.push({
         index,
         node,

@@ -183,7 +183,7 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
         throw new RendezvousClosedError(`the rendezvous of run ${JSON.stringify(this.#runId)} is closed`);
       }
       const { round, slot } = entered;
-      throwIfAborted(signal);
+      // An abort (shutdown) from here on is #takePart's to handle: it marks the ticket left.
       const info = await this.#takePart(round, slot, node, deadline, signal);
       if (info !== undefined) return info;
       // Not a member (a spare beyond maxNodes, or counted out as dead), or a member of a round whose rank 0
@@ -221,6 +221,8 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     let lease: SlotLease | undefined;
     let member = false;
     try {
+      // Aborted while taking the ticket: the catch below marks it left, so that nobody counts this node in.
+      throwIfAborted(signal);
       // In one round trip: keep-alives start, the coordinator claim, and leaving the old round (only now
       // that this node holds its ticket here: once the old round drains, every survivor holds one).
       const [leased, claimed, left] = await Promise.allSettled([

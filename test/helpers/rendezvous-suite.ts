@@ -781,6 +781,17 @@ function lifecycleTests(bed: () => Testbed): void {
     await rejectsWith(b!.next(), "RDZV_CLOSED", 2000);
   });
 
+  it("marks the ticket of a node shut down while it took it left, so that nobody counts the node in", async () => {
+    const [a, b] = await bed().nodes(2, { minNodes: 1, maxNodes: 2 });
+    // The ticket requests go out at once; the shutdown's abort lands before the node holds its slot.
+    const pa = a!.next();
+    assert.equal(await a!.handler.shutdown(), true);
+    await rejectsWith(pa, "RDZV_GRACEFUL_EXIT", 2000);
+    assert.equal(await bed().gone(0, 0, 500), "left");
+    // Not a round of 2 with a departed rank 0 (which would then have to be found dead and re-formed).
+    assertRound(await within(Promise.all([b!.next()]), 3000, "the round"), { round: 0, worldSize: 1 });
+  });
+
   it("does not close the rendezvous when one member shuts down; the others re-form", async () => {
     const nodes = await bed().nodes(3, { minNodes: 2, maxNodes: 3 });
     const [a, b, c] = nodes;
