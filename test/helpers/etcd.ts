@@ -43,6 +43,8 @@ export class EtcdTestCluster {
   readonly #members: Member[];
   readonly #initialCluster: string;
   readonly #root: string;
+  /** Why a member could not bind its ports, once one could not (see `start`). */
+  #bindFailure: string | undefined;
 
   private constructor(members: Member[], root: string) {
     this.#members = members;
@@ -50,24 +52,35 @@ export class EtcdTestCluster {
     this.#initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(",");
   }
 
-  /** Starts `size` members (default 1) and waits until the cluster serves requests. */
+  /**
+   * Starts `size` members (default 1) and waits until the cluster serves requests. A port picked free can
+   * be taken by another process (tests run side by side) before etcd binds it: then it starts again on
+   * new ports, up to 5 times.
+   */
   static async start(size = 1): Promise<EtcdTestCluster> {
     const binary = etcdBinary();
-    const root = await mkdtemp(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "rdzv-etcd-"));
-    const members: Member[] = [];
-    for (let i = 0; i < size; i++) {
-      members.push({
-        name: `m${i}`,
-        clientPort: await pickFreePort("127.0.0.1"),
-        peerPort: await pickFreePort("127.0.0.1"),
-        dataDir: join(root, `m${i}`),
-        process: undefined,
-      });
+    for (let attempt = 1; ; attempt++) {
+      const root = await mkdtemp(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "rdzv-etcd-"));
+      const members: Member[] = [];
+      for (let i = 0; i < size; i++) {
+        members.push({
+          name: `m${i}`,
+          clientPort: await pickFreePort("127.0.0.1"),
+          peerPort: await pickFreePort("127.0.0.1"),
+          dataDir: join(root, `m${i}`),
+          process: undefined,
+        });
+      }
+      const cluster = new EtcdTestCluster(members, root);
+      for (const m of members) cluster.#spawn(binary, m);
+      try {
+        await cluster.waitReady();
+        return cluster;
+      } catch (err) {
+        await cluster.stop();
+        if (cluster.#bindFailure === undefined || attempt >= 5) throw err;
+      }
     }
-    const cluster = new EtcdTestCluster(members, root);
-    for (const m of members) cluster.#spawn(binary, m);
-    await cluster.waitReady();
-    return cluster;
   }
 
   /** Client URLs of every member, comma-separated (the backend's endpoint syntax). */
@@ -121,7 +134,8 @@ export class EtcdTestCluster {
       live.delete(child);
       if (m.process === child) m.process = undefined;
       if (code !== 0 && code !== null && signal === null) {
-        process.stderr.write(`etcd member ${m.name} exited with code ${code}: ${stderr}\n`);
+        if (stderr.includes("address already in use")) this.#bindFailure ??= `${m.name}: ${stderr}`;
+        else process.stderr.write(`etcd member ${m.name} exited with code ${code}: ${stderr}\n`);
       }
     });
     live.add(child);
@@ -145,6 +159,8 @@ export class EtcdTestCluster {
               .exec();
             break;
           } catch (err) {
+            if (this.#bindFailure !== undefined)
+              throw new Error(`etcd could not bind its ports: ${this.#bindFailure}`);
             if (Date.now() > deadline)
               throw new Error(`etcd at ${host} did not become ready: ${String(err)}`);
             await delay(50);

@@ -39,6 +39,9 @@ export interface RedisTestOptions {
   persistent?: boolean;
 }
 
+/** redis-server exited before it served (typically: its port was taken meanwhile). */
+class ExitedEarly extends Error {}
+
 /** A running redis-server. */
 export class RedisTestServer {
   readonly port: number;
@@ -52,12 +55,24 @@ export class RedisTestServer {
     this.#persistent = persistent;
   }
 
+  /**
+   * Starts a server on a free port. A port picked free can be taken by another process (tests run side by
+   * side) before redis-server binds it, and then it exits at once: it starts again on a new port, up to 5
+   * times.
+   */
   static async start(options: RedisTestOptions = {}): Promise<RedisTestServer> {
     redisBinary();
-    const dir = await mkdtemp(join(tmpdir(), "rdzv-redis-"));
-    const server = new RedisTestServer(await pickFreePort("127.0.0.1"), dir, options.persistent ?? false);
-    await server.#spawn();
-    return server;
+    for (let attempt = 1; ; attempt++) {
+      const dir = await mkdtemp(join(tmpdir(), "rdzv-redis-"));
+      const server = new RedisTestServer(await pickFreePort("127.0.0.1"), dir, options.persistent ?? false);
+      try {
+        await server.#spawn();
+        return server;
+      } catch (err) {
+        await server.stop();
+        if (!(err instanceof ExitedEarly) || attempt >= 5) throw err;
+      }
+    }
   }
 
   get endpoint(): string {
@@ -73,7 +88,11 @@ export class RedisTestServer {
       ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.#dir, "--save", "", ...persistence],
       { stdio: "ignore" },
     );
-    child.once("exit", () => live.delete(child));
+    let exited = false;
+    child.once("exit", () => {
+      exited = true;
+      live.delete(child);
+    });
     live.add(child);
     this.#process = child;
     const deadline = Date.now() + 10_000;
@@ -92,6 +111,8 @@ export class RedisTestServer {
           return;
         } catch (err) {
           probe.disconnect();
+          if (exited)
+            throw new ExitedEarly(`redis-server on port ${this.port} exited at start (port taken?)`);
           if (Date.now() > deadline)
             throw new Error(`redis-server on port ${this.port} did not start: ${String(err)}`);
           await delay(30);
