@@ -111,12 +111,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.#authenticated = state.security.tokenDigest === undefined;
     this.#asyncWaits = new AsyncWaits(state, (id) => this.notify(encodeWaitDone(id)));
     socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => {
-      if (this.#closed) return;
-      this.#stall.read();
-      this.decoder.push(chunk);
-      this.pump();
-    });
+    // A socket from `directReads` emits no 'data': its reads come to `received` directly.
+    socket.on("data", (chunk: Buffer) => this.received(chunk));
     socket.on("drain", () => {
       this.#writeBlocked = false;
       this.#stall.writable();
@@ -133,6 +129,14 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
       this.teardown();
       this.onClosed(this, reason);
     });
+  }
+
+  /** Bytes read from the socket (the connection may keep `chunk`). */
+  received(chunk: Buffer): void {
+    if (this.#closed) return;
+    this.#stall.read();
+    this.decoder.push(chunk);
+    this.pump();
   }
 
   /** The dialect, once the connection's first bytes decided it. */

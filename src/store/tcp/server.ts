@@ -18,6 +18,7 @@ import {
   type TCPStoreServerOptions,
   tlsServer,
 } from "./server-options.js";
+import { directReads } from "./server-reads.js";
 import { ServerState } from "./server-state.js";
 
 export {
@@ -199,7 +200,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     return this.close();
   }
 
-  private accept(socket: Socket): void {
+  private accept(accepted: Socket): void {
+    let socket = accepted;
     const remote = formatRemote(socket);
     if (this.#closing !== undefined || this.#connections.size >= this.limits.maxConnections) {
       this.#logger.warn("TCPStore server: rejecting a connection", {
@@ -213,8 +215,14 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     }
     const id = this.#nextId++;
     const { keepAliveMs } = this.timeouts;
+    let conn: ServerConnection | undefined;
+    if (!this.tls) {
+      // Plain TCP listens with pauseOnConnect: read directly when this Node allows it, else as a stream.
+      socket = directReads(accepted, (chunk) => conn?.received(chunk)) ?? accepted;
+      if (socket === accepted) socket.resume();
+    }
     if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
-    const conn = new ServerConnection(id, remote, socket, this.#state, this.limits, (c, reason) =>
+    conn = new ServerConnection(id, remote, socket, this.#state, this.limits, (c, reason) =>
       this.removed(c, reason),
     );
     this.#connections.add(conn);
@@ -271,7 +279,10 @@ export function createTCPStoreServer(options: TCPStoreServerOptions = {}): Promi
   const logger = options.logger ?? silentLogger;
   let server: Server;
   try {
-    server = options.tls === undefined ? createServer({ noDelay: true }) : tlsServer(options.tls, config);
+    server =
+      options.tls === undefined
+        ? createServer({ noDelay: true, pauseOnConnect: true })
+        : tlsServer(options.tls, config);
   } catch (err) {
     return Promise.reject(err);
   }
