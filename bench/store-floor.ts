@@ -2,8 +2,9 @@
  * The "Node floor" of the store benchmark: the least a Node.js TCPStore server can do per request. It
  * parses just the v2 requests the benchmark sends (VALIDATE, PING, SET, GET, ADD, CHECK, WAIT, GETNUMKEYS),
  * stores nothing and answers at once (GET returns a constant 64-byte value, WAIT and CHECK "ready"), with
- * the same socket handling as rdzv's server (one write per chunk, TCP_NODELAY). rdzv's server measured
- * against it shows what the store costs beyond Node's own I/O; never use it for anything else.
+ * the same socket handling as rdzv's server (direct reads, one write per chunk, TCP_NODELAY). rdzv's
+ * server measured against it shows what the store costs beyond Node's own I/O; never use it for anything
+ * else.
  */
 
 import { createServer, type Server } from "node:net";
@@ -11,6 +12,7 @@ import { KvEngine } from "../src/store/kv-engine.js";
 import { encodeRequest } from "../src/store/tcp/encode.js";
 import { VALIDATION_MAGIC } from "../src/store/tcp/protocol.js";
 import { RequestDecoder } from "../src/store/tcp/request-decoder.js";
+import { directReads } from "../src/store/tcp/server-reads.js";
 import { PendingReplies } from "../src/store/tcp/server-replies.js";
 
 const VALUE_REPLY = Buffer.concat([Buffer.from([64, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(64, 0x76)]);
@@ -62,10 +64,9 @@ function frame(buf: Buffer, at: number): { end: number; reply: Buffer | undefine
 
 /** Starts the floor server on `host`, port 0. */
 export function startFloorServer(host: string): Promise<Server> {
-  const server = createServer({ noDelay: true }, (socket) => {
+  const server = createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
     let pending: Buffer | undefined;
-    socket.on("error", () => {});
-    socket.on("data", (chunk: Buffer) => {
+    const onChunk = (chunk: Buffer): void => {
       const buf = pending === undefined ? chunk : Buffer.concat([pending, chunk]);
       const replies: Buffer[] = [];
       let at = 0;
@@ -81,7 +82,13 @@ export function startFloorServer(host: string): Promise<Server> {
       }
       pending = at < buf.length ? buf.subarray(at) : undefined;
       if (replies.length > 0) socket.write(replies.length === 1 ? replies[0]! : Buffer.concat(replies));
-    });
+    };
+    // Reads as rdzv's server does: direct (onread) where Node allows it, else as a stream.
+    const direct = directReads(accepted, onChunk);
+    const socket = direct ?? accepted;
+    socket.on("error", () => {});
+    socket.setNoDelay(true);
+    if (direct === undefined) socket.on("data", onChunk).resume();
   });
   return new Promise((resolve) => server.listen(0, host, () => resolve(server)));
 }
