@@ -13,8 +13,8 @@
  * reads for `onread` sockets), 'end', 'error' and 'close' behave as on any socket.
  *
  * Every connection reads into one shared buffer: the callback runs synchronously for one read at a time,
- * and the bytes are copied out before it returns (the request decoder keeps chunks, and stored values
- * may be views of them).
+ * and the bytes are copied out before it returns (the request decoder keeps the chunks of an incomplete
+ * request across reads).
  */
 
 import { Socket } from "node:net";
