@@ -410,7 +410,7 @@ async function main(): Promise<void> {
       "",
       `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
       "",
-      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs. Both read through Node's `onread` socket option, not the Readable stream (src/store/tcp/server-reads.ts; measured here with 4 client processes: about 11 instead of 20 µs of server CPU per ADD, and rdzv / libuv for 4-process get and add went from 0.62 and 0.61 on 2026-12-02 to 0.81 and 0.84).",
+      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs. Both read through Node's `onread` socket option, not the Readable stream (src/store/tcp/server-reads.ts).",
       "",
       "| clients | op | PyTorch libuv | PyTorch legacy | Node floor | rdzv | rdzv / libuv | rdzv / legacy | rdzv / floor |",
       "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
