@@ -4,7 +4,7 @@
  *
  * | key                      | written by                          | meaning                                   |
  * | ------------------------ | ----------------------------------- | ----------------------------------------- |
- * | `open`                   | the winner of each decision (add 1) | hint: number of decided rounds             |
+ * | `open`                   | the winner of each decision (set)   | hint: number of decided rounds, never more |
  * | `closed`                 | `setClosed()`                       | the rendezvous is closed                  |
  * | `r<R>/outcome`           | compare-and-set, once               | the round's outcome (see round.ts)        |
  * | `r<R>/tickets`           | every joiner (add 1)                | join counter; slot = value - 1            |
@@ -83,6 +83,13 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       open > 0 ? this.readOutcome(open - 1, options) : undefined,
       this.readOutcome(open, options),
     ]);
+    // A hint ahead of the truth (earlier rdzv versions could count one decision twice, and a store kept
+    // with --data-dir may still hold such a hint): walk back to the round after the last decided one.
+    while (open > 0 && last === undefined) {
+      open--;
+      outcome = undefined;
+      last = open > 0 ? await this.readOutcome(open - 1, options) : undefined;
+    }
     // The hint trails the truth by at most the decisions in flight: step forward past decided rounds.
     while (outcome !== undefined) {
       last = outcome;
@@ -167,10 +174,14 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       await this.store.compareSet(this.roundKey(token, "outcome"), "", encoded, options),
     );
     if (held === encoded) {
-      // The hint is on the wire; nobody needs it bumped before this returns (readers step past decided
-      // rounds), and the decision is what everyone waits for.
-      this.store.add(this.key("open"), 1, options).catch((err: unknown) => {
-        this.logger.debug("could not bump the open-round hint", { round: token, error: String(err) });
+      // The hint is on the wire; nobody needs it moved before this returns (readers step past decided
+      // rounds), and the decision is what everyone waits for. It is set, not incremented: two coordinators
+      // of one round (one took over from the other, which was only slow) may write the same outcome, and
+      // both see their own bytes held. Counting both would put the hint past the open round: joiners
+      // would skip it, and its members would never see them wait. A late set of an older round's hint
+      // only makes readers step forward again.
+      this.store.set(this.key("open"), String(token + 1), options).catch((err: unknown) => {
+        this.logger.debug("could not move the open-round hint", { round: token, error: String(err) });
       });
       return outcome;
     }

@@ -58,9 +58,10 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
   // This node joined `round` while it was open, so round - 1 is decided: its members must drain first.
   // Quick calls go without the signal (see `throwIfAborted`); blocking ones take it.
   const [last, firstCount] = await Promise.all([
-    round > 0 ? backend.waitOutcome(round - 1, { timeoutMs: 10_000, signal }) : undefined,
+    round > 0 ? previousOutcome(input) : undefined,
     backend.ticketCount(round),
   ]);
+  if (last === null) return undefined;
   const previous = last?.kind === "complete" ? memberSlots(last) : undefined;
   let minReachedAt: number | undefined;
   let nextLivenessCheck = Date.now() + settings.keepAliveIntervalMs;
@@ -112,6 +113,23 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
     else if (woke !== undefined) return woke;
     else known = tickets;
     if (Date.now() >= input.deadline) return undefined;
+  }
+}
+
+/**
+ * The outcome of round `input.round - 1`, or null when it is still undecided at the deadline. It should
+ * be decided already (joiners only take tickets in the round after the last decided one), but deciding
+ * `round` without it would skip the drain of the round before: never two completed rounds at once
+ * matters more than this coordinator's progress, so it keeps waiting rather than going on without.
+ */
+async function previousOutcome(input: CoordinatorInput): Promise<RoundOutcome | null> {
+  const { backend, round, signal, deadline } = input;
+  for (;;) {
+    const timeoutMs = Math.min(10_000, Math.max(0, deadline - Date.now()));
+    const outcome = await backend.waitOutcome(round - 1, { timeoutMs, signal });
+    if (outcome !== undefined) return outcome;
+    if (Date.now() >= deadline) return null;
+    input.logger.warn("the previous round is still undecided; waiting for it", { round });
   }
 }
 

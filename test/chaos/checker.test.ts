@@ -83,6 +83,20 @@ describe("chaos checker", () => {
     assert.deepEqual(violations(record(events, hung)), []);
   });
 
+  it("exempts a member starved long enough to be counted dead, not one starved briefly", () => {
+    const events = [...round(0, ["a", "b", "c"], 100), ...round(1, ["a", "b"], 3000)];
+    const config = { keep_alive_interval: 0.5, keep_alive_max_attempt: 4 };
+    const withStall = (ms: number): SoakRecord => ({
+      ...record([...events, { ev: "stall", id: "c", from: 2900 - ms, t: 2900 }]),
+      params: { ...PARAMS, config },
+    });
+    assert.deepEqual(checkSoak(withStall(1600)).violations, []);
+    assert.equal(checkSoak(withStall(1600)).stats.stalls, 1);
+    assert.ok(
+      checkSoak(withStall(700)).violations.some((v) => v.includes("while c was still a member of round 0")),
+    );
+  });
+
   it("finds rounds going backwards and a round that did not form in time", () => {
     const events = [...round(1, ["a", "b"], 100), ...round(0, ["a", "b"], 300)];
     assert.ok(violations(record(events)).some((v) => v.includes("out of order")));

@@ -6,8 +6,10 @@
  * - min <= W <= max;
  * - each node's rounds only go up;
  * - never two completed rounds at once: when round r' completes, every member of the previous completed
- *   round r has left it (reported `joining` again, or was killed). A member that was hung (SIGSTOP) while
- *   r ran is exempt: the others may rightly declare it dead, and it learns so only once it runs again;
+ *   round r has left it (reported `joining` again, or was killed). A member that was hung while r ran is
+ *   exempt: the others may rightly declare it dead, and it learns so only once it runs again. Hung means
+ *   stopped by the driver (SIGSTOP), or starved by the machine: it reported a `stall` long enough to miss
+ *   the keep-alives that count it dead (all but one of `keep_alive_max_attempt`);
  * - liveness: after every burst of faults with at least `minNodes` healthy nodes, a round of them formed
  *   within the settle deadline;
  * - no node died of an unexpected error, and nodes printed nothing but reports.
@@ -30,6 +32,9 @@ export interface SoakStats {
   readonly settleMsMedian: number;
   /** Errors nodes reported and retried (join timeouts while too few nodes were healthy, ...), by code. */
   readonly retriedErrors: Readonly<Record<string, number>>;
+  /** Stretches in which a node process ran nothing for over half a second (SIGSTOPs included). */
+  readonly stalls: number;
+  readonly stallMsMax: number;
 }
 
 /** What `checkSoak` found. */
@@ -91,6 +96,20 @@ function checkRound(
   return new Set([...completed.map((e) => e.id), ...(first ?? [])]);
 }
 
+/**
+ * Whether `events` (one node's) hold a stall between `from` and `to` long enough for the others to count
+ * the node dead: its keep-alives then stopped for (max attempts - 1) intervals plus the one in progress.
+ */
+function starved(events: readonly NodeEvent[], from: number, to: number, record: SoakRecord): boolean {
+  const { keep_alive_interval: interval, keep_alive_max_attempt: attempts } = record.params.config;
+  if (typeof interval !== "number" || typeof attempts !== "number") return false;
+  const longEnough = interval * 1000 * (attempts - 1);
+  return events.some(
+    (e) =>
+      e.ev === "stall" && e.from !== undefined && e.from <= to && e.t >= from && e.t - e.from >= longEnough,
+  );
+}
+
 /** Never two completed rounds at once (see the module comment). */
 function checkExclusive(
   rounds: readonly number[],
@@ -115,7 +134,7 @@ function checkExclusive(
           (faults.slice(k + 1).find((g) => g.kind !== FaultKind.Stop)?.t ?? Number.POSITIVE_INFINITY) >=
             began,
       );
-      if (hung) continue;
+      if (hung || starved(byId.get(id) ?? [], began, nextAt, record)) continue;
       const killedAt = faults.find((f) => f.kind === FaultKind.Kill)?.t ?? Number.POSITIVE_INFINITY;
       const events = byId.get(id) ?? [];
       const ownCompletion = events.findIndex((e) => e.ev === "completed" && e.round === r);
@@ -174,6 +193,7 @@ export function checkSoak(record: SoakRecord): SoakVerdict {
     .filter((s) => s.settledAt !== undefined)
     .map((s) => s.settledAt! - s.from)
     .sort((a, b) => a - b);
+  const stalls = record.events.filter((e) => e.ev === "stall").map((e) => e.t - (e.from ?? e.t));
   const count = (list: readonly { kind?: string; code?: string }[], key: "kind" | "code") =>
     Object.fromEntries([...groupBy(list, (x) => x[key] ?? "?")].map(([k, v]) => [k, v.length]));
   return {
@@ -188,6 +208,8 @@ export function checkSoak(record: SoakRecord): SoakVerdict {
       settles: record.settles.length,
       settleMsMax: times.at(-1) ?? 0,
       settleMsMedian: times[Math.floor(times.length / 2)] ?? 0,
+      stalls: stalls.length,
+      stallMsMax: Math.max(0, ...stalls),
       retriedErrors: count(
         errors.filter((e) => e.fatal !== true),
         "code",

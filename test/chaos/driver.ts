@@ -235,7 +235,9 @@ function formedRound(
 ): number | undefined {
   const latest = new Map<string, NodeEvent>();
   const wanted = new Set(healthy);
-  for (const e of events) if (wanted.has(e.id) && e.ev !== "members") latest.set(e.id, e);
+  for (const e of events) {
+    if (wanted.has(e.id) && e.ev !== "members" && e.ev !== "stall") latest.set(e.id, e);
+  }
   const byRound = new Map<number, number>();
   for (const e of latest.values()) {
     if (e.ev === "completed" && e.worldSize === size) byRound.set(e.round!, (byRound.get(e.round!) ?? 0) + 1);

@@ -10,6 +10,8 @@
  *   {"ev":"members","id":I,"round":R,"members":[ids by rank],"t":T}
  *   {"ev":"ended","id":I,"round":R,"t":T}                  waitForRoundEnd() said the round is over
  *   {"ev":"error","id":I,"code":C,"message":M,"t":T}       nextRendezvous() failed; it retries
+ *   {"ev":"stall","id":I,"from":F,"t":T}                   its event loop ran nothing from F to T (the
+ *                                                          machine starved it): as hung as a SIGSTOP
  *
  * Environment: CHAOS_ID (this incarnation's unique id), CHAOS_PARAMS (JSON `RendezvousParameters`).
  */
@@ -20,6 +22,9 @@ import type { DynamicRendezvousHandler } from "../../src/rendezvous/dynamic-hand
 const id = process.env.CHAOS_ID ?? "";
 const params = JSON.parse(process.env.CHAOS_PARAMS ?? "{}") as RendezvousParameters;
 const MEMBERS_TIMEOUT_MS = 30_000;
+/** The event loop is sampled this often; a gap longer than `STALL_MS` beyond it is reported. */
+const TICK_MS = 100;
+const STALL_MS = 500;
 
 function report(ev: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(`${JSON.stringify({ ev, id, ...fields, t: Date.now() })}\n`);
@@ -44,8 +49,22 @@ async function exchangeMembers(info: RendezvousInfo, signal: AbortSignal): Promi
   }
 }
 
+/**
+ * Reports every stretch in which this process ran nothing (a starved process misses keep-alives just as
+ * a stopped one does, and the others may rightly count it dead meanwhile).
+ */
+function watchStalls(): void {
+  let last = Date.now();
+  setInterval(() => {
+    const now = Date.now();
+    if (now - last > TICK_MS + STALL_MS) report("stall", { from: last });
+    last = now;
+  }, TICK_MS).unref();
+}
+
 async function main(): Promise<void> {
   report("start", { pid: process.pid });
+  watchStalls();
   const handler = (await createRendezvousHandler(params)) as DynamicRendezvousHandler;
   for (;;) {
     report("joining");

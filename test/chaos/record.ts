@@ -6,7 +6,7 @@
 
 /** One report line of a node (see test/chaos/node.ts). */
 export interface NodeEvent {
-  readonly ev: "start" | "joining" | "completed" | "members" | "ended" | "error";
+  readonly ev: "start" | "joining" | "completed" | "members" | "ended" | "error" | "stall";
   /** The node incarnation: `n<slot>.<incarnation>`, unique over the soak. */
   readonly id: string;
   readonly t: number;
@@ -18,6 +18,8 @@ export interface NodeEvent {
   readonly message?: string;
   readonly fatal?: boolean;
   readonly pid?: number;
+  /** Of a `stall`: when the node's event loop last ran before it (`t` is when it ran again). */
+  readonly from?: number;
 }
 
 /** Kinds of faults (and recoveries) the driver injects. */
