@@ -83,6 +83,24 @@ describe("chaos checker", () => {
     assert.deepEqual(violations(record(events, hung)), []);
   });
 
+  it("exempts a rank 0 hung before it learned of its round, which re-formed without it meanwhile", () => {
+    // Round 0: c is rank 0, stopped right after it set out to join; a and b give up on round 0 (no
+    // bootstrap info) and form round 1; c resumes and only then reports round 0.
+    const events: NodeEvent[] = [
+      { ev: "joining", id: "c", t: 90 },
+      ...round(1, ["a", "b"], 3000),
+      { ev: "completed", id: "c", round: 0, rank: 0, worldSize: 3, t: 5002 },
+      { ev: "joining", id: "c", t: 5004 },
+    ];
+    const stopped: FaultEvent[] = [
+      { kind: "stop", id: "c", t: 95 },
+      { kind: "resume", id: "c", t: 5000 },
+    ];
+    const found = violations(record(events));
+    assert.ok(found.some((v) => v.includes("round 1 completed while c was still a member of round 0")));
+    assert.ok(!violations(record(events, stopped)).some((v) => v.includes("still a member")));
+  });
+
   it("exempts a member starved long enough to be counted dead, not one starved briefly", () => {
     const events = [...round(0, ["a", "b", "c"], 100), ...round(1, ["a", "b"], 3000)];
     const config = { keep_alive_interval: 0.5, keep_alive_max_attempt: 4 };

@@ -7,7 +7,9 @@
  * - each node's rounds only go up;
  * - never two completed rounds at once: when round r' completes, every member of the previous completed
  *   round r has left it (reported `joining` again, or was killed). A member that was hung while r ran is
- *   exempt: the others may rightly declare it dead, and it learns so only once it runs again. Hung means
+ *   exempt (from when it set out to join r): the others may rightly declare it dead (or, when it is rank
+ *   0, give up on r before it published where to bootstrap), and it learns so only once it runs again; it
+ *   may even report completing r after the next round completed. Hung means
  *   stopped by the driver (SIGSTOP), or starved by the machine: it reported a `stall` long enough to miss
  *   the keep-alives that count it dead (all but one of `keep_alive_max_attempt`);
  * - liveness: after every burst of faults with at least `minNodes` healthy nodes, a round of them formed
@@ -127,17 +129,21 @@ function checkExclusive(
     const nextAt = firstCompletion.get(next)!;
     for (const id of membersOf.get(r)!) {
       const faults = faultsById.get(id) ?? [];
+      const events = byId.get(id) ?? [];
+      const ownCompletion = events.findIndex((e) => e.ev === "completed" && e.round === r);
+      // Its membership began when it last set out to join before learning of r: a node hung in between
+      // learns of r only once it runs again, after the others may have moved on without it.
+      const since =
+        events.slice(0, Math.max(0, ownCompletion)).findLast((e) => e.ev === "joining")?.t ?? began;
       const hung = faults.some(
         (f, k) =>
           f.kind === FaultKind.Stop &&
           f.t <= nextAt &&
           (faults.slice(k + 1).find((g) => g.kind !== FaultKind.Stop)?.t ?? Number.POSITIVE_INFINITY) >=
-            began,
+            Math.min(since, began),
       );
-      if (hung || starved(byId.get(id) ?? [], began, nextAt, record)) continue;
+      if (hung || starved(events, Math.min(since, began), nextAt, record)) continue;
       const killedAt = faults.find((f) => f.kind === FaultKind.Kill)?.t ?? Number.POSITIVE_INFINITY;
-      const events = byId.get(id) ?? [];
-      const ownCompletion = events.findIndex((e) => e.ev === "completed" && e.round === r);
       const rejoined =
         events.slice(Math.max(0, ownCompletion)).find((e) => e.ev === "joining" && e.t >= began)?.t ??
         Number.POSITIVE_INFINITY;
