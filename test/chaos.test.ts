@@ -10,7 +10,8 @@
  *                              default DEFAULT_CHAOS_BACKENDS)
  *   RDZV_CHAOS_REPORT=FILE     write the figures (and the verdict) as JSON
  *
- * On failure the whole record (every report and fault) is kept in a temporary file named in the message.
+ * On failure the whole record (every report and fault) is kept in a temporary file named in the message,
+ * and printed as a timeline (one line per event) for logs of machines nobody can look into.
  */
 
 import assert from "node:assert/strict";
@@ -21,6 +22,7 @@ import { describe, it } from "node:test";
 import { CHAOS_BACKENDS, DEFAULT_CHAOS_BACKENDS } from "./chaos/backends.js";
 import { checkSoak } from "./chaos/checker.js";
 import { runSoak } from "./chaos/driver.js";
+import { timeline } from "./chaos/record.js";
 
 const seconds = Number(process.env.RDZV_CHAOS_SECONDS ?? "45");
 const seed = Number(process.env.RDZV_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -63,6 +65,8 @@ describe("chaos soak: nodes killed, restarted and hung at random", () => {
       if (verdict.violations.length > 0) {
         kept = join(mkdtempSync(join(tmpdir(), "rdzv-chaos-")), "record.json");
         writeFileSync(kept, JSON.stringify(record));
+        // The file stays on the machine that ran it (a CI runner): the log gets the whole story too.
+        for (const line of timeline(record)) t.diagnostic(line);
       }
       assert.deepEqual(
         verdict.violations,

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { checkSoak } from "./checker.js";
-import type { FaultEvent, NodeEvent, Settle, SoakRecord } from "./record.js";
+import { type FaultEvent, type NodeEvent, type Settle, type SoakRecord, timeline } from "./record.js";
 
 const PARAMS = {
   backend: "test",
@@ -125,6 +125,20 @@ describe("chaos checker", () => {
     const stuck: Settle[] = [{ from: 0, healthy: ["a", "b"], expectRound: true, notStarted: ["b"] }];
     assert.deepEqual(violations(record([], [], stuck)), [
       "node processes b did not start (is the machine overloaded?)",
+    ]);
+  });
+
+  it("prints a record as a timeline, in time order from the soak's start", () => {
+    const events: NodeEvent[] = [
+      { ev: "completed", id: "a", round: 0, rank: 0, worldSize: 2, t: 300 },
+      { ev: "stall", id: "b", from: 100, t: 250 },
+    ];
+    const settles: Settle[] = [{ from: 400, healthy: ["a", "b"], expectRound: true }];
+    assert.deepEqual(timeline(record(events, [{ kind: "kill", id: "b", t: 200 }], settles)), [
+      "    200 driver: kill b",
+      "    250 b stall ran nothing for 150 ms",
+      "    300 a completed round 0 rank 0/2",
+      "    400 driver: settle, healthy a,b: no round",
     ]);
   });
 

@@ -85,3 +85,32 @@ export interface SoakRecord {
   /** Lines a node printed that are not reports (should be none), and the end of each node's stderr. */
   readonly noise: readonly string[];
 }
+
+/**
+ * The record as one line per report, fault and settle phase, in time order, with times in ms from the
+ * soak's start: what a failing run prints, so that a CI log alone shows what happened.
+ */
+export function timeline(record: SoakRecord): string[] {
+  const t0 = record.startedAt;
+  const at = (t: number) => String(t - t0).padStart(7);
+  const lines: { t: number; text: string }[] = [
+    ...record.events.map((e) => {
+      const fields = [
+        e.round === undefined ? "" : `round ${e.round}`,
+        e.rank === undefined ? "" : `rank ${e.rank}/${e.worldSize}`,
+        e.members === undefined ? "" : `members ${e.members.join(",")}`,
+        e.code === undefined ? "" : `${e.code} ${e.message ?? ""}`,
+        e.from === undefined ? "" : `ran nothing for ${e.t - e.from} ms`,
+      ];
+      return { t: e.t, text: `${e.id} ${e.ev} ${fields.filter((f) => f !== "").join(" ")}` };
+    }),
+    ...record.faults.map((f) => ({ t: f.t, text: `driver: ${f.kind} ${f.id}` })),
+    ...record.settles.map((s) => ({
+      t: s.from,
+      text: `driver: settle, healthy ${s.healthy.join(",")}: ${
+        s.settledAt === undefined ? "no round" : `round ${s.round} at ${s.settledAt - t0}`
+      }`,
+    })),
+  ];
+  return lines.sort((a, b) => a.t - b.t).map((l) => `${at(l.t)} ${l.text.trimEnd()}`);
+}
