@@ -61,6 +61,19 @@ describe("StoreRendezvousBackend open-round hint", () => {
     assert.equal(state.openRound, 1);
     assert.deepEqual(state.last, complete(0, 2));
     assert.deepEqual(await new StoreRendezvousBackend(new MemoryStore(), "run").getState(), { openRound: 0 });
+    // A joiner does not jump past the open round either, and leaves no ticket beyond it.
+    assert.deepEqual(await backend.enter(NODE), { round: 1, slot: 0 });
+    assert.equal(await backend.ticketCount(5), 0);
+  });
+
+  it("jumps to a hint whose previous round is decided", async () => {
+    const store = new MemoryStore();
+    const backend = new StoreRendezvousBackend(store, "run");
+    for (let r = 0; r < 5; r++) await backend.setState(complete(r, 1), r);
+    await settled();
+    assert.deepEqual(await backend.enter(NODE), { round: 5, slot: 0 });
+    // Rounds 1 to 4 were skipped: no stray tickets there.
+    for (let r = 1; r < 5; r++) assert.equal(await backend.ticketCount(r), 0);
   });
 });
 

@@ -104,7 +104,7 @@ export class StoreRendezvousBackend implements RendezvousBackend {
    * and for a member re-joining after its round): the open-round hint, the closed flag, round `from`'s
    * outcome (is it still open?) and a ticket in it, all at once; then the descriptor, sent without waiting
    * so that it shares a write with the caller's next requests (keep-alive, coordinator claim). Otherwise
-   * one more round trip per round it steps forward. A ticket taken in a round that was decided meanwhile
+   * one more round trip per round it steps forward, or two to jump to the hint. A ticket taken in a round that was decided meanwhile
    * (or, for a late `from`, long ago) is left behind: it lies beyond the outcome's span.
    */
   async enter(
@@ -126,8 +126,14 @@ export class StoreRendezvousBackend implements RendezvousBackend {
         round,
       );
       if (outcome.kind === "closed") return undefined;
-      // Rounds before the hint are decided (it is bumped after each decision): skip them.
-      round = Math.max(round + 1, hint);
+      // Rounds before the hint are decided (it is set after each decision): skip them. A hint ahead of
+      // the truth (an earlier version's, kept with --data-dir) would put the ticket in a round after the
+      // open one, so a jump checks that the round before its target is decided (one round trip more).
+      let target = round + 1;
+      if (hint > target && (await this.store.check([this.roundKey(hint - 1, "outcome")], options))) {
+        target = hint;
+      }
+      round = target;
       ({ decided, ticket } = await this.#tryRound(round, options));
     }
     const slot = ticket - 1;
