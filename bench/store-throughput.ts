@@ -16,7 +16,7 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
@@ -155,11 +155,51 @@ function procRss(pid: number): number {
   return kb === null ? Number.NaN : Number(kb[1]) * 1024;
 }
 
+/** Keys each Python worker cycles through (and sets first for a get loop). */
+const KEYS_PER_WORKER = 1000;
+
+/**
+ * CPU time a process has used so far, in ns, over all its threads (PyTorch's servers answer on a thread
+ * of their own), from the scheduler's per-thread accounting in /proc: exact to the ns, where the clock
+ * ticks of /proc/PID/stat count in 10 ms steps.
+ */
+function cpuNs(pid: number): number {
+  let total = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      total += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+    } catch {
+      // The thread ended between the listing and the read: its time is in no thread's file any more,
+      // which the run's figure then misses (threads of these servers live as long as the server).
+    }
+  }
+  return total;
+}
+
 // --- 1. PyTorch's Python client --------------------------------------------------------------------------
 
 interface Target {
   name: string;
   port: number;
+  /** The server's process, for its CPU time per request. */
+  pid: number;
+}
+
+/** One run of the Python clients against a target: aggregate ops/s, and the server's CPU µs per request. */
+async function pythonRun(
+  workers: PyAgent[],
+  target: Target,
+  kind: Kind,
+  ops: number,
+  rep: number,
+): Promise<{ rate: number; cpuUs: number }> {
+  const before = cpuNs(target.pid);
+  const rate = await pythonClients(workers, target, kind, ops, rep);
+  // Every request the server got (bench/py/worker.py): a num_keys first, the 1,000 keys a get loop sets
+  // before it starts, two per get (WAIT + GET), one per set or add, and the num_keys closing a set loop.
+  const perWorker = kind === "get" ? 1 + KEYS_PER_WORKER + 2 * ops : kind === "set" ? ops + 2 : ops + 1;
+  const requests = workers.length * perWorker;
+  return { rate, cpuUs: (cpuNs(target.pid) - before) / 1000 / requests };
 }
 
 async function pythonClients(workers: PyAgent[], target: Target, kind: Kind, ops: number, rep: number) {
@@ -175,7 +215,7 @@ async function pythonClients(workers: PyAgent[], target: Target, kind: Kind, ops
           n: ops,
           value_size: VALUE.length,
           prefix: `py/${kind}/${rep}/${i}/`,
-          keys: 1000,
+          keys: KEYS_PER_WORKER,
           start_at: startAt,
         },
         600_000,
@@ -329,11 +369,15 @@ async function main(): Promise<void> {
       startAgent(t2, { script: join(REPO_ROOT, "bench", "py", "worker.py") }),
     ),
   ]);
+  const pidOf = (agent: PyAgent): number => {
+    if (agent.pid === undefined) throw new Error("a PyTorch server agent has no pid");
+    return agent.pid;
+  };
   const targets: Target[] = [
-    { name: "PyTorch libuv", port: libuv.port },
-    { name: "PyTorch legacy", port: legacy.port },
-    { name: "Node floor", port: floor.port },
-    { name: "rdzv", port: ours.port },
+    { name: "PyTorch libuv", port: libuv.port, pid: pidOf(libuv) },
+    { name: "PyTorch legacy", port: legacy.port, pid: pidOf(legacy) },
+    { name: "Node floor", port: floor.port, pid: floor.pid },
+    { name: "rdzv", port: ours.port, pid: ours.pid },
   ];
   const lines: string[] = [];
   // The machine is shared: sample the 1-minute load average through the run, for the report.
@@ -350,18 +394,14 @@ async function main(): Promise<void> {
     }
     // 1. Python client.
     const py: Record<string, number[]> = {};
+    const cpu: Record<string, number[]> = {};
     for (const clients of [1, 4]) {
       for (const kind of KINDS) {
         for (let rep = 0; rep < args.reps; rep++) {
           for (const target of targets) {
-            const rate = await pythonClients(
-              workers.slice(0, clients) as PyAgent[],
-              target,
-              kind,
-              args.ops,
-              rep,
-            );
-            record(py, `${clients}|${kind}|${target.name}`, rate);
+            const run = await pythonRun(workers.slice(0, clients) as PyAgent[], target, kind, args.ops, rep);
+            record(py, `${clients}|${kind}|${target.name}`, run.rate);
+            record(cpu, `${clients}|${kind}|${target.name}`, run.cpuUs);
           }
         }
         const m = (t: string): number => median(py[`${clients}|${kind}|${t}`]!);
@@ -440,6 +480,24 @@ async function main(): Promise<void> {
         ? "So in these latency-bound loops what separates a Node server from PyTorch's C++ one is Node's per-request I/O path (the floor column), not the store."
         : `rdzv / floor went as low as ${floorMin.toFixed(2)} in this run although the store's work is a few µs per request: on this shared machine single rows swing with other processes' load (compare the load averages above); rerun on a quiet machine before reading more into a row.`,
     );
+    lines.push(
+      "",
+      "Server CPU time per request in the same runs (µs, median; all of the server process's threads, from the scheduler's accounting in /proc; every request of the run counts: a `get` is two, WAIT and GET, and a get run first sets its 1,000 keys per client). Unlike ops/s, this does not depend on how the clients and the other processes shared the 2 CPUs, so it shows what each server costs.",
+      "",
+      "| clients | op | PyTorch libuv | PyTorch legacy | Node floor | rdzv | rdzv / libuv |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    );
+    for (const clients of [1, 4]) {
+      for (const kind of KINDS) {
+        const [a, b, f, c] = ["PyTorch libuv", "PyTorch legacy", "Node floor", "rdzv"].map((t) =>
+          median(cpu[`${clients}|${kind}|${t}`]!),
+        ) as [number, number, number, number];
+        const u = (x: number): string => x.toFixed(2);
+        lines.push(
+          `| ${clients} | ${kind} | ${u(a)} | ${u(b)} | ${u(f)} | ${u(c)} | ${(c / a).toFixed(2)} |`,
+        );
+      }
+    }
     lines.push(
       "",
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,

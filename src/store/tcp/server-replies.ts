@@ -6,6 +6,8 @@
 
 import type { Socket } from "node:net";
 
+const TWO_POW_32 = 2 ** 32;
+
 /** Small batches are joined into one buffer; larger ones are written as one corked writev. */
 const CONCAT_BYTES = 64 * 1024;
 
@@ -45,7 +47,15 @@ export class PendingReplies {
   /** A signed 64-bit integer, little-endian. */
   i64(n: bigint): void {
     const buf = Buffer.allocUnsafe(8);
-    buf.writeBigInt64LE(n, 0);
+    const x = Number(n);
+    if (Number.isSafeInteger(x)) {
+      // Two 32-bit halves: several times cheaper than writeBigInt64LE, the same bytes.
+      const high = Math.floor(x / TWO_POW_32);
+      buf.writeUInt32LE(x - high * TWO_POW_32, 0);
+      buf.writeInt32LE(high, 4);
+    } else {
+      buf.writeBigInt64LE(n, 0);
+    }
     this.push(buf);
   }
 
@@ -69,10 +79,13 @@ export class PendingReplies {
     const parts = this.#parts;
     const bytes = this.#bytes;
     if (parts.length === 0) return true;
-    this.clear();
     if (parts.length === 1 || bytes <= CONCAT_BYTES) {
-      return socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes);
+      // Cleared before the write: a socket may call back into the connection (an error) during it.
+      this.clear();
+      return socket.write(out);
     }
+    this.clear();
     socket.cork();
     for (const buf of parts) socket.write(buf);
     socket.uncork();

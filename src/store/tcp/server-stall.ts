@@ -11,6 +11,9 @@ export class StallClock {
   /** Since when the buffered bytes have been an incomplete request, if they are. */
   #partialSince: number | undefined;
   #lastReadAt: number;
+  /** Reads so far, and as of the last `reapReason` (which dates them: see `read`). */
+  #reads = 0;
+  #readsDated = 0;
   /** Since when the socket has refused more replies, while it does. */
   #writeBlockedSince: number | undefined;
 
@@ -18,9 +21,13 @@ export class StallClock {
     this.#lastReadAt = now;
   }
 
-  /** Bytes arrived. */
-  read(now = Date.now()): void {
-    this.#lastReadAt = now;
+  /**
+   * Bytes arrived. Without `now`, only counted: the next sweep (`reapReason`) dates them at its own time,
+   * so no read pays for the clock, and an idle connection is reaped up to one sweep late, never early.
+   */
+  read(now?: number): void {
+    if (now === undefined) this.#reads++;
+    else this.#lastReadAt = now;
   }
 
   /** A request was decoded or taken from the queue. */
@@ -37,9 +44,11 @@ export class StallClock {
    * After handling input: `buffered` bytes remain undecoded. The incomplete-request clock starts when a
    * remainder appears and restarts whenever a request completed since `mark`.
    */
-  settle(buffered: number, mark: number, now = Date.now()): void {
+  settle(buffered: number, mark: number, now?: number): void {
+    // The clock is read only when needed: nothing is left over after most reads.
     if (buffered === 0) this.#partialSince = undefined;
-    else if (this.#partialSince === undefined || this.#progress !== mark) this.#partialSince = now;
+    else if (this.#partialSince === undefined || this.#progress !== mark)
+      this.#partialSince = now ?? Date.now();
   }
 
   /** The clock stood still (a wait ended): an incomplete request counts from now. */
@@ -77,6 +86,10 @@ export class StallClock {
       if (partial !== undefined && !readingPaused && now - partial >= incompleteMs) {
         return `held an incomplete request (${buffered} bytes) for ${now - partial} ms`;
       }
+    }
+    if (this.#reads !== this.#readsDated) {
+      this.#readsDated = this.#reads;
+      this.#lastReadAt = now;
     }
     if (idleMs > 0 && now - this.#lastReadAt >= idleMs) return `idle for ${now - this.#lastReadAt} ms`;
     return undefined;
