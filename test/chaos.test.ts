@@ -6,7 +6,7 @@
  *
  *   RDZV_CHAOS_SECONDS=600     run longer (per backend)
  *   RDZV_CHAOS_SEED=1234       replay a seed's fault schedule (printed on failure)
- *   RDZV_CHAOS_BACKEND=etcd    which backends (comma-separated names of CHAOS_BACKENDS: tcp, etcd;
+ *   RDZV_CHAOS_BACKEND=etcd    which backends (comma-separated names of CHAOS_BACKENDS: tcp, etcd, redis;
  *                              default DEFAULT_CHAOS_BACKENDS)
  *   RDZV_CHAOS_REPORT=FILE     write the figures (and the verdict) as JSON
  *

@@ -7,6 +7,7 @@
 
 import type { RendezvousParameters } from "../../src/index.js";
 import { EtcdTestCluster } from "../helpers/etcd.js";
+import { RedisTestServer } from "../helpers/redis.js";
 import { type ServeProcess, startServe } from "../helpers/serve-process.js";
 
 /** A rendezvous backend for the soak. */
@@ -53,10 +54,31 @@ export function etcdBackend(): ChaosBackend {
   };
 }
 
+/**
+ * The `redis` backend (src/backends/redis.ts) over a real redis-server (test/helpers/redis.ts). Not run by
+ * default (the suite's time goes to the two the issue names); it shares the store-backed backend's
+ * decision code with `c10d`, but not its connection-drop markers: a killed node is found by its
+ * keep-alives stopping, as on etcd.
+ */
+export function redisBackend(): ChaosBackend {
+  let server: RedisTestServer | undefined;
+  return {
+    name: "redis",
+    async start() {
+      server = await RedisTestServer.start();
+      return { backend: "redis", endpoint: server.endpoint, config: { read_timeout: 30 } };
+    },
+    async stop() {
+      await server?.stop();
+    },
+  };
+}
+
 /** Every backend the soak can run against, by the name `RDZV_CHAOS_BACKEND` selects. */
 export const CHAOS_BACKENDS: Readonly<Record<string, () => ChaosBackend>> = {
   tcp: tcpStoreBackend,
   etcd: etcdBackend,
+  redis: redisBackend,
 };
 
 /** The backends the soak runs when `RDZV_CHAOS_BACKEND` is not set. */
