@@ -150,6 +150,24 @@ describe("TCPStoreServer timeouts", () => {
     assert.equal(quiet.stats().reaped, 0);
   });
 
+  it("does not reap a connection that keeps sending within idleMs (its reads are dated by the sweep)", {
+    timeout: 20_000,
+  }, async () => {
+    const server = await start({ timeouts: { idleMs: 400 } });
+    const { socket, closed } = await open(server);
+    socket.resume(); // reads (and drops) the replies, so that the server's close reaches 'close'
+    // 15 pings 100 ms apart: 1.5 s in all, never 400 ms without a read.
+    for (let i = 0; i < 15; i++) {
+      socket.write(frame({ type: "ping", nonce: i }));
+      await delay(100);
+    }
+    assert.ok(!socket.destroyed, "an active connection was reaped as idle");
+    assert.equal(server.stats().reaped, 0);
+    // Once it stops, it is idle: reaped.
+    await closed;
+    assert.equal(server.stats().reaped, 1);
+  });
+
   it("an rdzv client reconnects after its idle main connection was reaped", { timeout: 20_000 }, async () => {
     const server = await start({ timeouts: { idleMs: 200 } });
     const store = await connectTCPStore({ host: HOST, port: server.port, timeoutMs: 10_000 });
