@@ -116,15 +116,28 @@ function suite(name: string, find: () => Promise<TorchPython>): void {
       assert.equal(closed?.round, 5);
     });
 
-    it("decodes the state of a real 3-node rendezvous of PyTorch's own handler, and follows it live", async () => {
-      const runId = `live${name}`;
+    it("decodes the state of a real 3-node rendezvous of PyTorch's own handler, and follows it live", async (t) => {
       type Run = { ranks: number[]; errors: string[]; state: PyState };
-      const result = await runDriver<Run>(
-        torch,
-        "torch_rdzv_state.py",
-        ["127.0.0.1", String(server.port), "run", runId, "3"],
-        120_000,
-      );
+      const run = (id: string) =>
+        runDriver<Run>(
+          torch,
+          "torch_rdzv_state.py",
+          ["127.0.0.1", String(server.port), "run", id, "3"],
+          120_000,
+        );
+      let runId = `live${name}`;
+      let result: Run;
+      try {
+        result = await run(runId);
+      } catch (err) {
+        // Debian's PyTorch 1.13 on Python 3.11 crashes now and then with threads (one CI run in several):
+        // a crash of the interpreter, not a wrong answer, gets one more try, under a new run id.
+        const signal = (err as { signal?: string | null }).signal;
+        if (typeof signal !== "string") throw err;
+        t.diagnostic(`the PyTorch process died of ${signal}; running it once more: ${String(err)}`);
+        runId = `live${name}-again`;
+        result = await run(runId);
+      }
       assert.deepEqual(result.errors, []);
       assert.deepEqual([...result.ranks].sort(), [0, 1, 2]);
       assert.deepEqual(asPython(decodeKey(server, runId), result.state.hasRedundancyList), result.state);

@@ -269,12 +269,14 @@ export function runDriver<T = unknown>(
       clearTimeout(timer);
       reject(err);
     });
-    child.on("close", (code) => {
+    child.on("close", (code, signal) => {
       clearTimeout(timer);
       if (result !== undefined) resolvePromise(result);
       else {
         const detail = failureDetail(torch, stderr());
-        reject(new Error(`${script} (torch ${torch.version}) exited ${code} without a result\n${detail}`));
+        const how = signal === null ? `exited ${code}` : `died of ${signal}`;
+        const err = new Error(`${script} (torch ${torch.version}) ${how} without a result\n${detail}`);
+        reject(Object.assign(err, { signal }));
       }
     });
   });
