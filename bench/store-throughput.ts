@@ -155,6 +155,16 @@ function procRss(pid: number): number {
   return kb === null ? Number.NaN : Number(kb[1]) * 1024;
 }
 
+/** A row of the Python-client tables: the medians of `runs` for libuv, legacy, the floor and rdzv. */
+function mediansByServer(
+  runs: Record<string, number[]>,
+  clients: number,
+  kind: Kind,
+): [number, number, number, number] {
+  const of = (server: string): number => median(runs[`${clients}|${kind}|${server}`]!);
+  return [of("PyTorch libuv"), of("PyTorch legacy"), of("Node floor"), of("rdzv")];
+}
+
 /** Keys each Python worker cycles through (and sets first for a get loop). */
 const KEYS_PER_WORKER = 1000;
 
@@ -457,9 +467,7 @@ async function main(): Promise<void> {
     );
     for (const clients of [1, 4]) {
       for (const kind of KINDS) {
-        const [a, b, f, c] = ["PyTorch libuv", "PyTorch legacy", "Node floor", "rdzv"].map((t) =>
-          median(py[`${clients}|${kind}|${t}`]!),
-        ) as [number, number, number, number];
+        const [a, b, f, c] = mediansByServer(py, clients, kind);
         lines.push(
           `| ${clients} | ${kind} | ${fmt(a)} | ${fmt(b)} | ${fmt(f)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${(c / b).toFixed(2)} | ${(c / f).toFixed(2)} |`,
         );
@@ -489,9 +497,7 @@ async function main(): Promise<void> {
     );
     for (const clients of [1, 4]) {
       for (const kind of KINDS) {
-        const [a, b, f, c] = ["PyTorch libuv", "PyTorch legacy", "Node floor", "rdzv"].map((t) =>
-          median(cpu[`${clients}|${kind}|${t}`]!),
-        ) as [number, number, number, number];
+        const [a, b, f, c] = mediansByServer(cpu, clients, kind);
         const u = (x: number): string => x.toFixed(2);
         lines.push(
           `| ${clients} | ${kind} | ${u(a)} | ${u(b)} | ${u(f)} | ${u(c)} | ${(c / a).toFixed(2)} |`,

@@ -104,8 +104,9 @@ export class StoreRendezvousBackend implements RendezvousBackend {
    * and for a member re-joining after its round): the open-round hint, the closed flag, round `from`'s
    * outcome (is it still open?) and a ticket in it, all at once; then the descriptor, sent without waiting
    * so that it shares a write with the caller's next requests (keep-alive, coordinator claim). Otherwise
-   * one more round trip per round it steps forward, or two to jump to the hint. A ticket taken in a round that was decided meanwhile
-   * (or, for a late `from`, long ago) is left behind: it lies beyond the outcome's span.
+   * one more round trip per round it steps forward, or two to jump to the hint. A ticket taken in a round
+   * that was decided meanwhile (or, for a late `from`, long ago) is left behind: it lies beyond the
+   * outcome's span.
    */
   async enter(
     node: NodeDescriptor,

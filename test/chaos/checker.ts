@@ -9,9 +9,9 @@
  *   round r has left it (reported `joining` again, or was killed). A member that was hung while r ran is
  *   exempt (from when it set out to join r): the others may rightly declare it dead (or, when it is rank
  *   0, give up on r before it published where to bootstrap), and it learns so only once it runs again; it
- *   may even report completing r after the next round completed. Hung means
- *   stopped by the driver (SIGSTOP), or starved by the machine: it reported a `stall` long enough to miss
- *   the keep-alives that count it dead (all but one of `keep_alive_max_attempt`);
+ *   may even report completing r after the next round completed. Hung means stopped by the driver
+ *   (SIGSTOP), or starved by the machine: it reported a `stall` long enough to miss the keep-alives that
+ *   count it dead (all but one of `keep_alive_max_attempt`);
  * - liveness: after every burst of faults with at least `minNodes` healthy nodes, a round of them formed
  *   within the settle deadline;
  * - no node died of an unexpected error, and nodes printed nothing but reports.
@@ -133,16 +133,16 @@ function checkExclusive(
       const ownCompletion = events.findIndex((e) => e.ev === "completed" && e.round === r);
       // Its membership began when it last set out to join before learning of r: a node hung in between
       // learns of r only once it runs again, after the others may have moved on without it.
-      const since =
-        events.slice(0, Math.max(0, ownCompletion)).findLast((e) => e.ev === "joining")?.t ?? began;
+      const joinedAt = events.slice(0, Math.max(0, ownCompletion)).findLast((e) => e.ev === "joining")?.t;
+      const since = Math.min(joinedAt ?? began, began);
       const hung = faults.some(
         (f, k) =>
           f.kind === FaultKind.Stop &&
           f.t <= nextAt &&
           (faults.slice(k + 1).find((g) => g.kind !== FaultKind.Stop)?.t ?? Number.POSITIVE_INFINITY) >=
-            Math.min(since, began),
+            since,
       );
-      if (hung || starved(events, Math.min(since, began), nextAt, record)) continue;
+      if (hung || starved(events, since, nextAt, record)) continue;
       const killedAt = faults.find((f) => f.kind === FaultKind.Kill)?.t ?? Number.POSITIVE_INFINITY;
       const rejoined =
         events.slice(Math.max(0, ownCompletion)).find((e) => e.ev === "joining" && e.t >= began)?.t ??

@@ -79,13 +79,10 @@ export class PendingReplies {
     const parts = this.#parts;
     const bytes = this.#bytes;
     if (parts.length === 0) return true;
-    if (parts.length === 1 || bytes <= CONCAT_BYTES) {
-      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes);
-      // Cleared before the write: a socket may call back into the connection (an error) during it.
-      this.clear();
-      return socket.write(out);
-    }
     this.clear();
+    if (parts.length === 1 || bytes <= CONCAT_BYTES) {
+      return socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+    }
     socket.cork();
     for (const buf of parts) socket.write(buf);
     socket.uncork();

@@ -11,9 +11,8 @@ export class StallClock {
   /** Since when the buffered bytes have been an incomplete request, if they are. */
   #partialSince: number | undefined;
   #lastReadAt: number;
-  /** Reads so far, and as of the last `reapReason` (which dates them: see `read`). */
-  #reads = 0;
-  #readsDated = 0;
+  /** Bytes arrived since the last `reapReason`, which dates them (see `read`). */
+  #readUndated = false;
   /** Since when the socket has refused more replies, while it does. */
   #writeBlockedSince: number | undefined;
 
@@ -22,12 +21,11 @@ export class StallClock {
   }
 
   /**
-   * Bytes arrived. Without `now`, only counted: the next sweep (`reapReason`) dates them at its own time,
-   * so no read pays for the clock, and an idle connection is reaped up to one sweep late, never early.
+   * Bytes arrived. Only noted: the next sweep (`reapReason`) dates them at its own time, so no read pays
+   * for the clock, and an idle connection is reaped up to one sweep late, never early.
    */
-  read(now?: number): void {
-    if (now === undefined) this.#reads++;
-    else this.#lastReadAt = now;
+  read(): void {
+    this.#readUndated = true;
   }
 
   /** A request was decoded or taken from the queue. */
@@ -87,8 +85,8 @@ export class StallClock {
         return `held an incomplete request (${buffered} bytes) for ${now - partial} ms`;
       }
     }
-    if (this.#reads !== this.#readsDated) {
-      this.#readsDated = this.#reads;
+    if (this.#readUndated) {
+      this.#readUndated = false;
       this.#lastReadAt = now;
     }
     if (idleMs > 0 && now - this.#lastReadAt >= idleMs) return `idle for ${now - this.#lastReadAt} ms`;
