@@ -32,6 +32,7 @@ import { ConnectionRegistrations, checkWaiterLimit } from "./server-registration
 import { PendingReplies } from "./server-replies.js";
 import { StallClock } from "./server-stall.js";
 import { type BarrierParty, type KeyWatcher, type ServerState, tokenMatches } from "./server-state.js";
+import { directWriter, type ReplyWriter, streamWriter } from "./server-writes.js";
 
 type PendingWait =
   | { readonly kind: "wait"; readonly waiter: Waiter }
@@ -97,7 +98,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   /** After TAGGED_REPLIES: every reply is preceded by a `ReplyTag`; WAIT_ASYNC is allowed. */
   #tagged = false;
   readonly #asyncWaits: AsyncWaits;
+  readonly #writer: ReplyWriter;
 
+  /** With `directWrites`, replies go to the socket's handle when this Node allows it (server-writes.ts). */
   constructor(
     readonly id: number,
     readonly remote: string,
@@ -105,6 +108,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     private readonly state: ServerState,
     protocolLimits: Readonly<ProtocolLimits>,
     private readonly onClosed: (conn: ServerConnection, reason: string) => void,
+    directWrites = false,
   ) {
     this.decoder = new RequestDecoder(protocolLimits);
     this.#registrations = new ConnectionRegistrations(state, this);
@@ -113,11 +117,13 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     socket.setNoDelay(true);
     // A socket from `directReads` emits no 'data': its reads come to `received` directly.
     socket.on("data", (chunk: Buffer) => this.received(chunk));
-    socket.on("drain", () => {
+    const drained = (): void => {
       this.#writeBlocked = false;
       this.#stall.writable();
       this.pump();
-    });
+    };
+    this.#writer =
+      (directWrites ? directWriter(socket, drained) : undefined) ?? streamWriter(socket, drained);
     socket.on("end", () => {
       this.#closeReason ??= "peer closed the connection";
     });
@@ -441,7 +447,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private flush(): void {
-    if (this.#out.writeTo(this.socket)) return;
+    if (this.#out.writeTo(this.#writer)) return;
     this.#writeBlocked = true;
     this.#stall.writeBlocked();
   }

@@ -1,14 +1,14 @@
 /**
  * The replies a server connection has produced but not written yet. They are written together, so that a
  * chunk of pipelined requests costs one write: small batches are joined into one buffer, big ones go out
- * as one corked `writev`, and values are never copied on the way.
+ * as one `writev`, and values are never copied on the way.
  */
 
-import type { Socket } from "node:net";
+import type { ReplyWriter } from "./server-writes.js";
 
 const TWO_POW_32 = 2 ** 32;
 
-/** Small batches are joined into one buffer; larger ones are written as one corked writev. */
+/** Small batches are joined into one buffer; larger ones are written as one writev. */
 const CONCAT_BYTES = 64 * 1024;
 
 /** Pending reply bytes of one connection. */
@@ -74,18 +74,15 @@ export class PendingReplies {
     this.#bytes = 0;
   }
 
-  /** Writes everything pending to `socket`; false when the socket asks the writer to wait for `drain`. */
-  writeTo(socket: Socket): boolean {
+  /** Writes everything pending to `writer`; false when it asks the caller to wait for its drain. */
+  writeTo(writer: ReplyWriter): boolean {
     const parts = this.#parts;
     const bytes = this.#bytes;
     if (parts.length === 0) return true;
     this.clear();
     if (parts.length === 1 || bytes <= CONCAT_BYTES) {
-      return socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+      return writer.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
     }
-    socket.cork();
-    for (const buf of parts) socket.write(buf);
-    socket.uncork();
-    return !socket.writableNeedDrain;
+    return writer.writev(parts);
   }
 }

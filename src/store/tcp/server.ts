@@ -222,8 +222,15 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       if (socket === accepted) socket.resume();
     }
     if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
-    conn = new ServerConnection(id, remote, socket, this.#state, this.limits, (c, reason) =>
-      this.removed(c, reason),
+    conn = new ServerConnection(
+      id,
+      remote,
+      socket,
+      this.#state,
+      this.limits,
+      (c, reason) => this.removed(c, reason),
+      // Plain TCP writes straight to the socket's handle where Node allows it; TLS encrypts in its stream.
+      !this.tls,
     );
     this.#connections.add(conn);
     this.#connectionsTotal++;
