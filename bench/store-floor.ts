@@ -2,7 +2,7 @@
  * The "Node floor" of the store benchmark: the least a Node.js TCPStore server can do per request. It
  * parses just the v2 requests the benchmark sends (VALIDATE, PING, SET, GET, ADD, CHECK, WAIT, GETNUMKEYS),
  * stores nothing and answers at once (GET returns a constant 64-byte value, WAIT and CHECK "ready"), with
- * the same socket handling as rdzv's server (direct reads, one write per chunk, TCP_NODELAY). rdzv's
+ * the same socket handling as rdzv's server (direct reads and writes, one write per chunk, TCP_NODELAY). rdzv's
  * server measured against it shows what the store costs beyond Node's own I/O; never use it for anything
  * else.
  */
@@ -14,6 +14,7 @@ import { VALIDATION_MAGIC } from "../src/store/tcp/protocol.js";
 import { RequestDecoder } from "../src/store/tcp/request-decoder.js";
 import { directReads } from "../src/store/tcp/server-reads.js";
 import { PendingReplies } from "../src/store/tcp/server-replies.js";
+import { directWriter, type ReplyWriter, streamWriter } from "../src/store/tcp/server-writes.js";
 
 const VALUE_REPLY = Buffer.concat([Buffer.from([64, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(64, 0x76)]);
 const ZERO_I64 = Buffer.alloc(8);
@@ -81,11 +82,13 @@ export function startFloorServer(host: string): Promise<Server> {
         return;
       }
       pending = at < buf.length ? buf.subarray(at) : undefined;
-      if (replies.length > 0) socket.write(replies.length === 1 ? replies[0]! : Buffer.concat(replies));
+      if (replies.length > 0) writer.write(replies.length === 1 ? replies[0]! : Buffer.concat(replies));
     };
     // Reads as rdzv's server does: direct (onread) where Node allows it, else as a stream.
     const direct = directReads(accepted, onChunk);
     const socket = direct ?? accepted;
+    // Writes as rdzv's server does: to the handle directly where Node allows it (no backpressure here).
+    const writer: ReplyWriter = directWriter(socket, () => {}) ?? streamWriter(socket, () => {});
     socket.on("error", () => {});
     socket.setNoDelay(true);
     if (direct === undefined) socket.on("data", onChunk).resume();

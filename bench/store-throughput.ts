@@ -460,7 +460,7 @@ async function main(): Promise<void> {
       "",
       `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
       "",
-      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs. Both read through Node's `onread` socket option, not the Readable stream (src/store/tcp/server-reads.ts).",
+      "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs. Both read through Node's `onread` socket option, not the Readable stream (src/store/tcp/server-reads.ts), and write to the socket's handle, not the Writable (server-writes.ts).",
       "",
       "| clients | op | PyTorch libuv | PyTorch legacy | Node floor | rdzv | rdzv / libuv | rdzv / legacy | rdzv / floor |",
       "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -97,6 +97,11 @@ export class ClientConnection {
     );
   }
 
+  /** Bytes read from the socket, for a socket that reads through `onread` (which emits no 'data'). */
+  received(chunk: Buffer): void {
+    this.#onData(chunk);
+  }
+
   /** False once the connection ended, for whatever reason. */
   get open(): boolean {
     return !this.#closed;

@@ -132,6 +132,24 @@ describe("TCPStore pipelining", () => {
     }
   });
 
+  it("reads big replies on several connections at once intact (one read buffer shared by all)", async () => {
+    const srv = await server();
+    const stores = await Promise.all([client(srv), client(srv), client(srv)]);
+    const values = stores.map((_, s) => {
+      const v = Buffer.alloc(700_000 + s * 1001);
+      for (let i = 0; i < v.length; i++) v[i] = (i * (s + 3) + (i >> 10)) & 0xff;
+      return v;
+    });
+    await Promise.all(stores.map((st, s) => st.set(`big${s}`, values[s]!)));
+    // Interleaved reads of each connection's replies, over and over.
+    const got = await Promise.all(
+      Array.from({ length: 12 }, (_, i) =>
+        stores[i % 3]!.get(`big${i % 3}`).then((b) => [i % 3, b] as const),
+      ),
+    );
+    for (const [s, b] of got) assert.ok(Buffer.from(b).equals(values[s]!), `value ${s} arrived corrupted`);
+  });
+
   it("sends user keys with PyTorch's leading '/', UTF-8 encoded", async () => {
     const srv = await server();
     const store = await client(srv);

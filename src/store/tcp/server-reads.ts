@@ -22,6 +22,25 @@ import { Socket } from "node:net";
 /** Big enough for one read of a pipelined burst; shared by every connection of the process. */
 const SHARED = Buffer.allocUnsafe(64 * 1024);
 
+/**
+ * Node's `onread` socket option reading into the shared buffer and handing `onChunk` a copy of each read.
+ * Also used by the TCP store client's plain-TCP connections, which Node connects itself.
+ */
+export function copyingOnread(onChunk: (chunk: Buffer) => void): {
+  buffer: Uint8Array;
+  callback: (n: number, buf: Uint8Array) => boolean;
+} {
+  return {
+    buffer: SHARED,
+    callback: (n, buf) => {
+      const chunk = Buffer.allocUnsafe(n);
+      chunk.set(buf.subarray(0, n));
+      onChunk(chunk);
+      return true;
+    },
+  };
+}
+
 interface HandleLike {
   readStart(): number;
   readStop(): number;
@@ -54,15 +73,7 @@ export function directReads(socket: Socket, onChunk: (chunk: Buffer) => void): S
       handle,
       readable: true,
       writable: true,
-      onread: {
-        buffer: SHARED,
-        callback: (n: number, buf: Uint8Array) => {
-          const chunk = Buffer.allocUnsafe(n);
-          chunk.set(buf.subarray(0, n));
-          onChunk(chunk);
-          return true;
-        },
-      },
+      onread: copyingOnread(onChunk),
     } as ConstructorParameters<typeof Socket>[0] & { handle: unknown });
   } catch {
     original._handle = handle;
