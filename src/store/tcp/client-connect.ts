@@ -167,8 +167,8 @@ export function openConnection(
 }
 
 /**
- * A socket to the target. Plain TCP hands each read to `onChunk` through Node's `onread` option (no
- * Readable stream: about half the CPU per read, see server-reads.ts); TLS reads as a stream ('data').
+ * A socket to the target. Plain TCP hands each read to `onChunk` through Node's `onread` option, with no
+ * Readable stream in between (as the server's direct reads, server-reads.ts); TLS reads as a stream.
  */
 function openSocket(target: ConnectTarget, onChunk: (chunk: Buffer) => void): Socket {
   const { host, port, tls } = target;
