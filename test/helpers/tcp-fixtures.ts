@@ -3,6 +3,7 @@
  * order) by `cleanup()`, which a test file calls from `afterEach`.
  */
 
+import assert from "node:assert/strict";
 import { connectTCPStore, type TCPStore, type TCPStoreOptions } from "../../src/store/tcp/client.js";
 import {
   createTCPStoreServer,
@@ -44,6 +45,20 @@ export class TcpFixtures {
       if (saved === undefined) delete process.env[name];
       else process.env[name] = saved;
     });
+  }
+
+  /**
+   * Two new clients of `server` exchange what every server path must serve: a blocking get woken by the
+   * other's set, and adds from both. For tests that switch a server path off.
+   */
+  async exchange(server: TCPStoreServer): Promise<void> {
+    const a = await this.client(server);
+    const b = await this.client(server);
+    const waiting = b.get("k");
+    await a.set("k", "v");
+    assert.equal(Buffer.from(await waiting).toString(), "v");
+    assert.equal(await a.add("n", 2), 2);
+    assert.equal(await b.add("n", 3), 5);
   }
 
   /** Releases everything, last registered first. */

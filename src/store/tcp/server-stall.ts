@@ -42,11 +42,10 @@ export class StallClock {
    * After handling input: `buffered` bytes remain undecoded. The incomplete-request clock starts when a
    * remainder appears and restarts whenever a request completed since `mark`.
    */
-  settle(buffered: number, mark: number, now?: number): void {
+  settle(buffered: number, mark: number): void {
     // The clock is read only when needed: nothing is left over after most reads.
     if (buffered === 0) this.#partialSince = undefined;
-    else if (this.#partialSince === undefined || this.#progress !== mark)
-      this.#partialSince = now ?? Date.now();
+    else if (this.#partialSince === undefined || this.#progress !== mark) this.#partialSince = Date.now();
   }
 
   /** The clock stood still (a wait ended): an incomplete request counts from now. */

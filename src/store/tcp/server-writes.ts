@@ -44,7 +44,6 @@ export function streamWriter(socket: Socket, onDrain: () => void): ReplyWriter {
 interface WriteReq {
   handle: unknown;
   oncomplete: (status: number) => void;
-  async: boolean;
   /** Keeps the bytes of a write the kernel did not take at once alive until it completes. */
   keep?: Buffer | Buffer[];
 }
@@ -121,7 +120,6 @@ export function directWriter(socket: Socket, onDrain: () => void): ReplyWriter |
       return true;
     }
     if (streamBaseState[kLastWriteWasAsync] !== 0) {
-      req.async = true;
       req.keep = keep;
       inFlight++;
     }
@@ -133,7 +131,6 @@ export function directWriter(socket: Socket, onDrain: () => void): ReplyWriter |
     const req = new WriteWrap();
     req.handle = handle;
     req.oncomplete = complete;
-    req.async = false;
     return req;
   };
   return {
