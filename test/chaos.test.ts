@@ -9,9 +9,12 @@
  *   RDZV_CHAOS_BACKEND=etcd    which backends (comma-separated names of CHAOS_BACKENDS: tcp, etcd, redis;
  *                              default DEFAULT_CHAOS_BACKENDS)
  *   RDZV_CHAOS_REPORT=FILE     write the figures (and the verdict) as JSON
+ *   RDZV_CHAOS_TIMELINE=FILE   write the whole timeline (pass or fail), one line per event
  *
- * On failure the whole record (every report and fault) is kept in a temporary file named in the message,
- * and printed as a timeline (one line per event) for logs of machines nobody can look into.
+ * On failure the whole record (every report, fault and handler log line) is kept in a temporary file named
+ * in the message and printed as a timeline (one line per event) for logs of machines nobody can look
+ * into; the failure message itself carries the violations and the timeline around them, since a CI log
+ * may keep only its tail.
  */
 
 import assert from "node:assert/strict";
@@ -22,7 +25,7 @@ import { describe, it } from "node:test";
 import { CHAOS_BACKENDS, DEFAULT_CHAOS_BACKENDS } from "./chaos/backends.js";
 import { checkSoak } from "./chaos/checker.js";
 import { runSoak } from "./chaos/driver.js";
-import { timeline } from "./chaos/record.js";
+import { failureExcerpt, timeline } from "./chaos/record.js";
 
 const seconds = Number(process.env.RDZV_CHAOS_SECONDS ?? "45");
 const seed = Number(process.env.RDZV_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -61,18 +64,23 @@ describe("chaos soak: nodes killed, restarted and hung at random", () => {
           JSON.stringify({ params: record.params, ...verdict }, null, 2),
         );
       }
-      let kept = "";
+      if (process.env.RDZV_CHAOS_TIMELINE) {
+        writeFileSync(process.env.RDZV_CHAOS_TIMELINE, `${timeline(record).join("\n")}\n`);
+      }
       if (verdict.violations.length > 0) {
-        kept = join(mkdtempSync(join(tmpdir(), "rdzv-chaos-")), "record.json");
+        const kept = join(mkdtempSync(join(tmpdir(), "rdzv-chaos-")), "record.json");
         writeFileSync(kept, JSON.stringify(record));
         // The file stays on the machine that ran it (a CI runner): the log gets the whole story too.
         for (const line of timeline(record)) t.diagnostic(line);
+        assert.fail(
+          [
+            `chaos soak failed (replay: RDZV_CHAOS_SEED=${seed} RDZV_CHAOS_BACKEND=${name}); record in ${kept}`,
+            ...verdict.violations.map((v) => `violation: ${v}`),
+            "timeline around it (ms from the soak's start):",
+            ...failureExcerpt(record, verdict.violations),
+          ].join("\n"),
+        );
       }
-      assert.deepEqual(
-        verdict.violations,
-        [],
-        `chaos soak failed (replay: RDZV_CHAOS_SEED=${seed} RDZV_CHAOS_BACKEND=${name}); record in ${kept}`,
-      );
       // A soak that formed no rounds or injected no faults proves nothing.
       assert.ok(verdict.stats.rounds >= 3, `only ${verdict.stats.rounds} rounds formed (seed ${seed})`);
       assert.ok((verdict.stats.faults.kill ?? 0) + (verdict.stats.faults.stop ?? 0) > 0, "no fault injected");

@@ -5,7 +5,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { checkSoak } from "./checker.js";
-import { type FaultEvent, type NodeEvent, type Settle, type SoakRecord, timeline } from "./record.js";
+import { formedRound } from "./driver.js";
+import {
+  type FaultEvent,
+  failureExcerpt,
+  type NodeEvent,
+  type Settle,
+  type SoakRecord,
+  timeline,
+} from "./record.js";
 
 const PARAMS = {
   backend: "test",
@@ -140,6 +148,43 @@ describe("chaos checker", () => {
       "    300 a completed round 0 rank 0/2",
       "    400 driver: settle, healthy a,b: no round",
     ]);
+  });
+
+  it("excerpts the timeline a failure is read from: the failed settle's burst on, or the rounds named", () => {
+    const events: NodeEvent[] = [
+      ...round(0, ["a", "b"], 100),
+      { ev: "log", id: "a", level: "info", message: "coordinator lost", t: 2100 },
+      ...round(1, ["a", "b"], 9000),
+    ];
+    const settles: Settle[] = [
+      { from: 150, healthy: ["a", "b"], expectRound: true, settledAt: 200, round: 0 },
+      { from: 2000, healthy: ["a", "b"], expectRound: true },
+    ];
+    const rec = record(events, [{ kind: "stop", id: "b", t: 1000 }], settles);
+    const liveness = failureExcerpt(rec, ["no round of the 2 healthy nodes (a, b) within 1000 ms"]);
+    assert.equal(liveness[0], "   1000 driver: stop b");
+    assert.ok(liveness.includes("   2100 a log info: coordinator lost"));
+    assert.ok(liveness.includes("   9000 b completed round 1 rank 1/2"));
+    const named = failureExcerpt(record(events), ["round 1 completed while a was still a member of round 0"]);
+    assert.equal(named[0], "     50 a joining");
+    assert.equal(named.at(-1), "   9001 b members round 1 members a,b");
+    const short = failureExcerpt(rec, ["no round"], 4);
+    assert.deepEqual(short.slice(0, 2), liveness.slice(0, 2));
+    assert.equal(short[2], `(${liveness.length - 4} lines left out)`);
+    assert.deepEqual(short.slice(3), liveness.slice(-2));
+  });
+
+  it("sees the healthy nodes' round formed while they stay in it, not once one set out again", () => {
+    const events: NodeEvent[] = [...round(0, ["a", "b", "c"], 100), ...round(1, ["a", "b"], 300)];
+    assert.equal(formedRound(events, ["a", "b"], 2), 1);
+    assert.equal(formedRound(events, ["a", "b", "c"], 3), undefined);
+    // Failing inside the round (the members exchange, the wait for its end) leaves a node in it.
+    const inRound: NodeEvent = { ev: "error", id: "a", round: 1, code: "RDZV_TIMEOUT", t: 400 };
+    const log: NodeEvent = { ev: "log", id: "b", level: "info", message: "x", t: 400 };
+    assert.equal(formedRound([...events, inRound, log], ["a", "b"], 2), 1);
+    const joinFailed: NodeEvent = { ev: "error", id: "a", code: "RDZV_TIMEOUT", t: 400 };
+    assert.equal(formedRound([...events, joinFailed], ["a", "b"], 2), undefined);
+    assert.equal(formedRound([...events, { ev: "joining", id: "b", t: 400 }], ["a", "b"], 2), undefined);
   });
 
   it("reports nodes that died of an error and stray output", () => {

@@ -226,9 +226,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakRecord> {
 
 /**
  * The round the healthy nodes formed, if they did: `size` of them report the same round of world size
- * `size` as their latest event (nothing after it), so no node outside `healthy` can be in it.
+ * `size` as their latest event (nothing after it), so no node outside `healthy` can be in it. Reports
+ * that leave a node where it was do not count as later events: members lists, stalls, log lines, and
+ * errors inside a round (a failed exchange or a failed wait for the round's end, which the node retries
+ * as a member).
  */
-function formedRound(
+export function formedRound(
   events: readonly NodeEvent[],
   healthy: readonly string[],
   size: number,
@@ -236,7 +239,7 @@ function formedRound(
   const latest = new Map<string, NodeEvent>();
   const wanted = new Set(healthy);
   for (const e of events) {
-    if (wanted.has(e.id) && e.ev !== "members" && e.ev !== "stall") latest.set(e.id, e);
+    if (wanted.has(e.id) && movesNode(e)) latest.set(e.id, e);
   }
   const byRound = new Map<number, number>();
   for (const e of latest.values()) {
@@ -244,4 +247,18 @@ function formedRound(
   }
   for (const [round, n] of byRound) if (n === size) return round;
   return undefined;
+}
+
+/** Whether a report says the node went somewhere: it set out to join, completed, left, or failed to join. */
+function movesNode(e: NodeEvent): boolean {
+  switch (e.ev) {
+    case "members":
+    case "stall":
+    case "log":
+      return false;
+    case "error":
+      return e.round === undefined;
+    default:
+      return true;
+  }
 }

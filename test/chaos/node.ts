@@ -12,11 +12,14 @@
  *   {"ev":"error","id":I,"code":C,"message":M,"t":T}       nextRendezvous() failed; it retries
  *   {"ev":"stall","id":I,"from":F,"t":T}                   its event loop ran nothing from F to T (the
  *                                                          machine starved it): as hung as a SIGSTOP
+ *   {"ev":"log","id":I,"level":L,"message":M,"t":T}        the handler's own log (every level, fields in
+ *                                                          the message): read only into a failure's timeline
  *
  * Environment: CHAOS_ID (this incarnation's unique id), CHAOS_PARAMS (JSON `RendezvousParameters`).
  */
 
-import { createRendezvousHandler, type RendezvousInfo, type RendezvousParameters } from "../../src/index.js";
+import type { RendezvousInfo, RendezvousParameters } from "../../src/index.js";
+import type { Logger } from "../../src/log.js";
 import type { DynamicRendezvousHandler } from "../../src/rendezvous/dynamic-handler.js";
 
 const id = process.env.CHAOS_ID ?? "";
@@ -62,10 +65,36 @@ function watchStalls(): void {
   }, TICK_MS).unref();
 }
 
+/** The handler's log as `log` events: what a failing soak's timeline needs beside the reports. */
+const logger: Logger = Object.fromEntries(
+  (["debug", "info", "warn", "error"] as const).map((level) => [
+    level,
+    (message: string, fields?: Record<string, unknown>) =>
+      report("log", {
+        level,
+        message: fields === undefined ? message : `${message} ${JSON.stringify(fields)}`,
+      }),
+  ]),
+) as unknown as Logger;
+
+/** The backend's own creator, which takes a logger (the registry's does not). */
+async function createHandler(): Promise<DynamicRendezvousHandler> {
+  switch (params.backend) {
+    case "c10d":
+      return (await import("../../src/backends/c10d.js")).createC10dRendezvousHandler(params, { logger });
+    case "etcd":
+      return (await import("../../src/backends/etcd.js")).createEtcdRendezvousHandler(params, { logger });
+    case "redis":
+      return (await import("../../src/backends/redis.js")).createRedisRendezvousHandler(params, { logger });
+    default:
+      throw new Error(`chaos node: no creator for backend ${params.backend}`);
+  }
+}
+
 async function main(): Promise<void> {
   report("start", { pid: process.pid });
   watchStalls();
-  const handler = (await createRendezvousHandler(params)) as DynamicRendezvousHandler;
+  const handler = await createHandler();
   for (;;) {
     report("joining");
     let info: RendezvousInfo;

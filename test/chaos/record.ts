@@ -6,7 +6,7 @@
 
 /** One report line of a node (see test/chaos/node.ts). */
 export interface NodeEvent {
-  readonly ev: "start" | "joining" | "completed" | "members" | "ended" | "error" | "stall";
+  readonly ev: "start" | "joining" | "completed" | "members" | "ended" | "error" | "stall" | "log";
   /** The node incarnation: `n<slot>.<incarnation>`, unique over the soak. */
   readonly id: string;
   readonly t: number;
@@ -18,6 +18,8 @@ export interface NodeEvent {
   readonly message?: string;
   readonly fatal?: boolean;
   readonly pid?: number;
+  /** Of a `log`: the handler's log level (the text is in `message`). */
+  readonly level?: string;
   /** Of a `stall`: when the node's event loop last ran before it (`t` is when it ran again). */
   readonly from?: number;
 }
@@ -91,6 +93,41 @@ export interface SoakRecord {
  * soak's start: what a failing run prints, so that a CI log alone shows what happened.
  */
 export function timeline(record: SoakRecord): string[] {
+  return entries(record).map((l) => l.text);
+}
+
+/**
+ * The part of the timeline a failure is read from, short enough for the tail of a CI log: from the end
+ * of the settle phase before the first failed one (so the failing burst's faults and everything after
+ * them); for a violation naming rounds, from 5 s before the first of them completed to 5 s after the last
+ * did; else the whole soak. At most `maxLines`: the first and the last half, with the count left out.
+ */
+export function failureExcerpt(record: SoakRecord, violations: readonly string[], maxLines = 150): string[] {
+  let from = record.startedAt;
+  let to = Number.POSITIVE_INFINITY;
+  const failed = record.settles.findIndex(
+    (s) => (s.expectRound && s.settledAt === undefined) || (s.notStarted?.length ?? 0) > 0,
+  );
+  const rounds = violations.flatMap((v) => [...v.matchAll(/round (\d+)/g)].map((m) => Number(m[1])));
+  if (failed > 0) {
+    const before = record.settles[failed - 1]!;
+    from = before.settledAt ?? before.from;
+  } else if (failed < 0 && rounds.length > 0) {
+    const completions = record.events.filter((e) => e.ev === "completed" && rounds.includes(e.round!));
+    if (completions.length > 0) {
+      from = Math.min(...completions.map((e) => e.t)) - 5000;
+      to = Math.max(...completions.map((e) => e.t)) + 5000;
+    }
+  }
+  const lines = entries(record)
+    .filter((l) => l.t >= from && l.t <= to)
+    .map((l) => l.text);
+  if (lines.length <= maxLines) return lines;
+  const half = Math.floor(maxLines / 2);
+  return [...lines.slice(0, half), `(${lines.length - 2 * half} lines left out)`, ...lines.slice(-half)];
+}
+
+function entries(record: SoakRecord): { t: number; text: string }[] {
   const t0 = record.startedAt;
   const at = (t: number) => String(t - t0).padStart(7);
   const lines: { t: number; text: string }[] = [
@@ -100,6 +137,7 @@ export function timeline(record: SoakRecord): string[] {
         e.rank === undefined ? "" : `rank ${e.rank}/${e.worldSize}`,
         e.members === undefined ? "" : `members ${e.members.join(",")}`,
         e.code === undefined ? "" : `${e.code} ${e.message ?? ""}`,
+        e.level === undefined ? "" : `${e.level}: ${e.message ?? ""}`,
         e.from === undefined ? "" : `ran nothing for ${e.t - e.from} ms`,
       ];
       return { t: e.t, text: `${e.id} ${e.ev} ${fields.filter((f) => f !== "").join(" ")}` };
@@ -112,5 +150,5 @@ export function timeline(record: SoakRecord): string[] {
       }`,
     })),
   ];
-  return lines.sort((a, b) => a.t - b.t).map((l) => `${at(l.t)} ${l.text.trimEnd()}`);
+  return lines.sort((a, b) => a.t - b.t).map((l) => ({ t: l.t, text: `${at(l.t)} ${l.text.trimEnd()}` }));
 }
