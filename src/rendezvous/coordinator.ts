@@ -46,12 +46,22 @@ export interface CoordinatorInput {
 }
 
 /**
- * Coordinates `round` until it is decided (by this node or another) or the deadline passes (then
- * resolves `undefined`). Round trips count here, since the coordinator's are the critical path of the
- * whole round and every one of them queues behind the other nodes' requests at the store: each pass
- * reads the ticket count and the leave markers of the slots it knows of in one round trip.
+ * What `coordinateRound` resolves when the coordinator finds its own slot marked gone: another node
+ * counted it dead (its keep-alives lagged, its etcd lease expired, its connection dropped for a moment),
+ * so no outcome will count it, and it must take a new ticket. Someone else takes over the coordination.
  */
-export async function coordinateRound(input: CoordinatorInput): Promise<RoundOutcome | undefined> {
+export const OWN_SLOT_GONE = "own slot gone";
+
+/**
+ * Coordinates `round` until it is decided (by this node or another), the deadline passes (then resolves
+ * `undefined`) or the coordinator's own slot is marked gone (`OWN_SLOT_GONE`). Round trips count here,
+ * since the coordinator's are the critical path of the whole round and every one of them queues behind
+ * the other nodes' requests at the store: each pass reads the ticket count and the leave markers of the
+ * slots it knows of in one round trip.
+ */
+export async function coordinateRound(
+  input: CoordinatorInput,
+): Promise<RoundOutcome | typeof OWN_SLOT_GONE | undefined> {
   const { backend, round, settings, signal } = input;
   const deadAfterMs = settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts;
   const liveness = new LivenessTracker(deadAfterMs);
@@ -87,6 +97,7 @@ export async function coordinateRound(input: CoordinatorInput): Promise<RoundOut
             await observeGone(input, liveness, round, range(tickets, known), checkLiveness, false),
           )
         : goneKnown;
+    if (gone.has(input.slot)) return OWN_SLOT_GONE;
     const pending = previous === undefined ? [] : previous.filter((s) => !prevGone!.has(s));
     const decision: RoundDecision = decideRound(
       {

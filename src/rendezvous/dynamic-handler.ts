@@ -20,7 +20,7 @@ import type { Store } from "../store/store.js";
 import { throwIfAborted } from "./abort.js";
 import type { RendezvousCallOptions, RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "./api.js";
 import type { NodeDescriptor, RendezvousBackend, SlotLease } from "./backend.js";
-import { coordinateRound } from "./coordinator.js";
+import { coordinateRound, OWN_SLOT_GONE } from "./coordinator.js";
 import { pickFreePort } from "./free-port.js";
 import { GoneReason, LivenessTracker, type RoundOutcome, rankOf, slotAt } from "./round.js";
 
@@ -240,6 +240,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
       this.#logger.debug("joined round", { runId: this.#runId, round, slot });
       const outcome = await this.#awaitOutcome(round, slot, leader, deadline, signal);
       this.#joining = undefined;
+      if (outcome === undefined) {
+        // Counted out while waiting: a new ticket (in this round, while it is open) counts again.
+        await held.stop();
+        return undefined;
+      }
       this.#decidedBefore = Math.max(this.#decidedBefore, round + 1);
       const place = rankOf(outcome, slot);
       if (place === undefined) {
@@ -260,18 +265,22 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     }
   }
 
+  /**
+   * The round's outcome, coordinating it while this node leads; `undefined` when this node's slot was
+   * marked gone and no outcome counts it (see `#countedOut`): it must take a new ticket.
+   */
   async #awaitOutcome(
     round: number,
     slot: number,
     firstLeader: number,
     deadline: number,
     signal: AbortSignal,
-  ): Promise<RoundOutcome> {
+  ): Promise<RoundOutcome | undefined> {
     let leader = firstLeader;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) throw await this.#timeoutError(round);
-      const outcome =
+      let outcome: RoundOutcome | typeof OWN_SLOT_GONE | undefined =
         leader === slot
           ? await coordinateRound({
               backend: this.#backend,
@@ -288,6 +297,15 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
               timeoutMs: Math.min(left, this.settings.keepAliveIntervalMs),
               signal,
             });
+      if (outcome === undefined && leader !== slot) {
+        const next = await this.#checkLeader(round, slot, leader, signal);
+        if (next === OWN_SLOT_GONE) outcome = next;
+        else leader = next;
+      }
+      if (outcome === OWN_SLOT_GONE) {
+        outcome = await this.#countedOut(round, slot, signal);
+        if (outcome === undefined) return undefined;
+      }
       if (outcome !== undefined) {
         if (outcome.kind === "closed") {
           this.emit("closed", { round });
@@ -295,15 +313,47 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
         }
         return outcome;
       }
-      if (leader !== slot) leader = await this.#checkLeader(round, slot, leader, signal);
     }
   }
 
-  /** Takes over coordination when the coordinator is gone or its keep-alives stopped. */
+  /**
+   * This node's slot was marked gone while it waited: another node counted it dead (its keep-alives
+   * lagged behind a stall, its etcd lease expired, its store connection dropped for a moment). No outcome
+   * decided from now on counts it, and the round may never reach `minNodes` without it, so it takes a
+   * new ticket rather than wait out its join timeout (as PyTorch's handler adds itself back to the
+   * participants). An outcome decided before the mark was seen may still count the old slot: the last read
+   * below takes it. One written later still (by a coordinator that read the markers just before the mark)
+   * counts a slot marked dead, which ends that round for its members as soon as they look (the member
+   * watching the slot finds the mark), and they re-form as after any death.
+   */
+  async #countedOut(round: number, slot: number, signal: AbortSignal): Promise<RoundOutcome | undefined> {
+    const decided = await this.#backend.waitOutcome(round, { timeoutMs: 0, signal });
+    if (decided !== undefined && (decided.kind === "closed" || rankOf(decided, slot) !== undefined)) {
+      return decided;
+    }
+    this.#logger.info("counted out of the round while joining; taking a new ticket", {
+      runId: this.#runId,
+      round,
+      slot,
+    });
+    return undefined;
+  }
+
+  /** The coordinator's keep-alive counter as last seen changing, by `round/slot`. */
   readonly #leaderSeen = new Map<string, { counter: string; since: number }>();
 
-  async #checkLeader(round: number, slot: number, leader: number, signal: AbortSignal): Promise<number> {
-    const [gone] = await this.#backend.goneSlots(round, [leader], { signal });
+  /**
+   * Takes over coordination when the coordinator is gone or its keep-alives stopped; `OWN_SLOT_GONE` when
+   * this node's own slot is marked gone (read in the same round trip).
+   */
+  async #checkLeader(
+    round: number,
+    slot: number,
+    leader: number,
+    signal: AbortSignal,
+  ): Promise<number | typeof OWN_SLOT_GONE> {
+    const [gone, own] = await this.#backend.goneSlots(round, [leader, slot], { signal });
+    if (own !== undefined) return OWN_SLOT_GONE;
     let dead = gone !== undefined;
     if (!dead) {
       const [counter = ""] = await this.#backend.keepAliveCounters(round, [leader], { signal });

@@ -23,6 +23,7 @@ import {
   type DynamicHandlerSettings,
   type DynamicRendezvousHandler,
 } from "../../src/rendezvous/dynamic-handler.js";
+import { GoneReason } from "../../src/rendezvous/round.js";
 import { bytesToText } from "../../src/store/bytes.js";
 import { KvEngine } from "../../src/store/kv-engine.js";
 import { MemoryStore } from "../../src/store/memory-store.js";
@@ -600,6 +601,33 @@ function failureTests(bed: () => Testbed): void {
     const infos = await within(Promise.all([pa, b!.next(), d!.next()]), 3000, "the round");
     assertRound(infos, { round: 0, worldSize: 3 });
     assert.equal(await stateAfter(pc, 500), "rejected");
+  });
+
+  it("takes a node counted dead while it was only slow back in with a new ticket, so the round reaches min", async () => {
+    const [a, b, c] = await bed().nodes(3, { minNodes: 3, maxNodes: 4 });
+    const pa = a!.next();
+    await a!.slotIn(0);
+    const pb = b!.next();
+    const slot = await b!.slotIn(0);
+    // What the coordinator does to a node whose keep-alives lag behind (a stalled process) or whose
+    // connection dropped for a moment; the node itself runs on.
+    await bed().backend.markGone(0, slot, GoneReason.Dead, false);
+    const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
+    assertRound(infos, { round: 0, worldSize: 3 });
+    assert.equal(b!.joined.filter((j) => j.round === 0).length, 2, "b did not take a second ticket");
+  });
+
+  it("takes a coordinator counted dead while it was only slow back in; another node takes over", async () => {
+    const [a, b, c] = await bed().nodes(3, { minNodes: 3, maxNodes: 4 });
+    const pa = a!.next();
+    const slot = await a!.slotIn(0);
+    const pb = b!.next();
+    await b!.slotIn(0);
+    await bed().backend.markGone(0, slot, GoneReason.Dead, false);
+    const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
+    assertRound(infos, { round: 0, worldSize: 3 });
+    assert.notEqual(await bed().backend.leader(0), slot);
+    assert.equal(a!.joined.filter((j) => j.round === 0).length, 2, "a did not take a second ticket");
   });
 
   it("lets another node take over when the coordinator dies while joining", async () => {
