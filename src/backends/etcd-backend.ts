@@ -18,7 +18,7 @@
  *   is shorter than etcd's lease granularity (whole seconds).
  */
 
-import type { Lease } from "etcd3";
+import { EtcdLeaseInvalidError, type Lease } from "etcd3";
 import { RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { NodeDescriptor, RendezvousBackend, RendezvousState, SlotLease } from "../rendezvous/backend.js";
@@ -179,25 +179,45 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
 
   /** Puts the descriptor together with the slot's `live` key on the node's lease. */
   async #publish(round: number, slot: number, node: NodeDescriptor, options?: CallOptions): Promise<void> {
-    const lease = this.#nodeLease();
-    const leaseId = await lease.grant().catch((err: unknown) => {
-      throw mapEtcdError(err, "lease grant", this.etcd.hosts);
-    });
     const { client } = this.etcd;
     const nodeKey = this.#roundKey(round, `node/${slot}`);
-    await this.etcd.call("join", options, (o) =>
-      client
-        .if(nodeKey, "Version", ">", -1)
-        .then(
-          client.put(nodeKey).value(JSON.stringify(node)),
-          client
-            .put(this.#roundKey(round, `live/${slot}`))
-            .value(node.id)
-            .lease(leaseId),
-        )
-        .options(o)
-        .commit(),
+    await this.#underLease("join", (leaseId) =>
+      this.etcd.call("join", options, (o) =>
+        client
+          .if(nodeKey, "Version", ">", -1)
+          .then(
+            client.put(nodeKey).value(JSON.stringify(node)),
+            client
+              .put(this.#roundKey(round, `live/${slot}`))
+              .value(node.id)
+              .lease(leaseId),
+          )
+          .options(o)
+          .commit(),
+      ),
     );
+  }
+
+  /**
+   * Runs `op` with the node's lease. When etcd no longer knows that lease (it expired while this process
+   * stalled, before the client's keep-alives found out), drops it and runs `op` once more under a new one:
+   * the others counted this node dead meanwhile, which it learns from its slot's marks, not from here.
+   */
+  async #underLease<T>(what: string, op: (leaseId: string) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const lease = this.#nodeLease();
+      const leaseId = await lease.grant().catch((err: unknown) => {
+        throw mapEtcdError(err, "lease grant", this.etcd.hosts);
+      });
+      try {
+        return await op(leaseId);
+      } catch (err) {
+        if (attempt > 0 || !isLeaseGone(err)) throw err;
+        this.#logger.warn("etcd dropped this node's lease (it expired); going on under a new one", { what });
+        if (this.#lease === lease) this.#lease = undefined;
+        lease.release();
+      }
+    }
   }
 
   async ticketCount(round: number, options?: CallOptions): Promise<number> {
@@ -226,14 +246,15 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     return {
       becomeMember: async () => {
         if (stopped) return;
-        const leaseId = await this.#nodeLease().grant();
-        await this.etcd.call("becomeMember", undefined, (o) =>
-          this.etcd.client
-            .put(this.#roundKey(round, `member/${slot}`))
-            .value("1")
-            .lease(leaseId)
-            .options(o)
-            .exec(),
+        await this.#underLease("becomeMember", (leaseId) =>
+          this.etcd.call("becomeMember", undefined, (o) =>
+            this.etcd.client
+              .put(this.#roundKey(round, `member/${slot}`))
+              .value("1")
+              .lease(leaseId)
+              .options(o)
+              .exec(),
+          ),
         );
       },
       // The lease keys stay until the node goes: deleting them here would look like a death.
@@ -331,6 +352,12 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     this.#lease = undefined;
     if (lease !== undefined && !lease.revoked()) await lease.revoke().catch(() => undefined);
   }
+}
+
+/** Whether `err` (as `EtcdStore.call` throws it) says etcd does not know the lease a put named. */
+function isLeaseGone(err: unknown): boolean {
+  const cause = (err as { cause?: unknown }).cause ?? err;
+  return cause instanceof EtcdLeaseInvalidError;
 }
 
 function parseOutcome(text: string, round: number): RoundOutcome {
