@@ -59,6 +59,8 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     this.#logger = options.logger ?? silentLogger;
     this.#leaseTtlS = Math.max(1, Math.ceil(options.leaseTtlS ?? 15));
     this.#inner = new StoreRendezvousBackend(this.store, runId, { name: "etcd", logger: this.#logger });
+    // A closed client stops keep-alives (a crash, to the others); the lease then expires on its own.
+    etcd.onClose(() => this.#lease?.release());
   }
 
   /** The etcd key of `path` under this run. */
@@ -79,8 +81,6 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
       if (this.#lease === lease) this.#lease = undefined;
     });
     this.#lease = lease;
-    // A closed client stops keep-alives (a crash, to the others); the lease then expires on its own.
-    this.etcd.onClose(() => lease.release());
     return lease;
   }
 
