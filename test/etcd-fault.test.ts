@@ -1,7 +1,7 @@
 /**
  * Fault tests on a real 3-member etcd cluster (three `etcd` processes on loopback): the leader is killed
  * with SIGKILL while 50 nodes rendezvous through the `etcd` backend, and restarted; the rendezvous
- * completes with ranks 0..49, every node agreeing, no ticket lost.
+ * completes with ranks 0..49, every node agreeing, no ticket lost or taken twice by a retried join.
  */
 
 import assert from "node:assert/strict";
@@ -64,9 +64,17 @@ describe("etcd backend on a 3-member cluster", () => {
       await etcd.restart(leader);
       const infos: RendezvousInfo[] = await within(Promise.all(pending), 80_000, "the rendezvous");
       assertRound(infos, { round: 0, worldSize: NODES });
-      // Every node took exactly one ticket: a retried join would leave a hole or a spare.
+      // Every ticket belongs to a node that published it: a retried join would leave a hole (a slot
+      // nobody published) or a spare. A node counted dead while the cluster stalled (its keep-alives could
+      // not get through) takes a second ticket, its first marked gone.
       const kv = await observer.client.get(tickets).exec();
-      assert.equal(Number(kv.kvs[0]?.version), NODES, "tickets taken");
+      const taken = Number(kv.kvs[0]?.version);
+      const published = await observer.client.getAll().prefix("rdzv/fault-run/r0/node/").strings();
+      assert.equal(Object.keys(published).length, taken, "a ticket nobody published");
+      const ids = Object.values(published).map((v) => (JSON.parse(v) as { id: string }).id);
+      assert.equal(new Set(ids).size, NODES, "nodes that published");
+      const gone = await observer.client.getAll().prefix("rdzv/fault-run/r0/gone/").keys();
+      assert.equal(taken - gone.length, NODES, `tickets taken (${taken}), less those counted out`);
     } finally {
       await Promise.all(handlers.map((h) => h.shutdown()));
       await observer.close();
