@@ -66,16 +66,14 @@ function watchStalls(): void {
 }
 
 /** The handler's log as `log` events: what a failing soak's timeline needs beside the reports. */
-const logger: Logger = Object.fromEntries(
-  (["debug", "info", "warn", "error"] as const).map((level) => [
-    level,
-    (message: string, fields?: Record<string, unknown>) =>
-      report("log", {
-        level,
-        message: fields === undefined ? message : `${message} ${JSON.stringify(fields)}`,
-      }),
-  ]),
-) as unknown as Logger;
+const log =
+  (level: string) =>
+  (message: string, fields?: Record<string, unknown>): void =>
+    report("log", {
+      level,
+      message: fields === undefined ? message : `${message} ${JSON.stringify(fields)}`,
+    });
+const logger: Logger = { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") };
 
 /** The backend's own creator, which takes a logger (the registry's does not). */
 async function createHandler(): Promise<DynamicRendezvousHandler> {
