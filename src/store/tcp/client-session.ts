@@ -5,6 +5,7 @@
  * connection instead, as `WAIT_ASYNC`s (tagged replies), so a waiting client holds one connection only.
  */
 
+import { setMaxListeners } from "node:events";
 import {
   ErrorCode,
   RendezvousConnectionError,
@@ -57,6 +58,9 @@ export class ClientSession {
     this.#onDisconnect = onDisconnect;
     this.#timeoutMs = options.timeoutMs;
     this.#waits = new WaitPool((deadlineAt, onClose) => this.#openWaitConnection(deadlineAt, onClose));
+    // Every connection being opened listens on it, and against a v1 server each pending wait opens one:
+    // many listeners at once are the design here, not a leak for Node to warn of.
+    setMaxListeners(0, this.#lifetime.signal);
   }
 
   get timeoutMs(): number {
