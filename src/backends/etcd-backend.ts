@@ -76,7 +76,8 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
   #nodeLease(): Lease {
     if (this.#lease !== undefined && !this.#lease.revoked()) return this.#lease;
     const lease = this.etcd.client.lease(this.#leaseTtlS);
-    lease.on("lost", (err) => {
+    // Once: etcd3 may report one expiry twice (the keep-alive reply, then its own 2 x TTL rule).
+    lease.once("lost", (err) => {
       this.#logger.warn("etcd lease lost: this node counts as dead to the others", { error: String(err) });
       if (this.#lease === lease) this.#lease = undefined;
     });
