@@ -97,7 +97,8 @@ function looksLikeStreamHandle(h: unknown): h is StreamHandle {
  */
 export function directWriter(socket: Socket, onDrain: () => void): ReplyWriter | undefined {
   const b = streamWrap();
-  const handle = (socket as unknown as { _handle: unknown })._handle;
+  const internals = socket as unknown as { _handle: unknown };
+  const handle = internals._handle;
   if (b === undefined || !looksLikeStreamHandle(handle) || process.env.RDZV_STREAM_WRITES === "1") {
     return undefined;
   }
@@ -127,7 +128,7 @@ export function directWriter(socket: Socket, onDrain: () => void): ReplyWriter |
   };
   const request = (): WriteReq | undefined => {
     // A destroyed socket has no handle: its replies are dropped, as the stream drops them.
-    if ((socket as unknown as { _handle: unknown })._handle !== handle) return undefined;
+    if (internals._handle !== handle) return undefined;
     const req = new WriteWrap();
     req.handle = handle;
     req.oncomplete = complete;
