@@ -603,31 +603,38 @@ function failureTests(bed: () => Testbed): void {
     assert.equal(await stateAfter(pc, 500), "rejected");
   });
 
-  it("takes a node counted dead while it was only slow back in with a new ticket, so the round reaches min", async () => {
-    const [a, b, c] = await bed().nodes(3, { minNodes: 3, maxNodes: 4 });
-    const pa = a!.next();
-    await a!.slotIn(0);
-    const pb = b!.next();
-    const slot = await b!.slotIn(0);
-    // What the coordinator does to a node whose keep-alives lag behind (a stalled process) or whose
-    // connection dropped for a moment; the node itself runs on.
-    await bed().backend.markGone(0, slot, GoneReason.Dead, false);
-    const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
+  /**
+   * a joins round 0 first (its coordinator), then b; node `which` of them is counted dead while it runs on
+   * (what the coordinator does to a node whose keep-alives lag behind a stall, or whose connection dropped
+   * for a moment); c joins. With min 3 the round forms only once the counted node is back with a new
+   * ticket. Returns the slot that was counted dead.
+   */
+  async function countedDeadWhileJoining(which: 0 | 1): Promise<number> {
+    const nodes = await bed().nodes(3, { minNodes: 3, maxNodes: 4 });
+    const pending: Promise<RendezvousInfo>[] = [];
+    const slots: number[] = [];
+    for (const node of nodes.slice(0, 2)) {
+      pending.push(node.next());
+      slots.push(await node.slotIn(0));
+    }
+    await bed().backend.markGone(0, slots[which]!, GoneReason.Dead, false);
+    const infos = await within(Promise.all([...pending, nodes[2]!.next()]), 3000, "the round");
     assertRound(infos, { round: 0, worldSize: 3 });
-    assert.ok(b!.joined.filter((j) => j.round === 0).length >= 2, "b did not take a second ticket");
+    const counted = nodes[which]!;
+    assert.ok(
+      counted.joined.filter((j) => j.round === 0).length >= 2,
+      `${which === 0 ? "a" : "b"} did not take a second ticket`,
+    );
+    return slots[which]!;
+  }
+
+  it("takes a node counted dead while it was only slow back in with a new ticket, so the round reaches min", async () => {
+    await countedDeadWhileJoining(1);
   });
 
   it("takes a coordinator counted dead while it was only slow back in; another node takes over", async () => {
-    const [a, b, c] = await bed().nodes(3, { minNodes: 3, maxNodes: 4 });
-    const pa = a!.next();
-    const slot = await a!.slotIn(0);
-    const pb = b!.next();
-    await b!.slotIn(0);
-    await bed().backend.markGone(0, slot, GoneReason.Dead, false);
-    const infos = await within(Promise.all([pa, pb, c!.next()]), 3000, "the round");
-    assertRound(infos, { round: 0, worldSize: 3 });
+    const slot = await countedDeadWhileJoining(0);
     assert.notEqual(await bed().backend.leader(0), slot);
-    assert.ok(a!.joined.filter((j) => j.round === 0).length >= 2, "a did not take a second ticket");
   });
 
   it("lets another node take over when the coordinator dies while joining", async () => {
