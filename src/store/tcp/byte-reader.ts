@@ -20,14 +20,22 @@ export class ProtocolError extends RendezvousError {
 }
 
 const TWO_POW_32 = 2 ** 32;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * The received bytes an incremental decoder has not consumed yet. Chunks are kept as they arrive and
  * joined only when a decode attempt needs them contiguous, so a message split over many chunks is copied
  * once per attempt, and attempts are made only once enough bytes arrived (see `ByteReader.needed`).
+ * Consuming advances an offset into the first chunk: decoding the requests of one read allocates nothing
+ * per request.
  */
 export class StreamBuffer {
-  #chunks: Buffer[] = [];
+  /** The first chunk with unconsumed bytes (EMPTY when nothing is buffered). */
+  #head: Buffer = EMPTY;
+  /** Bytes of `#head` already consumed. */
+  #start = 0;
+  /** Chunks received after `#head` (only while a message spans reads). */
+  #tail: Buffer[] = [];
   #buffered = 0;
 
   /** Bytes received and not consumed. */
@@ -35,39 +43,70 @@ export class StreamBuffer {
     return this.#buffered;
   }
 
+  /** Where the unconsumed bytes begin in `contiguous()`'s buffer. */
+  get start(): number {
+    return this.#start;
+  }
+
   /** Adds received bytes (kept by reference). */
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.#chunks.push(chunk);
+    if (this.#buffered === 0) this.#head = chunk;
+    else this.#tail.push(chunk);
     this.#buffered += chunk.length;
   }
 
-  /** Every unconsumed byte as one buffer; empty when nothing is buffered. */
+  /** A buffer holding every unconsumed byte from `start` on (to its end); empty when nothing is buffered. */
   contiguous(): Buffer {
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)];
-    return this.#chunks[0] ?? EMPTY;
+    if (this.#tail.length > 0) {
+      const head = this.#start === 0 ? this.#head : this.#head.subarray(this.#start);
+      this.#head = Buffer.concat([head, ...this.#tail], this.#buffered);
+      this.#tail = [];
+      this.#start = 0;
+    }
+    return this.#head;
   }
 
-  /** Drops the first `n` bytes of `contiguous()`'s buffer `buf`, which decoding used up. */
-  consume(buf: Buffer, n: number): void {
+  /** Drops the next `n` unconsumed bytes, which decoding used up. */
+  consume(n: number): void {
     this.#buffered -= n;
-    this.#chunks = this.#buffered === 0 ? [] : [buf.subarray(n)];
+    if (this.#buffered === 0) {
+      this.#head = EMPTY;
+      this.#start = 0;
+    } else {
+      this.#start += n;
+    }
   }
 }
 
-const EMPTY = Buffer.alloc(0);
-
+/** Reads one message at a time; a decoder keeps one reader and `reset`s it for each attempt. */
 export class ByteReader {
+  buf: Buffer = EMPTY;
   /** Position of the next read. */
-  pos: number;
+  pos = 0;
   /** After a failed read: the buffer length that read would have needed. */
   needed = 0;
+  /** `buf` as a plain Uint8Array, whose `slice` copies without Buffer's subclass machinery (made on demand). */
+  #bytes: Uint8Array | undefined;
 
-  constructor(
-    readonly buf: Buffer,
-    start = 0,
-  ) {
+  constructor(buf: Buffer = EMPTY, start = 0) {
+    this.reset(buf, start);
+  }
+
+  /** Reads `buf` from `start` on. */
+  reset(buf: Buffer, start: number): void {
+    if (buf !== this.buf) {
+      this.buf = buf;
+      this.#bytes = undefined;
+    }
     this.pos = start;
+    this.needed = 0;
+  }
+
+  /** Lets go of the buffer (a decoder's reader must not keep a connection's last read alive). */
+  release(): void {
+    this.buf = EMPTY;
+    this.#bytes = undefined;
   }
 
   private has(n: number): boolean {
@@ -127,8 +166,9 @@ export class ByteReader {
   /** `n` raw bytes, copied out of the buffer. */
   bytes(n: number): Uint8Array | undefined {
     if (!this.has(n)) return undefined;
-    const out = new Uint8Array(n);
-    out.set(this.buf.subarray(this.pos, this.pos + n));
+    const buf = this.buf;
+    this.#bytes ??= new Uint8Array(buf.buffer, buf.byteOffset, buf.length);
+    const out = this.#bytes.slice(this.pos, this.pos + n);
     this.pos += n;
     return out;
   }

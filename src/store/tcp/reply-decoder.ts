@@ -36,6 +36,7 @@ export type Reply =
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
   readonly #input = new StreamBuffer();
+  readonly #reader = new ByteReader();
   #needed = 1;
   readonly limits: Readonly<ProtocolLimits>;
   /** Whether replies carry a `ReplyTag` byte (set once the server acknowledged `TAGGED_REPLIES`). */
@@ -62,14 +63,19 @@ export class ReplyDecoder {
     // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives (never tagged).
     if (shape?.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
     if (this.#input.bufferedBytes < this.#needed) return undefined;
-    const buf = this.#input.contiguous();
-    const r = new ByteReader(buf);
+    const input = this.#input;
+    const buf = input.contiguous();
+    const start = input.start;
+    const r = this.#reader;
+    r.reset(buf, start);
     const reply = this.tagged ? this.decodeTagged(r, shape) : shape && this.decode(r, shape);
     if (reply === undefined) {
-      this.#needed = r.needed;
+      this.#needed = r.needed - start;
+      r.release();
       return undefined;
     }
-    this.#input.consume(buf, r.pos);
+    input.consume(r.pos - start);
+    if (input.bufferedBytes === 0) r.release();
     this.#needed = 1;
     return reply;
   }

@@ -147,6 +147,32 @@ describe("RequestDecoder round trips", () => {
   });
 });
 
+describe("RequestDecoder values", () => {
+  it("are copies that own exactly their bytes: the read they came from may be reused or freed", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.uint8Array({ minLength: 1, maxLength: 200 }), { minLength: 1, maxLength: 8 }),
+        (values) => {
+          const reqs: Request[] = values.map((v, i) => ({ type: "set", key: `k${i}`, value: v }));
+          const chunk = Buffer.concat([VALIDATE, ...reqs].map((r) => encodeRequest("v2", r)));
+          const decoder = new RequestDecoder();
+          decoder.push(chunk);
+          const out: Request[] = [];
+          for (let r = decoder.next(); r !== undefined; r = decoder.next()) out.push(r);
+          chunk.fill(0xee); // the server reads every connection into one shared buffer
+          assert.deepEqual(out.slice(1), reqs);
+          for (const r of out.slice(1)) {
+            const v = (r as { value: Uint8Array }).value;
+            assert.equal(v.byteOffset, 0);
+            assert.equal(v.buffer.byteLength, v.length, "a value must not keep the whole read alive");
+          }
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+});
+
 describe("RequestDecoder dialect detection", () => {
   it("decides v1 from a single non-zero first byte", () => {
     const { decoder, out } = decodeAll([hex("06")]);

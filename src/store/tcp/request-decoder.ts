@@ -21,6 +21,7 @@ export class RequestDecoder {
   #dialect: Dialect | undefined;
   #validated = false;
   readonly #input = new StreamBuffer();
+  readonly #reader = new ByteReader();
   /** Bytes that must be buffered before the next decode attempt can succeed. */
   #needed = 1;
   readonly limits: Readonly<ProtocolLimits>;
@@ -49,31 +50,36 @@ export class RequestDecoder {
    * Throws `ProtocolError` on malformed input; the connection must then be closed.
    */
   next(): Request | undefined {
-    if (this.#input.bufferedBytes < this.#needed) return undefined;
-    const buf = this.#input.contiguous();
-    if (this.#dialect === undefined && !this.detect(buf)) return undefined;
-    const reader = new ByteReader(buf);
+    const input = this.#input;
+    if (input.bufferedBytes < this.#needed) return undefined;
+    const buf = input.contiguous();
+    const start = input.start;
+    if (this.#dialect === undefined && !this.detect(buf, start)) return undefined;
+    const reader = this.#reader;
+    reader.reset(buf, start);
     const request = this.decodeOne(reader);
     if (request === undefined) {
-      this.#needed = reader.needed;
+      this.#needed = reader.needed - start;
+      reader.release();
       return undefined;
     }
-    this.#input.consume(buf, reader.pos);
+    input.consume(reader.pos - start);
+    if (input.bufferedBytes === 0) reader.release();
     this.#needed = 1;
     return request;
   }
 
   /** Decides the dialect; false when more bytes are needed to decide. */
-  private detect(buf: Buffer): boolean {
-    if (buf[0] !== 0x00) {
+  private detect(buf: Buffer, start: number): boolean {
+    if (buf[start] !== 0x00) {
       this.#dialect = Dialect.V1;
       return true;
     }
-    if (buf.length < 5) {
+    if (buf.length - start < 5) {
       this.#needed = 5;
       return false;
     }
-    const isMagic = MAGIC_LE.every((b, i) => buf[i + 1] === b);
+    const isMagic = MAGIC_LE.every((b, i) => buf[start + i + 1] === b);
     this.#dialect = isMagic ? Dialect.V2 : Dialect.V1;
     return true;
   }

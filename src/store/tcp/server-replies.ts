@@ -1,7 +1,7 @@
 /**
  * The replies a server connection has produced but not written yet. They are written together, so that a
  * chunk of pipelined requests costs one write: small batches are joined into one buffer, big ones go out
- * as one `writev`, and values are never copied on the way.
+ * as one `writev`, and big values are never copied on the way.
  */
 
 import type { ReplyWriter } from "./server-writes.js";
@@ -10,6 +10,8 @@ const TWO_POW_32 = 2 ** 32;
 
 /** Small batches are joined into one buffer; larger ones are written as one writev. */
 const CONCAT_BYTES = 64 * 1024;
+/** Values up to this size are copied into their reply's buffer. */
+const INLINE_VALUE_BYTES = 1024;
 
 /** Pending reply bytes of one connection. */
 export class PendingReplies {
@@ -59,8 +61,19 @@ export class PendingReplies {
     this.push(buf);
   }
 
-  /** A length-prefixed value; the value's bytes are referenced, not copied. */
+  /**
+   * A length-prefixed value. A small value is copied behind its length into one buffer (which costs less
+   * than a buffer more, and a batch of replies is joined anyway); a bigger one is referenced, not copied.
+   */
   value(value: Uint8Array): void {
+    if (value.length <= INLINE_VALUE_BYTES) {
+      const buf = Buffer.allocUnsafe(8 + value.length);
+      buf.writeUInt32LE(value.length, 0);
+      buf.writeUInt32LE(0, 4);
+      buf.set(value, 8);
+      this.push(buf);
+      return;
+    }
     const header = Buffer.allocUnsafe(8);
     header.writeUInt32LE(value.length >>> 0, 0);
     header.writeUInt32LE(Math.floor(value.length / 2 ** 32), 4);
