@@ -158,6 +158,12 @@ export class KvEngine {
     return this.data.has(key) || (this.queues.get(key)?.length ?? 0) > 0;
   }
 
+  /** True when every one of `keys` exists (as `has`). */
+  hasAll(keys: readonly string[]): boolean {
+    for (const key of keys) if (!this.has(key)) return false;
+    return true;
+  }
+
   /** Every key, in insertion order. */
   keys(): IterableIterator<string> {
     return this.data.keys();
