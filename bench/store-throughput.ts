@@ -395,11 +395,14 @@ async function main(): Promise<void> {
   const sampler = setInterval(() => loads.push(loadavg()[0] ?? 0), 5000);
   sampler.unref();
   try {
-    // Warm-up, not measured: JIT tiers of our server and client, page faults of every server.
+    // Warm-up, not measured: JIT tiers of our server and client, page faults of every server. A Node
+    // server's CPU per request from PyTorch's client keeps falling for its first 20,000-30,000 requests
+    // (rdzv: about 21 µs of user time per ADD over the first 20,000, then 10-12; the floor 13, then 8),
+    // so every server first gets `ops` of each kind from each of 4 client processes.
     const storeFor = (port: number) => connectTCPStore({ host: HOST, port, timeoutMs: 60_000 });
     const [toOurs, toLibuv] = await Promise.all([storeFor(ours.port), storeFor(libuv.port)]);
     for (const kind of KINDS) {
-      for (const target of targets) await pythonClients(workers.slice(0, 4), target, kind, args.ops / 4, -1);
+      for (const target of targets) await pythonClients(workers.slice(0, 4), target, kind, args.ops, -1);
       for (const store of [toOurs, toLibuv]) await tsPipelined(store, kind, args.tsOps / 4, 1000, "warm");
     }
     // 1. Python client.
@@ -455,7 +458,7 @@ async function main(): Promise<void> {
       "",
       ...environment(t2, t1),
       `- Command: \`npm run build && ${cmd}\``,
-      `- Every figure is the median of ${args.reps} runs, after an unmeasured warm-up. Servers each run in their own process; clients in others.`,
+      `- Every figure is the median of ${args.reps} runs, after an unmeasured warm-up of every server (each kind: 4 Python client processes x ${args.ops.toLocaleString("en-US")} ops, then ${(args.tsOps / 4).toLocaleString("en-US")} pipelined TS ops). Servers each run in their own process; clients in others.`,
       `- Load average (1 min, sampled every 5 s through the run): median ${median(loads).toFixed(2)}, max ${Math.max(...loads).toFixed(2)}, on ${cpus().length} CPUs. The machine is shared with other jobs: a load above the CPU count means the servers competed for CPU, and single rows can swing by ±50% between runs.`,
       "",
       `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
