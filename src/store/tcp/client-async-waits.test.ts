@@ -107,6 +107,45 @@ describe("TCPStore async waits (rdzv server)", () => {
     assert.equal(srv.stats().connectionsTotal, 1);
   });
 
+  it("waits of different timeouts each give up at their own deadline, whatever order they came in", async () => {
+    const srv = await server();
+    const store = await client(srv);
+    const started = Date.now();
+    const outcome = (p: Promise<unknown>) =>
+      p.then(
+        () => ({ ok: true, ms: Date.now() - started }),
+        (err: { code?: string }) => ({ ok: false, code: err.code, ms: Date.now() - started }),
+      );
+    // One deadline timer serves the connection's waits: a later, shorter wait must re-arm it.
+    const long = outcome(store.get("never-long", { timeoutMs: 60_000 }));
+    const short = outcome(store.get("never-short", { timeoutMs: 100 }));
+    const middle = outcome(store.wait(["never-middle"], { timeoutMs: 400 }));
+    const shortest = outcome(store.wait(["never-shortest"], { timeoutMs: 50 }));
+    const [a, b, c] = await Promise.all([shortest, short, middle]);
+    for (const r of [a, b, c]) assert.equal(r.code, ErrorCode.Timeout);
+    assert.ok(a.ms < b.ms && b.ms < c.ms, `in deadline order: ${a.ms}, ${b.ms}, ${c.ms} ms`);
+    assert.ok(c.ms < 10_000, `the 400 ms wait gave up after ${c.ms} ms`);
+    await until(() => srv.stats().waiters === 1, "only the long wait is left on the server");
+    await store.set("never-long", "1");
+    assert.deepEqual(await long, { ok: true, ms: (await long).ms });
+    assert.equal(store.waitConnections, 0);
+  });
+
+  it("a pipelined burst of gets with the default timeout all complete, and none is left waiting", async () => {
+    const srv = await server();
+    const store = await client(srv, { timeoutMs: 2000 });
+    await store.multiSet(["p0", "p1"], ["a", "b"]);
+    const values = await Promise.all(Array.from({ length: 3000 }, (_, i) => store.get(`p${i % 2}`)));
+    assert.deepEqual(new Set(values.map(text)), new Set(["a", "b"]));
+    // Past the 2 s timeout of those gets: nothing of theirs may fire late (it would reject a settled call
+    // or cancel a wait on the server that is not there).
+    const late = store.get("later", { timeoutMs: 10_000 });
+    await sleep(2100);
+    await store.set("later", "ok");
+    assert.equal(text(await late), "ok");
+    assert.equal(srv.stats().waiters, 0);
+  });
+
   it("a key that appears as the wait times out: either outcome, never a stale completion later", async () => {
     const srv = await server();
     const store = await client(srv);

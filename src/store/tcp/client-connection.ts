@@ -21,7 +21,7 @@ import {
   RendezvousError,
   RendezvousTimeoutError,
 } from "../../errors.js";
-import { AsyncWaitTable } from "./client-async-waits.js";
+import { type AsyncWaitLimits, AsyncWaitTable } from "./client-async-waits.js";
 import { RequestWriter } from "./client-encode.js";
 import { closedByServer, socketError } from "./client-errors.js";
 import { CancelAsyncResponse, type Dialect, type Request, WaitResponse } from "./protocol.js";
@@ -81,7 +81,7 @@ export class ClientConnection {
   #repliesDecoded = 0;
   #watchdog: NodeJS.Timeout | undefined;
   #tagged = false;
-  readonly #asyncWaits = new AsyncWaitTable();
+  readonly #asyncWaits = new AsyncWaitTable((id) => void this.#cancelOnServer(id));
 
   constructor(socket: Socket, options: ClientConnectionOptions) {
     this.socket = socket;
@@ -173,26 +173,28 @@ export class ClientConnection {
 
   /**
    * rdzv extension (after `enableTagged`): waits until every one of `keys` exists without blocking the
-   * connection. `done` resolves then, or rejects when the connection ends. Give it up with `cancelAsync(id)`.
+   * connection. Resolves then; rejects at the deadline or on abort (and drops the wait on the server), or
+   * when the connection ends.
    */
-  waitAsync(keys: readonly string[]): { id: number; done: Promise<void> } {
-    const { id, done } = this.#async((id) => ({ type: "waitAsync", id, keys }));
-    return { id, done: done.then(() => undefined) };
+  waitAsync(keys: readonly string[], limits: AsyncWaitLimits): Promise<void> {
+    return this.#async(
+      (id) => ({ type: "waitAsync", id, keys }),
+      limits,
+    ) as Promise<unknown> as Promise<void>;
   }
 
   /**
    * rdzv extension (after `enableTagged`): reads `key` once it exists, without blocking the connection.
-   * `done` resolves with its value then, or rejects when the connection ends. Give it up with
-   * `cancelAsync(id)`.
+   * Resolves with its value then (`undefined` only if the server answered with a plain `WaitDone`); rejects
+   * as `waitAsync`.
    */
-  getAsync(key: string): { id: number; done: Promise<Uint8Array> } {
-    const { id, done } = this.#async((id) => ({ type: "getAsync", id, key }));
-    return { id, done: done.then((v) => v ?? new Uint8Array(0)) };
+  getAsync(key: string, limits: AsyncWaitLimits): Promise<Uint8Array | undefined> {
+    return this.#async((id) => ({ type: "getAsync", id, key }), limits);
   }
 
-  #async(request: (id: number) => Request): { id: number; done: Promise<Uint8Array | undefined> } {
-    if (this.#closed) return { id: -1, done: Promise.reject(this.#closedError()) };
-    const wait = this.#asyncWaits.add();
+  #async(request: (id: number) => Request, limits: AsyncWaitLimits): Promise<Uint8Array | undefined> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    const wait = this.#asyncWaits.add(limits);
     try {
       this.#write(request(wait.id));
     } catch (err) {
@@ -200,7 +202,7 @@ export class ClientConnection {
       wait.done.catch(() => {});
       throw err;
     }
-    return wait;
+    return wait.done;
   }
 
   /**
@@ -208,7 +210,12 @@ export class ClientConnection {
    * waiter is left behind there. Resolves once the server answered (or the connection ended).
    */
   async cancelAsync(id: number): Promise<void> {
-    if (!this.#asyncWaits.forget(id) || this.#closed) return;
+    if (this.#asyncWaits.forget(id)) await this.#cancelOnServer(id);
+  }
+
+  /** Sends CANCEL_ASYNC for a wait this side gave up (and forgot); resolves once the server answered. */
+  async #cancelOnServer(id: number): Promise<void> {
+    if (this.#closed) return;
     const reply = await this.request({ type: "cancelAsync", id }, Shape.u8).catch(() => undefined);
     if (
       reply !== undefined &&

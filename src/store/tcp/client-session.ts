@@ -146,8 +146,8 @@ export class ClientSession {
     if (req.type === "wait" && this.#hasExtensions && this.#options.asyncWaits) {
       const main = this.#main?.open ? this.#main : await this.#reconnect(options);
       if (main.tagged) {
-        const timeout = (): RendezvousError => new RendezvousTimeoutError(describe(timeoutMs));
-        return this.#waitAsync(main, req.keys, deadlineAt, signal, timeout);
+        const onTimeout = (): RendezvousError => new RendezvousTimeoutError(describe(timeoutMs));
+        return main.waitAsync(req.keys, { deadlineAt, onTimeout, signal });
       }
     }
     // Opening a wait connection retries within the connect budget. Running out of the call's own time
@@ -176,22 +176,12 @@ export class ClientSession {
     }
   }
 
-  /** WAIT_ASYNC on the (tagged) main connection; cancelled on the server on timeout or abort. */
-  #waitAsync(
-    conn: ClientConnection,
-    keys: readonly string[],
-    deadlineAt: number,
-    signal: AbortSignal | undefined,
-    timeout: () => RendezvousError,
-  ): Promise<void> {
-    return this.#settleAsync(conn, conn.waitAsync(keys), deadlineAt, signal, timeout);
-  }
-
   /**
    * The value of byte-string `key` once it exists, read with one GET_ASYNC on the tagged main connection
    * (one request, one reply, whether the key exists yet or not) within the call's timeout (counted from
-   * `start`); `undefined`, sending nothing, when the main connection is not tagged (a PyTorch server, or
-   * option `asyncWaits: false`): the caller then reads the classic way.
+   * `start`); cancelled on the server on timeout or abort. `undefined`, sending nothing, when the main
+   * connection is not tagged (a PyTorch server, or option `asyncWaits: false`): the caller then reads the
+   * classic way.
    */
   async getAsync(
     key: string,
@@ -204,23 +194,11 @@ export class ClientSession {
       this.#main?.open && options?.signal?.aborted !== true ? this.#main : await this.#reconnect(options);
     if (!main.tagged) return undefined;
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
-    const timeout = (): RendezvousError => new RendezvousTimeoutError(waitTimeoutMessage([key])(timeoutMs));
-    return this.#settleAsync(main, main.getAsync(key), start + timeoutMs, options?.signal, timeout);
-  }
-
-  async #settleAsync<T>(
-    conn: ClientConnection,
-    { id, done }: { id: number; done: Promise<T> },
-    deadlineAt: number,
-    signal: AbortSignal | undefined,
-    timeout: () => RendezvousError,
-  ): Promise<T> {
-    try {
-      return await race(done, deadlineAt, signal, timeout);
-    } catch (err) {
-      void conn.cancelAsync(id);
-      throw err;
-    }
+    return main.getAsync(key, {
+      deadlineAt: start + timeoutMs,
+      onTimeout: () => new RendezvousTimeoutError(waitTimeoutMessage([key])(timeoutMs)),
+      signal: options?.signal,
+    });
   }
 
   /** The main connection, connecting first when needed within `budgetMs`. */
