@@ -183,7 +183,20 @@ export class ClientSession {
    * connection is not tagged (a PyTorch server, or option `asyncWaits: false`): the caller then reads the
    * classic way.
    */
-  async getAsync(
+  getAsync(key: string, options: CallOptions | undefined, start: number): Promise<Uint8Array | undefined> {
+    const main = this.#main;
+    // The common case (connected, tagged, not aborted) without an async function's own promise and ticks.
+    if (main?.tagged === true && main.open && !this.#closed && options?.signal?.aborted !== true) {
+      try {
+        return this.#getOn(main, key, options, start);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.#getAsyncSlow(key, options, start);
+  }
+
+  async #getAsyncSlow(
     key: string,
     options: CallOptions | undefined,
     start: number,
@@ -193,6 +206,15 @@ export class ClientSession {
     const main =
       this.#main?.open && options?.signal?.aborted !== true ? this.#main : await this.#reconnect(options);
     if (!main.tagged) return undefined;
+    return this.#getOn(main, key, options, start);
+  }
+
+  #getOn(
+    main: ClientConnection,
+    key: string,
+    options: CallOptions | undefined,
+    start: number,
+  ): Promise<Uint8Array | undefined> {
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     return main.getAsync(key, {
       deadlineAt: start + timeoutMs,
