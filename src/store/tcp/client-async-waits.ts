@@ -40,7 +40,7 @@ export class AsyncWaitTable {
   #timerDue = Number.POSITIVE_INFINITY;
 
   /** `givenUp(id)`: wait `id` timed out or was aborted (and is forgotten); the server should drop it. */
-  constructor(private readonly givenUp: (id: number) => void = () => {}) {}
+  constructor(private readonly givenUp: (id: number) => void) {}
 
   /** Outstanding waits. */
   get size(): number {
@@ -49,26 +49,15 @@ export class AsyncWaitTable {
 
   /**
    * A new wait: its id (to send) and the promise its completion resolves: with the value a `GetDone`
-   * carries, `undefined` for a `WaitDone`. Without `limits` it waits until settled or rejected by the caller.
-   * With them it rejects with `onTimeout()` at the deadline and with `AbortedError` when the signal fires.
+   * carries, `undefined` for a `WaitDone`. It rejects with `limits.onTimeout()` at the deadline and with
+   * `AbortedError` when the signal fires; either way the wait is forgotten and `givenUp` told.
    */
-  add(limits?: AsyncWaitLimits): { id: number; done: Promise<Uint8Array | undefined> } {
+  add(limits: AsyncWaitLimits): { id: number; done: Promise<Uint8Array | undefined> } {
     let id = this.#nextId;
     // u32 ids wrap; skip any still in use (at most maxWaitersPerConnection are).
     while (this.#waits.has(id)) id = (id + 1) >>> 0;
     this.#nextId = (id + 1) >>> 0;
     const done = new Promise<Uint8Array | undefined>((resolve, reject) => {
-      if (limits === undefined) {
-        this.#waits.set(id, {
-          resolve,
-          reject,
-          due: Number.POSITIVE_INFINITY,
-          onTimeout: unreachable,
-          signal: undefined,
-          onAbort: undefined,
-        });
-        return;
-      }
       const { signal } = limits;
       const onAbort = signal === undefined ? undefined : (): void => this.#giveUp(id, abortedBy(signal));
       const due = performance.now() + (limits.deadlineAt - Date.now());
@@ -101,7 +90,7 @@ export class AsyncWaitTable {
     this.#timer = undefined;
     this.#timerDue = Number.POSITIVE_INFINITY;
     for (const entry of entries) {
-      entry.signal?.removeEventListener("abort", entry.onAbort!);
+      unlisten(entry);
       entry.reject(err);
     }
   }
@@ -110,7 +99,7 @@ export class AsyncWaitTable {
     const entry = this.#waits.get(id);
     if (entry === undefined) return undefined;
     this.#waits.delete(id);
-    if (entry.onAbort !== undefined) entry.signal!.removeEventListener("abort", entry.onAbort);
+    unlisten(entry);
     return entry;
   }
 
@@ -146,10 +135,12 @@ export class AsyncWaitTable {
   }
 }
 
-function abortedBy(signal: AbortSignal): RendezvousError {
-  return new AbortedError(undefined, { cause: signal.reason });
+function unlisten(entry: Entry): void {
+  if (entry.signal !== undefined && entry.onAbort !== undefined) {
+    entry.signal.removeEventListener("abort", entry.onAbort);
+  }
 }
 
-function unreachable(): RendezvousError {
-  throw new Error("a wait without a deadline timed out");
+function abortedBy(signal: AbortSignal): RendezvousError {
+  return new AbortedError(undefined, { cause: signal.reason });
 }

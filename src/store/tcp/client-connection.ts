@@ -206,14 +206,9 @@ export class ClientConnection {
   }
 
   /**
-   * Gives up the async wait `id` (its promise stays pending forever) and drops it on the server, so no
-   * waiter is left behind there. Resolves once the server answered (or the connection ended).
+   * Sends CANCEL_ASYNC for an async wait this side gave up (timed out or aborted; the table forgot it
+   * already), so no waiter is left behind on the server. Resolves once the server answered.
    */
-  async cancelAsync(id: number): Promise<void> {
-    if (this.#asyncWaits.forget(id)) await this.#cancelOnServer(id);
-  }
-
-  /** Sends CANCEL_ASYNC for a wait this side gave up (and forgot); resolves once the server answered. */
   async #cancelOnServer(id: number): Promise<void> {
     if (this.#closed) return;
     const reply = await this.request({ type: "cancelAsync", id }, Shape.u8).catch(() => undefined);
