@@ -25,7 +25,8 @@ export function encodeGetDone(id: number, value: Uint8Array): Buffer {
   const buf = Buffer.allocUnsafe(13 + value.byteLength);
   buf[0] = ReplyTag.GetDone;
   buf.writeUInt32LE(id >>> 0, 1);
-  buf.writeBigUInt64LE(BigInt(value.byteLength), 5);
+  buf.writeUInt32LE(value.byteLength >>> 0, 5);
+  buf.writeUInt32LE(Math.floor(value.byteLength / 2 ** 32), 9);
   buf.set(value, 13);
   return buf;
 }
@@ -53,6 +54,11 @@ export class AsyncWaits {
     if (this.#waits.has(id)) throw new ProtocolError(`async wait id ${id} is already pending`);
     checkWaiterLimit(this.state, keys.length, "WAIT keys");
     checkWaiterLimit(this.state, this.#waits.size + 1, "pending WAIT_ASYNCs");
+    // Most async waits find their keys there already (every pipelined get of an existing key).
+    if (this.state.engine.hasAll(keys)) {
+      done(id);
+      return;
+    }
     const waiter: Waiter = {
       wake: () => {
         if (this.#waits.get(id) !== waiter) return;
