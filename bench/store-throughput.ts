@@ -423,7 +423,8 @@ async function main(): Promise<void> {
         );
       }
     }
-    // 2. TS client.
+    // 2. TS client, from this process, against the servers the Python runs filled.
+    const keysAtTs = await toOurs.numKeys();
     const ts: Record<string, number[]> = {};
     for (const kind of KINDS) {
       for (let rep = 0; rep < args.reps; rep++) {
@@ -512,6 +513,7 @@ async function main(): Promise<void> {
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
       "",
       "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's.",
+      `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), from the benchmark's own process. A fresh client process against a fresh server did better: pipelined gets 220k-280k/s on 2026-12-03; in a client process that first did other work, V8's scavenges took ~10 ms instead of ~2 and the client's CPU per get doubled.`,
       "",
       "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
       "| --- | --- | ---: | ---: | ---: |",
