@@ -513,7 +513,7 @@ async function main(): Promise<void> {
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
       "",
       "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's.",
-      `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), from the benchmark's own process. A fresh client process against a fresh server did better: pipelined gets 220k-280k/s on 2026-12-03; in a client process that first did other work, V8's scavenges took ~10 ms instead of ~2 and the client's CPU per get doubled.`,
+      `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), in the benchmark's own process (docs/tcpstore-compat.md, Throughput, on what that does to pipelined gets).`,
       "",
       "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
       "| --- | --- | ---: | ---: | ---: |",
