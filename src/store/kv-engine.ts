@@ -158,12 +158,6 @@ export class KvEngine {
     return this.data.has(key) || (this.queues.get(key)?.length ?? 0) > 0;
   }
 
-  /** True when every one of `keys` exists (as `has`). */
-  hasAll(keys: readonly string[]): boolean {
-    for (const key of keys) if (!this.has(key)) return false;
-    return true;
-  }
-
   /** Every key, in insertion order. */
   keys(): IterableIterator<string> {
     return this.data.keys();
@@ -279,9 +273,14 @@ export class KvEngine {
    */
   addWaiter(keys: Iterable<string>, waiter: Waiter): boolean {
     this.removeWaiter(waiter);
-    const pending = new Set<string>();
-    for (const key of keys) if (!this.has(key)) pending.add(key);
-    if (pending.size === 0) return true;
+    // Made only for a missing key: most waits find their keys there already.
+    let pending: Set<string> | undefined;
+    for (const key of keys) {
+      if (this.has(key)) continue;
+      pending ??= new Set();
+      pending.add(key);
+    }
+    if (pending === undefined) return true;
     const reg: Registration = { waiter, pending };
     this.registrations.set(waiter, reg);
     for (const key of pending) {

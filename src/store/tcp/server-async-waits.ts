@@ -54,11 +54,6 @@ export class AsyncWaits {
     if (this.#waits.has(id)) throw new ProtocolError(`async wait id ${id} is already pending`);
     checkWaiterLimit(this.state, keys.length, "WAIT keys");
     checkWaiterLimit(this.state, this.#waits.size + 1, "pending WAIT_ASYNCs");
-    // Most async waits find their keys there already (every pipelined get of an existing key).
-    if (this.state.engine.hasAll(keys)) {
-      done(id);
-      return;
-    }
     const waiter: Waiter = {
       wake: () => {
         if (this.#waits.get(id) !== waiter) return;

@@ -386,11 +386,6 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
 
   private wait(keys: readonly string[]): void {
     checkWaiterLimit(this.state, keys.length, "WAIT keys");
-    // Most waits find their keys there already (PyTorch's client sends WAIT before every GET).
-    if (this.state.engine.hasAll(keys)) {
-      this.reply(STOP_WAITING);
-      return;
-    }
     const waiter: Waiter = {
       wake: () => {
         if (this.#pending?.kind !== "wait" || this.#pending.waiter !== waiter) return;
