@@ -10,6 +10,7 @@
  */
 
 import { AbortedError, type RendezvousError } from "../../errors.js";
+import { MAX_TIMER_MS } from "./client-options.js";
 
 /** When a wait gives up: its deadline (epoch ms), what to reject with then, and an abort signal. */
 export interface AsyncWaitLimits {
@@ -27,9 +28,6 @@ interface Entry {
   readonly signal: AbortSignal | undefined;
   readonly onAbort: (() => void) | undefined;
 }
-
-/** setTimeout's largest delay; longer ones fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** The outstanding async waits of one connection, by id. */
 export class AsyncWaitTable {

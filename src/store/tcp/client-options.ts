@@ -147,7 +147,7 @@ function resolveTls(tls: boolean | ConnectionOptions | undefined): ConnectionOpt
 }
 
 /** setTimeout's largest delay; longer ones fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Settles like `promise`, unless `deadlineAt` (epoch ms) passes first (rejects with `onTimeout()`) or
