@@ -67,6 +67,28 @@ export class StreamBuffer {
     return this.#head;
   }
 
+  /** Points `reader` at the unconsumed bytes for one decode attempt. */
+  begin(reader: ByteReader): void {
+    reader.reset(this.contiguous(), this.#start);
+  }
+
+  /**
+   * Ends `reader`'s attempt: a complete message's bytes are consumed; the reader lets go of the read once
+   * nothing is left, or when the message is incomplete (its bytes stay here). Returns how many buffered
+   * bytes the next attempt needs.
+   */
+  end(reader: ByteReader, complete: boolean): number {
+    const start = this.#start;
+    if (!complete) {
+      const needed = reader.needed - start;
+      reader.release();
+      return needed;
+    }
+    this.consume(reader.pos - start);
+    if (this.#buffered === 0) reader.release();
+    return 1;
+  }
+
   /** Drops the next `n` unconsumed bytes, which decoding used up. */
   consume(n: number): void {
     this.#buffered -= n;

@@ -62,21 +62,12 @@ export class ReplyDecoder {
   next(shape: ReplyShape | undefined): Reply | undefined {
     // MULTI_GET of no keys has an empty reply: it is complete before any byte arrives (never tagged).
     if (shape?.kind === "values" && shape.count === 0) return { kind: "values", value: [] };
-    if (this.#input.bufferedBytes < this.#needed) return undefined;
     const input = this.#input;
-    const buf = input.contiguous();
-    const start = input.start;
+    if (input.bufferedBytes < this.#needed) return undefined;
     const r = this.#reader;
-    r.reset(buf, start);
+    input.begin(r);
     const reply = this.tagged ? this.decodeTagged(r, shape) : shape && this.decode(r, shape);
-    if (reply === undefined) {
-      this.#needed = r.needed - start;
-      r.release();
-      return undefined;
-    }
-    input.consume(r.pos - start);
-    if (input.bufferedBytes === 0) r.release();
-    this.#needed = 1;
+    this.#needed = input.end(r, reply !== undefined);
     return reply;
   }
 

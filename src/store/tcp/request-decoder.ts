@@ -52,20 +52,14 @@ export class RequestDecoder {
   next(): Request | undefined {
     const input = this.#input;
     if (input.bufferedBytes < this.#needed) return undefined;
-    const buf = input.contiguous();
-    const start = input.start;
-    if (this.#dialect === undefined && !this.detect(buf, start)) return undefined;
     const reader = this.#reader;
-    reader.reset(buf, start);
-    const request = this.decodeOne(reader);
-    if (request === undefined) {
-      this.#needed = reader.needed - start;
+    input.begin(reader);
+    if (this.#dialect === undefined && !this.detect(reader.buf, reader.pos)) {
       reader.release();
       return undefined;
     }
-    input.consume(reader.pos - start);
-    if (input.bufferedBytes === 0) reader.release();
-    this.#needed = 1;
+    const request = this.decodeOne(reader);
+    this.#needed = input.end(reader, request !== undefined);
     return request;
   }
 
