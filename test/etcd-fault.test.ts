@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { createEtcdRendezvousHandler } from "../src/backends/etcd.js";
+import { hasErrorCode } from "../src/errors.js";
 import type { RendezvousInfo } from "../src/rendezvous/api.js";
 import type { DynamicRendezvousHandler } from "../src/rendezvous/dynamic-handler.js";
 import { connectEtcdStore } from "../src/store/etcd/connect.js";
@@ -78,6 +79,50 @@ describe("etcd backend on a 3-member cluster", () => {
     } finally {
       await Promise.all(handlers.map((h) => h.shutdown()));
       await observer.close();
+    }
+  });
+
+  it("answers reads throughout a leader election (etcd's 'leader changed' is tried again, not returned)", async () => {
+    const store = await connectEtcdStore({
+      endpoints: etcd.endpoints,
+      prefix: "election/",
+      timeoutMs: 10_000,
+    });
+    try {
+      await store.set("k", "v");
+      let stop = false;
+      let reads = 0;
+      const failures: string[] = [];
+      // 16 readers back to back, so that some read is in flight whenever the cluster elects.
+      const readers = Array.from({ length: 16 }, async () => {
+        while (!stop) {
+          try {
+            assert.equal(await store.check(["k"]), true);
+            reads++;
+          } catch (err) {
+            failures.push(`${hasErrorCode(err, "RDZV_CONNECTION") ? "connection" : "other"}: ${String(err)}`);
+          }
+        }
+      });
+      await delay(200);
+      for (let kill = 0; kill < 3; kill++) {
+        const leader = await etcd.leader();
+        await etcd.kill(leader);
+        await delay(1500);
+        await etcd.restart(leader);
+        await etcd.waitReady(leader);
+      }
+      await delay(200);
+      stop = true;
+      await Promise.all(readers);
+      assert.deepEqual(
+        failures.slice(0, 5),
+        [],
+        `${failures.length} of ${reads + failures.length} reads failed`,
+      );
+      assert.ok(reads > 100, `only ${reads} reads`);
+    } finally {
+      await store.close();
     }
   });
 });

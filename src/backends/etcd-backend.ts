@@ -130,7 +130,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     options?: CallOptions,
   ): Promise<{ round: number; slot: number } | undefined> {
     const { client } = this.etcd;
-    const first = await this.etcd.call("enter", options, (o) =>
+    const first = await this.etcd.read("enter", options, (o) =>
       client
         .if(this.#key("open"), "Version", ">", -1)
         .then(client.get(this.#key("open")), client.get(this.#key("closed")))
@@ -222,7 +222,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
   }
 
   async ticketCount(round: number, options?: CallOptions): Promise<number> {
-    const res = await this.etcd.call("ticketCount", options, (o) =>
+    const res = await this.etcd.read("ticketCount", options, (o) =>
       this.etcd.client.get(this.#roundKey(round, "tickets")).options(o).exec(),
     );
     return Number(res.kvs[0]?.version ?? 0);
@@ -304,7 +304,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
   /** Slots of `round` that have a `<kind>/<slot>` key (one range read, keys only). */
   async #presentSlots(round: number, kind: "live" | "node", options?: CallOptions): Promise<Set<number>> {
     const prefix = this.#roundKey(round, `${kind}/`);
-    const keys = await this.etcd.call("read", options, (o) =>
+    const keys = await this.etcd.read("read", options, (o) =>
       this.etcd.client.getAll().prefix(prefix).options(o).keyBuffers(),
     );
     return new Set(keys.map((k) => Number(k.subarray(prefix.length).toString("latin1"))));

@@ -34,7 +34,7 @@ export class EtcdRoundWatch {
   ): Promise<PrefixEvent | undefined> {
     const started = Date.now();
     const signal = options.signal === undefined ? {} : { signal: options.signal };
-    const res = await this.#etcd.call("wait", signal, (o) =>
+    const res = await this.#etcd.read("wait", signal, (o) =>
       this.#etcd.client
         .get(Buffer.concat([this.#prefix, Buffer.from(present)]))
         .options(o)

@@ -12,11 +12,11 @@ import {
   type IBackoff,
   retry,
 } from "cockatiel";
-import { Etcd3, GRPCDeadlineExceededError, type IOptions, isRecoverableError } from "etcd3";
+import { Etcd3, type IOptions } from "etcd3";
 import { ErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
 import { checkTimeoutMs } from "../deadline.js";
-import { mapEtcdError } from "./errors.js";
+import { isLeaderChange, isMemberFailure, mapEtcdError } from "./errors.js";
 import { EtcdStore, type EtcdStoreOptions } from "./store.js";
 
 /** etcd's client port. */
@@ -100,10 +100,6 @@ function readTlsFile(path: string, what: string): Buffer {
   }
 }
 
-function isMemberFailure(err: Error): boolean {
-  return isRecoverableError(err) && !(err instanceof GRPCDeadlineExceededError);
-}
-
 /** etcd3 client options for `options` (reads the TLS files; throws `InvalidArgumentError` when one is unreadable). */
 export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[]; client: IOptions } {
   const tls = options.tls ?? {};
@@ -116,13 +112,18 @@ export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[
     hosts,
     dialTimeout: options.connectTimeoutMs ?? 10_000,
     faultHandling: {
-      // etcd3's defaults, except that a missed deadline is neither retried nor counted against a member:
-      // a call that ran out of time says nothing about the member's health.
+      // etcd3's defaults, except that a missed deadline is neither retried nor counted against a member
+      // (a call that ran out of time says nothing about the member's health), and neither is "leader
+      // changed" (every member says so to the reads pending at an election: counting it opened the
+      // circuits of the healthy members too, and then every call failed at once for 2 s).
       host: () =>
-        circuitBreaker(handleWhen(isMemberFailure), {
-          halfOpenAfter: 2000,
-          breaker: new ConsecutiveBreaker(3),
-        }),
+        circuitBreaker(
+          handleWhen((err) => isMemberFailure(err) && !isLeaderChange(err)),
+          {
+            halfOpenAfter: 2000,
+            breaker: new ConsecutiveBreaker(3),
+          },
+        ),
       global: retry(handleWhen(isMemberFailure), { maxAttempts: 3 }),
       // A lost watch stream is re-opened within 2 s (etcd3's default backs off to 30 s), which also bounds
       // how long a retry timer pending at close keeps the process alive.

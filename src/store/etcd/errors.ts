@@ -1,5 +1,6 @@
 /** Maps etcd3 (gRPC) errors to rdzv's coded errors at the boundary. */
 
+import { isBrokenCircuitError } from "cockatiel";
 import {
   ClientClosedError,
   EtcdAuthenticationFailedError,
@@ -43,9 +44,31 @@ export function mapEtcdError(err: unknown, what: string, hosts: readonly string[
   }
   if (
     err instanceof Error &&
-    (isRecoverableError(err) || /unavailable|ECONNREFUSED|No connection/i.test(message))
+    (isRecoverableError(err) || isUnsent(err) || /unavailable|ECONNREFUSED|No connection/i.test(message))
   ) {
     return new RendezvousConnectionError(`${what}: cannot reach ${where}: ${message}`, { cause: err });
   }
   return new StoreError(`${what}: ${where} failed: ${message}`, ErrorCode.Store, { cause: err });
+}
+
+/**
+ * Whether `err` says etcd could not answer now (a member down or unreachable, a broken stream, a leader
+ * election), as opposed to a refusal, a wrong request, or a missed deadline (which says nothing about a
+ * member's health, and leaves no time to try again).
+ */
+export function isMemberFailure(err: unknown): boolean {
+  return err instanceof Error && isRecoverableError(err) && !(err instanceof GRPCDeadlineExceededError);
+}
+
+/**
+ * Whether `err` is etcd's "leader changed": the member answered, but the cluster elected a new leader
+ * while the request waited. It says nothing about that member's health.
+ */
+export function isLeaderChange(err: unknown): boolean {
+  return err instanceof Error && /etcdserver: leader changed/.test(err.message);
+}
+
+/** Whether `err` proves the call never left this process: etcd3 found every member's circuit open. */
+export function isUnsent(err: unknown): boolean {
+  return isBrokenCircuitError(err);
 }

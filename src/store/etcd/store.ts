@@ -5,18 +5,20 @@
  * `compareSet` are transactions (compare on the key's mod revision or value), `multiGet` / `multiSet` are
  * single transactions up to 128 keys (etcd's default `--max-txn-ops`), one per 128 keys beyond.
  *
- * etcd has no request ids: a mutating call whose reply is lost in a fail-over and that etcd3 retries may
- * apply twice (an `add` then counts twice). Idempotent writes (`set`, compare-and-set) are unaffected.
+ * Reads (and `set`, whose repetition changes nothing) ride out a leader election or a member going down:
+ * they run again, with short pauses, until their deadline (see `read`). etcd has no request ids: a
+ * mutating call whose reply is lost in a fail-over and that etcd3 retries (its 3 immediate tries) may
+ * apply twice (an `add` then counts twice), so rdzv repeats a write only when it was never sent.
  */
 
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
-import { ErrorCode, StoreError } from "../../errors.js";
+import { AbortedError, ErrorCode, StoreError } from "../../errors.js";
 import { concatBytes, toBytes } from "../bytes.js";
 import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
-import { mapEtcdError } from "./errors.js";
+import { isMemberFailure, isUnsent, mapEtcdError } from "./errors.js";
 
 /** Options of `EtcdStore`. */
 export interface EtcdStoreOptions {
@@ -31,6 +33,10 @@ export interface EtcdStoreOptions {
 }
 
 const utf8 = new TextEncoder();
+
+/** `EtcdStore.read`'s pause before its n-th repetition: n x 25 ms, at most 500 ms. */
+const RETRY_STEP_MS = 25;
+const RETRY_MAX_PAUSE_MS = 500;
 
 /** A `Store` over an etcd v3 cluster. Build one with `connectEtcdStore` (etcd/connect.ts). */
 export class EtcdStore implements Store {
@@ -67,7 +73,7 @@ export class EtcdStore implements Store {
   }
 
   async set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    await this.call("set", options, (o) =>
+    await this.read("set", options, (o) =>
       this.client.put(this.etcdKey(key)).value(buf(value)).options(o).exec(),
     );
   }
@@ -175,7 +181,7 @@ export class EtcdStore implements Store {
 
   async check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
     if (keys.length === 0) return true;
-    const { kvs } = await this.call("check", options, (o) => this.#readAll(keys, o));
+    const { kvs } = await this.read("check", options, (o) => this.#readAll(keys, o));
     return kvs.every((kv) => kv !== undefined);
   }
 
@@ -188,7 +194,7 @@ export class EtcdStore implements Store {
 
   /** Number of keys under the prefix. */
   async numKeys(options?: CallOptions): Promise<number> {
-    return this.call("numKeys", options, (o) => this.#all().options(o).count());
+    return this.read("numKeys", options, (o) => this.#all().options(o).count());
   }
 
   async multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
@@ -243,7 +249,7 @@ export class EtcdStore implements Store {
   }
 
   async listKeys(options?: CallOptions): Promise<string[]> {
-    const keys = await this.call("listKeys", options, (o) => this.#all().options(o).keyBuffers());
+    const keys = await this.read("listKeys", options, (o) => this.#all().options(o).keyBuffers());
     return keys.map((k) => k.subarray(this.#prefixBytes.length).toString("utf8"));
   }
 
@@ -273,19 +279,75 @@ export class EtcdStore implements Store {
    * Runs `op` with a gRPC deadline from `options.timeoutMs` (or the store's), mapping errors. The signal
    * is checked before the call; a quick call is not cut short by it.
    */
-  async call<T>(
+  call<T>(
     what: string,
     options: CallOptions | undefined,
     op: (o: { deadline: Date }) => Promise<T>,
   ): Promise<T> {
+    return this.#run(what, options, op, false);
+  }
+
+  /**
+   * `call` for an `op` that writes nothing, or whose repetition leaves the same result (a read, a put of
+   * one value): while etcd cannot answer it (a member down, a leader election: "leader changed", "no
+   * leader"), it runs again after a pause that grows by 25 ms up to 500 ms, until the call's deadline.
+   * etcd's own Go client retries its reads likewise; a write that may have been applied is not repeated.
+   */
+  read<T>(
+    what: string,
+    options: CallOptions | undefined,
+    op: (o: { deadline: Date }) => Promise<T>,
+  ): Promise<T> {
+    return this.#run(what, options, op, true);
+  }
+
+  async #run<T>(
+    what: string,
+    options: CallOptions | undefined,
+    op: (o: { deadline: Date }) => Promise<T>,
+    repeatable: boolean,
+  ): Promise<T> {
     if (this.#closed) throw new StoreError(`${what}: the store is closed`, ErrorCode.ResourceClosed);
     throwIfAborted(options?.signal);
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
-    try {
-      return await op({ deadline: new Date(Date.now() + Math.max(timeoutMs, 1)) });
-    } catch (err) {
-      throw mapEtcdError(err, what, this.hosts);
+    const deadline = Date.now() + Math.max(timeoutMs, 1);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await op({ deadline: new Date(deadline) });
+      } catch (err) {
+        const pauseMs = Math.min(RETRY_STEP_MS * attempt, RETRY_MAX_PAUSE_MS);
+        const again =
+          !this.#closed &&
+          (isUnsent(err) || (repeatable && isMemberFailure(err))) &&
+          Date.now() + pauseMs < deadline;
+        if (!again) throw mapEtcdError(err, what, this.hosts);
+        await this.#pause(pauseMs, options?.signal);
+        if (this.#closed) throw new StoreError(`${what}: the store was closed`, ErrorCode.ResourceClosed);
+      }
     }
+  }
+
+  /** Resolves after `ms`, or at once when the store closes; rejects with `AbortedError` when `signal` fires. */
+  #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const end = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        this.#pending.delete(wake);
+      };
+      const wake = (): void => {
+        end();
+        resolve();
+      };
+      const onAbort = (): void => {
+        end();
+        reject(new AbortedError(undefined, { cause: signal?.reason }));
+      };
+      const timer = setTimeout(wake, ms);
+      this.#pending.add(wake);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (signal?.aborted) onAbort();
+    });
   }
 
   /**
@@ -339,7 +401,7 @@ export class EtcdStore implements Store {
     const started = Date.now();
     // The read is quick: it gets the store's timeout, not what may be a short wait's.
     const signal = options?.signal === undefined ? {} : { signal: options.signal };
-    const res = await this.call(what, signal, (o) => this.#readAll(keys, o));
+    const res = await this.read(what, signal, (o) => this.#readAll(keys, o));
     const values = new Map<string, Uint8Array>();
     keys.forEach((key, i) => {
       const kv = res.kvs[i];

@@ -1,0 +1,123 @@
+/**
+ * When `EtcdStore` runs a call again (no etcd needed: the operations here throw the errors etcd3 throws).
+ * A read is repeated while etcd cannot answer, until its deadline; a write only when it was never sent.
+ * test/etcd-fault.test.ts does the same against a real 3-member cluster whose leader is killed.
+ */
+
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { BrokenCircuitError } from "cockatiel";
+import { type Etcd3, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError } from "etcd3";
+import { ErrorCode } from "../../errors.js";
+import { isLeaderChange, isMemberFailure, isUnsent, mapEtcdError } from "./errors.js";
+import { EtcdStore } from "./store.js";
+
+/** A store whose client is never used: the tests hand `call`/`read` their own operations. */
+function store(timeoutMs = 5_000): EtcdStore {
+  return new EtcdStore({} as Etcd3, { ownsClient: false, timeoutMs, hosts: ["http://127.0.0.1:1"] });
+}
+
+const leaderChanged = (): Error => new GRPCUnavailableError("14 UNAVAILABLE: etcdserver: leader changed");
+
+/** An operation that throws `errors` in turn, then returns "ok"; records each attempt's deadline. */
+function flaky(...errors: (() => Error)[]) {
+  const deadlines: number[] = [];
+  const op = async (o: { deadline: Date }): Promise<string> => {
+    deadlines.push(o.deadline.getTime());
+    const next = errors[deadlines.length - 1];
+    if (next !== undefined) throw next();
+    return "ok";
+  };
+  return { op, deadlines };
+}
+
+const codeOf = (p: Promise<unknown>): Promise<string | undefined> =>
+  p.then(
+    () => "resolved",
+    (err: { code?: string }) => err.code,
+  );
+
+describe("EtcdStore: which calls run again", () => {
+  it("a read that meets an election runs again under the same deadline", async () => {
+    const s = store();
+    const { op, deadlines } = flaky(leaderChanged, () => new GRPCUnavailableError("read ECONNRESET"));
+    assert.equal(await s.read("check", undefined, op), "ok");
+    assert.equal(deadlines.length, 3);
+    assert.equal(new Set(deadlines).size, 1, "every attempt shares the call's deadline");
+  });
+
+  it("a write that meets an election is not repeated (it may have been applied)", async () => {
+    const s = store();
+    const { op, deadlines } = flaky(leaderChanged);
+    assert.equal(await codeOf(s.call("join", undefined, op)), ErrorCode.Connection);
+    assert.equal(deadlines.length, 1);
+  });
+
+  it("any call runs again when etcd3 did not send it (every member's circuit open)", async () => {
+    const s = store();
+    const { op, deadlines } = flaky(
+      () => new BrokenCircuitError(),
+      () => new BrokenCircuitError(),
+    );
+    assert.equal(await s.call("join", undefined, op), "ok");
+    assert.equal(deadlines.length, 3);
+  });
+
+  it("a read that keeps failing gives up by its deadline with RDZV_CONNECTION and etcd's message", async () => {
+    const s = store();
+    let attempts = 0;
+    const started = Date.now();
+    const err = await s
+      .read("check", { timeoutMs: 300 }, async () => {
+        attempts++;
+        throw leaderChanged();
+      })
+      .catch((e: unknown) => e as Error & { code: string });
+    const elapsed = Date.now() - started;
+    assert.equal(err.code, ErrorCode.Connection);
+    assert.match(err.message, /^check: cannot reach etcd at http:\/\/127\.0\.0\.1:1: .*leader changed/);
+    // Pauses of 25, 50, 75, 100 ms fit in 300 ms, the next (125) would not: 5 attempts, fewer when
+    // timers fire late on a loaded machine. No pause is started that would end past the deadline.
+    assert.ok(attempts >= 3 && attempts <= 5, `${attempts} attempts`);
+    assert.ok(elapsed < 1_000, `gave up after ${elapsed} ms, long past the call's 300 ms`);
+  });
+
+  it("a missed deadline or a refused request is not repeated", async () => {
+    const s = store();
+    const late = flaky(() => new GRPCDeadlineExceededError("4 DEADLINE_EXCEEDED"));
+    assert.equal(await codeOf(s.read("check", undefined, late.op)), ErrorCode.Timeout);
+    assert.equal(late.deadlines.length, 1);
+    const wrong = flaky(() => new GRPCInvalidArgumentError("3 INVALID_ARGUMENT: key is not provided"));
+    assert.equal(await codeOf(s.read("check", undefined, wrong.op)), ErrorCode.Store);
+    assert.equal(wrong.deadlines.length, 1);
+  });
+
+  it("an abort or a close during the pause ends the call at once", async () => {
+    const s = store();
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 20);
+    let started = Date.now();
+    const always = async (): Promise<never> => {
+      throw leaderChanged();
+    };
+    assert.equal(await codeOf(s.read("check", { signal: controller.signal }, always)), ErrorCode.Aborted);
+    assert.ok(Date.now() - started < 1_000);
+
+    started = Date.now();
+    const pending = codeOf(s.read("check", undefined, always));
+    setTimeout(() => void s.close(), 20);
+    assert.equal(await pending, ErrorCode.ResourceClosed);
+    assert.ok(Date.now() - started < 1_000);
+  });
+
+  it("classifies etcd3's errors", () => {
+    assert.equal(isLeaderChange(leaderChanged()), true);
+    assert.equal(isLeaderChange(new GRPCUnavailableError("read ECONNRESET")), false);
+    assert.equal(isMemberFailure(leaderChanged()), true);
+    assert.equal(isMemberFailure(new GRPCDeadlineExceededError("late")), false);
+    assert.equal(isMemberFailure("not an error"), false);
+    assert.equal(isUnsent(new BrokenCircuitError()), true);
+    assert.equal(isUnsent(leaderChanged()), false);
+    assert.equal(mapEtcdError(new BrokenCircuitError(), "get", ["h:1"]).code, ErrorCode.Connection);
+  });
+});
