@@ -2,6 +2,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import fc from "fast-check";
 import { ErrorCode, RendezvousError, RendezvousTimeoutError } from "../../errors.js";
 import { AsyncWaitTable } from "./client-async-waits.js";
 
@@ -111,5 +112,83 @@ describe("AsyncWaitTable", { timeout: 10_000 }, () => {
     assert.equal(waits[2]!.id, 2);
     for (const w of waits) w.done.catch(() => {});
     t.rejectAll(new RendezvousError("done", ErrorCode.Connection));
+  });
+
+  it("skips an id whose slot an older wait still holds, and a settle for the wrong id leaves that wait alone", async () => {
+    const { t } = table();
+    const first = t.add(within(10_000));
+    // Ids 1..63 come and go; id 64 would share slot 0 (of the first 64) with the wait still outstanding.
+    for (let i = 1; i < 64; i++) t.settle(t.add(within(10_000)).id);
+    const next = t.add(within(10_000));
+    assert.equal(next.id, 65);
+    t.settle(64, Uint8Array.from([6, 4])); // no such wait: ignored
+    assert.equal(t.size, 2);
+    t.settle(first.id, Uint8Array.from([0]));
+    assert.deepEqual(await first.done, Uint8Array.from([0]));
+    // A late completion of an id given up does not settle the wait that took its slot later.
+    assert.equal(t.forget(next.id), true);
+    next.done.catch(() => {});
+    const later = t.add(within(10_000));
+    assert.equal(later.id & 63, later.id % 64);
+    t.settle(next.id, Uint8Array.from([9]));
+    assert.equal(t.size, 1);
+    t.settle(later.id);
+    assert.equal(await later.done, undefined);
+    assert.equal(t.size, 0);
+  });
+
+  it("matches a Map of the outstanding waits under any mix of adds, settles, forgets and growth", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(
+          fc.oneof(
+            fc.record({ op: fc.constant("add" as const), n: fc.integer({ min: 1, max: 80 }) }),
+            fc.record({ op: fc.constant("settle" as const), pick: fc.nat() }),
+            fc.record({ op: fc.constant("forget" as const), pick: fc.nat() }),
+            fc.record({ op: fc.constant("stray" as const), id: fc.nat({ max: 4000 }) }),
+          ),
+          { maxLength: 60 },
+        ),
+        async (ops) => {
+          const { t } = table();
+          const model = new Map<number, { value: Uint8Array; done: Promise<Uint8Array | undefined> }>();
+          const settled: Promise<void>[] = [];
+          let serial = 0;
+          const outstanding = (): number[] => [...model.keys()];
+          for (const step of ops) {
+            if (step.op === "add") {
+              for (let i = 0; i < step.n; i++) {
+                const { id, done } = t.add(within(10_000));
+                assert.equal(model.has(id), false, `id ${id} handed out while in use`);
+                model.set(id, { value: Uint8Array.from([serial & 255, serial >> 8]), done });
+                serial++;
+              }
+            } else if (step.op === "stray") {
+              if (!model.has(step.id)) t.settle(step.id, Uint8Array.from([255]));
+            } else {
+              const ids = outstanding();
+              if (ids.length === 0) continue;
+              const id = ids[step.pick % ids.length]!;
+              const wait = model.get(id)!;
+              model.delete(id);
+              if (step.op === "settle") {
+                t.settle(id, wait.value);
+                settled.push(wait.done.then((v) => assert.deepEqual(v, wait.value)));
+              } else {
+                assert.equal(t.forget(id), true);
+                assert.equal(t.forget(id), false);
+                wait.done.catch(() => {});
+              }
+            }
+            assert.equal(t.size, model.size);
+          }
+          await Promise.all(settled);
+          for (const wait of model.values()) wait.done.catch(() => {});
+          t.rejectAll(new RendezvousError("done", ErrorCode.Connection));
+          assert.equal(t.size, 0);
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 });

@@ -7,6 +7,14 @@
  * The table keeps the waits' deadlines itself, with one timer for all of them, armed for the earliest
  * deadline (a timer per call cost a pipelined `get` about a third of its client CPU). The timer is unref'd:
  * the connection's socket keeps the process alive while waits are outstanding.
+ *
+ * Waits live in an array of slots indexed by `id & mask`, not in a `Map`. A `Map` that many ids pass
+ * through rehashes about once per capacity's worth of them, and V8 allocates the new table in the old
+ * generation once the first one got there (a connection idle for a while, or busy with other requests),
+ * while each table it replaced keeps pointing at its entries: every such table then kept a whole batch of
+ * finished waits (their promises, closures and values) alive through the young generation's collections
+ * until the next full one. A client that had first made 50,000 pipelined adds spent twice the CPU per
+ * pipelined get afterwards (3.9 MB surviving each scavenge instead of 1.1, 3.2 MB promoted).
  */
 
 import { AbortedError, type RendezvousError } from "../../errors.js";
@@ -20,6 +28,7 @@ export interface AsyncWaitLimits {
 }
 
 interface Entry {
+  readonly id: number;
   readonly resolve: (value: Uint8Array | undefined) => void;
   readonly reject: (err: RendezvousError) => void;
   /** The deadline on the monotonic clock (`performance.now()`), so wall-clock steps do not move it. */
@@ -29,9 +38,15 @@ interface Entry {
   readonly onAbort: (() => void) | undefined;
 }
 
+/** Slots a table starts with (it doubles while more than half are taken). */
+const INITIAL_SLOTS = 64;
+
 /** The outstanding async waits of one connection, by id. */
 export class AsyncWaitTable {
-  readonly #waits = new Map<number, Entry>();
+  /** Wait `id` sits at `id & #mask`; an id is handed out only when its slot is free. */
+  #slots: (Entry | undefined)[] = new Array<Entry | undefined>(INITIAL_SLOTS).fill(undefined);
+  #mask = INITIAL_SLOTS - 1;
+  #size = 0;
   #nextId = 0;
   #timer: NodeJS.Timeout | undefined;
   /** The monotonic time `#timer` fires at (Infinity when none is armed). */
@@ -42,7 +57,7 @@ export class AsyncWaitTable {
 
   /** Outstanding waits. */
   get size(): number {
-    return this.#waits.size;
+    return this.#size;
   }
 
   /**
@@ -51,15 +66,25 @@ export class AsyncWaitTable {
    * `AbortedError` when the signal fires; either way the wait is forgotten and `givenUp` told.
    */
   add(limits: AsyncWaitLimits): { id: number; done: Promise<Uint8Array | undefined> } {
+    if ((this.#size + 1) * 2 > this.#slots.length) this.#grow();
+    // u32 ids wrap; an id whose slot is taken is skipped (so no id in use is handed out twice).
     let id = this.#nextId;
-    // u32 ids wrap; skip any still in use (at most maxWaitersPerConnection are).
-    while (this.#waits.has(id)) id = (id + 1) >>> 0;
+    while (this.#slots[id & this.#mask] !== undefined) id = (id + 1) >>> 0;
     this.#nextId = (id + 1) >>> 0;
     const done = new Promise<Uint8Array | undefined>((resolve, reject) => {
       const { signal } = limits;
       const onAbort = signal === undefined ? undefined : (): void => this.#giveUp(id, abortedBy(signal));
       const due = performance.now() + (limits.deadlineAt - Date.now());
-      this.#waits.set(id, { resolve, reject, due, onTimeout: limits.onTimeout, signal, onAbort });
+      this.#slots[id & this.#mask] = {
+        id,
+        resolve,
+        reject,
+        due,
+        onTimeout: limits.onTimeout,
+        signal,
+        onAbort,
+      };
+      this.#size++;
       if (due < this.#timerDue) this.#arm(due);
       if (signal !== undefined && onAbort !== undefined) {
         if (signal.aborted) queueMicrotask(onAbort);
@@ -82,8 +107,9 @@ export class AsyncWaitTable {
 
   /** Rejects every outstanding wait with `err` (the connection ended). */
   rejectAll(err: RendezvousError): void {
-    const entries = [...this.#waits.values()];
-    this.#waits.clear();
+    const entries = this.#entries();
+    this.#slots.fill(undefined);
+    this.#size = 0;
     clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#timerDue = Number.POSITIVE_INFINITY;
@@ -93,12 +119,32 @@ export class AsyncWaitTable {
     }
   }
 
+  #entries(): Entry[] {
+    const entries: Entry[] = [];
+    for (const entry of this.#slots) if (entry !== undefined) entries.push(entry);
+    return entries;
+  }
+
   #take(id: number): Entry | undefined {
-    const entry = this.#waits.get(id);
-    if (entry === undefined) return undefined;
-    this.#waits.delete(id);
+    const slot = id & this.#mask;
+    const entry = this.#slots[slot];
+    if (entry === undefined || entry.id !== id) return undefined;
+    this.#slots[slot] = undefined;
+    this.#size--;
     unlisten(entry);
     return entry;
+  }
+
+  /** Doubles the slots; ids apart under the old mask stay apart under the new one. */
+  #grow(): void {
+    const old = this.#slots;
+    const slots = new Array<Entry | undefined>(old.length * 2).fill(undefined);
+    const mask = slots.length - 1;
+    for (const entry of old) if (entry !== undefined) slots[entry.id & mask] = entry;
+    // The old array may sit in the old generation: it must not keep the waits alive there.
+    old.fill(undefined);
+    this.#slots = slots;
+    this.#mask = mask;
   }
 
   #giveUp(id: number, err: RendezvousError): void {
@@ -121,14 +167,14 @@ export class AsyncWaitTable {
     this.#timer = undefined;
     this.#timerDue = Number.POSITIVE_INFINITY;
     const now = performance.now();
-    const expired: [number, Entry][] = [];
+    const expired: Entry[] = [];
     let next = Number.POSITIVE_INFINITY;
-    for (const item of this.#waits) {
-      const due = item[1].due;
-      if (due <= now) expired.push(item);
-      else if (due < next) next = due;
+    for (const entry of this.#slots) {
+      if (entry === undefined) continue;
+      if (entry.due <= now) expired.push(entry);
+      else if (entry.due < next) next = entry.due;
     }
-    for (const [id, entry] of expired) this.#giveUp(id, entry.onTimeout());
+    for (const entry of expired) this.#giveUp(entry.id, entry.onTimeout());
     if (next < this.#timerDue) this.#arm(next);
   }
 }
