@@ -513,7 +513,7 @@ async function main(): Promise<void> {
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
       "",
       "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's.",
-      `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), in the benchmark's own process (docs/tcpstore-compat.md, Throughput, on what that does to pipelined gets).`,
+      `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), from the benchmark's own process, whose connections did the warm-up's sets and adds first.`,
       "",
       "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
       "| --- | --- | ---: | ---: | ---: |",
