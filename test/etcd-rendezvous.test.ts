@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { EtcdRendezvousBackend } from "../src/backends/etcd-backend.js";
+import { GoneReason } from "../src/rendezvous/round.js";
 import { connectEtcdStore } from "../src/store/etcd/connect.js";
 import { EtcdStore } from "../src/store/etcd/store.js";
 import type { Store } from "../src/store/store.js";
@@ -80,6 +81,67 @@ describe("etcd backend: the node's lease", () => {
       );
     } finally {
       await backend.close();
+      await store.close();
+    }
+  });
+
+  it("waitEnded wakes on a member key's deletion and on the round's end, not on the round's other keys", async () => {
+    const prefix = `/rdzv-test/${process.pid}/steps-${runs++}/`;
+    const store = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+    const backend = new EtcdRendezvousBackend(store, "steps", { leaseTtlS: 15 });
+    const key = (path: string) => store.etcdKey(`rdzv/steps/${path}`);
+    try {
+      await store.client.put(key("r0/member/3")).value("x").exec();
+      let step = backend.waitEnded(0, { timeoutMs: 400 });
+      await new Promise((r) => setTimeout(r, 50));
+      // A keep-alive counter and a new member key of the round: not its end.
+      await store.client.put(key("r0/hb/1")).value("1").exec();
+      await store.client.put(key("r0/member/4")).value("x").exec();
+      assert.equal(await step, false);
+      step = backend.waitEnded(0, { timeoutMs: 5_000 });
+      await new Promise((r) => setTimeout(r, 50));
+      await store.client.delete().key(key("r0/member/3")).exec();
+      assert.equal(await step, true);
+      assert.notEqual(await store.client.get(key("r0/gone/3")).string(), null, "member 3 not marked gone");
+      step = backend.waitEnded(1, { timeoutMs: 5_000 });
+      await new Promise((r) => setTimeout(r, 50));
+      await store.client.put(key("r1/ended")).value("").exec();
+      assert.equal(await step, true);
+      assert.equal(await backend.waitEnded(1, { timeoutMs: 5_000 }), true, "ended already");
+    } finally {
+      await backend.close();
+      await store.close();
+    }
+  });
+
+  it("goneSlots reads a few slots by key and many by range, with the same answers", async () => {
+    const prefix = `/rdzv-test/${process.pid}/gone-${runs++}/`;
+    const store = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+    const nodes = Array.from(
+      { length: 20 },
+      () => new EtcdRendezvousBackend(store, "gone", { leaseTtlS: 15 }),
+    );
+    try {
+      for (const [i, backend] of nodes.entries()) {
+        assert.deepEqual(await backend.enter({ id: `n${i}`, addr: "127.0.0.1", pid: i }), {
+          round: 0,
+          slot: i,
+        });
+      }
+      // Nodes 2, 7 and 15 lose their leases (what etcd does when keep-alives stop): their live keys go.
+      for (const slot of [2, 7, 15]) {
+        const [kv] = (await store.client.get(store.etcdKey(`rdzv/gone/r0/live/${slot}`)).exec()).kvs;
+        await store.client.leaseClient.leaseRevoke({ ID: kv!.lease });
+      }
+      const observer = new EtcdRendezvousBackend(store, "gone");
+      const dead = GoneReason.Dead;
+      assert.deepEqual(await observer.goneSlots(0, [1, 2, 3]), [undefined, dead, undefined]);
+      const all = Array.from({ length: 20 }, (_, i) => i);
+      const expected = all.map((i) => ([2, 7, 15].includes(i) ? dead : undefined));
+      assert.deepEqual(await observer.goneSlots(0, all), expected);
+      assert.deepEqual(await observer.goneSlots(0, [7]), [dead]);
+    } finally {
+      await Promise.all(nodes.map((n) => n.close()));
       await store.close();
     }
   });

@@ -84,6 +84,33 @@ describe("EtcdStore specifics", () => {
     await rejectsWithCode(s.get("never"), ErrorCode.ResourceClosed);
   });
 
+  it("a watch that ends is not a failure of the member (etcd3 would close and remake its gRPC clients)", async () => {
+    const prefix = `/watch-ends/${counter++}/`;
+    const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 5000 });
+    const writer = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 5000 });
+    try {
+      // etcd3's clients of the one member, by service; a "failure" of the member closes and drops them.
+      const services = () =>
+        (s.client as unknown as { pool: { hosts: { cachedServices: Record<string, unknown> }[] } }).pool
+          .hosts[0]!.cachedServices;
+      await s.set("warm", "x");
+      const kv = services().KV;
+      assert.ok(kv !== undefined);
+      for (let i = 0; i < 5; i++) {
+        // The key appears only after the get started watching; the get then cancels its watch, and with
+        // it the watch stream.
+        const pending = s.get(`k${i}`);
+        await new Promise((r) => setTimeout(r, 30));
+        await writer.set(`k${i}`, String(i));
+        assert.equal(new TextDecoder().decode(await pending), String(i));
+        await s.set("between", String(i));
+      }
+      assert.equal(services().KV, kv, "the member's gRPC clients were closed and made anew");
+    } finally {
+      await Promise.all([s.close(), writer.close()]);
+    }
+  });
+
   it("fails to connect to a port nobody serves with RDZV_CONNECTION", async () => {
     const free = await import("../src/rendezvous/free-port.js").then((m) => m.pickFreePort("127.0.0.1"));
     await rejectsWithCode(

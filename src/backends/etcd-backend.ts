@@ -26,7 +26,7 @@ import { decodeOutcome, encodeOutcome, GoneReason, type RoundOutcome } from "../
 import { mapEtcdError } from "../store/etcd/errors.js";
 import { type EtcdStore, rangeKvs } from "../store/etcd/store.js";
 import type { CallOptions, Store } from "../store/store.js";
-import { EtcdRoundWatch } from "./etcd-watch.js";
+import { EtcdRoundEndWatch } from "./etcd-watch.js";
 import { StoreRendezvousBackend } from "./store-backend.js";
 
 /** Options of `EtcdRendezvousBackend`. */
@@ -40,6 +40,9 @@ export interface EtcdBackendOptions {
    */
   kv?: Store;
 }
+
+/** Up to this many slots, `goneSlots` reads their keys by name (2 per slot, in one transaction). */
+const FEW_SLOTS = 16;
 
 /** A `RendezvousBackend` on etcd v3. */
 export class EtcdRendezvousBackend implements RendezvousBackend {
@@ -287,10 +290,9 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     options?: CallOptions,
   ): Promise<(GoneReason | undefined)[]> {
     if (slots.length === 0) return [];
-    const [reasons, published, live] = await Promise.all([
+    const [reasons, { published, live }] = await Promise.all([
       this.#inner.goneSlots(round, slots, options),
-      this.#presentSlots(round, "node", options),
-      this.#presentSlots(round, "live", options),
+      this.#present(round, slots, options),
     ]);
     return Promise.all(
       slots.map(async (slot, i) => {
@@ -299,6 +301,44 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
         return this.#inner.markGone(round, slot, GoneReason.Dead, false, options);
       }),
     );
+  }
+
+  /**
+   * Which of `slots` published a descriptor (`node/<slot>`) and which are still live (`live/<slot>`). A
+   * few slots (a member checking the one it watches, every keep-alive interval) are read by key, in one
+   * transaction; many by two range reads of the round's keys, as reading every key by name would cost more.
+   */
+  async #present(
+    round: number,
+    slots: readonly number[],
+    options?: CallOptions,
+  ): Promise<{ published: Set<number>; live: Set<number> }> {
+    if (slots.length > FEW_SLOTS) {
+      const [published, live] = await Promise.all([
+        this.#presentSlots(round, "node", options),
+        this.#presentSlots(round, "live", options),
+      ]);
+      return { published, live };
+    }
+    const { client } = this.etcd;
+    const keys = slots.flatMap((slot) => [
+      this.#roundKey(round, `node/${slot}`),
+      this.#roundKey(round, `live/${slot}`),
+    ]);
+    const res = await this.etcd.read("read", options, (o) =>
+      client
+        .if(keys[0]!, "Version", ">", -1)
+        .then(...keys.map((key) => client.get(key)))
+        .options(o)
+        .commit(),
+    );
+    const published = new Set<number>();
+    const live = new Set<number>();
+    slots.forEach((slot, i) => {
+      if (rangeKvs(res, 2 * i).length > 0) published.add(slot);
+      if (rangeKvs(res, 2 * i + 1).length > 0) live.add(slot);
+    });
+    return { published, live };
   }
 
   /** Slots of `round` that have a `<kind>/<slot>` key (one range read, keys only). */
@@ -320,13 +360,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
 
   /** Until `r<R>/ended` is put or a `member` key of the round is deleted (its node's lease ended). */
   async waitEnded(round: number, options: CallOptions & { timeoutMs: number }): Promise<boolean> {
-    const watch = new EtcdRoundWatch(this.etcd, this.#roundKey(round, ""));
-    const event = await watch.until(
-      (e) =>
-        (e.type === "put" && e.path === "ended") || (e.type === "delete" && e.path.startsWith("member/")),
-      "ended",
-      options,
-    );
+    const event = await new EtcdRoundEndWatch(this.etcd, this.#roundKey(round, "")).step(options);
     if (event === undefined) return false;
     if (event.type === "delete") {
       const slot = Number(event.path.slice("member/".length));

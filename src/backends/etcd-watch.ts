@@ -1,4 +1,15 @@
-/** Waiting for an event under an etcd key prefix: one read, then a watch from the revision after it. */
+/**
+ * Waiting for a completed round to end on etcd: its `ended` key put, or one of its `member/<slot>` keys
+ * deleted (a member's lease expired). One read of `ended`, then two watches from the revision after it,
+ * each on only those keys: the round's other keys (every node's keep-alive counter, written every
+ * interval) are not sent to every waiting member.
+ *
+ * Members wait in steps (one keep-alive interval each, between which they check their neighbour's
+ * keep-alives), and each step watches from its own read: a member key deleted between two steps is not
+ * seen here, only through the keep-alives (within their budget). Watching from the previous step's
+ * revision would close that gap, but a start revision that etcd has compacted away makes etcd3 throw
+ * from its watch stream ("Failed to find watcher for IWatchResponse") where nobody can catch it.
+ */
 
 import type { IKeyValue, Watcher } from "etcd3";
 import { ErrorCode, hasErrorCode } from "../errors.js";
@@ -7,87 +18,82 @@ import { mapEtcdError } from "../store/etcd/errors.js";
 import type { EtcdStore } from "../store/etcd/store.js";
 import type { CallOptions } from "../store/store.js";
 
-/** A put or delete under the prefix; `path` is the key with the prefix stripped. */
-export interface PrefixEvent {
+/** What ended the round: `ended` was put, or `member/<slot>` deleted (`path` is relative to the round). */
+export interface RoundEndEvent {
   readonly type: "put" | "delete";
   readonly path: string;
 }
 
-/** Events under one key prefix. */
-export class EtcdRoundWatch {
+/** The end of one round, under its key prefix. */
+export class EtcdRoundEndWatch {
   readonly #etcd: EtcdStore;
-  readonly #prefix: Buffer;
+  readonly #round: Buffer;
 
-  constructor(etcd: EtcdStore, prefix: Buffer) {
+  constructor(etcd: EtcdStore, roundPrefix: Buffer) {
     this.#etcd = etcd;
-    this.#prefix = prefix;
+    this.#round = roundPrefix;
   }
 
-  /**
-   * The first event matching `match`: a key `present` (checked first, as a put) or a later event. Resolves
-   * `undefined` on timeout; rejects on abort or a broken watch.
-   */
-  async until(
-    match: (e: PrefixEvent) => boolean,
-    present: string,
-    options: CallOptions & { timeoutMs: number },
-  ): Promise<PrefixEvent | undefined> {
+  /** Waits up to `options.timeoutMs` for the round's end; undefined on timeout. Rejects on abort or a broken watch. */
+  async step(options: CallOptions & { timeoutMs: number }): Promise<RoundEndEvent | undefined> {
     const started = Date.now();
     const signal = options.signal === undefined ? {} : { signal: options.signal };
-    const res = await this.#etcd.read("wait", signal, (o) =>
-      this.#etcd.client
-        .get(Buffer.concat([this.#prefix, Buffer.from(present)]))
-        .options(o)
-        .exec(),
-    );
-    if (res.kvs.length > 0) return { type: "put", path: present };
+    const ended = Buffer.concat([this.#round, Buffer.from("ended")]);
+    const res = await this.#etcd.read("wait", signal, (o) => this.#etcd.client.get(ended).options(o).exec());
+    if (res.kvs.length > 0) return { type: "put", path: "ended" };
     const timeoutMs = Math.max(0, options.timeoutMs - (Date.now() - started));
     try {
-      return await this.#watch(match, Number(res.header.revision) + 1, { ...options, timeoutMs });
+      return await this.#watch(ended, Number(res.header.revision) + 1, { ...options, timeoutMs });
     } catch (err) {
       if (hasErrorCode(err, ErrorCode.Timeout)) return undefined;
       throw err;
     }
   }
 
+  /** The first put of `ended` or deletion under `member/` from `revision` on. */
   #watch(
-    match: (e: PrefixEvent) => boolean,
+    ended: Buffer,
     revision: number,
     options: CallOptions & { timeoutMs: number },
-  ): Promise<PrefixEvent> {
-    let watcher: Watcher | undefined;
+  ): Promise<RoundEndEvent> {
+    const watchers: Watcher[] = [];
     let stopped = false;
     const stop = (): void => {
       stopped = true;
-      watcher?.cancel().catch(() => undefined);
+      for (const w of watchers) w.cancel().catch(() => undefined);
     };
-    return blockingCall<PrefixEvent>(
+    const members = Buffer.concat([this.#round, Buffer.from("member/")]);
+    return blockingCall<RoundEndEvent>(
       options,
       options.timeoutMs,
       (ms) => `no event within ${ms}ms`,
       (resolve, reject) => {
-        const on = (type: "put" | "delete") => (kv: IKeyValue) => {
-          const event = { type, path: kv.key.subarray(this.#prefix.length).toString("utf8") };
-          if (!match(event)) return;
+        const fail = (err: unknown): void => {
           stop();
-          resolve(event);
+          reject(mapEtcdError(err, "wait", this.#etcd.hosts));
         };
-        this.#etcd.client
-          .watch()
-          .prefix(this.#prefix)
-          .startRevision(String(revision))
-          .create()
-          .then((w) => {
-            watcher = w;
-            if (stopped) return stop();
-            w.on("put", on("put"));
-            w.on("delete", on("delete"));
-            w.on("error", (err: unknown) => {
-              stop();
-              reject(mapEtcdError(err, "wait", this.#etcd.hosts));
-            });
-          })
-          .catch((err: unknown) => reject(mapEtcdError(err, "wait", this.#etcd.hosts)));
+        const on = (type: "put" | "delete") => (kv: IKeyValue) => {
+          stop();
+          resolve({ type, path: kv.key.subarray(this.#round.length).toString("utf8") });
+        };
+        const start = String(revision);
+        const builders = [
+          { type: "put" as const, builder: this.#etcd.client.watch().key(ended).only("put") },
+          { type: "delete" as const, builder: this.#etcd.client.watch().prefix(members).only("delete") },
+        ];
+        for (const { type, builder } of builders) {
+          builder
+            .startRevision(start)
+            .create()
+            .then((w) => {
+              watchers.push(w);
+              if (stopped) return stop();
+              if (type === "put") w.on("put", on("put"));
+              else w.on("delete", on("delete"));
+              w.on("error", fail);
+            })
+            .catch(fail);
+        }
       },
       stop,
     );

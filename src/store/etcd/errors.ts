@@ -6,6 +6,7 @@ import {
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
+  GRPCCancelledError,
   GRPCDeadlineExceededError,
   GRPCUnauthenticatedError,
   isRecoverableError,
@@ -57,7 +58,19 @@ export function mapEtcdError(err: unknown, what: string, hosts: readonly string[
  * member's health, and leaves no time to try again).
  */
 export function isMemberFailure(err: unknown): boolean {
-  return err instanceof Error && isRecoverableError(err) && !(err instanceof GRPCDeadlineExceededError);
+  return (
+    err instanceof Error &&
+    isRecoverableError(err) &&
+    !(err instanceof GRPCDeadlineExceededError) &&
+    !isOwnCancel(err)
+  );
+}
+
+/** Whether `err` is gRPC's status for a call this process cancelled itself ("Cancelled on client"). */
+export function isOwnCancel(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  return (code === 1 || err instanceof GRPCCancelledError) && /Cancelled on client/i.test(err.message);
 }
 
 /**

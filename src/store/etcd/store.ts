@@ -18,7 +18,7 @@ import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
-import { isMemberFailure, isUnsent, mapEtcdError } from "./errors.js";
+import { isMemberFailure, isOwnCancel, isUnsent, mapEtcdError } from "./errors.js";
 
 /** Options of `EtcdStore`. */
 export interface EtcdStoreOptions {
@@ -57,6 +57,7 @@ export class EtcdStore implements Store {
     this.#timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS, "timeoutMs");
     this.#ownsClient = options.ownsClient ?? true;
     this.hosts = options.hosts ?? [];
+    ignoreOwnCancels(client);
   }
 
   get timeoutMs(): number {
@@ -508,6 +509,26 @@ function buf(value: StoreValue): Buffer {
 export function rangeKvs(res: ITxnResponse, i: number): IKeyValue[] {
   return res.responses[i]?.response_range?.kvs ?? [];
 }
+
+/**
+ * When its last watcher is cancelled, etcd3 cancels the watch stream, and the stream's "Cancelled on
+ * client" error then reaches the connection pool as a failure of the member: the member's circuit breaker
+ * counts it, and every gRPC client of that member (KV, Lease, Watch) is closed and made anew, with new
+ * channels. Each `get`/`wait` that had to watch, and each step of a rendezvous member waiting for its
+ * round's end, did that (200 waiting members in one process: 2,300 such resets in 20 s, most of a CPU).
+ * A cancellation this process asked for says nothing about the member, so the pool no longer hears of it.
+ */
+function ignoreOwnCancels(client: unknown): void {
+  const pool = (client as { pool?: { markFailed?: (resource: unknown, err: unknown) => void } }).pool;
+  const markFailed = pool?.markFailed;
+  if (pool === undefined || markFailed === undefined || OWN_CANCELS_IGNORED in markFailed) return;
+  const filtered = (resource: unknown, err: unknown): void => {
+    if (!isOwnCancel(err)) markFailed.call(pool, resource, err);
+  };
+  pool.markFailed = Object.assign(filtered, { [OWN_CANCELS_IGNORED]: true });
+}
+
+const OWN_CANCELS_IGNORED = Symbol("rdzv.ownCancelsIgnored");
 
 /**
  * etcd3's watch manager re-opens a failed watch stream on a timer, forever, even after its client closed:
