@@ -77,19 +77,19 @@ export class EtcdRoundEndWatch {
           resolve({ type, path: kv.key.subarray(this.#round.length).toString("utf8") });
         };
         const start = String(revision);
-        const builders = [
-          { type: "put" as const, builder: this.#etcd.client.watch().key(ended).only("put") },
-          { type: "delete" as const, builder: this.#etcd.client.watch().prefix(members).only("delete") },
-        ];
-        for (const { type, builder } of builders) {
+        // `only` limits each watch to its kind of event, so both can take both listeners.
+        for (const builder of [
+          this.#etcd.client.watch().key(ended).only("put"),
+          this.#etcd.client.watch().prefix(members).only("delete"),
+        ]) {
           builder
             .startRevision(start)
             .create()
             .then((w) => {
               watchers.push(w);
               if (stopped) return stop();
-              if (type === "put") w.on("put", on("put"));
-              else w.on("delete", on("delete"));
+              w.on("put", on("put"));
+              w.on("delete", on("delete"));
               w.on("error", fail);
             })
             .catch(fail);

@@ -43,9 +43,8 @@ const INITIAL_SLOTS = 64;
 
 /** The outstanding async waits of one connection, by id. */
 export class AsyncWaitTable {
-  /** Wait `id` sits at `id & #mask`; an id is handed out only when its slot is free. */
+  /** Wait `id` sits at `#slot(id)`; an id is handed out only when its slot is free. */
   #slots: (Entry | undefined)[] = new Array<Entry | undefined>(INITIAL_SLOTS).fill(undefined);
-  #mask = INITIAL_SLOTS - 1;
   #size = 0;
   #nextId = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -69,13 +68,13 @@ export class AsyncWaitTable {
     if ((this.#size + 1) * 2 > this.#slots.length) this.#grow();
     // u32 ids wrap; an id whose slot is taken is skipped (so no id in use is handed out twice).
     let id = this.#nextId;
-    while (this.#slots[id & this.#mask] !== undefined) id = (id + 1) >>> 0;
+    while (this.#slots[this.#slot(id)] !== undefined) id = (id + 1) >>> 0;
     this.#nextId = (id + 1) >>> 0;
     const done = new Promise<Uint8Array | undefined>((resolve, reject) => {
       const { signal } = limits;
       const onAbort = signal === undefined ? undefined : (): void => this.#giveUp(id, abortedBy(signal));
       const due = performance.now() + (limits.deadlineAt - Date.now());
-      this.#slots[id & this.#mask] = {
+      this.#slots[this.#slot(id)] = {
         id,
         resolve,
         reject,
@@ -125,8 +124,13 @@ export class AsyncWaitTable {
     return entries;
   }
 
+  /** The slot of `id`: its low bits (the slot count is a power of two). */
+  #slot(id: number): number {
+    return id & (this.#slots.length - 1);
+  }
+
   #take(id: number): Entry | undefined {
-    const slot = id & this.#mask;
+    const slot = this.#slot(id);
     const entry = this.#slots[slot];
     if (entry === undefined || entry.id !== id) return undefined;
     this.#slots[slot] = undefined;
@@ -138,13 +142,10 @@ export class AsyncWaitTable {
   /** Doubles the slots; ids apart under the old mask stay apart under the new one. */
   #grow(): void {
     const old = this.#slots;
-    const slots = new Array<Entry | undefined>(old.length * 2).fill(undefined);
-    const mask = slots.length - 1;
-    for (const entry of old) if (entry !== undefined) slots[entry.id & mask] = entry;
+    this.#slots = new Array<Entry | undefined>(old.length * 2).fill(undefined);
+    for (const entry of old) if (entry !== undefined) this.#slots[this.#slot(entry.id)] = entry;
     // The old array may sit in the old generation: it must not keep the waits alive there.
     old.fill(undefined);
-    this.#slots = slots;
-    this.#mask = mask;
   }
 
   #giveUp(id: number, err: RendezvousError): void {
