@@ -23,6 +23,46 @@ const TWO_POW_32 = 2 ** 32;
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * Values up to this size are copied by `slice` into a typed array of their own, which V8 keeps inside its
+ * heap (its limit for on-heap typed arrays): the cheapest copy there is, and it pins nothing.
+ */
+const ON_HEAP_BYTES = 64;
+/** Bigger values up to this size are copied into a shared slab (see `slabCopy`); bigger ones get their own. */
+const SLAB_VALUE_BYTES = 4096;
+const SLAB_BYTES = 16 * 1024;
+
+/**
+ * `Buffer.prototype.latin1Slice`, which `toString("latin1", ...)` calls after resolving its encoding name
+ * (a sixth of a SET's decoding went to that); Node does not document it, so `toString` when it is missing.
+ */
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice?: (start: number, end: number) => string })
+  .latin1Slice;
+
+let slab = new Uint8Array(0);
+let slabUsed = 0;
+
+/**
+ * A copy of `n` bytes of `src` from `start`, in a shared slab. A typed array bigger than V8's on-heap
+ * limit gets a backing store of its own, which costs 1.5-3 µs to make and free (a SET of a 65-byte value
+ * cost the server 2.5 µs, of a 64-byte one 0.9); a view into a slab costs a tenth of that, as Node's
+ * `Buffer.allocUnsafe` pool does for small buffers. The price is the same as that pool's: a value keeps its
+ * whole slab alive (at most `SLAB_BYTES`) as long as it lives. The slab holds decoded values only, not
+ * replies or reads, so a slab's neighbours are mostly values that arrived together and tend to live as
+ * long (a round's keys, a process group's addresses).
+ */
+function slabCopy(src: Uint8Array, start: number, n: number): Uint8Array {
+  if (slabUsed + n > slab.length) {
+    slab = new Uint8Array(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const at = slabUsed;
+  slabUsed += n;
+  const out = slab.subarray(at, at + n);
+  out.set(src.subarray(start, start + n));
+  return out;
+}
+
+/**
  * The received bytes an incremental decoder has not consumed yet. Chunks are kept as they arrive and
  * joined only when a decode attempt needs them contiguous, so a message split over many chunks is copied
  * once per attempt, and attempts are made only once enough bytes arrived (see `ByteReader.needed`).
@@ -159,9 +199,12 @@ export class ByteReader {
   /** A u64 length or count, checked against `max` (the error names `what`). */
   length(max: number, what: string): number | undefined {
     if (!this.has(8)) return undefined;
-    const lo = this.buf.readUInt32LE(this.pos);
-    const hi = this.buf.readUInt32LE(this.pos + 4);
-    this.pos += 8;
+    const buf = this.buf;
+    const p = this.pos;
+    // Byte by byte: `has` checked the bounds that readUInt32LE would check again.
+    const lo = (buf[p]! | (buf[p + 1]! << 8) | (buf[p + 2]! << 16)) + buf[p + 3]! * 0x1000000;
+    const hi = (buf[p + 4]! | (buf[p + 5]! << 8) | (buf[p + 6]! << 16)) + buf[p + 7]! * 0x1000000;
+    this.pos = p + 8;
     const n = hi * TWO_POW_32 + lo;
     if (hi >= 0x200000 || n > max) {
       throw new ProtocolError(
@@ -185,21 +228,29 @@ export class ByteReader {
     return Number(v);
   }
 
-  /** `n` raw bytes, copied out of the buffer. */
+  /** `n` raw bytes, copied out of the buffer (never a view of it: the buffer may be reused). */
   bytes(n: number): Uint8Array | undefined {
     if (!this.has(n)) return undefined;
     const buf = this.buf;
+    const pos = this.pos;
     this.#bytes ??= new Uint8Array(buf.buffer, buf.byteOffset, buf.length);
-    const out = this.#bytes.slice(this.pos, this.pos + n);
-    this.pos += n;
+    const out =
+      n > ON_HEAP_BYTES && n <= SLAB_VALUE_BYTES
+        ? slabCopy(this.#bytes, pos, n)
+        : this.#bytes.slice(pos, pos + n);
+    this.pos = pos + n;
     return out;
   }
 
   /** `n` raw bytes as a byte string (latin1). */
   byteString(n: number): string | undefined {
     if (!this.has(n)) return undefined;
-    const s = this.buf.toString("latin1", this.pos, this.pos + n);
-    this.pos += n;
+    const pos = this.pos;
+    const s =
+      latin1Slice === undefined
+        ? this.buf.toString("latin1", pos, pos + n)
+        : latin1Slice.call(this.buf, pos, pos + n);
+    this.pos = pos + n;
     return s;
   }
 }

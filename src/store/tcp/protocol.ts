@@ -104,14 +104,15 @@ export const V2_OPCODES: Readonly<Partial<Record<Command, number>>> = {
   getAsync: 0x46,
 };
 
-function invert(table: Readonly<Partial<Record<Command, number>>>): ReadonlyMap<number, Command> {
-  const out = new Map<number, Command>();
-  for (const [name, code] of Object.entries(table)) out.set(code as number, name as Command);
+/** Indexed by opcode (0-255): an array, which the decoder reads once per request (cheaper than a Map). */
+function invert(table: Readonly<Partial<Record<Command, number>>>): readonly (Command | undefined)[] {
+  const out = new Array<Command | undefined>(256).fill(undefined);
+  for (const [name, code] of Object.entries(table)) out[code as number] = name as Command;
   return out;
 }
 
-/** opcode -> command, per dialect. */
-export const COMMAND_BY_OPCODE: Readonly<Record<Dialect, ReadonlyMap<number, Command>>> = {
+/** opcode -> command, per dialect (undefined for an opcode the dialect does not have). */
+export const COMMAND_BY_OPCODE: Readonly<Record<Dialect, readonly (Command | undefined)[]>> = {
   v1: invert(V1_OPCODES),
   v2: invert(V2_OPCODES),
 };

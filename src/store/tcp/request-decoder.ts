@@ -82,7 +82,7 @@ export class RequestDecoder {
     const opcode = r.u8();
     if (opcode === undefined) return undefined;
     const dialect = this.#dialect!;
-    const type = COMMAND_BY_OPCODE[dialect].get(opcode);
+    const type = COMMAND_BY_OPCODE[dialect][opcode];
     if (type === undefined) {
       throw new ProtocolError(`unknown ${dialect} opcode 0x${opcode.toString(16).padStart(2, "0")}`);
     }
