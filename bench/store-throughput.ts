@@ -38,6 +38,10 @@ import { startFloorServer, storeWorkPerRequest } from "./store-floor.js";
 const HOST = "127.0.0.1";
 const VALUE = Buffer.alloc(64, 0x76);
 const KINDS = ["set", "get", "add"] as const;
+/** Measured set runs make this many times the ops of the other kinds (see `pythonRun`). */
+const SET_OPS_FACTOR = 5;
+/** Value sizes of the "bigger values" runs: just above V8's on-heap limit for typed arrays, and 1 KiB. */
+const SIZED_VALUES = [128, 1024] as const;
 type Kind = (typeof KINDS)[number];
 
 interface Args {
@@ -202,17 +206,28 @@ async function pythonRun(
   kind: Kind,
   ops: number,
   rep: number,
+  valueSize = VALUE.length,
 ): Promise<{ rate: number; cpuUs: number }> {
+  // Sets have no reply and go by fast: a run of `ops` took ~40 ms, in which one rehash of the server's key
+  // map or one GC decided the figure.
+  const n = kind === "set" ? ops * SET_OPS_FACTOR : ops;
   const before = cpuNs(target.pid);
-  const rate = await pythonClients(workers, target, kind, ops, rep);
+  const rate = await pythonClients(workers, target, kind, n, rep, valueSize);
   // Every request the server got (bench/py/worker.py): a num_keys first, the 1,000 keys a get loop sets
   // before it starts, two per get (WAIT + GET), one per set or add, and the num_keys closing a set loop.
-  const perWorker = kind === "get" ? 1 + KEYS_PER_WORKER + 2 * ops : kind === "set" ? ops + 2 : ops + 1;
+  const perWorker = kind === "get" ? 1 + KEYS_PER_WORKER + 2 * n : kind === "set" ? n + 2 : n + 1;
   const requests = workers.length * perWorker;
   return { rate, cpuUs: (cpuNs(target.pid) - before) / 1000 / requests };
 }
 
-async function pythonClients(workers: PyAgent[], target: Target, kind: Kind, ops: number, rep: number) {
+async function pythonClients(
+  workers: PyAgent[],
+  target: Target,
+  kind: Kind,
+  ops: number,
+  rep: number,
+  valueSize = VALUE.length,
+) {
   const startAt = Date.now() / 1000 + 0.3;
   const replies = await Promise.all(
     workers.map((w, i) =>
@@ -223,8 +238,8 @@ async function pythonClients(workers: PyAgent[], target: Target, kind: Kind, ops
           port: target.port,
           kind,
           n: ops,
-          value_size: VALUE.length,
-          prefix: `py/${kind}/${rep}/${i}/`,
+          value_size: valueSize,
+          prefix: `py/${kind}/${valueSize}/${rep}/${i}/`,
           keys: KEYS_PER_WORKER,
           start_at: startAt,
         },
@@ -423,6 +438,23 @@ async function main(): Promise<void> {
         );
       }
     }
+    // 1b. Values above V8's 64-byte limit for typed arrays in its heap (docs/tcpstore-compat.md,
+    // "Throughput"), with 4 client processes: libuv and rdzv only.
+    const sized: Record<string, number[]> = {};
+    const sizedTargets = targets.filter((t) => t.name === "PyTorch libuv" || t.name === "rdzv");
+    for (const size of SIZED_VALUES) {
+      for (const kind of ["set", "get"] as const) {
+        for (let rep = 0; rep < args.reps; rep++) {
+          for (const target of sizedTargets) {
+            const run = await pythonRun(workers.slice(0, 4) as PyAgent[], target, kind, args.ops, rep, size);
+            record(sized, `${size}|${kind}|${target.name}`, run.rate);
+            record(sized, `${size}|${kind}|${target.name}|cpu`, run.cpuUs);
+          }
+        }
+        const m = (t: string): number => median(sized[`${size}|${kind}|${t}`]!);
+        log(`python x4 ${kind} ${size} B: libuv ${fmt(m("PyTorch libuv"))}, rdzv ${fmt(m("rdzv"))} ops/s`);
+      }
+    }
     // 2. TS client, from this process, against the servers the Python runs filled.
     const keysAtTs = await toOurs.numKeys();
     const ts: Record<string, number[]> = {};
@@ -462,7 +494,7 @@ async function main(): Promise<void> {
       `- Every figure is the median of ${args.reps} runs, after an unmeasured warm-up of every server (each kind: 4 Python client processes x ${args.ops.toLocaleString("en-US")} ops, then ${(args.tsOps / 4).toLocaleString("en-US")} pipelined TS ops). Servers each run in their own process; clients in others.`,
       `- Load average (1 min, sampled every 5 s through the run): median ${median(loads).toFixed(2)}, max ${Math.max(...loads).toFixed(2)}, on ${cpus().length} CPUs. The machine is shared with other jobs: a load above the CPU count means the servers competed for CPU, and single rows can swing by ±50% between runs.`,
       "",
-      `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run`,
+      `### PyTorch's Python client (${t2.version}), 64-byte values, ${fmt(args.ops)} ops per process per run (set: ${fmt(args.ops * SET_OPS_FACTOR)})`,
       "",
       "Aggregate ops/s over all client processes (first start to last end). `get` is WAIT + GET (two round trips), `set` has no reply (a `num_keys` round trip closes each run). *Node floor* (bench/store-floor.ts) is a Node server that parses these requests and answers at once without storing anything: the most any Node.js server can do here, so `rdzv / floor` is what the store itself costs. Both read through Node's `onread` socket option, not the Readable stream (src/store/tcp/server-reads.ts), and write to the socket's handle, not the Writable (server-writes.ts).",
       "",
@@ -505,6 +537,24 @@ async function main(): Promise<void> {
         const u = (x: number): string => x.toFixed(2);
         lines.push(
           `| ${clients} | ${kind} | ${u(a)} | ${u(b)} | ${u(f)} | ${u(c)} | ${(c / a).toFixed(2)} |`,
+        );
+      }
+    }
+    lines.push(
+      "",
+      `### Bigger values: PyTorch's Python client, 4 processes, ${fmt(args.ops)} ops per process per run (set: ${fmt(args.ops * SET_OPS_FACTOR)})`,
+      "",
+      "V8 keeps a typed array of up to 64 bytes inside its heap and gives a bigger one a backing store of its own, which costs a Node server microseconds per value unless it pools them (rdzv copies values of 65 bytes to 4 KiB into shared slabs; docs/tcpstore-compat.md). PyTorch's own values are often bigger than 64 bytes (an NCCL unique id is 128). Same runs, libuv and rdzv only.",
+      "",
+      "| value | op | PyTorch libuv | rdzv | rdzv / libuv | server CPU µs per request: libuv | rdzv |",
+      "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    );
+    for (const size of SIZED_VALUES) {
+      for (const kind of ["set", "get"] as const) {
+        const of = (t: string, suffix = ""): number => median(sized[`${size}|${kind}|${t}${suffix}`]!);
+        const [a, c] = [of("PyTorch libuv"), of("rdzv")];
+        lines.push(
+          `| ${size} B | ${kind} | ${fmt(a)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${of("PyTorch libuv", "|cpu").toFixed(2)} | ${of("rdzv", "|cpu").toFixed(2)} |`,
         );
       }
     }
