@@ -251,18 +251,20 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     const endedKey = this.roundKey(round, "ended");
     const store = this.store;
     const registered: string[] = [];
+    const beat = (): Promise<unknown> =>
+      store.add(hbKey, 1).catch((err: unknown) => {
+        this.logger.debug("keep-alive failed", { round, slot, error: String(err) });
+      });
     // One round trip: the first keep-alive, the on-disconnect marker, and the descriptor enter() sent.
+    // A keep-alive that failed is not the node's failure: the next one bumps the counter (an etcd add
+    // whose outcome etcd could not confirm fails, and is not repeated: etcd/store.ts).
     await Promise.all([
-      store.add(hbKey, 1),
+      beat(),
       isDisconnectAware(store) ? store.setOnDisconnect(goneKey, GoneReason.Dead) : undefined,
       this.#published.get(`${round}/${slot}`),
     ]);
     if (isDisconnectAware(store)) registered.push(goneKey);
-    const timer = setInterval(() => {
-      store.add(hbKey, 1).catch((err: unknown) => {
-        this.logger.debug("keep-alive failed", { round, slot, error: String(err) });
-      });
-    }, intervalMs);
+    const timer = setInterval(beat, intervalMs);
     timer.unref();
     let stopped = false;
     return {

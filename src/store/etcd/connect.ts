@@ -10,6 +10,7 @@ import {
   ExponentialBackoff,
   handleWhen,
   type IBackoff,
+  noop,
   retry,
 } from "cockatiel";
 import { Etcd3, type IOptions } from "etcd3";
@@ -160,6 +161,10 @@ export async function connectEtcdStore(options: ConnectEtcdOptions): Promise<Etc
   const client = new Etcd3(clientOptions);
   const store = new EtcdStore(client, {
     hosts,
+    // For writes that must not happen twice: the same members and policies, but no call is run again by
+    // etcd3 itself (see EtcdStore's `add`).
+    onceClient: () =>
+      new Etcd3({ ...clientOptions, faultHandling: { ...clientOptions.faultHandling, global: noop } }),
     ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
     ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
   });

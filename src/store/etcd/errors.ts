@@ -81,7 +81,10 @@ export function isLeaderChange(err: unknown): boolean {
   return err instanceof Error && /etcdserver: leader changed/.test(err.message);
 }
 
-/** Whether `err` proves the call never left this process: etcd3 found every member's circuit open. */
+/**
+ * Whether `err` proves the call never left this process: etcd3 found every member's circuit open, or
+ * gRPC had no connection to send it on.
+ */
 export function isUnsent(err: unknown): boolean {
-  return isBrokenCircuitError(err);
+  return isBrokenCircuitError(err) || (err instanceof Error && /No connection established/.test(err.message));
 }

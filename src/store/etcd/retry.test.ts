@@ -121,3 +121,86 @@ describe("EtcdStore: which calls run again", () => {
     assert.equal(mapEtcdError(new BrokenCircuitError(), "get", ["h:1"]).code, ErrorCode.Connection);
   });
 });
+
+/**
+ * A one-key etcd for `add`: `get` reads the counter, a transaction compares its create or mod revision,
+ * and each transaction meets the next of `fates`: "ok" (applied, answered), "lost" (applied, but the reply
+ * never came: etcd3 throws UNAVAILABLE), "unsent" (never sent: no connection). Runs out as "ok".
+ */
+function oneKeyEtcd(fates: ("ok" | "lost" | "unsent")[]) {
+  const state = { value: undefined as string | undefined, mod: 0, sent: 0 };
+  const kvs = () =>
+    state.value === undefined ? [] : [{ value: Buffer.from(state.value), mod_revision: String(state.mod) }];
+  const read = { options: () => read, exec: async () => ({ kvs: kvs() }) };
+  const client = {
+    get: () => read,
+    put: () => ({ value: (v: string) => ({ put: v }) }),
+    if: (_key: unknown, column: string, _op: string, expected: number | string) => {
+      let put = "";
+      const txn = {
+        // biome-ignore lint/suspicious/noThenProperty: etcd3's transaction builder names its success branch so
+        then: (p: { put: string }) => {
+          put = p.put;
+          return txn;
+        },
+        else: () => txn,
+        options: () => txn,
+        commit: async () => {
+          const fate = fates.shift() ?? "ok";
+          if (fate === "unsent") {
+            throw new GRPCUnavailableError(
+              "14 UNAVAILABLE: No connection established. Last error: ECONNREFUSED",
+            );
+          }
+          state.sent++;
+          const current = column === "Create" ? (state.value === undefined ? 0 : 1) : String(state.mod);
+          const succeeded = current === expected;
+          if (succeeded) {
+            state.value = put;
+            state.mod++;
+          }
+          if (fate === "lost") throw new GRPCUnavailableError("14 UNAVAILABLE: read ECONNRESET");
+          return { succeeded, responses: succeeded ? [] : [{ response_range: { kvs: kvs() } }] };
+        },
+      };
+      return txn;
+    },
+  };
+  return { client: client as unknown as Etcd3, state };
+}
+
+describe("EtcdStore.add: a write etcd may have applied", () => {
+  it("is not sent again: the add fails saying the counter may or may not include it", async () => {
+    const { client, state } = oneKeyEtcd(["ok", "lost"]);
+    const s = new EtcdStore({} as Etcd3, {
+      ownsClient: false,
+      hosts: ["http://127.0.0.1:1"],
+      onceClient: () => client,
+    });
+    // The store reads through its own client, and writes through the one-key etcd.
+    (s as unknown as { client: Etcd3 }).client = client;
+    assert.equal(await s.add("c", 1), 1);
+    const err = (await s.add("c", 1).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error & { code: string };
+    assert.equal(err.code, ErrorCode.Connection);
+    assert.match(err.message, /^add: .*may or may not include this add.*read ECONNRESET/);
+    assert.equal(state.sent, 2, "the lost write was sent once");
+    assert.equal(state.value, "2", "and applied once");
+    assert.equal(await s.add("c", 0), 2);
+  });
+
+  it("runs again when it was never sent", async () => {
+    const { client, state } = oneKeyEtcd(["unsent", "unsent", "ok"]);
+    const s = new EtcdStore({} as Etcd3, {
+      ownsClient: false,
+      hosts: ["http://127.0.0.1:1"],
+      onceClient: () => client,
+    });
+    (s as unknown as { client: Etcd3 }).client = client;
+    assert.equal(await s.add("c", 5), 5);
+    assert.equal(state.sent, 1);
+    assert.equal(state.value, "5");
+  });
+});

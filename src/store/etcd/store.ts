@@ -12,7 +12,7 @@
  */
 
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
-import { AbortedError, ErrorCode, StoreError } from "../../errors.js";
+import { AbortedError, ErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { concatBytes, toBytes } from "../bytes.js";
 import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
@@ -30,6 +30,12 @@ export interface EtcdStoreOptions {
   ownsClient?: boolean;
   /** Member URLs, for error messages. */
   hosts?: readonly string[];
+  /**
+   * Makes the client that `add`'s compare-and-set goes through: one that never runs a call again on its
+   * own (connect.ts), made at the first `add`. Without it, `add` uses `client`, whose own repetition of a
+   * write that etcd applied but could not confirm adds twice.
+   */
+  onceClient?: () => Etcd3;
 }
 
 const utf8 = new TextEncoder();
@@ -49,6 +55,8 @@ export class EtcdStore implements Store {
   readonly #ownsClient: boolean;
   /** Cancels the blocking calls in flight (on close). */
   readonly #pending = new Set<() => void>();
+  readonly #makeOnceClient: (() => Etcd3) | undefined;
+  #onceClient: Etcd3 | undefined;
 
   constructor(client: Etcd3, options: EtcdStoreOptions = {}) {
     this.client = client;
@@ -57,6 +65,7 @@ export class EtcdStore implements Store {
     this.#timeoutMs = checkTimeoutMs(options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS, "timeoutMs");
     this.#ownsClient = options.ownsClient ?? true;
     this.hosts = options.hosts ?? [];
+    this.#makeOnceClient = options.onceClient;
     ignoreOwnCancels(client);
   }
 
@@ -124,27 +133,62 @@ export class EtcdStore implements Store {
     this.#adds.delete(key);
   }
 
-  /** Adds `delta` in a compare-and-set loop; returns the new sum. */
+  /**
+   * The client for `add`'s writes (see `EtcdStoreOptions.onceClient`). etcd3 runs a call again when a
+   * member fails under it, also when the member had applied it and only the reply was lost; for the
+   * compare-and-set that fails the compare, and the loop read the sum it wrote and added again (a
+   * counter one above the adds that succeeded, on a 3-member cluster whose leader was killed).
+   */
+  #once(): Etcd3 {
+    if (this.#makeOnceClient === undefined) return this.client;
+    if (this.#onceClient === undefined) {
+      this.#onceClient = this.#makeOnceClient();
+      ignoreOwnCancels(this.#onceClient);
+    }
+    return this.#onceClient;
+  }
+
+  /**
+   * Adds `delta` in a compare-and-set loop; returns the new sum. A write that failed before it left this
+   * process runs again (through `call`); one that failed after is not repeated, since etcd cannot tell a
+   * repeat from a new add: the caller gets an error saying the counter may or may not include it.
+   */
   #casAdd(key: string, delta: bigint, options: CallOptions | undefined): Promise<bigint> {
     const k = this.etcdKey(key);
-    return this.call("add", options, async (o) => {
-      let current = (await this.client.get(k).options(o).exec()).kvs[0];
-      // Adding 0 to a present counter only reads it.
-      if (current !== undefined && delta === 0n) return parseCounter(current.value);
-      for (;;) {
-        const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
-        const res = await (current === undefined
-          ? this.client.if(k, "Create", "==", 0)
-          : this.client.if(k, "Mod", "==", current.mod_revision)
-        )
-          .then(this.client.put(k).value(sum.toString()))
-          .else(this.client.get(k))
-          .options(o)
-          .commit();
-        if (res.succeeded) return sum;
-        current = rangeKvs(res, 0)[0];
-      }
-    });
+    // Run again as a whole after a member failure, which only the first read lets through: the
+    // compare-and-set's failures are settled in its catch (unsent: thrown as they are, and run again;
+    // sent: an error that is not a member failure, so not run again).
+    return this.#run(
+      "add",
+      options,
+      async (o) => {
+        let current = (await this.client.get(k).options(o).exec()).kvs[0];
+        // Adding 0 to a present counter only reads it.
+        if (current !== undefined && delta === 0n) return parseCounter(current.value);
+        const once = this.#once();
+        for (;;) {
+          const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
+          const res = await (current === undefined
+            ? once.if(k, "Create", "==", 0)
+            : once.if(k, "Mod", "==", current.mod_revision)
+          )
+            .then(once.put(k).value(sum.toString()))
+            .else(once.get(k))
+            .options(o)
+            .commit()
+            .catch((err: unknown) => {
+              if (isUnsent(err) || !isMemberFailure(err)) throw err;
+              throw new RendezvousConnectionError(
+                `add: etcd at ${this.hosts.join(",")} failed after the request was sent, so the counter may or may not include this add (it is not sent again: etcd cannot tell a repeat from a new add): ${err instanceof Error ? err.message : String(err)}`,
+                { cause: err },
+              );
+            });
+          if (res.succeeded) return sum;
+          current = rangeKvs(res, 0)[0];
+        }
+      },
+      true,
+    );
   }
 
   async compareSet(
@@ -269,6 +313,7 @@ export class EtcdStore implements Store {
     if (this.#ownsClient) {
       this.client.close();
       stopWatchRetries(this.client);
+      this.#onceClient?.close();
     }
   }
 
