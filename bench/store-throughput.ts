@@ -441,6 +441,7 @@ async function main(): Promise<void> {
     // 1b. Values above V8's 64-byte limit for typed arrays in its heap (docs/tcpstore-compat.md,
     // "Throughput"), with 4 client processes: libuv and rdzv only.
     const sized: Record<string, number[]> = {};
+    const sizedCpu: Record<string, number[]> = {};
     const sizedTargets = targets.filter((t) => t.name === "PyTorch libuv" || t.name === "rdzv");
     for (const size of SIZED_VALUES) {
       for (const kind of ["set", "get"] as const) {
@@ -448,7 +449,7 @@ async function main(): Promise<void> {
           for (const target of sizedTargets) {
             const run = await pythonRun(workers.slice(0, 4) as PyAgent[], target, kind, args.ops, rep, size);
             record(sized, `${size}|${kind}|${target.name}`, run.rate);
-            record(sized, `${size}|${kind}|${target.name}|cpu`, run.cpuUs);
+            record(sizedCpu, `${size}|${kind}|${target.name}`, run.cpuUs);
           }
         }
         const m = (t: string): number => median(sized[`${size}|${kind}|${t}`]!);
@@ -551,10 +552,11 @@ async function main(): Promise<void> {
     );
     for (const size of SIZED_VALUES) {
       for (const kind of ["set", "get"] as const) {
-        const of = (t: string, suffix = ""): number => median(sized[`${size}|${kind}|${t}${suffix}`]!);
-        const [a, c] = [of("PyTorch libuv"), of("rdzv")];
+        const of = (runs: Record<string, number[]>, t: string): number =>
+          median(runs[`${size}|${kind}|${t}`]!);
+        const [a, c] = [of(sized, "PyTorch libuv"), of(sized, "rdzv")];
         lines.push(
-          `| ${size} B | ${kind} | ${fmt(a)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${of("PyTorch libuv", "|cpu").toFixed(2)} | ${of("rdzv", "|cpu").toFixed(2)} |`,
+          `| ${size} B | ${kind} | ${fmt(a)} | ${fmt(c)} | ${(c / a).toFixed(2)} | ${of(sizedCpu, "PyTorch libuv").toFixed(2)} | ${of(sizedCpu, "rdzv").toFixed(2)} |`,
         );
       }
     }

@@ -45,6 +45,28 @@ function handler(runId: string, i: number): Promise<DynamicRendezvousHandler> {
   });
 }
 
+/**
+ * Runs `step` in `loops` loops back to back while the leader is killed and restarted 3 times in a row
+ * (each time until it is ready again), so that some step is in flight whenever the cluster elects.
+ */
+async function throughElections(loops: number, step: (loop: number) => Promise<void>): Promise<void> {
+  let stop = false;
+  const running = Array.from({ length: loops }, async (_, i) => {
+    while (!stop) await step(i);
+  });
+  await delay(200);
+  for (let kill = 0; kill < 3; kill++) {
+    const leader = await etcd.leader();
+    await etcd.kill(leader);
+    await delay(1500);
+    await etcd.restart(leader);
+    await etcd.waitReady(leader);
+  }
+  await delay(200);
+  stop = true;
+  await Promise.all(running);
+}
+
 describe("etcd backend on a 3-member cluster", () => {
   it("completes a 50-node rendezvous with correct ranks while the leader is killed and restarted", async () => {
     const handlers = await Promise.all(Array.from({ length: NODES }, (_, i) => handler("fault-run", i)));
@@ -94,38 +116,24 @@ describe("etcd backend on a 3-member cluster", () => {
       ),
     );
     try {
-      let stop = false;
       let succeeded = 0;
       const unknown: string[] = [];
       const other: string[] = [];
       const returned = new Set<number>();
-      const adders = Array.from({ length: 16 }, async (_, i) => {
-        while (!stop) {
-          try {
-            const sum = await stores[i % 8]!.add("c", 1);
-            assert.ok(!returned.has(sum), `two adds returned ${sum}`);
-            returned.add(sum);
-            succeeded++;
-          } catch (err) {
-            if (hasErrorCode(err, "RDZV_CONNECTION") && /may or may not include/.test(String(err))) {
-              unknown.push(String(err));
-            } else {
-              other.push(String(err));
-            }
+      await throughElections(16, async (i) => {
+        try {
+          const sum = await stores[i % 8]!.add("c", 1);
+          assert.ok(!returned.has(sum), `two adds returned ${sum}`);
+          returned.add(sum);
+          succeeded++;
+        } catch (err) {
+          if (hasErrorCode(err, "RDZV_CONNECTION") && /may or may not include/.test(String(err))) {
+            unknown.push(String(err));
+          } else {
+            other.push(String(err));
           }
         }
       });
-      await delay(200);
-      for (let kill = 0; kill < 3; kill++) {
-        const leader = await etcd.leader();
-        await etcd.kill(leader);
-        await delay(1500);
-        await etcd.restart(leader);
-        await etcd.waitReady(leader);
-      }
-      await delay(200);
-      stop = true;
-      await Promise.all(adders);
       assert.deepEqual(other.slice(0, 5), [], `${other.length} adds failed otherwise`);
       const total = await stores[0]!.add("c", 0);
       assert.ok(
@@ -146,31 +154,17 @@ describe("etcd backend on a 3-member cluster", () => {
     });
     try {
       await store.set("k", "v");
-      let stop = false;
       let reads = 0;
       const failures: string[] = [];
-      // 16 readers back to back, so that some read is in flight whenever the cluster elects.
-      const readers = Array.from({ length: 16 }, async () => {
-        while (!stop) {
-          try {
-            assert.equal(await store.check(["k"]), true);
-            reads++;
-          } catch (err) {
-            failures.push(`${hasErrorCode(err, "RDZV_CONNECTION") ? "connection" : "other"}: ${String(err)}`);
-          }
+      // 16 readers back to back.
+      await throughElections(16, async () => {
+        try {
+          assert.equal(await store.check(["k"]), true);
+          reads++;
+        } catch (err) {
+          failures.push(`${hasErrorCode(err, "RDZV_CONNECTION") ? "connection" : "other"}: ${String(err)}`);
         }
       });
-      await delay(200);
-      for (let kill = 0; kill < 3; kill++) {
-        const leader = await etcd.leader();
-        await etcd.kill(leader);
-        await delay(1500);
-        await etcd.restart(leader);
-        await etcd.waitReady(leader);
-      }
-      await delay(200);
-      stop = true;
-      await Promise.all(readers);
       assert.deepEqual(
         failures.slice(0, 5),
         [],

@@ -59,10 +59,15 @@ async function etcdCluster(): Promise<TestCluster> {
 
 defineRendezvousBehaviourSuite(etcdCluster, "etcd (one member)");
 
+/** A store on the shared etcd under a fresh key prefix named after `test`. */
+function freshStore(test: string): Promise<EtcdStore> {
+  const prefix = `/rdzv-test/${process.pid}/${test}-${runs++}/`;
+  return connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+}
+
 describe("etcd backend: the node's lease", () => {
   it("publishes a join under a new lease when etcd already dropped the old one (it expired in a stall)", async () => {
-    const prefix = `/rdzv-test/${process.pid}/lease-${runs++}/`;
-    const store = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+    const store = await freshStore("lease");
     // A long TTL: the client's keep-alives (every TTL / 3) would notice the loss only seconds later.
     const backend = new EtcdRendezvousBackend(store, "lease", { leaseTtlS: 15 });
     try {
@@ -86,8 +91,7 @@ describe("etcd backend: the node's lease", () => {
   });
 
   it("waitEnded wakes on a member key's deletion and on the round's end, not on the round's other keys", async () => {
-    const prefix = `/rdzv-test/${process.pid}/steps-${runs++}/`;
-    const store = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+    const store = await freshStore("steps");
     const backend = new EtcdRendezvousBackend(store, "steps", { leaseTtlS: 15 });
     const key = (path: string) => store.etcdKey(`rdzv/steps/${path}`);
     try {
@@ -115,8 +119,7 @@ describe("etcd backend: the node's lease", () => {
   });
 
   it("goneSlots reads a few slots by key and many by range, with the same answers", async () => {
-    const prefix = `/rdzv-test/${process.pid}/gone-${runs++}/`;
-    const store = await connectEtcdStore({ endpoints: etcd.endpoints, prefix, timeoutMs: 10_000 });
+    const store = await freshStore("gone");
     const nodes = Array.from(
       { length: 20 },
       () => new EtcdRendezvousBackend(store, "gone", { leaseTtlS: 15 }),

@@ -123,11 +123,11 @@ describe("EtcdStore: which calls run again", () => {
 });
 
 /**
- * A one-key etcd for `add`: `get` reads the counter, a transaction compares its create or mod revision,
+ * A store on a one-key etcd for `add`: `get` reads the counter, a transaction compares its create or mod revision,
  * and each transaction meets the next of `fates`: "ok" (applied, answered), "lost" (applied, but the reply
  * never came: etcd3 throws UNAVAILABLE), "unsent" (never sent: no connection). Runs out as "ok".
  */
-function oneKeyEtcd(fates: ("ok" | "lost" | "unsent")[]) {
+function oneKeyStore(fates: ("ok" | "lost" | "unsent")[]) {
   const state = { value: undefined as string | undefined, mod: 0, sent: 0 };
   const kvs = () =>
     state.value === undefined ? [] : [{ value: Buffer.from(state.value), mod_revision: String(state.mod) }];
@@ -166,19 +166,18 @@ function oneKeyEtcd(fates: ("ok" | "lost" | "unsent")[]) {
       return txn;
     },
   };
-  return { client: client as unknown as Etcd3, state };
+  const store = new EtcdStore(client as unknown as Etcd3, {
+    ownsClient: false,
+    hosts: ["http://127.0.0.1:1"],
+    // The same one-key etcd behind the store's reads and its adds' writes.
+    onceClient: () => client as unknown as Etcd3,
+  });
+  return { store, state };
 }
 
 describe("EtcdStore.add: a write etcd may have applied", () => {
   it("is not sent again: the add fails saying the counter may or may not include it", async () => {
-    const { client, state } = oneKeyEtcd(["ok", "lost"]);
-    const s = new EtcdStore({} as Etcd3, {
-      ownsClient: false,
-      hosts: ["http://127.0.0.1:1"],
-      onceClient: () => client,
-    });
-    // The store reads through its own client, and writes through the one-key etcd.
-    (s as unknown as { client: Etcd3 }).client = client;
+    const { store: s, state } = oneKeyStore(["ok", "lost"]);
     assert.equal(await s.add("c", 1), 1);
     const err = (await s.add("c", 1).then(
       () => undefined,
@@ -192,13 +191,7 @@ describe("EtcdStore.add: a write etcd may have applied", () => {
   });
 
   it("runs again when it was never sent", async () => {
-    const { client, state } = oneKeyEtcd(["unsent", "unsent", "ok"]);
-    const s = new EtcdStore({} as Etcd3, {
-      ownsClient: false,
-      hosts: ["http://127.0.0.1:1"],
-      onceClient: () => client,
-    });
-    (s as unknown as { client: Etcd3 }).client = client;
+    const { store: s, state } = oneKeyStore(["unsent", "unsent", "ok"]);
     assert.equal(await s.add("c", 5), 5);
     assert.equal(state.sent, 1);
     assert.equal(state.value, "5");

@@ -8,7 +8,8 @@
  * Reads (and `set`, whose repetition changes nothing) ride out a leader election or a member going down:
  * they run again, with short pauses, until their deadline (see `read`). etcd has no request ids: a
  * mutating call whose reply is lost in a fail-over and that etcd3 retries (its 3 immediate tries) may
- * apply twice (an `add` then counts twice), so rdzv repeats a write only when it was never sent.
+ * apply twice, so rdzv repeats a write only when it was never sent, and `add` writes through a client
+ * that does not retry (see `#once`).
  */
 
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
@@ -150,7 +151,7 @@ export class EtcdStore implements Store {
 
   /**
    * Adds `delta` in a compare-and-set loop; returns the new sum. A write that failed before it left this
-   * process runs again (through `call`); one that failed after is not repeated, since etcd cannot tell a
+   * process runs again (through `#run`); one that failed after is not repeated, since etcd cannot tell a
    * repeat from a new add: the caller gets an error saying the counter may or may not include it.
    */
   #casAdd(key: string, delta: bigint, options: CallOptions | undefined): Promise<bigint> {
