@@ -1,6 +1,7 @@
 /**
  * RedisStore against a real redis-server: the shared Store behaviour suite (queues are not part of the
- * Redis store), prefixes, keyspace notifications being switched on, and a restart without persistence.
+ * Redis store), prefixes, keyspace notifications being switched on, restarts with and without
+ * persistence, and waits across a reconnect of the subscriber connection.
  */
 
 import assert from "node:assert/strict";
@@ -104,6 +105,50 @@ describe("RedisStore specifics", () => {
     } finally {
       await Promise.all([store.close(), other.close()]);
       await server.stop();
+    }
+  });
+});
+
+describe("KeyspaceWaits across a reconnect of its subscriber", () => {
+  it("sees a key created after the reconnect but before the subscriptions were sent again", async () => {
+    const { Redis } = await import("ioredis");
+    const { KeyspaceWaits } = await import("../src/store/redis/waits.js");
+    const [host, port] = redis.endpoint.split(":");
+    const options = { host: host!, port: Number(port), lazyConnect: false };
+    const commands = new Redis(options);
+    const subscriber = new Redis(options);
+    try {
+      await commands.config("SET", "notify-keyspace-events", "K$g");
+      const key = `reconnect:${counter++}`;
+      const waits = new KeyspaceWaits(subscriber, 0);
+      let woke: () => void = () => {};
+      const woken = new Promise<void>((resolve) => {
+        woke = resolve;
+      });
+      const look = (): void => {
+        void commands.exists(key).then((n) => {
+          if (n === 1) woke();
+        });
+      };
+      await waits.register([key], look, look);
+      look();
+      // ioredis says 'ready' before it subscribes again. The key is created in that window, and the
+      // subscriptions of the reconnect are made slow (as on a loaded machine), so neither a look made at
+      // 'ready' nor an event (nobody subscribed yet) sees it.
+      subscriber.once("ready", () => {
+        void commands.set(key, "v");
+      });
+      const subscribe = subscriber.subscribe.bind(subscriber) as (...channels: unknown[]) => Promise<unknown>;
+      (subscriber as unknown as { subscribe: typeof subscribe }).subscribe = async (...channels) => {
+        await new Promise((r) => setTimeout(r, 300));
+        return subscribe(...channels);
+      };
+      subscriber.disconnect(true);
+      const timer = new Promise<string>((resolve) => setTimeout(() => resolve("timeout"), 3000).unref());
+      assert.equal(await Promise.race([woken.then(() => "woken"), timer]), "woken");
+    } finally {
+      commands.disconnect();
+      subscriber.disconnect();
     }
   });
 });

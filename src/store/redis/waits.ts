@@ -3,7 +3,8 @@
  * `__keyspace@<db>__:<key>` for every key somebody waits on (reference-counted), and a waiter is woken by
  * any event of its key that makes it exist. The subscription is confirmed before the waiter checks that
  * the key exists, so no write between the check and the wait is missed; after the subscriber reconnects
- * (events may have been lost meanwhile) every waiter checks again. Nothing polls.
+ * (events may have been lost meanwhile) every waiter checks again, once its key is subscribed again.
+ * Nothing polls.
  */
 
 import type { Redis } from "ioredis";
@@ -44,8 +45,30 @@ export class KeyspaceWaits {
       if (!CREATING.has(message.toString("latin1"))) return;
       for (const w of [...(this.#byKey.get(key) ?? [])]) w.onEvent(key);
     });
-    // Resubscribed after a reconnect: events of the gap are lost, so every waiter looks again.
-    subscriber.on("ready", () => this.recheckAll());
+    // Reconnected: the events of the gap are lost, so every waiter looks again, once its key is
+    // subscribed again. ioredis says 'ready' before it sends the reconnect's SUBSCRIBEs, so a look made
+    // at 'ready' would miss a key created before they are confirmed (and so would the events): the
+    // waited keys are subscribed here too (the server takes a repeated SUBSCRIBE as a no-op), and the
+    // waiters look when that is confirmed.
+    subscriber.on("ready", () => {
+      void this.#resubscribe().finally(() => this.recheckAll());
+    });
+  }
+
+  /**
+   * Subscribes every waited key again (an error means another reconnect, which does this again). Sent
+   * after ioredis's own commands of the reconnect (a SELECT is refused once the connection subscribed).
+   */
+  async #resubscribe(): Promise<void> {
+    await Promise.resolve();
+    const keys = [...this.#byKey.keys()];
+    if (keys.length === 0) return;
+    await this.#subscriber.subscribe(...keys.map((key) => this.#channel(key))).catch(() => undefined);
+  }
+
+  /** The keyspace channel of `key` (full Redis key, latin1). */
+  #channel(key: string): Buffer {
+    return Buffer.concat([Buffer.from(this.#channelPrefix), Buffer.from(key, "latin1")]);
   }
 
   /** Has every waiter look at its keys again. */
@@ -74,9 +97,7 @@ export class KeyspaceWaits {
       set.add(waiter);
       let sub = this.#subscribed.get(key);
       if (sub === undefined) {
-        sub = this.#subscriber.subscribe(
-          Buffer.concat([Buffer.from(this.#channelPrefix), Buffer.from(key, "latin1")]),
-        );
+        sub = this.#subscriber.subscribe(this.#channel(key));
         this.#subscribed.set(key, sub);
       }
       subscriptions.push(sub);
@@ -100,7 +121,7 @@ export class KeyspaceWaits {
       this.#byKey.delete(key);
       const sub = this.#subscribed.get(key);
       this.#subscribed.delete(key);
-      const channel = Buffer.concat([Buffer.from(this.#channelPrefix), Buffer.from(key, "latin1")]);
+      const channel = this.#channel(key);
       // Unsubscribe once the subscription settled, unless someone waits on the key again by then.
       sub
         ?.then(() => {
