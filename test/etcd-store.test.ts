@@ -75,6 +75,26 @@ describe("EtcdStore specifics", () => {
     }
   });
 
+  it("a value over etcd's request limits fails with RDZV_LIMIT_EXCEEDED, not as a member failure", async () => {
+    const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/large/", timeoutMs: 5000 });
+    try {
+      // Over --max-request-bytes (1.5 MiB): etcd refuses it. Over the member's gRPC limit (2 MiB): gRPC's
+      // RESOURCE_EXHAUSTED, which etcd3 counted as a member failure (retried, then the circuit opened and
+      // the store said it cannot reach etcd).
+      for (const bytes of [1.6 * 2 ** 20, 2.2 * 2 ** 20]) {
+        await assert.rejects(s.set("big", new Uint8Array(Math.floor(bytes))), (err: unknown) => {
+          assert.equal((err as { code?: unknown }).code, ErrorCode.LimitExceeded, String(err));
+          assert.match(String(err), /too large/);
+          return true;
+        });
+        await s.set("small", "still works");
+      }
+      assert.equal(await s.check(["big"]), false);
+    } finally {
+      await s.close();
+    }
+  });
+
   it("a get blocked on a key is rejected with RDZV_RESOURCE_CLOSED when the store closes", async () => {
     const s = await connectEtcdStore({ endpoints: etcd.endpoints, prefix: "/closing/", timeoutMs: 5000 });
     const pending = s.get("never");

@@ -1,7 +1,7 @@
 /** An in-process `Store`, for tests and single-process jobs. */
 
-import { ErrorCode, RendezvousError, StoreError } from "../errors.js";
-import { toBytes } from "./bytes.js";
+import { ErrorCode, RendezvousError, RendezvousTimeoutError, StoreError } from "../errors.js";
+import { checkKey, toBytes } from "./bytes.js";
 import { blockingCall, checkTimeoutMs, throwIfAborted } from "./deadline.js";
 import { KvEngine, type Waiter } from "./kv-engine.js";
 import {
@@ -41,7 +41,7 @@ export class MemoryStore implements QueueStore {
   }
 
   async set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    this.enter(options);
+    this.enter(options, key);
     this.engine.set(key, toBytes(value));
   }
 
@@ -54,7 +54,7 @@ export class MemoryStore implements QueueStore {
   }
 
   async add(key: string, delta: number, options?: CallOptions): Promise<number> {
-    this.enter(options);
+    this.enter(options, key);
     return Number(this.engine.add(key, toI64(delta)));
   }
 
@@ -64,17 +64,28 @@ export class MemoryStore implements QueueStore {
     desired: StoreValue,
     options?: CallOptions,
   ): Promise<Uint8Array> {
-    this.enter(options);
+    this.enter(options, key);
     return this.engine.compareSet(key, toBytes(expected), toBytes(desired));
   }
 
   async wait(keys: readonly string[], options?: CallOptions): Promise<void> {
-    this.enter(options);
+    this.enter(options, keys);
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    await this.#waitFor(keys, options?.signal, timeoutMs, timeoutMs);
+  }
+
+  /** Until every one of `keys` exists, for `leftMs`; a timeout says the call's whole `timeoutMs`. */
+  async #waitFor(
+    keys: readonly string[],
+    signal: AbortSignal | undefined,
+    leftMs: number,
+    timeoutMs: number,
+  ): Promise<void> {
     let waiter: Waiter | undefined;
     await blockingCall<void>(
-      options,
-      this.#timeoutMs,
-      (ms) => `wait timeout after ${ms}ms, keys: ${keys.join(", ")}`,
+      signal === undefined ? { timeoutMs: leftMs } : { timeoutMs: leftMs, signal },
+      leftMs,
+      () => `wait timeout after ${timeoutMs}ms, keys: ${keys.join(", ")}`,
       (resolve) => {
         waiter = { wake: () => resolve() };
         if (this.engine.addWaiter(keys, waiter)) resolve();
@@ -86,12 +97,12 @@ export class MemoryStore implements QueueStore {
   }
 
   async check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
-    this.enter(options);
+    this.enter(options, keys);
     return keys.every((key) => this.engine.has(key));
   }
 
   async deleteKey(key: string, options?: CallOptions): Promise<boolean> {
-    this.enter(options);
+    this.enter(options, key);
     return this.engine.delete(key);
   }
 
@@ -115,14 +126,14 @@ export class MemoryStore implements QueueStore {
     values: readonly StoreValue[],
     options?: CallOptions,
   ): Promise<void> {
-    this.enter(options);
+    this.enter(options, keys);
     checkSameLength(keys, values);
     const bytes = values.map(toBytes);
     for (const [i, key] of keys.entries()) this.engine.set(key, bytes[i]!);
   }
 
   async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    this.enter(options);
+    this.enter(options, key);
     this.engine.append(key, toBytes(value));
   }
 
@@ -132,21 +143,38 @@ export class MemoryStore implements QueueStore {
   }
 
   async queuePush(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    this.enter(options);
+    this.enter(options, key);
     this.engine.queuePush(key, toBytes(value));
   }
 
+  /**
+   * Blocking pops wait for a value as the TCP store's do: a wait that ends while the queue is still empty
+   * (another handle popped first, or a plain key of the same name exists) waits again, backing off a
+   * little from the second round on.
+   */
   async queuePop(key: string, options?: QueuePopOptions): Promise<Uint8Array> {
-    if (options?.block ?? true) await this.wait([key], options);
-    else this.enter(options);
-    const value = this.engine.queuePop(key);
-    if (value === undefined)
-      throw new StoreError(`queue ${JSON.stringify(key)} is empty`, ErrorCode.QueueEmpty);
-    return value;
+    this.enter(options, key);
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    const deadline = Date.now() + timeoutMs;
+    for (let round = 0; ; round++) {
+      const value = this.engine.queuePop(key);
+      if (value !== undefined) return value;
+      if (!(options?.block ?? true)) {
+        throw new StoreError(`queue ${JSON.stringify(key)} is empty`, ErrorCode.QueueEmpty);
+      }
+      if (round > 0) {
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          throw new RendezvousTimeoutError(`wait timeout after ${timeoutMs}ms, keys: ${key}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** round, 100, left)));
+      }
+      await this.#waitFor([key], options?.signal, Math.max(0, deadline - Date.now()), timeoutMs);
+    }
   }
 
   async queueLen(key: string, options?: CallOptions): Promise<number> {
-    this.enter(options);
+    this.enter(options, key);
     return this.engine.queueLen(key);
   }
 
@@ -158,9 +186,12 @@ export class MemoryStore implements QueueStore {
     await this.close();
   }
 
-  private enter(options: CallOptions | undefined): void {
+  /** Throws when the store is closed, the call aborted, or a key is not well-formed Unicode. */
+  private enter(options: CallOptions | undefined, keys?: string | readonly string[]): void {
     if (this.#closed) throw new RendezvousError("the store is closed", ErrorCode.ResourceClosed);
     throwIfAborted(options?.signal);
+    if (typeof keys === "string") checkKey(keys);
+    else if (keys !== undefined) for (const key of keys) checkKey(key);
   }
 }
 

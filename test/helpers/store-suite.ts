@@ -119,6 +119,21 @@ export function storeBehaviourSuite(
         });
       });
 
+      it("a call's own timeout holds when it is longer than the store's", async () => {
+        const other = await fx.other();
+        const before = store.timeoutMs;
+        store.timeoutMs = 0;
+        try {
+          const later = new Promise((resolve) => setTimeout(resolve, 100)).then(() => other.set("slow", "v"));
+          assert.equal(text(await store.get("slow", { timeoutMs: 10_000 })), "v");
+          await store.wait(["slow"], { timeoutMs: 10_000 });
+          assert.deepEqual((await store.multiGet(["slow"], { timeoutMs: 10_000 })).map(text), ["v"]);
+          await later;
+        } finally {
+          store.timeoutMs = before;
+        }
+      });
+
       it("a get aborted by its signal rejects with RDZV_ABORTED", async () => {
         const controller = new AbortController();
         const pending = store.get("missing", { timeoutMs: 10_000, signal: controller.signal });
@@ -169,6 +184,20 @@ export function storeBehaviourSuite(
         await rejectsWithCode(store.add("word", 1), ErrorCode.Store, ErrorCode.Connection);
         assert.equal(text(await store.get("word")), "abc");
         assert.equal(await store.add("fine", 1), 1);
+      });
+
+      it("sums as PyTorch: exact up to 2^53, wrapping at 64 bits, '-0' and '007' read as std::stoll", async () => {
+        assert.equal(await store.add("big", 9_007_199_254_740_991), 9_007_199_254_740_991);
+        assert.equal(await store.add("odd", 9_007_199_254_740_989), 9_007_199_254_740_989);
+        assert.equal(await store.add("low", -9_007_199_254_740_991), -9_007_199_254_740_991);
+        await store.set("max", "9223372036854775807");
+        await store.add("max", 1);
+        assert.equal(text(await store.get("max")), "-9223372036854775808");
+        await store.set("zero", "-0");
+        assert.equal(await store.add("zero", 1), 1);
+        await store.set("padded", "007");
+        assert.equal(await store.add("padded", 0), 7);
+        assert.equal(text(await store.get("padded")), "7");
       });
 
       it("wakes a get blocked on the counter", async () => {
@@ -285,6 +314,11 @@ export function storeBehaviourSuite(
         await rejectsWithCode(store.multiGet(["mg1", "nope"], { timeoutMs: 30 }), ErrorCode.Timeout);
       });
 
+      it("multiSet of a repeated key keeps its last value", async () => {
+        await store.multiSet(["dup", "other", "dup"], ["1", "x", "2"]);
+        assert.deepEqual((await store.multiGet(["dup", "other"])).map(text), ["2", "x"]);
+      });
+
       it("multiSet rejects mismatched lengths", async () => {
         await rejectsWithCode(store.multiSet(["a", "b"], ["1"]), ErrorCode.InvalidArgument);
       });
@@ -376,6 +410,17 @@ export function storeBehaviourSuite(
         await rejectsWithCode(q.queuePop("bq", { timeoutMs: 30 }), ErrorCode.Timeout);
       });
 
+      it("a blocking pop waits for a value while a plain key of the queue's name exists", async () => {
+        const q = queueStore(store);
+        const other = queueStore(await fx.other());
+        await q.set("shadow", "plain");
+        const pending = q.queuePop("shadow", { timeoutMs: 10_000 });
+        assert.equal(await settledWithin(pending, 50), false);
+        await other.queuePush("shadow", "item");
+        assert.equal(text(await pending), "item");
+        await rejectsWithCode(q.queuePop("shadow", { timeoutMs: 50 }), ErrorCode.Timeout);
+      });
+
       it("queues are a namespace of their own (not keys)", async () => {
         const q = queueStore(store);
         const base = await q.numKeys();
@@ -406,6 +451,18 @@ export function storeBehaviourSuite(
         assert.equal(text(await other.get("ключ/🔑")), "значение ✓");
         assert.equal(await other.check(["ключ/🔑"]), true);
         assert.equal(await other.add("счётчик", 2), 2);
+      });
+
+      it("refuses keys with a lone UTF-16 surrogate (UTF-8 would make them another key)", async () => {
+        for (const key of ["a\ud800c", "z\udfff"]) {
+          await rejectsWithCode(store.set(key, "v"), ErrorCode.InvalidArgument);
+          await rejectsWithCode(store.get(key, { timeoutMs: 50 }), ErrorCode.InvalidArgument);
+          await rejectsWithCode(store.check(["ok", key]), ErrorCode.InvalidArgument);
+          await rejectsWithCode(store.add(key, 1), ErrorCode.InvalidArgument);
+        }
+        await store.set("a\ufffdc", "replacement");
+        await store.set("pair\ud83d\udd11", "a whole pair is fine");
+        assert.equal(text(await store.get("pair🔑")), "a whole pair is fine");
       });
     });
 

@@ -43,6 +43,13 @@ export function mapEtcdError(err: unknown, what: string, hosts: readonly string[
   if (err instanceof ClientClosedError) {
     return new StoreError(`${what}: the etcd client is closed`, ErrorCode.ResourceClosed, { cause: err });
   }
+  if (isTooLarge(err)) {
+    return new StoreError(
+      `${what}: ${where} refused the request as too large (etcd's --max-request-bytes, 1.5 MiB by default): ${message}`,
+      ErrorCode.LimitExceeded,
+      { cause: err },
+    );
+  }
   if (
     err instanceof Error &&
     (isRecoverableError(err) || isUnsent(err) || /unavailable|ECONNREFUSED|No connection/i.test(message))
@@ -62,7 +69,20 @@ export function isMemberFailure(err: unknown): boolean {
     err instanceof Error &&
     isRecoverableError(err) &&
     !(err instanceof GRPCDeadlineExceededError) &&
-    !isOwnCancel(err)
+    !isOwnCancel(err) &&
+    !isTooLarge(err)
+  );
+}
+
+/**
+ * Whether `err` says the request was too big: etcd's own "request is too large" (over its
+ * --max-request-bytes), or gRPC's RESOURCE_EXHAUSTED "received message larger than max" (over the
+ * member's gRPC limit, --max-request-bytes plus 512 KiB), which etcd3 counts as recoverable. Sending it
+ * again fails the same way, and it says nothing about the member's health.
+ */
+export function isTooLarge(err: unknown): boolean {
+  return (
+    err instanceof Error && /etcdserver: request is too large|message larger than max/i.test(err.message)
   );
 }
 

@@ -14,7 +14,7 @@
 
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
 import { AbortedError, ErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
-import { concatBytes, toBytes } from "../bytes.js";
+import { checkKey, concatBytes, toBytes } from "../bytes.js";
 import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
@@ -80,6 +80,7 @@ export class EtcdStore implements Store {
 
   /** The etcd key of store key `key`. */
   etcdKey(key: string): Buffer {
+    checkKey(key);
     return Buffer.concat([this.#prefixBytes, utf8.encode(key)]);
   }
 
@@ -164,8 +165,12 @@ export class EtcdStore implements Store {
       options,
       async (o) => {
         let current = (await this.client.get(k).options(o).exec()).kvs[0];
-        // Adding 0 to a present counter only reads it.
-        if (current !== undefined && delta === 0n) return parseCounter(current.value);
+        // Adding 0 to a present counter only reads it, unless it is stored in another form than the
+        // sum's decimal ("007", " 7"), which add rewrites as PyTorch does.
+        if (current !== undefined && delta === 0n) {
+          const n = parseCounter(current.value);
+          if (current.value.toString("latin1") === n.toString()) return n;
+        }
         const once = this.#once();
         for (;;) {
           const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
@@ -259,7 +264,11 @@ export class EtcdStore implements Store {
       );
     }
     if (keys.length === 0) return;
-    const puts = keys.map((key, i) => this.client.put(this.etcdKey(key)).value(buf(values[i]!)));
+    // etcd refuses a transaction that puts one key twice; the last value of a repeated key wins, as in
+    // PyTorch's stores (a Map keeps a key's first position and its last value).
+    const last = new Map<string, StoreValue>();
+    for (const [i, key] of keys.entries()) last.set(key, values[i]!);
+    const puts = [...last].map(([key, value]) => this.client.put(this.etcdKey(key)).value(buf(value)));
     // Atomic up to MAX_TXN_OPS keys (one transaction); beyond that, one transaction per chunk.
     await this.call("multiSet", options, (o) =>
       Promise.all(
@@ -446,9 +455,14 @@ export class EtcdStore implements Store {
     }
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     const started = Date.now();
-    // The read is quick: it gets the store's timeout, not what may be a short wait's.
-    const signal = options?.signal === undefined ? {} : { signal: options.signal };
-    const res = await this.read(what, signal, (o) => this.#readAll(keys, o));
+    // The read is quick: it gets the store's timeout, not what may be a short wait's (and the wait's when
+    // that is longer: a store whose default is 0 still serves a call that asks for more).
+    const readTimeoutMs = Math.max(timeoutMs, this.#timeoutMs);
+    const read =
+      options?.signal === undefined
+        ? { timeoutMs: readTimeoutMs }
+        : { timeoutMs: readTimeoutMs, signal: options.signal };
+    const res = await this.read(what, read, (o) => this.#readAll(keys, o));
     const values = new Map<string, Uint8Array>();
     keys.forEach((key, i) => {
       const kv = res.kvs[i];

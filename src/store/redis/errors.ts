@@ -23,7 +23,7 @@ export function mapRedisError(err: unknown, what: string, address: string): Rend
     });
   }
   if (name === "ReplyError") {
-    const text = message.replace(/^(ERR )?(RDZV_NOT_INTEGER|RDZV_ADD) /, "");
+    const text = message.replace(/^ERR /, "");
     return new StoreError(`${what}: ${text}`, ErrorCode.Store, { cause: err });
   }
   return new RendezvousConnectionError(`${what}: cannot reach Redis at ${address}: ${message}`, {

@@ -25,22 +25,23 @@ return cur
 `;
 
 /**
- * KEYS[1] = key, ARGV[1] = delta. INCRBY where the value is a plain integer; otherwise the value is
- * parsed as C++ \`std::stoll\` does (leading whitespace, sign, digits; the rest ignored), rewritten as
- * that integer, then incremented. Errors start with "RDZV_NOT_INTEGER" for a value without digits.
+ * KEYS[1] = key, ARGV[1] = delta. INCRBY, returning the stored sum as a string (an integer reply goes
+ * through ioredis's number parsing, which is off by one for some sums near 2^53). When INCRBY refuses (a
+ * value that is not Redis's canonical integer, such as " 5" or "-0" or "007", which PyTorch reads as
+ * std::stoll does; or a sum past 64 bits, which PyTorch wraps), the error starts with "RDZV_SLOW" and
+ * `RedisStore.add` computes the sum itself and writes it with SWAP_LUA.
  */
 export const ADD_LUA = `
 local ok, res = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
-if ok then return res end
-local cur = redis.call('GET', KEYS[1])
-if cur == false then return redis.error_reply('RDZV_ADD ' .. tostring(res.err or res)) end
-local digits = string.match(cur, '^[ \\t\\n\\v\\f\\r]*([+-]?%d+)')
-if digits == nil then return redis.error_reply('RDZV_NOT_INTEGER the stored value is not an integer') end
-if string.sub(digits, 1, 1) == '+' then digits = string.sub(digits, 2) end
-digits = string.gsub(digits, '^(-?)0+(%d)', '%1%2')
-redis.call('SET', KEYS[1], digits)
-local ok2, res2 = pcall(redis.call, 'INCRBY', KEYS[1], ARGV[1])
-if ok2 then return res2 end
-redis.call('SET', KEYS[1], cur)
-return redis.error_reply('RDZV_ADD ' .. tostring(res2.err or res2))
+if ok then return redis.call('GET', KEYS[1]) end
+return redis.error_reply('RDZV_SLOW ' .. tostring(res.err or res))
+`;
+
+/** KEYS[1] = key, ARGV[1] = expected, ARGV[2] = desired: sets the key when it holds `expected`; 1 if it did. */
+export const SWAP_LUA = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 `;

@@ -12,12 +12,13 @@
 
 import type { Redis } from "ioredis";
 import { ErrorCode, hasErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
-import { toBytes } from "../bytes.js";
+import { checkKey, toBytes } from "../bytes.js";
 import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
 import { mapRedisError } from "./errors.js";
-import { ADD_LUA, COMPARE_SET_LUA } from "./scripts.js";
+import { ADD_LUA, COMPARE_SET_LUA, SWAP_LUA } from "./scripts.js";
 import { KeyspaceWaits } from "./waits.js";
 
 /** What `RedisStore` is built from (see `connectRedisStore`). */
@@ -37,6 +38,9 @@ export interface RedisStoreParts {
 
 /** Name of the epoch key under the prefix; never listed or counted. */
 export const EPOCH_KEY = "\0rdzv-epoch";
+
+/** Tries of `add`'s compare-and-swap path before it gives up (other writers changed the key each time). */
+const MAX_ADD_ATTEMPTS = 100;
 
 /** A `Store` over Redis. Build one with `connectRedisStore`. */
 export class RedisStore implements Store {
@@ -63,6 +67,7 @@ export class RedisStore implements Store {
     this.#waits = new KeyspaceWaits(parts.subscriber, parts.db);
     this.client.defineCommand("rdzvCompareSet", { numberOfKeys: 1, lua: COMPARE_SET_LUA });
     this.client.defineCommand("rdzvAdd", { numberOfKeys: 1, lua: ADD_LUA });
+    this.client.defineCommand("rdzvSwap", { numberOfKeys: 1, lua: SWAP_LUA });
     this.client.on("ready", () => {
       void this.#reconnected(parts);
     });
@@ -103,6 +108,7 @@ export class RedisStore implements Store {
 
   /** The Redis key of store key `key`. */
   key(key: string): Buffer {
+    checkKey(key);
     return Buffer.concat([this.#prefix, Buffer.from(key, "utf8")]);
   }
 
@@ -120,11 +126,31 @@ export class RedisStore implements Store {
     return value!;
   }
 
+  /**
+   * INCRBY in a script. A stored value INCRBY refuses (not Redis's canonical integer, or a sum past 64
+   * bits) is read, parsed as PyTorch does (std::stoll; the sum wraps at 64 bits) and written back with a
+   * compare-and-swap, again until no other write came between.
+   */
   async add(key: string, delta: number, options?: CallOptions): Promise<number> {
     const d = toI64(delta);
-    const sum = await this.call("add", options, () =>
-      (this.client as unknown as RdzvCommands).rdzvAdd(this.key(key), d.toString()),
-    );
+    const k = this.key(key);
+    const commands = this.client as unknown as RdzvCommands;
+    const sum = await this.call("add", options, async () => {
+      for (let attempt = 1; ; attempt++) {
+        if (attempt > MAX_ADD_ATTEMPTS) {
+          throw new StoreError(`add: ${key} changed under every one of ${MAX_ADD_ATTEMPTS} tries`);
+        }
+        try {
+          return BigInt(await commands.rdzvAdd(k, d.toString()));
+        } catch (err) {
+          if (!(err instanceof Error && /RDZV_SLOW/.test(err.message))) throw err;
+        }
+        const held = await this.client.getBuffer(k);
+        if (held === null) continue; // deleted meanwhile: INCRBY creates it
+        const next = wrapI64(parseCounter(held) + d);
+        if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
+      }
+    });
     return Number(sum);
   }
 
@@ -255,8 +281,9 @@ export class RedisStore implements Store {
     if (keys.length === 0) return [];
     const redisKeys = keys.map((k) => this.key(k));
     const read = async (): Promise<(Buffer | null)[]> => this.client.mgetBuffer(...redisKeys);
-    // A read is idempotent: one lost to a dropped connection is simply made again once subscribed.
-    const first = await this.call(what, signalOnly(options), read).catch((err: unknown) => {
+    // A read is idempotent: one lost to a dropped connection is simply made again once subscribed. It is
+    // quick: it gets the store's timeout, not what may be a short wait's (and the wait's when longer).
+    const first = await this.call(what, readOptions(options, this.#timeoutMs), read).catch((err: unknown) => {
       if (this.#lost === undefined && hasErrorCode(err, ErrorCode.Connection)) return undefined;
       throw err;
     });
@@ -301,12 +328,15 @@ export class RedisStore implements Store {
 }
 
 interface RdzvCommands {
-  rdzvAdd(key: Buffer, delta: string): Promise<number>;
+  rdzvAdd(key: Buffer, delta: string): Promise<string>;
+  rdzvSwap(key: Buffer, expected: Buffer, desired: string): Promise<number>;
   rdzvCompareSetBuffer(key: Buffer, expected: Buffer, desired: Buffer): Promise<Buffer>;
 }
 
-function signalOnly(options: CallOptions | undefined): CallOptions {
-  return options?.signal === undefined ? {} : { signal: options.signal };
+/** The options of a wait's first read: the longer of the store's and the call's timeout, the call's signal. */
+function readOptions(options: CallOptions | undefined, storeTimeoutMs: number): CallOptions {
+  const timeoutMs = Math.max(storeTimeoutMs, checkTimeoutMs(options?.timeoutMs ?? storeTimeoutMs));
+  return options?.signal === undefined ? { timeoutMs } : { timeoutMs, signal: options.signal };
 }
 
 function buf(value: StoreValue): Buffer {

@@ -13,6 +13,7 @@ import {
   RendezvousError,
 } from "../../errors.js";
 import type { Logger } from "../../log.js";
+import { sleep } from "../deadline.js";
 import { ClientConnection, Shape, socketError } from "./client-connection.js";
 import {
   AUTH_PROBE_KEY,
@@ -248,26 +249,6 @@ async function checkAuth(conn: ClientConnection, auth: Promise<number>): Promise
   if (answer !== AuthResponse.Accepted) {
     throw new RendezvousAuthError(`the TCPStore server at ${conn.peer} rejected the auth token`);
   }
-}
-
-/** Resolves after `ms` (timer unref'd); rejects with `AbortedError` when `signal` fires first. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(new AbortedError(undefined, { cause: signal.reason }));
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(new AbortedError(undefined, { cause: signal?.reason }));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    timer.unref();
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /** The error pending calls get when their store is closed. */

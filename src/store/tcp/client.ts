@@ -22,9 +22,10 @@
 
 import { EventEmitter } from "node:events";
 import { ErrorCode, InvalidArgumentError, RendezvousError, StoreError } from "../../errors.js";
+import { checkKey } from "../bytes.js";
+import { sleep } from "../deadline.js";
 import { checkSameLength, toI64 } from "../memory-store.js";
 import type { CallOptions, QueuePopOptions, QueueStore, StoreValue } from "../store.js";
-import { sleep } from "./client-connect.js";
 import { type ClientConnection, printable, Shape } from "./client-connection.js";
 import { type ResolvedOptions, resolveOptions, type TCPStoreOptions } from "./client-options.js";
 import { ClientSession, waitTimeoutMessage } from "./client-session.js";
@@ -47,7 +48,9 @@ const NON_ASCII = /[\u0080-\uffff]/;
 function wireKey(key: string): string {
   if (typeof key !== "string")
     throw new InvalidArgumentError(`a store key must be a string, got ${typeof key}`);
-  return NON_ASCII.test(key) ? Buffer.from(`/${key}`, "utf8").toString("latin1") : `/${key}`;
+  if (!NON_ASCII.test(key)) return `/${key}`;
+  checkKey(key);
+  return Buffer.from(`/${key}`, "utf8").toString("latin1");
 }
 
 /**
