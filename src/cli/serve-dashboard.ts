@@ -3,6 +3,7 @@
  * dashboard (src/server/dashboard-app.ts) beside the store.
  */
 
+import type { Logger } from "../log.js";
 import { isLoopbackAddress } from "../rendezvous/endpoint.js";
 import { createDashboardApp } from "../server/dashboard-app.js";
 import { startHttpServer } from "../server/http-server.js";
@@ -50,12 +51,14 @@ export async function startServeDashboard(
   at: { host: string; port: number } | undefined,
   server: TCPStoreServer,
   out: NodeJS.WritableStream,
+  logger?: Logger,
 ): Promise<ServeDashboard> {
   if (at === undefined) return { close: async () => {} };
   const app = createDashboardApp({
     engine: server.engine,
     stats: () => server.stats(),
     storeAddress: formatHostPort(server.host, server.port),
+    ...(logger === undefined ? {} : { logger }),
   });
   let http: Awaited<ReturnType<typeof startHttpServer>>;
   try {

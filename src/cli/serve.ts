@@ -102,7 +102,7 @@ export async function serveCommand(
       `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
     );
   }
-  const dashboard = await startServeDashboard(http, server, out).catch(async (err: unknown) => {
+  const dashboard = await startServeDashboard(http, server, out, logger).catch(async (err: unknown) => {
     data.close();
     await server.close();
     throw err;

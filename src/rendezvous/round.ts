@@ -21,6 +21,13 @@ export interface RoundSettings {
   readonly lastCallTimeoutMs: number;
 }
 
+/**
+ * The largest span an outcome may name (2^24 slots). A round never takes more tickets than nodes join it;
+ * an outcome naming more is corrupt (or forged by some store client), and reading it would make every
+ * reader loop over its slots.
+ */
+export const MAX_SPAN = 2 ** 24;
+
 /** Why a slot stopped taking part. */
 export const GoneReason = {
   /** The member joined the next round (its workers restarted). */
@@ -207,7 +214,8 @@ export function decodeOutcome(text: string): RoundOutcome {
   if (rec.c === 1) return { kind: "closed", round: round as number };
   const span = rec.s;
   const excluded = rec.x;
-  if (!Number.isSafeInteger(span) || (span as number) < 0 || !Array.isArray(excluded)) return bad();
+  if (!Number.isSafeInteger(span) || (span as number) < 0 || (span as number) > MAX_SPAN) return bad();
+  if (!Array.isArray(excluded)) return bad();
   // Strictly ascending exclusions below span: a duplicate or out-of-order one would make rankOf hand out
   // ranks outside 0..W-1.
   const ascending = excluded.every(

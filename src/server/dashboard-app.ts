@@ -12,6 +12,7 @@
  * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
  */
 
+import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import type { ServerStats } from "../store/tcp/server.js";
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from "./dashboard-page.js";
@@ -43,6 +44,8 @@ export interface DashboardAppOptions {
   processMetrics?: boolean;
   /** Clock, epoch ms (default `Date.now`). */
   now?: () => number;
+  /** Where keys the timeline could not follow are reported (default: nowhere). */
+  logger?: Logger;
 }
 
 /** The dashboard's routes and the state behind them. */
@@ -60,7 +63,9 @@ const SOURCES = new Set<string>(["rdzv", "pytorch"]);
 /** Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline). */
 export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const now = options.now ?? Date.now;
-  const monitor = new RendezvousMonitor({ now });
+  const monitor = new RendezvousMonitor(
+    options.logger === undefined ? { now } : { now, logger: options.logger },
+  );
   const detach = monitor.attach(options.engine, options.keyPrefix ?? WIRE_KEY_PREFIX);
   const metrics = createServerMetrics({
     monitor,

@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { encodeOutcome } from "../rendezvous/round.js";
+import { silentLogger } from "../log.js";
+import { encodeOutcome, MAX_SPAN } from "../rendezvous/round.js";
+import { KvEngine } from "../store/kv-engine.js";
+import { inspectRun } from "./inspector.js";
+import { engineKeyReader } from "./key-reader.js";
 import { RendezvousMonitor } from "./monitor.js";
 import type { TimelineEvent } from "./run-view.js";
 
@@ -119,5 +123,31 @@ describe("RendezvousMonitor", () => {
     monitor.observe("rdzv/c/r0/node/0", undefined, desc(0));
     assert.deepEqual(monitor.timeline("a"), []);
     assert.equal(monitor.timeline("c").length, 1);
+  });
+
+  it("follows forged outcomes within the store's write without failing it or looping over their span", async () => {
+    const engine = new KvEngine();
+    const logged: string[] = [];
+    const logger = { ...silentLogger, warn: (message: string) => void logged.push(message) };
+    const monitor = new RendezvousMonitor({ logger });
+    const seen: TimelineEvent[] = [];
+    monitor.on("event", (e) => seen.push(e));
+    monitor.attach(engine);
+    engine.set("/rdzv/evil/open", enc("0"));
+    // A span past MAX_SPAN is corrupt: the write stands, the timeline shows nothing (a span of 9e15 made
+    // the server build an array of that many slots and die).
+    engine.set("/rdzv/evil/r0/outcome", enc(JSON.stringify({ r: 0, s: 9_000_000_000_000_000, x: [] })));
+    assert.equal(seen.length, 0);
+    // The largest span allowed completes at once (no member list to hold it for), and the run's view
+    // lists only the slots it shows.
+    engine.set("/rdzv/big/open", enc("0"));
+    engine.set("/rdzv/big/r0/outcome", enc(JSON.stringify({ r: 0, s: MAX_SPAN, x: [] })));
+    assert.deepEqual(
+      seen.map((e) => [e.type, e.worldSize]),
+      [["completed", MAX_SPAN]],
+    );
+    const [view] = await inspectRun(engineKeyReader(engine, "/"), "big", { maxSlots: 10 });
+    assert.equal(view?.participants.length, 10);
+    assert.deepEqual(logged, []);
   });
 });

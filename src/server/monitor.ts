@@ -7,6 +7,7 @@
  */
 
 import { EventEmitter } from "node:events";
+import type { Logger } from "../log.js";
 import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/round.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import { WIRE_KEY_PREFIX } from "./key-reader.js";
@@ -24,6 +25,8 @@ export interface RendezvousMonitorOptions {
   maxEventsPerRun?: number;
   /** Runs tracked, least recently changed dropped first (default 1000). */
   maxRuns?: number;
+  /** Where a key the monitor could not follow is reported (default: nowhere). */
+  logger?: Logger;
 }
 
 /** Events of `RendezvousMonitor`. */
@@ -51,12 +54,16 @@ interface RunTrack {
 /** How long a completion waits for member descriptors still in flight before it is shown anyway. */
 const HOLD_MS = 2000;
 
+/** Rounds with more members than this complete on the timeline at once, without waiting for descriptors. */
+const MAX_HELD_MEMBERS = 100_000;
+
 /** Watches key changes; see the file comment. */
 export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> implements KeepAliveTimes {
   readonly #now: () => number;
   readonly #maxEvents: number;
   readonly #maxRuns: number;
   readonly #runs = new Map<string, RunTrack>();
+  readonly #logger: Logger | undefined;
   /** The most recently touched run (already last in `#runs`): keep-alives hit the same run in bursts. */
   #latest: string | undefined;
 
@@ -65,6 +72,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     this.#now = options.now ?? Date.now;
     this.#maxEvents = options.maxEventsPerRun ?? 1000;
     this.#maxRuns = options.maxRuns ?? 1000;
+    this.#logger = options.logger;
   }
 
   /**
@@ -72,8 +80,17 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
    * that stops following.
    */
   attach(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX): () => void {
+    // It runs inside the store's write path: whatever a key holds, it must not fail the write.
     return engine.onChange((key, oldValue, newValue) => {
-      if (key.startsWith(keyPrefix)) this.observe(key.slice(keyPrefix.length), oldValue, newValue);
+      if (!key.startsWith(keyPrefix)) return;
+      try {
+        this.observe(key.slice(keyPrefix.length), oldValue, newValue);
+      } catch (err) {
+        this.#logger?.warn("rendezvous monitor: ignoring a key it could not follow", {
+          key: key.slice(0, 200),
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
     });
   }
 
@@ -178,11 +195,14 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       this.#push(t, { at, runId, round, type: "closed" });
       return;
     }
-    const members = memberSlots(outcome);
+    const worldSize = outcome.span - outcome.excluded.length;
     const start = t.roundStart.get(round);
-    const event: TimelineEvent = { at, runId, round, type: "completed", worldSize: members.length };
+    const event: TimelineEvent = { at, runId, round, type: "completed", worldSize };
     if (start !== undefined) event.elapsedMs = at - start.at;
-    const missing = new Set(members.filter((s) => !t.nodes.has(`${round}/${s}`)));
+    const missing =
+      worldSize > MAX_HELD_MEMBERS
+        ? new Set<number>()
+        : new Set(memberSlots(outcome).filter((s) => !t.nodes.has(`${round}/${s}`)));
     if (missing.size === 0) this.#push(t, event);
     else {
       const timer = setTimeout(() => this.#release(t, round), HOLD_MS);

@@ -6,7 +6,7 @@
  */
 
 import type { NodeDescriptor } from "../rendezvous/backend.js";
-import { decodeOutcome, type RoundOutcome, rankOf } from "../rendezvous/round.js";
+import { decodeOutcome, type RoundOutcome } from "../rendezvous/round.js";
 import type { CallOptions } from "../store/store.js";
 import type { KeyReader } from "./key-reader.js";
 import { rdzvKey, rdzvRoundKey } from "./run-keys.js";
@@ -99,7 +99,7 @@ export async function inspectRdzvRun(
     if (!done.ended || !live) {
       view.state = RunState.Complete;
       view.round = last.round;
-      view.participants = members(last, done).map(toView(last.round));
+      view.participants = members(last, done, maxSlots).map(toView(last.round));
       view.waiting = current.slots.filter((s) => s.gone === undefined).map(toView(openRound));
       return view;
     }
@@ -184,16 +184,21 @@ function descriptor(json: string | undefined): NodeDescriptor | undefined {
   }
 }
 
-/** The members of a complete round (slot order), with their ranks. */
-function members(outcome: RoundOutcome, round: RoundKeys): SlotKeys[] {
+/** The members of a complete round (slot order) among its first `maxSlots` slots, with their ranks. */
+function members(outcome: RoundOutcome, round: RoundKeys, maxSlots: number): SlotKeys[] {
   if (outcome.kind !== "complete") return [];
   const bySlot = new Map(round.slots.map((s) => [s.slot, s]));
-  const out: SlotKeys[] = [];
-  for (let s = 0; s < outcome.span; s++) {
-    if (rankOf(outcome, s) === undefined) continue;
-    out.push(bySlot.get(s) ?? { slot: s, node: undefined, keepAlives: undefined, gone: undefined });
+  const excluded = new Set(outcome.excluded);
+  const out: (SlotKeys & { rank: number })[] = [];
+  // A member's index is its slot less the excluded slots below it (as rankOf counts, in one pass).
+  let index = 0;
+  for (let s = 0; s < Math.min(outcome.span, maxSlots); s++) {
+    if (excluded.has(s)) continue;
+    const keys = bySlot.get(s) ?? { slot: s, node: undefined, keepAlives: undefined, gone: undefined };
+    out.push({ ...keys, rank: outcome.ranks?.[index] ?? index });
+    index++;
   }
-  return out.map((s) => ({ ...s, rank: rankOf(outcome, s.slot)!.rank }));
+  return out;
 }
 
 function nodeView(
