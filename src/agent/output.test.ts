@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { PassThrough, Writable } from "node:stream";
 import { describe, it } from "node:test";
-import { createWorkerOutput, LineSplitter, TailBuffer } from "./output.js";
+import { createWorkerOutput, LineSplitter, MAX_HELD_CHARS, TailBuffer } from "./output.js";
 import { formatStatus } from "./status-line.js";
 
 describe("LineSplitter", () => {
@@ -12,6 +12,24 @@ describe("LineSplitter", () => {
     assert.deepEqual(s.flush(), ["d"]);
     assert.deepEqual(s.flush(), []);
   });
+
+  it("holds at most MAX_HELD_CHARS of a line without a newline, passing it on in pieces", () => {
+    const s = new LineSplitter();
+    const chunk = "x".repeat(1000);
+    let out = 0;
+    let most = 0;
+    for (let i = 0; i < 2000; i++) {
+      for (const line of s.push(chunk)) {
+        assert.ok(line.length <= MAX_HELD_CHARS + chunk.length);
+        out += line.length;
+      }
+      most = Math.max(most, s.heldChars);
+    }
+    out += s.flush().join("").length;
+    assert.equal(out, 2000 * chunk.length);
+    assert.ok(most <= MAX_HELD_CHARS + chunk.length, `held ${most} characters`);
+    assert.deepEqual(s.push("\nnext\n"), ["", "next"]);
+  });
 });
 
 describe("TailBuffer", () => {
@@ -19,6 +37,26 @@ describe("TailBuffer", () => {
     const t = new TailBuffer(2, 5);
     t.push("one\ntwo\nthree-long\nfour");
     assert.deepEqual(t.lines(), ["three…", "four"]);
+  });
+
+  it("keeps what a terminal shows of a line that \\r rewrites, across chunks", () => {
+    const t = new TailBuffer(3, 20);
+    t.push("a\r\nb\rbb\r");
+    t.push("\nprogress 1%\rprogress 2");
+    t.push("%\rprogress 3%");
+    assert.deepEqual(t.lines(), ["a", "bb", "progress 3%"]);
+    t.push("\r\nboom\n");
+    assert.deepEqual(t.lines(), ["bb", "progress 3%", "boom"]);
+  });
+
+  it("stays bounded by its lines and width for megabytes of progress output without a newline", () => {
+    const t = new TailBuffer(2, 50);
+    const bar = `\r${"z".repeat(99)}`;
+    for (let i = 0; i < 500; i++) t.push(bar.repeat(100));
+    t.push(`\rlast ${"y".repeat(200)}`);
+    assert.deepEqual(t.lines(), [`last ${"y".repeat(45)}…`]);
+    t.push("\nTraceback\n");
+    assert.deepEqual(t.lines(), [`last ${"y".repeat(45)}…`, "Traceback"]);
   });
 });
 
@@ -80,6 +118,28 @@ describe("createWorkerOutput", () => {
     b.end();
     await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
     assert.equal(out.text(), "rank 1: sum\nrank 0: sum\n");
+  });
+
+  it("without a prefix, passes a line longer than MAX_HELD_CHARS on in bounded pieces", async () => {
+    const pieces: number[] = [];
+    const out = new Writable({
+      write(chunk, _enc, cb) {
+        pieces.push(String(chunk).length);
+        cb();
+      },
+    });
+    const output = createWorkerOutput({ prefix: false, stdout: out, stderr: collect().stream });
+    const source = new PassThrough({ encoding: "utf8" });
+    output.attach(0, "stdout", source);
+    const chunk = "y".repeat(4096);
+    for (let i = 0; i < 100; i++) source.write(chunk);
+    source.end();
+    await new Promise((r) => source.on("end", r));
+    assert.equal(
+      pieces.reduce((a, b) => a + b, 0),
+      100 * chunk.length,
+    );
+    assert.ok(Math.max(...pieces) <= MAX_HELD_CHARS + chunk.length, `pieces ${pieces.join(",")}`);
   });
 });
 

@@ -9,22 +9,56 @@ import type { Readable, Writable } from "node:stream";
 /** Which of a worker's streams. */
 export type StreamName = "stdout" | "stderr";
 
-/** Splits text into complete lines, carrying a partial last line over to the next chunk. */
-export class LineSplitter {
-  #partial = "";
+/** The most of an unfinished line held back, in characters: past it, the line goes out in pieces. */
+export const MAX_HELD_CHARS = 64 * 1024;
 
-  /** The complete lines in `partial + text`, without their `\n` (a `\r\n` loses its `\r` too). */
+/**
+ * Splits text into complete lines, carrying a partial last line over to the next chunk. Linear in the
+ * text: each chunk is searched once, and the partial line is kept as a list of pieces, joined once at its
+ * end. A partial line longer than `maxLineChars` comes out as a line as it is, so memory stays bounded.
+ */
+export class LineSplitter {
+  readonly #pieces: string[] = [];
+  #held = 0;
+  readonly #maxLineChars: number;
+
+  constructor(maxLineChars = MAX_HELD_CHARS) {
+    this.#maxLineChars = maxLineChars;
+  }
+
+  /** Characters of the partial line held back now. */
+  get heldChars(): number {
+    return this.#held;
+  }
+
+  /** The lines that `text` completes, without their `\n` (a `\r\n` loses its `\r` too). */
   push(text: string): string[] {
-    const parts = (this.#partial + text).split("\n");
-    this.#partial = parts.pop() ?? "";
-    return parts.map(stripCR);
+    const lines: string[] = [];
+    let start = 0;
+    for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n", start)) {
+      this.#pieces.push(text.slice(start, nl));
+      lines.push(stripCR(this.#take()));
+      start = nl + 1;
+    }
+    if (start < text.length) {
+      this.#pieces.push(start === 0 ? text : text.slice(start));
+      this.#held += text.length - start;
+      if (this.#held > this.#maxLineChars) lines.push(this.#take());
+    }
+    return lines;
   }
 
   /** The partial line left over, if any (at end of stream). */
   flush(): string[] {
-    const rest = this.#partial;
-    this.#partial = "";
+    const rest = this.#take();
     return rest === "" ? [] : [stripCR(rest)];
+  }
+
+  #take(): string {
+    const line = this.#pieces.length === 1 ? this.#pieces[0]! : this.#pieces.join("");
+    this.#pieces.length = 0;
+    this.#held = 0;
+    return line;
   }
 }
 
@@ -32,12 +66,19 @@ function stripCR(line: string): string {
   return line.endsWith("\r") ? line.slice(0, -1) : line;
 }
 
-/** The last `maxLines` lines written to a stream, each cut to `maxLineChars`. */
+/**
+ * The last `maxLines` lines written to a stream, each cut to `maxLineChars`, as a terminal shows them: of
+ * a line that `\r` rewrites (a progress bar), only the last rewrite. Linear in the text, and it holds at
+ * most `maxLines + 1` lines of `maxLineChars + 1` characters, however long the lines are.
+ */
 export class TailBuffer {
   readonly #lines: string[] = [];
-  readonly #splitter = new LineSplitter();
   readonly #maxLines: number;
   readonly #maxLineChars: number;
+  /** The current line's last `\r`-segment so far, at most `maxLineChars + 1` characters. */
+  #current = "";
+  /** The last character was a `\r`: the next one either ends the line (`\n`) or rewrites it. */
+  #afterCR = false;
 
   constructor(maxLines = 20, maxLineChars = 400) {
     this.#maxLines = maxLines;
@@ -45,20 +86,47 @@ export class TailBuffer {
   }
 
   push(text: string): void {
-    for (const line of this.#splitter.push(text)) this.#add(line);
+    let nl = text.indexOf("\n");
+    let cr = text.indexOf("\r");
+    for (let start = 0; start < text.length; ) {
+      // Both positions are searched again only once passed: one pass over the text in all.
+      if (nl >= 0 && nl < start) nl = text.indexOf("\n", start);
+      if (cr >= 0 && cr < start) cr = text.indexOf("\r", start);
+      const end = nl < 0 ? cr : cr < 0 ? nl : Math.min(nl, cr);
+      this.#append(text, start, end < 0 ? text.length : end);
+      if (end < 0) return;
+      if (end === nl) this.#endLine();
+      else this.#afterCR = true;
+      start = end + 1;
+    }
   }
 
   /** The kept lines, the partial last line included. */
   lines(): string[] {
-    const pending = this.#splitter.flush();
-    for (const line of pending) this.#add(line);
-    return [...this.#lines];
+    const lines = this.#lines.map((l) => this.#cut(l));
+    if (this.#current !== "") lines.push(this.#cut(this.#current));
+    return lines.slice(-this.#maxLines);
   }
 
-  #add(line: string): void {
-    const cut = line.length > this.#maxLineChars ? `${line.slice(0, this.#maxLineChars)}…` : line;
-    this.#lines.push(cut);
+  #append(text: string, start: number, end: number): void {
+    if (end === start) return;
+    if (this.#afterCR) {
+      this.#current = "";
+      this.#afterCR = false;
+    }
+    const room = this.#maxLineChars + 1 - this.#current.length;
+    if (room > 0) this.#current += text.slice(start, Math.min(end, start + room));
+  }
+
+  #endLine(): void {
+    this.#lines.push(this.#current);
     if (this.#lines.length > this.#maxLines) this.#lines.shift();
+    this.#current = "";
+    this.#afterCR = false;
+  }
+
+  #cut(line: string): string {
+    return line.length > this.#maxLineChars ? `${line.slice(0, this.#maxLineChars)}…` : line;
   }
 }
 
@@ -77,9 +145,6 @@ export interface WorkerOutputOptions {
   /** Called before each write (the status line hides itself there). */
   readonly beforeWrite?: () => void;
 }
-
-/** The most of an unfinished line held back from the agent's output, in characters. */
-const MAX_HELD_CHARS = 64 * 1024;
 
 /** Output to the agent's own streams, pausing a worker's stream while its destination is full. */
 export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
@@ -104,16 +169,26 @@ export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
       }
       // Untouched, but only up to the last line end (`\n`, or `\r` for progress bars): workers writing at
       // once must not interleave within a line (an unbuffered Python `print` writes text and newline apart).
-      let pending = "";
+      // Only the new chunk is searched, and what is held back is kept in pieces.
+      const held: string[] = [];
+      let heldChars = 0;
+      const release = (upTo = ""): string => {
+        held.push(upTo);
+        const text = held.join("");
+        held.length = 0;
+        heldChars = 0;
+        return text;
+      };
       source.on("data", (chunk: string) => {
-        const text = pending + chunk;
+        const lineEnd = Math.max(chunk.lastIndexOf("\n"), chunk.lastIndexOf("\r")) + 1;
+        if (lineEnd > 0) write(release(chunk.slice(0, lineEnd)));
+        if (lineEnd === chunk.length) return;
+        held.push(lineEnd === 0 ? chunk : chunk.slice(lineEnd));
+        heldChars += chunk.length - lineEnd;
         // A line longer than MAX_HELD_CHARS goes out in pieces rather than pile up.
-        const lineEnd = Math.max(text.lastIndexOf("\n"), text.lastIndexOf("\r")) + 1;
-        const end = text.length - lineEnd > MAX_HELD_CHARS ? text.length : lineEnd;
-        pending = text.slice(end);
-        write(text.slice(0, end));
+        if (heldChars > MAX_HELD_CHARS) write(release());
       });
-      source.on("end", () => write(pending));
+      source.on("end", () => write(release()));
     },
   };
 }
