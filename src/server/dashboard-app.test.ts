@@ -217,3 +217,41 @@ describe("dashboard over HTTP", () => {
     }
   });
 });
+
+describe("dashboard event streams that do not keep up", () => {
+  it("drops a client that never reads once its backlog passes maxEventBacklogBytes, and says so", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const warnings: Record<string, unknown>[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: string, f?: Record<string, unknown>) => void warnings.push(f ?? {}),
+    };
+    const app = createDashboardApp({
+      engine: server.engine,
+      processMetrics: false,
+      pushIntervalMs: 10,
+      maxEventBacklogBytes: 4096,
+      logger,
+    });
+    try {
+      const res = await get(app, "/events");
+      const reader = res.body!.getReader(); // never reads past here
+      // Each new run changes the run list: a bigger `runs` event every push.
+      for (let i = 0; i < 200 && warnings.length === 0; i++) {
+        server.engine.set(`/rdzv/run-${i}/open`, new TextEncoder().encode("0"));
+        await new Promise((r) => setTimeout(r, 15));
+      }
+      assert.equal(warnings.length, 1, "dropped once");
+      assert.equal(warnings[0]?.reason, "backlog");
+      assert.ok(Number(warnings[0]?.backlogBytes) > 4096);
+      await assert.rejects(async () => {
+        for (;;) if ((await reader.read()).done) break;
+      }, /dropped/);
+    } finally {
+      app.close();
+      await server.close();
+    }
+  });
+});

@@ -22,7 +22,7 @@ import { LiveUpdates } from "./live-updates.js";
 import { createServerMetrics, type ServerMetrics } from "./metrics.js";
 import { RendezvousMonitor } from "./monitor.js";
 import { type RunSummary, type RunView, summarize } from "./run-view.js";
-import { createSseStream, type SseStream } from "./sse.js";
+import { createSseStream, type SseStream, sseBounds } from "./sse.js";
 
 /** Options of `createDashboardApp`. */
 export interface DashboardAppOptions {
@@ -40,11 +40,18 @@ export interface DashboardAppOptions {
   pushIntervalMs?: number;
   /** Least time between two pushes when only keep-alive counters moved, ms (default 1000). */
   keepAlivePushIntervalMs?: number;
+  /**
+   * Most bytes queued for an event-stream client that does not keep up before it is dropped (default
+   * 4 MiB); it reconnects and gets a fresh snapshot. See sse.ts.
+   */
+  maxEventBacklogBytes?: number;
+  /** Longest an event-stream client may take nothing while events wait, ms (default 30 000). */
+  maxEventStallMs?: number;
   /** Export Node's process metrics too (default true). */
   processMetrics?: boolean;
   /** Clock, epoch ms (default `Date.now`). */
   now?: () => number;
-  /** Where keys the timeline could not follow are reported (default: nowhere). */
+  /** Where unfollowable keys and dropped event-stream clients are reported (default: nowhere). */
   logger?: Logger;
 }
 
@@ -60,9 +67,16 @@ export interface DashboardApp {
 
 const SOURCES = new Set<string>(["rdzv", "pytorch"]);
 
-/** Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline). */
+/**
+ * Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline).
+ * Throws `InvalidArgumentError` for event-stream bounds that are not positive integers.
+ */
 export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const now = options.now ?? Date.now;
+  const bounds = sseBounds({
+    ...(options.maxEventBacklogBytes === undefined ? {} : { maxBacklogBytes: options.maxEventBacklogBytes }),
+    ...(options.maxEventStallMs === undefined ? {} : { maxStallMs: options.maxEventStallMs }),
+  });
   const monitor = new RendezvousMonitor(
     options.logger === undefined ? { now } : { now, logger: options.logger },
   );
@@ -117,10 +131,16 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
             () => stream.end(),
           );
       },
-      close() {
+      close(drop) {
         unsubscribe?.();
         streams.delete(stream);
+        if (drop !== undefined) {
+          options.logger?.warn("dashboard: dropped an event-stream client that does not keep up", {
+            ...drop,
+          });
+        }
       },
+      ...bounds,
     });
     streams.add(stream);
     return new Response(stream.body, {

@@ -105,20 +105,34 @@ async function serve(
   }
   const reader = response.body.getReader();
   res.on("close", () => void reader.cancel().catch(() => undefined));
+  // Rejects when the body fails, e.g. an event stream that dropped a client which stopped reading: the
+  // connection must close then, also while it waits for a drain that never comes.
+  const failed = reader.closed.then(() => new Promise<never>(() => {}));
+  failed.catch(() => undefined);
   try {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
       // Event streams must reach the browser now, not when a buffer fills.
       if (!res.write(value)) {
-        await new Promise<void>((resolve) => {
-          res.once("drain", resolve);
-          res.once("close", resolve);
-        });
+        await Promise.race([drainedOrClosed(res), failed]);
       }
     }
     res.end();
   } catch {
     res.destroy();
   }
+}
+
+/** Resolves at the response's next `drain` or `close`, leaving no listener behind. */
+function drainedOrClosed(res: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
 }
