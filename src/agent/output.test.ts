@@ -1,34 +1,38 @@
 import assert from "node:assert/strict";
+import { randomBytes, randomInt } from "node:crypto";
 import { PassThrough, Writable } from "node:stream";
 import { describe, it } from "node:test";
-import { createWorkerOutput, LineSplitter, MAX_HELD_CHARS, TailBuffer } from "./output.js";
+import { createWorkerOutput, LineSplitter, MAX_HELD_BYTES, TailBuffer } from "./output.js";
 import { formatStatus } from "./status-line.js";
 
+const latin1 = (text: string): Buffer => Buffer.from(text, "latin1");
+const texts = (lines: Buffer[]): string[] => lines.map((l) => l.toString("latin1"));
+
 describe("LineSplitter", () => {
-  it("carries partial lines across chunks and strips \\r\\n", () => {
+  it("carries partial lines across chunks, each line with its line end as written", () => {
     const s = new LineSplitter();
-    assert.deepEqual(s.push("a"), []);
-    assert.deepEqual(s.push("b\r\nc\n\nd"), ["ab", "c", ""]);
-    assert.deepEqual(s.flush(), ["d"]);
+    assert.deepEqual(s.push(latin1("a")), []);
+    assert.deepEqual(texts(s.push(latin1("b\r\nc\n\nd"))), ["ab\r\n", "c\n", "\n"]);
+    assert.deepEqual(texts(s.flush()), ["d"]);
     assert.deepEqual(s.flush(), []);
   });
 
-  it("holds at most MAX_HELD_CHARS of a line without a newline, passing it on in pieces", () => {
+  it("holds at most MAX_HELD_BYTES of a line without a newline, passing it on in pieces", () => {
     const s = new LineSplitter();
-    const chunk = "x".repeat(1000);
+    const chunk = latin1("x".repeat(1000));
     let out = 0;
     let most = 0;
     for (let i = 0; i < 2000; i++) {
       for (const line of s.push(chunk)) {
-        assert.ok(line.length <= MAX_HELD_CHARS + chunk.length);
+        assert.ok(line.length <= MAX_HELD_BYTES + chunk.length);
         out += line.length;
       }
-      most = Math.max(most, s.heldChars);
+      most = Math.max(most, s.heldBytes);
     }
-    out += s.flush().join("").length;
+    out += s.flush().reduce((n, l) => n + l.length, 0);
     assert.equal(out, 2000 * chunk.length);
-    assert.ok(most <= MAX_HELD_CHARS + chunk.length, `held ${most} characters`);
-    assert.deepEqual(s.push("\nnext\n"), ["", "next"]);
+    assert.ok(most <= MAX_HELD_BYTES + chunk.length, `held ${most} bytes`);
+    assert.deepEqual(texts(s.push(latin1("\nnext\n"))), ["\n", "next\n"]);
   });
 });
 
@@ -49,6 +53,12 @@ describe("TailBuffer", () => {
     assert.deepEqual(t.lines(), ["bb", "progress 3%", "boom"]);
   });
 
+  it("shows bytes that are not UTF-8 as U+FFFD", () => {
+    const t = new TailBuffer();
+    t.push(Buffer.from([0x66, 0xff, 0x6f, 0x0a, 0xe2, 0x82]));
+    assert.deepEqual(t.lines(), ["f\ufffdo", "\ufffd"]);
+  });
+
   it("stays bounded by its lines and width for megabytes of progress output without a newline", () => {
     const t = new TailBuffer(2, 50);
     const bar = `\r${"z".repeat(99)}`;
@@ -60,15 +70,16 @@ describe("TailBuffer", () => {
   });
 });
 
-function collect(): { stream: Writable; text: () => string } {
-  let text = "";
+function collect(): { stream: Writable; text: () => string; bytes: () => Buffer } {
+  const chunks: Buffer[] = [];
   const stream = new Writable({
-    write(chunk, _enc, cb) {
-      text += String(chunk);
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(chunk);
       cb();
     },
   });
-  return { stream, text: () => text };
+  const bytes = (): Buffer => Buffer.concat(chunks);
+  return { stream, text: () => bytes().toString("utf8"), bytes };
 }
 
 describe("createWorkerOutput", () => {
@@ -82,7 +93,7 @@ describe("createWorkerOutput", () => {
       stderr: err.stream,
       beforeWrite: () => hides++,
     });
-    const source = new PassThrough({ encoding: "utf8" });
+    const source = new PassThrough();
     output.attach(3, "stdout", source);
     source.write("hel");
     source.write("lo\nwor");
@@ -96,7 +107,7 @@ describe("createWorkerOutput", () => {
   it("passes chunks through untouched without a prefix", async () => {
     const err = collect();
     const output = createWorkerOutput({ prefix: false, stdout: collect().stream, stderr: err.stream });
-    const source = new PassThrough({ encoding: "utf8" });
+    const source = new PassThrough();
     output.attach(0, "stderr", source);
     source.end("50%\r100%");
     await new Promise((r) => source.on("end", r));
@@ -106,8 +117,8 @@ describe("createWorkerOutput", () => {
   it("without a prefix, never interleaves two workers within a line", async () => {
     const out = collect();
     const output = createWorkerOutput({ prefix: false, stdout: out.stream, stderr: collect().stream });
-    const a = new PassThrough({ encoding: "utf8" });
-    const b = new PassThrough({ encoding: "utf8" });
+    const a = new PassThrough();
+    const b = new PassThrough();
     output.attach(0, "stdout", a);
     output.attach(1, "stdout", b);
     a.write("rank 0: sum");
@@ -120,16 +131,16 @@ describe("createWorkerOutput", () => {
     assert.equal(out.text(), "rank 1: sum\nrank 0: sum\n");
   });
 
-  it("without a prefix, passes a line longer than MAX_HELD_CHARS on in bounded pieces", async () => {
+  it("without a prefix, passes a line longer than MAX_HELD_BYTES on in bounded pieces", async () => {
     const pieces: number[] = [];
     const out = new Writable({
-      write(chunk, _enc, cb) {
-        pieces.push(String(chunk).length);
+      write(chunk: Buffer, _enc, cb) {
+        pieces.push(chunk.length);
         cb();
       },
     });
     const output = createWorkerOutput({ prefix: false, stdout: out, stderr: collect().stream });
-    const source = new PassThrough({ encoding: "utf8" });
+    const source = new PassThrough();
     output.attach(0, "stdout", source);
     const chunk = "y".repeat(4096);
     for (let i = 0; i < 100; i++) source.write(chunk);
@@ -139,9 +150,54 @@ describe("createWorkerOutput", () => {
       pieces.reduce((a, b) => a + b, 0),
       100 * chunk.length,
     );
-    assert.ok(Math.max(...pieces) <= MAX_HELD_CHARS + chunk.length, `pieces ${pieces.join(",")}`);
+    assert.ok(Math.max(...pieces) <= MAX_HELD_BYTES + chunk.length, `pieces ${pieces.join(",")}`);
+  });
+
+  it("passes random bytes through untouched without a prefix", async () => {
+    const data = randomBytes(100_000);
+    const out = collect();
+    const source = new PassThrough();
+    createWorkerOutput({ prefix: false, stdout: out.stream, stderr: collect().stream }).attach(
+      0,
+      "stdout",
+      source,
+    );
+    await feed(source, data);
+    assert.ok(out.bytes().equals(data));
+  });
+
+  it("with a prefix, splits random bytes at the newline byte and keeps every byte", async () => {
+    const data = randomBytes(100_000);
+    const out = collect();
+    const source = new PassThrough();
+    createWorkerOutput({ prefix: true, stdout: out.stream, stderr: collect().stream }).attach(
+      5,
+      "stdout",
+      source,
+    );
+    await feed(source, data);
+    const tag = Buffer.from("[rank5]: ");
+    const expected: Buffer[] = [];
+    for (let start = 0; start < data.length; ) {
+      const nl = data.indexOf(0x0a, start);
+      const end = nl < 0 ? data.length : nl + 1;
+      expected.push(tag, data.subarray(start, end), nl < 0 ? Buffer.from("\n") : Buffer.alloc(0));
+      start = end;
+    }
+    assert.ok(out.bytes().equals(Buffer.concat(expected)));
   });
 });
+
+/** Writes `data` to `source` in random pieces and ends it; resolves once it was read to the end. */
+async function feed(source: PassThrough, data: Buffer): Promise<void> {
+  for (let start = 0; start < data.length; ) {
+    const end = Math.min(data.length, start + randomInt(1, 5000));
+    source.write(data.subarray(start, end));
+    start = end;
+  }
+  source.end();
+  await new Promise((resolve) => source.on("end", resolve));
+}
 
 describe("formatStatus", () => {
   it("shows round, nodes against the range, workers and restarts", () => {

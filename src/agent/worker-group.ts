@@ -139,9 +139,9 @@ export class WorkerGroup {
       ["stdout", child.stdout!],
       ["stderr", child.stderr!],
     ];
+    // Bytes, not text: worker output is passed on as it was written (binary, other encodings).
     for (const [name, stream] of streams) {
-      stream.setEncoding("utf8");
-      if (name === "stderr") stream.on("data", (text: string) => tail.push(text));
+      if (name === "stderr") stream.on("data", (chunk: Buffer) => tail.push(chunk));
       options.output.attach(spec.rank, name, stream);
     }
     // Created now, so that no 'close' is missed: the exit is recorded once all output was read.
