@@ -186,6 +186,35 @@ describe("createWorkerOutput", () => {
     }
     assert.ok(out.bytes().equals(Buffer.concat(expected)));
   });
+
+  it("pauses every worker behind a full stream with one 'drain' listener, and resumes them all", async () => {
+    let received = 0;
+    let mostListeners = 0;
+    const slow: Writable = new Writable({
+      highWaterMark: 1024,
+      write(chunk: Buffer, _enc, cb) {
+        received += chunk.length;
+        mostListeners = Math.max(mostListeners, slow.listenerCount("drain"));
+        setTimeout(cb, 1);
+      },
+    });
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): number => warnings.push(w);
+    process.on("warning", onWarning);
+    try {
+      const output = createWorkerOutput({ prefix: false, stdout: slow, stderr: collect().stream });
+      const sources = Array.from({ length: 16 }, () => new PassThrough());
+      for (const [rank, source] of sources.entries()) output.attach(rank, "stdout", source);
+      const line = Buffer.from(`${"x".repeat(1023)}\n`);
+      await Promise.all(sources.map((source) => feed(source, Buffer.concat(Array(20).fill(line)))));
+      await new Promise((resolve) => slow.end(resolve));
+    } finally {
+      process.off("warning", onWarning);
+    }
+    assert.equal(received, 16 * 20 * 1024);
+    assert.equal(mostListeners, 1);
+    assert.deepEqual(warnings, []);
+  });
 });
 
 /** Writes `data` to `source` in random pieces and ends it; resolves once it was read to the end. */

@@ -164,19 +164,48 @@ export interface WorkerOutputOptions {
   readonly beforeWrite?: () => void;
 }
 
-/** Output to the agent's own streams, pausing a worker's stream while its destination is full. */
+/**
+ * One of the agent's streams, shared by every worker writing to it. While it is full, the workers' streams
+ * that wrote to it are paused, and all of them resume on its next 'drain': one listener however many
+ * workers there are (a listener per paused worker passed the default limit of 10 with 11 workers).
+ */
+class Sink {
+  readonly #stream: Writable;
+  readonly #beforeWrite: (() => void) | undefined;
+  readonly #paused = new Set<Readable>();
+
+  constructor(stream: Writable, beforeWrite: (() => void) | undefined) {
+    this.#stream = stream;
+    this.#beforeWrite = beforeWrite;
+  }
+
+  /** Writes `bytes` from `source`, pausing `source` until the stream drains when it is full. */
+  write(bytes: Buffer, source: Readable): void {
+    if (bytes.length === 0) return;
+    this.#beforeWrite?.();
+    if (this.#stream.write(bytes)) return;
+    source.pause();
+    this.#paused.add(source);
+    if (this.#paused.size === 1) this.#stream.once("drain", () => this.#resume());
+  }
+
+  #resume(): void {
+    const paused = [...this.#paused];
+    this.#paused.clear();
+    for (const source of paused) source.resume();
+  }
+}
+
+/** Output to the agent's own streams, pausing workers' streams while their destination is full. */
 export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
+  const sinks = {
+    stdout: new Sink(options.stdout, options.beforeWrite),
+    stderr: new Sink(options.stderr, options.beforeWrite),
+  };
   return {
     attach(rank, stream, source) {
-      const dest = stream === "stdout" ? options.stdout : options.stderr;
-      const write = (bytes: Buffer): void => {
-        if (bytes.length === 0) return;
-        options.beforeWrite?.();
-        if (!dest.write(bytes)) {
-          source.pause();
-          dest.once("drain", () => source.resume());
-        }
-      };
+      const sink = sinks[stream];
+      const write = (bytes: Buffer): void => sink.write(bytes, source);
       if (options.prefix) {
         const splitter = new LineSplitter();
         const tag = Buffer.from(`[rank${rank}]: `);
