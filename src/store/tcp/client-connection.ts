@@ -4,7 +4,10 @@
  * Replies carry no id, so they are matched to requests by order: every request that expects a reply
  * appends its reply shape to a FIFO, and the reply stream is decoded in that order. Requests made in the
  * same tick are gathered into one socket write. Requests without a reply (SET, APPEND, ...) resolve once
- * their batch has been handed to the kernel.
+ * the server has handled them: a write that ends with such requests ends with a PING (v1: GETNUMKEYS),
+ * whose reply, coming in order, says that everything before it was applied (and, with `--data-dir`,
+ * journaled). So a `set` that resolved survives a server that is killed afterwards, and one the server
+ * refused (over its limits: it closes the connection) rejects instead of vanishing.
  *
  * A WAIT or BARRIER parks the reply stream on the server, and PyTorch's servers keep answering later
  * requests of that connection while it is parked (out of order). So a connection carrying a blocking
@@ -47,6 +50,8 @@ interface Pending {
   readonly req: Request;
   readonly resolve: (value: never) => void;
   readonly reject: (err: Error) => void;
+  /** The requests without a reply that this (PING / GETNUMKEYS) request confirms. */
+  readonly confirms?: Batch;
 }
 
 interface Batch {
@@ -122,7 +127,7 @@ export class ClientConnection {
     return this.#pending.length - this.#head;
   }
 
-  /** Sends a request that has no reply; resolves once it was written. */
+  /** Sends a request that has no reply; resolves once the server handled it (see the module comment). */
   send(req: Request): Promise<void> {
     if (this.#closed) return Promise.reject(this.#closedError());
     this.#write(req);
@@ -287,7 +292,11 @@ export class ClientConnection {
     const batch = this.#batch;
     this.#batch = undefined;
     batch?.reject(err);
-    for (const p of pending) p.reject(err);
+    for (const p of pending) {
+      // Closed by this side (`close()`): requests written before it count as sent, as they always did.
+      if (p.confirms !== undefined && reason === undefined) p.resolve(undefined as never);
+      else p.reject(err);
+    }
     this.#asyncWaits.rejectAll(err);
     this.#onClose?.(reason);
   }
@@ -306,10 +315,21 @@ export class ClientConnection {
   #flush(): void {
     this.#flushScheduled = false;
     if (this.#closed || this.#out.length === 0) return;
-    const data = this.#out.take();
     const batch = this.#batch;
     this.#batch = undefined;
-    this.socket.write(data, batch === undefined ? undefined : (err) => settleBatch(batch, err, this.peer));
+    if (batch !== undefined) {
+      // The reply to this request says that the requests without a reply before it were handled.
+      const req: Request = this.dialect === "v1" ? { type: "getNumKeys" } : { type: "ping", nonce: 0 };
+      this.#out.write(this.dialect, req);
+      this.#pending.push({
+        shape: this.dialect === "v1" ? Shape.i64 : Shape.u32,
+        req,
+        resolve: () => batch.resolve(),
+        reject: batch.reject,
+        confirms: batch,
+      });
+    }
+    this.socket.write(this.#out.take());
   }
 
   #onData(chunk: Buffer): void {
@@ -379,9 +399,4 @@ export class ClientConnection {
   #protocolError(message: string): RendezvousError {
     return new RendezvousError(message, ErrorCode.Protocol);
   }
-}
-
-function settleBatch(batch: Batch, err: Error | null | undefined, peer: string): void {
-  if (err === null || err === undefined) batch.resolve();
-  else batch.reject(socketError(peer, err));
 }

@@ -363,6 +363,30 @@ describe("TCPStore connection loss", () => {
     assert.equal(disconnects, 1);
   });
 
+  it("a set resolves once the server handled it: one over the server's limit rejects", async () => {
+    const srv = await createTCPStoreServer({ port: 0, limits: { maxValueBytes: 1024 } });
+    cleanups.push(() => srv.close());
+    for (const dialect of ["v2", "v1"] as const) {
+      const store = await client(srv, { dialect });
+      // The server refuses the value by closing the connection; SET has no reply of its own, and the
+      // set resolved once written (nothing stored, nothing said).
+      const err = await rejectsWithCode(
+        store.set(`big-${dialect}`, new Uint8Array(4096)),
+        ErrorCode.Connection,
+      );
+      assert.match(err.message, /closed the connection/);
+      assert.equal(await store.check([`big-${dialect}`]), false);
+      // A set that resolved is in the store for every other client at once.
+      await store.set(`small-${dialect}`, "v");
+      const other = await client(srv, { dialect });
+      assert.equal(await other.check([`small-${dialect}`]), true);
+      // Sets still in flight when the store closes resolve as before (they were written).
+      const late = store.set(`late-${dialect}`, "x");
+      await store.close();
+      await late;
+    }
+  });
+
   it("drops a main connection whose server stops answering (watchdog), and reconnects", {
     timeout: 10_000,
   }, async () => {
