@@ -438,6 +438,88 @@ describe("rdzv run", () => {
     for (const pid of pids) assert.equal(alive(pid), false, `worker ${pid} outlived the agent`);
   });
 
+  it("a node whose workers finished leaves without restarting the others' running workers", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "finish-early",
+      "--rdzv-conf",
+      FAST,
+      "--exit-barrier-timeout",
+      "1",
+      "--",
+      "node",
+      PROBE,
+    ];
+    // The early node's barrier times out and it leaves; the late node's workers run on to their end.
+    const early = run(args, { PROBE_DIR: dir, PROBE_MODE: "delay", PROBE_DELAY_MS: "0" });
+    const late = run(args, { PROBE_DIR: dir, PROBE_MODE: "delay", PROBE_DELAY_MS: "4000" });
+    const [a, b] = await Promise.all([early.done, late.done]);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(b.code, 0, b.stderr);
+    assert.doesNotMatch(b.stderr, /restarting/);
+    assert.deepEqual(
+      probes(dir).map((p) => p.RDZV_ROUND),
+      ["0", "0"],
+    );
+  });
+
+  it("with the store gone, the exit barrier gives up in its time and workers that succeeded still succeed", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const agent = run(
+      [
+        "--rdzv-endpoint",
+        `127.0.0.1:${server.port}`,
+        "--rdzv-id",
+        "store-gone",
+        "--rdzv-conf",
+        FAST,
+        "--exit-barrier-timeout",
+        "2",
+        "--",
+        "node",
+        PROBE,
+      ],
+      { PROBE_DIR: dir, PROBE_MODE: "delay", PROBE_DELAY_MS: "1500" },
+    );
+    await waitFor("the worker", () => probes(dir).length === 1);
+    await server.close();
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /exit barrier failed; the workers here succeeded/);
+  });
+
+  it("SIGTERM while joining through a store that went away stops the agent promptly", async () => {
+    const server = await storeServer();
+    const agent = run([
+      "--nnodes",
+      "2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "join-gone",
+      "--rdzv-conf",
+      FAST,
+      "--",
+      "node",
+      PROBE,
+    ]);
+    await waitFor("joining", () => /joining run/.test(agent.stderr()));
+    await delay(300);
+    await server.close();
+    await delay(300);
+    agent.child.kill("SIGTERM");
+    // (It used to wait out every store call's connect budget: 113 s with the defaults.)
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 143, stderr);
+  });
+
   it("exits 2 with the help for bad arguments", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);

@@ -186,7 +186,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       restarts,
       pids: group.pids,
     });
-    const event = await this.#monitor(group, info);
+    const event = await this.#monitor(group, info, launcher, attemptId(info.round, restarts));
     switch (event.kind) {
       case "stop":
         return this.#stopped();
@@ -244,10 +244,36 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     return this.#group;
   }
 
-  /** Waits for the first thing that ends the attempt: the workers, the round, waiting nodes, a stop. */
-  async #monitor(group: WorkerGroup, info: RendezvousInfo): Promise<MonitorEvent> {
+  /**
+   * Waits for the first thing that ends the attempt: the workers, the round, waiting nodes, a stop. Once
+   * some node's workers all succeeded in this attempt (it arrived at the exit barrier), neither the round's
+   * end nor waiting nodes restart the group: that node's work is done and it may have left, so a restart
+   * could never gather it again, and torchrun lets the other nodes' workers run to their end too. The
+   * exit barrier, or a worker failure, then decides.
+   */
+  async #monitor(
+    group: WorkerGroup,
+    info: RendezvousInfo,
+    launcher: LauncherStore,
+    attempt: string,
+  ): Promise<MonitorEvent> {
     const done = new AbortController();
     const signal = AbortSignal.any([done.signal, this.#signal]);
+    const unlessFinished = async (event: Promise<MonitorEvent>): Promise<MonitorEvent> => {
+      const e = await event;
+      // (When the count cannot be read, the round's end restarts the group as it always did.)
+      const finished = await launcher.arrivals(attempt, { signal }).then(
+        (n) => n > 0,
+        () => false,
+      );
+      if (!finished) return e;
+      this.#logger.info("a node finished its workers; the workers here run on (the exit barrier decides)", {
+        round: info.round,
+        ignored: e.kind,
+      });
+      await aborted(signal, new AbortController().signal);
+      throw signal.reason;
+    };
     const waits: Promise<MonitorEvent>[] = [
       group
         .settled()
@@ -255,9 +281,9 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       aborted(this.#signal, done.signal).then(() => ({ kind: "stop" })),
     ];
     const roundEnd = roundEndWaiter(this.#handler);
-    if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal));
+    if (roundEnd !== undefined) waits.push(unlessFinished(this.#watchRoundEnd(roundEnd, signal)));
     // Members learn of a round's end from the store; only rank 0 needs to look for waiting nodes.
-    if (roundEnd === undefined || info.rank === 0) waits.push(this.#pollWaiting(signal));
+    if (roundEnd === undefined || info.rank === 0) waits.push(unlessFinished(this.#pollWaiting(signal)));
     try {
       return await Promise.race(waits);
     } finally {
@@ -341,27 +367,35 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   ): Promise<AgentResult | undefined> {
     await group.stop(this.#stopTimeoutMs);
     this.emit("finishing", { round: info.round });
-    await launcher.arrive(attempt, info.worldSize, { signal: this.#signal });
     const done = new AbortController();
     const signal = AbortSignal.any([done.signal, this.#signal]);
+    // The whole barrier, arrival included, takes at most its timeout. It cannot turn workers that
+    // succeeded into a failure: when the store is gone it is given up, as torchrun gives up its barrier.
     const timeoutMs = this.#o.exitBarrierTimeoutMs ?? 300_000;
-    const waits: Promise<"done" | "timeout" | "ended">[] = [
-      launcher.waitAllDone(attempt, { timeoutMs, signal }).then(
-        () => "done",
-        (err: unknown) => {
-          if (hasErrorCode(err, ErrorCode.Timeout)) return "timeout";
-          throw err;
-        },
-      ),
-    ];
-    const roundEnd = roundEndWaiter(this.#handler);
-    if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal).then(() => "ended"));
-    let outcome: "done" | "timeout" | "ended";
+    const deadline = Date.now() + timeoutMs;
+    const waits: Promise<"done" | "timeout" | "ended">[] = [];
+    let outcome: "done" | "timeout" | "ended" | "failed";
     try {
+      await launcher.arrive(attempt, info.worldSize, { timeoutMs, signal });
+      const left = Math.max(0, deadline - Date.now());
+      waits.push(
+        launcher.waitAllDone(attempt, { timeoutMs: left, signal }).then(
+          () => "done",
+          (err: unknown) => {
+            if (hasErrorCode(err, ErrorCode.Timeout)) return "timeout";
+            throw err;
+          },
+        ),
+      );
+      const roundEnd = roundEndWaiter(this.#handler);
+      if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal).then(() => "ended"));
       outcome = await Promise.race(waits);
     } catch (err) {
       if (this.#signal.aborted) return this.#stopped();
-      throw err;
+      if (!hasErrorCode(err, ErrorCode.Timeout)) {
+        this.#logger.warn("exit barrier failed; the workers here succeeded", { error: String(err) });
+      }
+      outcome = hasErrorCode(err, ErrorCode.Timeout) ? "timeout" : "failed";
     } finally {
       done.abort();
       for (const w of waits) w.catch(() => undefined);
@@ -369,7 +403,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (outcome === "timeout") {
       this.#logger.warn("exit barrier timed out: not every node finished", { timeoutMs, round: info.round });
     }
-    if (outcome === "ended" && !(await launcher.allDone(attempt))) {
+    if (outcome === "ended" && !(await launcher.allDone(attempt).catch(() => false))) {
       // Another node failed or left before finishing: the job restarts as a whole.
       this.emit("restarting", { reason: "round-ended", round: info.round, restarts: this.#restarts });
       return undefined;

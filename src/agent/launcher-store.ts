@@ -88,6 +88,11 @@ export class LauncherStore {
     if (n >= worldSize) await this.store.set(this.#key(`${attempt}/all-done`), "1", options);
   }
 
+  /** How many nodes arrived at the exit barrier of `attempt` (their workers all succeeded). */
+  arrivals(attempt: string, options?: CallOptions): Promise<number> {
+    return this.store.add(this.#key(`${attempt}/done`), 0, options);
+  }
+
   /** Whether every node arrived at the exit barrier of `attempt`. */
   allDone(attempt: string, options?: CallOptions): Promise<boolean> {
     return this.store.check([this.#key(`${attempt}/all-done`)], options);

@@ -1,7 +1,7 @@
 /** `rdzv run`: the elastic launcher (torchrun's options in rdzv's CLI style); the work is in src/agent/. */
 
 import { randomUUID } from "node:crypto";
-import { availableParallelism } from "node:os";
+import { availableParallelism, constants as osConstants } from "node:os";
 import { parseArgs } from "node:util";
 import { createElasticAgent, type ElasticAgent } from "../agent/agent.js";
 import { createWorkerOutput } from "../agent/output.js";
@@ -51,7 +51,7 @@ Output:
   -h, --help                 show this help
 
 SIGINT/SIGTERM/SIGHUP stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave the
-rendezvous; a second one kills the workers at once. Exit status: 0 success, 1 failure, 128+N on signal N.
+rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure, 128+N on signal N.
 `;
 
 const OPTIONS = {
@@ -291,8 +291,10 @@ async function launch(
   );
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stop.signal.aborted) {
-      say("warn", `${signal} again: killing the workers`);
+      say("warn", `${signal} again: killing the workers and exiting`);
       agent.killWorkers();
+      // Leaving the rendezvous may wait for an unreachable store: give the kill a moment, then go.
+      setTimeout(() => process.exit(128 + (osConstants.signals[signal] ?? 0)), 1000).unref();
       return;
     }
     say("warn", `${signal}: stopping the workers (again to kill them at once)`);

@@ -16,7 +16,7 @@ import {
 } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import { bytesToText } from "../store/bytes.js";
-import type { Store } from "../store/store.js";
+import type { CallOptions, Store } from "../store/store.js";
 import { throwIfAborted } from "./abort.js";
 import type { RendezvousCallOptions, RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "./api.js";
 import type { NodeDescriptor, RendezvousBackend, SlotLease } from "./backend.js";
@@ -257,10 +257,14 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     } catch (err) {
       this.#joining = undefined;
       if (this.#member?.round === round && this.#member.slot === slot) this.#member = undefined;
-      await lease?.stop().catch(() => undefined);
+      // Cleaning up takes no longer than the others would need to count this node dead anyway: with the
+      // store gone, each call would wait out its own timeout, and the caller (a stop signal) with it.
+      const budgetMs = this.#deadAfterMs;
+      const cleanup: Promise<unknown>[] = [lease?.stop() ?? Promise.resolve()];
       if (!hasErrorCode(err, ErrorCode.Closed)) {
-        await this.#backend.markGone(round, slot, GoneReason.Left, member).catch(() => undefined);
+        cleanup.push(this.#backend.markGone(round, slot, GoneReason.Left, member, { timeoutMs: budgetMs }));
       }
+      await settleWithin(Promise.allSettled(cleanup), budgetMs);
       throw err;
     }
   }
@@ -472,11 +476,11 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
   }
 
   /** Leaves the round this node is a member of, if any; it stays a member until that succeeded. */
-  async #leaveMembership(reason: GoneReason): Promise<void> {
+  async #leaveMembership(reason: GoneReason, options?: CallOptions): Promise<void> {
     const member = this.#member;
     if (member === undefined) return;
     await member.lease.stop();
-    await this.#backend.markGone(member.round, member.slot, reason, true);
+    await this.#backend.markGone(member.round, member.slot, reason, true, options);
     if (this.#member === member) this.#member = undefined;
     this.emit("left", { round: member.round, reason });
   }
@@ -610,9 +614,15 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     if (inFlight !== undefined) {
       await settleWithin(inFlight, this.#deadAfterMs);
     }
+    // Leaving gets as long as the others would take to count this node dead anyway: with the store
+    // gone, every call would otherwise wait out its own timeout (minutes, and a stop signal with it).
     let clean = true;
+    const budgetMs = this.#deadAfterMs;
+    const leaving = this.#leaveMembership(GoneReason.Left, { timeoutMs: budgetMs });
     try {
-      await this.#leaveMembership(GoneReason.Left);
+      if (!(await settledWithin(leaving, budgetMs))) {
+        throw new RendezvousTimeoutError(`leaving took longer than ${budgetMs} ms`);
+      }
     } catch (err) {
       clean = false;
       this.#logger.warn("could not leave the rendezvous cleanly", { error: String(err) });
@@ -631,6 +641,23 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
 
 function optionalSignal(signal: AbortSignal | undefined): { signal?: AbortSignal } {
   return signal === undefined ? {} : { signal };
+}
+
+/**
+ * Whether `promise` settled within `ms`: true when it resolved in time, false when `ms` passed first; its
+ * rejection in time is rethrown.
+ */
+async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const elapsed = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  promise.catch(() => undefined);
+  try {
+    return await Promise.race([promise.then(() => true as const), elapsed]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Resolves when `promise` settles or `ms` passed, whichever comes first. */
