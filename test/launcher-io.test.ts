@@ -7,13 +7,15 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
+import { createTCPStoreServer } from "../src/store/tcp/server.js";
 import { REPO_ROOT } from "./helpers/torch.js";
 
 const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
+const WORKER = join(REPO_ROOT, "test", "fixtures", "io-worker.mjs");
 
 interface Finished {
   code: number | null;
@@ -38,17 +40,35 @@ function tempDir(): string {
   return dir;
 }
 
-/** Runs `rdzv ARGS`; `stdin` is written to its input and closed (its input is /dev/null without it). */
-function rdzv(args: readonly string[], options: { stdin?: Buffer | string } = {}): Promise<Finished> {
+interface RdzvOptions {
+  /** Written to its input, which is then closed (without it, its input is /dev/null). */
+  readonly stdin?: Buffer | string;
+  readonly env?: Record<string, string>;
+  /** Stop reading its stdout (and stderr) at once, or after its first output, as `| head -1` does. */
+  readonly closeOutput?: "at-once" | "after-first";
+  readonly closeStderr?: boolean;
+}
+
+/** Runs `rdzv ARGS` as `options` say; it is killed after 30 s, or after the test. */
+function rdzv(args: readonly string[], options: RdzvOptions = {}): Promise<Finished> {
   const child = spawn(process.execPath, [MAIN, ...args], {
     cwd: REPO_ROOT,
+    env: { ...process.env, ...options.env },
     stdio: [options.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
   });
   children.push(child);
   child.stdin?.end(options.stdin);
   const stdout: Buffer[] = [];
   let stderr = "";
-  child.stdout!.on("data", (chunk: Buffer) => stdout.push(chunk));
+  const closeOutput = (): void => {
+    child.stdout!.destroy();
+    if (options.closeStderr === true) child.stderr!.destroy();
+  };
+  if (options.closeOutput === "at-once") closeOutput();
+  child.stdout!.on("data", (chunk: Buffer) => {
+    stdout.push(chunk);
+    if (options.closeOutput === "after-first") closeOutput();
+  });
   child.stderr!.setEncoding("utf8").on("data", (text: string) => (stderr += text));
   const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
   return new Promise((resolve) => {
@@ -70,5 +90,44 @@ describe("rdzv run: worker output", () => {
     assert.equal(code, 0, stderr);
     assert.equal(stdout.length, data.length);
     assert.ok(stdout.equals(data));
+  });
+});
+
+describe("rdzv: a reader that goes away (EPIPE)", () => {
+  it("run: the workers keep running and the agent finishes cleanly once nobody reads its stdout", async () => {
+    const dir = tempDir();
+    const { code, stderr } = await rdzv(
+      [...RUN, "--no-prefix-output", "--nproc-per-node", "2", "--", "node", WORKER],
+      { env: { IO_DIR: dir, IO_LINES: "20000" }, closeOutput: "after-first" },
+    );
+    assert.equal(code, 0, stderr);
+    assert.doesNotMatch(stderr, /EPIPE|Error|not left cleanly/);
+    assert.match(stderr, /all workers succeeded/);
+    assert.ok(existsSync(join(dir, "done-0")) && existsSync(join(dir, "done-1")), "a worker did not finish");
+  });
+
+  it("run: the same with its stderr gone too (2>&1 | head -1)", async () => {
+    const dir = tempDir();
+    const { code } = await rdzv([...RUN, "--prefix-output", "--nproc-per-node", "2", "--", "node", WORKER], {
+      env: { IO_DIR: dir, IO_LINES: "20000" },
+      closeOutput: "after-first",
+      closeStderr: true,
+    });
+    assert.equal(code, 0);
+    assert.ok(existsSync(join(dir, "done-0")) && existsSync(join(dir, "done-1")), "a worker did not finish");
+  });
+
+  it("status --watch exits quietly, with 141 as a program killed by SIGPIPE", async () => {
+    const server = await createTCPStoreServer({ host: "127.0.0.1", port: 0 });
+    try {
+      const { code, stderr } = await rdzv(
+        ["status", "--watch", "--interval-ms", "50", "--endpoint", `127.0.0.1:${server.port}`],
+        { closeOutput: "at-once" },
+      );
+      assert.equal(stderr, "");
+      assert.equal(code, 141);
+    } finally {
+      await server.close();
+    }
   });
 });

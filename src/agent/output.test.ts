@@ -215,6 +215,23 @@ describe("createWorkerOutput", () => {
     assert.equal(mostListeners, 1);
     assert.deepEqual(warnings, []);
   });
+
+  it("drops output to a stream that failed (EPIPE) and keeps reading the workers", async () => {
+    let writes = 0;
+    const broken = new Writable({
+      highWaterMark: 16,
+      write(_chunk, _enc, cb) {
+        writes++;
+        setImmediate(() => cb(Object.assign(new Error("write EPIPE"), { code: "EPIPE" })));
+      },
+    });
+    const output = createWorkerOutput({ prefix: true, stdout: broken, stderr: collect().stream });
+    const source = new PassThrough();
+    output.attach(0, "stdout", source);
+    // All of it is read (a paused worker stream would never end), and nothing is written after the error.
+    await feed(source, Buffer.from("line\n".repeat(100_000)));
+    assert.equal(writes, 1);
+  });
 });
 
 /** Writes `data` to `source` in random pieces and ends it; resolves once it was read to the end. */

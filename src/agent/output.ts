@@ -167,21 +167,30 @@ export interface WorkerOutputOptions {
 /**
  * One of the agent's streams, shared by every worker writing to it. While it is full, the workers' streams
  * that wrote to it are paused, and all of them resume on its next 'drain': one listener however many
- * workers there are (a listener per paused worker passed the default limit of 10 with 11 workers).
+ * workers there are (a listener per paused worker passed the default limit of 10 with 11 workers). Once
+ * the stream fails or closes (EPIPE: `rdzv run ... | head -1`), worker output to it is dropped and the
+ * workers go on: no 'drain' would ever come, and a worker blocked on a full pipe would hang.
  */
 class Sink {
   readonly #stream: Writable;
   readonly #beforeWrite: (() => void) | undefined;
   readonly #paused = new Set<Readable>();
+  #broken = false;
 
   constructor(stream: Writable, beforeWrite: (() => void) | undefined) {
     this.#stream = stream;
     this.#beforeWrite = beforeWrite;
+    const broken = (): void => {
+      this.#broken = true;
+      this.#resume();
+    };
+    stream.on("error", broken);
+    stream.once("close", broken);
   }
 
   /** Writes `bytes` from `source`, pausing `source` until the stream drains when it is full. */
   write(bytes: Buffer, source: Readable): void {
-    if (bytes.length === 0) return;
+    if (bytes.length === 0 || this.#broken) return;
     this.#beforeWrite?.();
     if (this.#stream.write(bytes)) return;
     source.pause();

@@ -23,8 +23,46 @@ const COMMANDS: Record<string, { run: (argv: readonly string[]) => Promise<numbe
   status: { run: statusCommand, help: STATUS_HELP },
 };
 
+/** Commands that go on when nobody reads their output any more: the launcher and the server. */
+const OUTLIVE_READERS = new Set(["run", "serve"]);
+
+/** Exit status after a reader went away: that of a program killed by SIGPIPE (128 + 13), as `cat` has. */
+const BROKEN_PIPE_EXIT = 141;
+
+/**
+ * A reader that went away (`rdzv run ... | head -1`, `rdzv status | head`) makes writes to that stream
+ * fail with EPIPE, an 'error' event that crashed the process with a stack trace (for `run`: workers reaped,
+ * the rendezvous not left). `run` and `serve` stop writing to the stream and carry on (torchrun's workers
+ * write to the terminal themselves and keep running too); the other commands exit quietly. Other errors
+ * are thrown as before.
+ */
+function handleBrokenPipes(command: string | undefined): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EPIPE") throw err;
+      if (command === undefined || !OUTLIVE_READERS.has(command)) process.exit(BROKEN_PIPE_EXIT);
+      stopWriting(stream);
+    });
+  }
+}
+
+/**
+ * Makes writes to `stream` no-ops. process.stdout and process.stderr undo their own destruction after an
+ * error, so each later write would fail again, and a writer waiting for 'drain' would wait forever: the
+ * 'drain' emitted here releases those.
+ */
+function stopWriting(stream: NodeJS.WriteStream): void {
+  stream.write = ((_chunk: unknown, encoding?: unknown, callback?: unknown): boolean => {
+    const done = typeof encoding === "function" ? encoding : callback;
+    if (typeof done === "function") process.nextTick(done as () => void);
+    return true;
+  }) as typeof stream.write;
+  stream.emit("drain");
+}
+
 async function main(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
+  handleBrokenPipes(name);
   if (name === undefined || name === "-h" || name === "--help" || name === "help") {
     process.stdout.write(HELP);
     return name === undefined ? 2 : 0;
