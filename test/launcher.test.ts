@@ -520,6 +520,58 @@ describe("rdzv run", () => {
     assert.equal(code, 143, stderr);
   });
 
+  it("nodes that start different numbers of workers fail with a message instead of overlapping ranks", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = (nproc: string) => [
+      "--nnodes",
+      "2",
+      "--nproc-per-node",
+      nproc,
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "mixed-nproc",
+      "--rdzv-conf",
+      FAST,
+      "--",
+      "node",
+      PROBE,
+    ];
+    const env = { PROBE_DIR: dir, PROBE_MODE: "sleep" };
+    const results = await Promise.all([run(args("1"), env).done, run(args("3"), env).done]);
+    for (const r of results) assert.equal(r.code, 1, r.stderr);
+    assert.match(results.map((r) => r.stderr).join(""), /another node of the job starts [13]/);
+  });
+
+  it("a job that succeeded leaves no restart count behind for the next job under its run id", async () => {
+    const server = await storeServer();
+    const args = (dir: string) => [
+      "--max-restarts",
+      "1",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "reused",
+      "--rdzv-conf",
+      FAST,
+      "--",
+      "node",
+      PROBE,
+    ];
+    const first = tempDir();
+    const one = await run(args(first), { PROBE_DIR: first, PROBE_MODE: "crash-once", PROBE_RANKS: "0" }).done;
+    assert.equal(one.code, 0, one.stderr);
+    assert.ok(probes(first).some((p) => p.TORCHELASTIC_RESTART_COUNT === "1"));
+    const second = tempDir();
+    const two = await run(args(second), { PROBE_DIR: second, PROBE_MODE: "exit" }).done;
+    assert.equal(two.code, 0, two.stderr);
+    assert.deepEqual(
+      probes(second).map((p) => p.TORCHELASTIC_RESTART_COUNT),
+      ["0"],
+    );
+  });
+
   it("exits 2 with the help for bad arguments", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);

@@ -177,6 +177,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     const restarts = await launcher.restartCount({ signal: this.#signal });
     this.#restarts = restarts;
     const spec = this.#spec(info, restarts);
+    await this.#checkNproc(launcher, attemptId(info.round, restarts), spec.nprocPerNode);
     const group = this.#startGroup(spec);
     this.emit("started", {
       round: info.round,
@@ -200,6 +201,21 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       case "succeeded":
         return this.#succeeded(group, info, launcher, attemptId(info.round, restarts));
     }
+  }
+
+  /**
+   * Ranks are group rank x workers per node + local rank, so every node must start as many workers. A
+   * node that differs from the attempt's first closes the rendezvous (every node stops) and fails with
+   * a message saying so, instead of handing out ranks that overlap or leave gaps.
+   */
+  async #checkNproc(launcher: LauncherStore, attempt: string, nprocPerNode: number): Promise<void> {
+    const agreed = await launcher.agreeNproc(attempt, nprocPerNode, { signal: this.#signal });
+    if (agreed === nprocPerNode) return;
+    await this.#handler.setClosed().catch(() => undefined);
+    throw new InvalidArgumentError(
+      `this node starts ${nprocPerNode} workers (--nproc-per-node) but another node of the job starts ${agreed}: ` +
+        "every node must start the same number (ranks are node rank x workers per node + local rank)",
+    );
   }
 
   #spec(info: RendezvousInfo, restarts: number): WorkerGroupSpec {

@@ -9,6 +9,7 @@
  * | `failed`                  | the agent that gives up           | the job's failure summary (JSON)          |
  * | `<attempt>/done`          | agents whose workers all exited 0 | exit barrier counter                      |
  * | `<attempt>/all-done`      | the agent completing the barrier  | every node's workers succeeded            |
+ * | `<attempt>/nproc`         | the first node of the attempt     | workers per node, which all nodes match   |
  *
  * An attempt is one (round, restart count) pair: `r<round>.c<restarts>`. Every member of a round reads
  * the same restart count, because a round completes only after the previous one drained, and a failing
@@ -82,10 +83,30 @@ export class LauncherStore {
     }
   }
 
-  /** Arrives at the exit barrier of `attempt`; the last of `worldSize` arrivals releases it. */
+  /**
+   * Arrives at the exit barrier of `attempt`; the last of `worldSize` arrivals releases it. The job is
+   * then over: its restart count goes, so that a later job under the same run id (on a long-running
+   * `rdzv serve`) starts with its whole budget.
+   */
   async arrive(attempt: string, worldSize: number, options?: CallOptions): Promise<void> {
     const n = await this.store.add(this.#key(`${attempt}/done`), 1, options);
-    if (n >= worldSize) await this.store.set(this.#key(`${attempt}/all-done`), "1", options);
+    if (n < worldSize) return;
+    await this.store.deleteKey(this.#key("restarts"), options);
+    await this.store.set(this.#key(`${attempt}/all-done`), "1", options);
+  }
+
+  /**
+   * The workers per node of `attempt`: the first node's `nprocPerNode` (compare-and-set), which every
+   * other node must match (ranks are laid out as group rank x workers per node + local rank).
+   */
+  async agreeNproc(attempt: string, nprocPerNode: number, options?: CallOptions): Promise<number> {
+    const held = await this.store.compareSet(
+      this.#key(`${attempt}/nproc`),
+      "",
+      String(nprocPerNode),
+      options,
+    );
+    return Number(bytesToText(held));
   }
 
   /** How many nodes arrived at the exit barrier of `attempt` (their workers all succeeded). */
