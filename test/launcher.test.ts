@@ -6,8 +6,8 @@
 
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
@@ -577,5 +577,21 @@ describe("rdzv run", () => {
     assert.equal(code, 2);
     assert.match(stderr, /--nnodes must be N or MIN:MAX/);
     assert.match(stderr, /Usage: rdzv run/);
+  });
+
+  it("--nproc-per-node gpu without a GPU is a usage error; auto falls back to one worker per CPU", async (t) => {
+    if (existsSync("/proc/driver/nvidia/gpus")) {
+      t.diagnostic("this machine has NVIDIA GPUs: the no-GPU case cannot be checked here");
+      return;
+    }
+    const gpu = await run(["--standalone", "--nproc-per-node", "gpu", "--", "true"]).done;
+    assert.equal(gpu.code, 2);
+    assert.match(gpu.stderr, /--nproc-per-node gpu: no GPU found/);
+    const dir = tempDir();
+    const auto = await run(["--standalone", "--nproc-per-node", "auto", "--", "node", PROBE], {
+      PROBE_DIR: dir,
+    }).done;
+    assert.equal(auto.code, 0, auto.stderr);
+    assert.equal(probes(dir).length, availableParallelism());
   });
 });

@@ -1,6 +1,7 @@
 /** `rdzv run`: the elastic launcher (torchrun's options in rdzv's CLI style); the work is in src/agent/. */
 
 import { randomUUID } from "node:crypto";
+import { readdirSync } from "node:fs";
 import { availableParallelism, constants as osConstants } from "node:os";
 import { parseArgs } from "node:util";
 import { createElasticAgent, type ElasticAgent } from "../agent/agent.js";
@@ -24,7 +25,8 @@ and when new nodes wait to join. Exits 0 when every worker of every node succeed
 
 Rendezvous:
   --nnodes MIN:MAX|N         nodes of the job (default 1:1)
-  --nproc-per-node K|cpu     workers on this node (default 1; cpu: one per CPU)
+  --nproc-per-node N         workers on this node (default 1): a number, cpu (one per CPU), gpu (one
+                             per NVIDIA GPU) or auto (per GPU when there are any, else per CPU)
   --rdzv-backend NAME        c10d (default), etcd, redis, static, or another registered one
   --rdzv-endpoint HOST:PORT  the rendezvous store (default localhost:29400); with c10d, the node whose
                              address matches HOST hosts it unless 'rdzv serve' already does
@@ -190,9 +192,25 @@ function parseNnodes(text: string): [number, number] {
   return [min, max];
 }
 
-function parseNproc(text: string | undefined): number {
-  if (text === "cpu" || text === "auto") return availableParallelism();
+/** torchrun's forms: a count, `cpu` (one per CPU), `gpu` (one per GPU), `auto` (per GPU if any, else per CPU). */
+function parseNproc(text: string | undefined, gpus: () => number = nvidiaGpuCount): number {
+  if (text === "cpu") return availableParallelism();
+  if (text === "gpu" || text === "auto") {
+    const n = gpus();
+    if (n > 0) return n;
+    if (text === "auto") return availableParallelism();
+    throw new UsageError("--nproc-per-node gpu: no GPU found (no /proc/driver/nvidia/gpus entries)");
+  }
   return intOption("nproc-per-node", text, 1, 1, 100_000);
+}
+
+/** GPUs the NVIDIA driver lists (one folder each under /proc/driver/nvidia/gpus); 0 without the driver. */
+function nvidiaGpuCount(): number {
+  try {
+    return readdirSync("/proc/driver/nvidia/gpus").length;
+  } catch {
+    return 0;
+  }
 }
 
 function parseConfig(text: string | undefined): Record<string, string> {
