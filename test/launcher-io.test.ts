@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { createTCPStoreServer } from "../src/store/tcp/server.js";
 import { REPO_ROOT } from "./helpers/torch.js";
 
@@ -43,14 +44,22 @@ function tempDir(): string {
 interface RdzvOptions {
   /** Written to its input, which is then closed (without it, its input is /dev/null). */
   readonly stdin?: Buffer | string;
-  readonly env?: Record<string, string>;
+  /** On top of ours; `undefined` removes a variable. */
+  readonly env?: Record<string, string | undefined>;
   /** Stop reading its stdout (and stderr) at once, or after its first output, as `| head -1` does. */
   readonly closeOutput?: "at-once" | "after-first";
   readonly closeStderr?: boolean;
 }
 
-/** Runs `rdzv ARGS` as `options` say; it is killed after 30 s, or after the test. */
-function rdzv(args: readonly string[], options: RdzvOptions = {}): Promise<Finished> {
+interface Started {
+  readonly child: ChildProcess;
+  readonly done: Promise<Finished>;
+  /** Its stdout so far. */
+  stdout(): Buffer;
+}
+
+/** Starts `rdzv ARGS` as `options` say; it is killed after 30 s, or after the test. */
+function start(args: readonly string[], options: RdzvOptions = {}): Started {
   const child = spawn(process.execPath, [MAIN, ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...options.env },
@@ -71,12 +80,26 @@ function rdzv(args: readonly string[], options: RdzvOptions = {}): Promise<Finis
   });
   child.stderr!.setEncoding("utf8").on("data", (text: string) => (stderr += text));
   const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
-  return new Promise((resolve) => {
+  const done = new Promise<Finished>((resolve) => {
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(stdout), stderr });
     });
   });
+  return { child, done, stdout: () => Buffer.concat(stdout) };
+}
+
+/** Runs `rdzv ARGS` as `options` say, to its end. */
+function rdzv(args: readonly string[], options: RdzvOptions = {}): Promise<Finished> {
+  return start(args, options).done;
+}
+
+async function waitFor(what: string, probe: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!probe()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(25);
+  }
 }
 
 const RUN = ["run", "--standalone", "--no-status"] as const;
@@ -129,5 +152,18 @@ describe("rdzv: a reader that goes away (EPIPE)", () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe("rdzv run: worker environment", () => {
+  it("a Python worker's output shows while it runs (PYTHONUNBUFFERED), not only once it exits", async () => {
+    const agent = start(
+      [...RUN, "--no-prefix-output", "--", "python3", "-c", "import time; print('ready'); time.sleep(60)"],
+      { env: { PYTHONUNBUFFERED: undefined } },
+    );
+    await waitFor("the worker's line", () => agent.stdout().toString().includes("ready"));
+    agent.child.kill("SIGTERM");
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 143, stderr);
   });
 });

@@ -103,7 +103,14 @@ describe("workerEnv", () => {
 describe("mergeWorkerEnv", () => {
   it("layers the worker's variables over the base and sets OMP_NUM_THREADS=1 for several workers", () => {
     const env = mergeWorkerEnv({ PATH: "/bin", RANK: "stale", GONE: undefined }, { RANK: "3" }, 2);
-    assert.deepEqual(env, { PATH: "/bin", RANK: "3", OMP_NUM_THREADS: "1" });
+    assert.deepEqual(env, { PATH: "/bin", RANK: "3", OMP_NUM_THREADS: "1", PYTHONUNBUFFERED: "1" });
+  });
+
+  it("sets PYTHONUNBUFFERED=1 (output goes through a pipe) unless the user set it, to empty too", () => {
+    assert.equal(mergeWorkerEnv({}, {}, 1).PYTHONUNBUFFERED, "1");
+    assert.equal(mergeWorkerEnv({ PYTHONUNBUFFERED: undefined }, {}, 1).PYTHONUNBUFFERED, "1");
+    assert.equal(mergeWorkerEnv({ PYTHONUNBUFFERED: "" }, {}, 4).PYTHONUNBUFFERED, "");
+    assert.equal(mergeWorkerEnv({ PYTHONUNBUFFERED: "x" }, {}, 4).PYTHONUNBUFFERED, "x");
   });
 
   it("keeps the user's OMP_NUM_THREADS, and sets none for one worker", () => {

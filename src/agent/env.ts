@@ -119,8 +119,14 @@ export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<stri
 }
 
 /**
- * The agent's environment with `extra` on top, plus torchrun's `OMP_NUM_THREADS=1` when several workers
- * share the node and the user did not choose a value (so K workers do not each start a thread per core).
+ * The agent's environment with `extra` on top, plus defaults for what the user left unset:
+ *
+ * - torchrun's `OMP_NUM_THREADS=1` when several workers share the node (so K workers do not each start a
+ *   thread per core);
+ * - `PYTHONUNBUFFERED=1`: the workers' stdout and stderr are pipes to the agent, which Python buffers by
+ *   blocks, so a worker's lines would show only when it exits and a killed worker's last lines would be
+ *   lost (torchrun's workers write to the terminal, line by line). Set `PYTHONUNBUFFERED=` (empty) to keep
+ *   Python's buffering.
  */
 export function mergeWorkerEnv(
   base: Readonly<Record<string, string | undefined>>,
@@ -130,5 +136,6 @@ export function mergeWorkerEnv(
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(base)) if (value !== undefined) env[key] = value;
   if (nprocPerNode > 1 && env.OMP_NUM_THREADS === undefined) env.OMP_NUM_THREADS = "1";
+  if (env.PYTHONUNBUFFERED === undefined) env.PYTHONUNBUFFERED = "1";
   return Object.assign(env, extra);
 }
