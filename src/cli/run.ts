@@ -1,7 +1,7 @@
 /** `rdzv run`: the elastic launcher (torchrun's options in rdzv's CLI style); the work is in src/agent/. */
 
 import { randomUUID } from "node:crypto";
-import { readdirSync } from "node:fs";
+import { accessSync, constants as fsConstants, readdirSync } from "node:fs";
 import { availableParallelism, constants as osConstants } from "node:os";
 import { parseArgs } from "node:util";
 import { createElasticAgent, type ElasticAgent } from "../agent/agent.js";
@@ -111,33 +111,69 @@ export interface RunArgs {
  */
 export function splitCommand(argv: readonly string[]): { options: string[]; command: string[] } {
   const dash = argv.indexOf("--");
-  if (dash >= 0) return { options: argv.slice(0, dash), command: argv.slice(dash + 1) };
+  if (dash >= 0) return { options: argv.slice(0, dash).map(dashed), command: argv.slice(dash + 1) };
   const takesValue = new Set(
     Object.entries(OPTIONS)
       .filter(([, o]) => o.type === "string")
       .map(([name]) => `--${name}`),
   );
+  const options: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i]!;
-    if (!token.startsWith("-")) return { options: argv.slice(0, i), command: argv.slice(i) };
-    if (takesValue.has(token)) i++;
+    if (!token.startsWith("-")) return { options, command: argv.slice(i) };
+    options.push(dashed(token));
+    if (takesValue.has(dashed(token)) && i + 1 < argv.length) options.push(argv[++i]!);
   }
-  return { options: [...argv], command: [] };
+  return { options, command: [] };
+}
+
+/** An option as rdzv spells it: torchrun also takes `--nproc_per_node` for `--nproc-per-node`, and so do we. */
+function dashed(token: string): string {
+  if (!token.startsWith("--")) return token;
+  const eq = token.indexOf("=");
+  const name = eq < 0 ? token : token.slice(0, eq);
+  return name.replaceAll("_", "-") + (eq < 0 ? "" : token.slice(eq));
+}
+
+/** What to say to torchrun options rdzv run does not have. */
+const TORCHRUN_HINTS: Record<string, string> = {
+  "--master-addr":
+    "give the rendezvous endpoint with --rdzv-endpoint HOST:PORT (torchrun's static form: --rdzv-backend static --rdzv-endpoint HOST:PORT --node-rank N)",
+  "--master-port":
+    "give the rendezvous endpoint with --rdzv-endpoint HOST:PORT (torchrun's static form: --rdzv-backend static --rdzv-endpoint HOST:PORT --node-rank N)",
+  "-m": "COMMAND runs as given: write -- python3 -m MODULE",
+  "--module": "COMMAND runs as given: write -- python3 -m MODULE",
+  "--no-python": "COMMAND always runs as given (rdzv run never adds python)",
+  "--run-path": "COMMAND runs as given: write -- python3 PATH",
+};
+
+/** `parseArgs` over `args`, turning an unknown torchrun option into a usage error that says what to do. */
+function parseOptions(args: string[]) {
+  try {
+    return parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false, allowNegative: true });
+  } catch (err) {
+    if ((err as { code?: string }).code !== "ERR_PARSE_ARGS_UNKNOWN_OPTION") throw err;
+    const token = args.find(
+      (a) => a.startsWith("-") && !(a.replace(/^--?(no-)?/, "").split("=")[0]! in OPTIONS),
+    );
+    const name = token?.split("=")[0] ?? "";
+    const hint = TORCHRUN_HINTS[name];
+    throw hint === undefined ? err : new UsageError(`${name} is not an rdzv run option: ${hint}`);
+  }
 }
 
 /** Parses `rdzv run` arguments; throws `UsageError` naming the bad value. Returns `undefined` for --help. */
 export function parseRunArgs(argv: readonly string[]): RunArgs | undefined {
   const split = splitCommand(argv);
-  const { values: v } = parseArgs({
-    args: split.options,
-    options: OPTIONS,
-    strict: true,
-    allowPositionals: false,
-    allowNegative: true,
-  });
+  const { values: v } = parseOptions(split.options);
   if (v.help) return undefined;
   const [command, ...args] = split.command;
   if (command === undefined || command === "") throw new UsageError("missing the worker command (after --)");
+  if (/\.py$/.test(command) && !isExecutable(command)) {
+    throw new UsageError(
+      `COMMAND runs as given and ${command} is not an executable: write -- python3 ${command}`,
+    );
+  }
   const standalone = v.standalone === true;
   if (standalone) {
     const clash = ["rdzv-backend", "rdzv-endpoint", "rdzv-id", "node-rank"].filter((k) => k in v);
@@ -202,6 +238,15 @@ function parseNproc(text: string | undefined, gpus: () => number = nvidiaGpuCoun
     throw new UsageError("--nproc-per-node gpu: no GPU found (no /proc/driver/nvidia/gpus entries)");
   }
   return intOption("nproc-per-node", text, 1, 1, 100_000);
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, fsConstants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** GPUs the NVIDIA driver lists (one folder each under /proc/driver/nvidia/gpus); 0 without the driver. */
