@@ -155,6 +155,16 @@ describe("rdzv: a reader that goes away (EPIPE)", () => {
   });
 });
 
+describe("rdzv run: worker input", () => {
+  it("workers read the agent's stdin, as torchrun's do (echo hello | rdzv run -- cat)", async () => {
+    const { code, stdout, stderr } = await rdzv([...RUN, "--no-prefix-output", "--", "cat"], {
+      stdin: "hello\n",
+    });
+    assert.equal(code, 0, stderr);
+    assert.equal(stdout.toString(), "hello\n");
+  });
+});
+
 describe("rdzv run: worker environment", () => {
   it("a Python worker's output shows while it runs (PYTHONUNBUFFERED), not only once it exits", async () => {
     const agent = start(

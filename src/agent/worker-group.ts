@@ -130,7 +130,8 @@ export class WorkerGroup {
     const child = spawn(options.command, [...options.args], {
       env: spec.env,
       detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
+      // The agent's stdin, as torchrun's workers have it (`echo y | rdzv run ...`, pdb); output is piped.
+      stdio: ["inherit", "pipe", "pipe"],
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     });
     if (child.pid !== undefined) this.#reaper?.watch(child.pid);
