@@ -572,6 +572,28 @@ describe("rdzv run", () => {
     );
   });
 
+  it("a job under the run id of a job that failed is told that run is closed and why it may be", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "was-failed",
+      "--rdzv-conf",
+      FAST,
+    ];
+    const failed = await run([...args, "--", "node", PROBE], {
+      PROBE_DIR: dir,
+      PROBE_MODE: "fail",
+      PROBE_RANKS: "0",
+    }).done;
+    assert.equal(failed.code, 1, failed.stderr);
+    const next = await run([...args, "--", "true"]).done;
+    assert.equal(next.code, 1, next.stderr);
+    assert.match(next.stderr, /run "was-failed" is closed: .*earlier job under this --rdzv-id ended/);
+  });
+
   it("exits 2 with the help for bad arguments", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);

@@ -310,6 +310,11 @@ async function launch(
   const endpoint = server === undefined ? a.endpoint : formatEndpoint(server.host, server.port);
   const runId = server === undefined ? a.runId : randomUUID();
   const config = server === undefined ? a.config : { ...a.config, is_host: "false" };
+  // Said before connecting: reaching an unreachable store takes the whole connect budget.
+  say(
+    "info",
+    `joining run ${JSON.stringify(runId)} (${a.backend} at ${endpoint || "localhost"}, ${a.minNodes}:${a.maxNodes} nodes)`,
+  );
   const handler = await createRendezvousHandler({
     backend: a.backend,
     endpoint,
@@ -347,11 +352,7 @@ async function launch(
     signal: stop.signal,
     logger,
   });
-  reportProgress(agent, a, status, say);
-  say(
-    "info",
-    `joining run ${JSON.stringify(runId)} (${a.backend} at ${endpoint || "localhost"}, ${a.minNodes}:${a.maxNodes} nodes)`,
-  );
+  const stopReporting = reportProgress(agent, a, status, say);
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stop.signal.aborted) {
       say("warn", `${signal} again: killing the workers and exiting`);
@@ -367,9 +368,10 @@ async function launch(
   for (const s of signals) process.on(s, onSignal);
   try {
     const result = await agent.run();
-    report(result, say);
+    report(result, runId, say);
     return exitCodeOf(result);
   } finally {
+    stopReporting();
     for (const s of signals) process.off(s, onSignal);
   }
 }
@@ -379,10 +381,25 @@ function reportProgress(
   a: RunArgs,
   status: StatusLine,
   say: (level: LogLevel, text: string) => void,
-): void {
+): () => void {
   const base = { minNodes: a.minNodes, maxNodes: a.maxNodes, maxRestarts: a.maxRestarts };
-  agent.on("joining", ({ restarts }) => status.set(formatStatus({ ...base, phase: "joining", restarts })));
+  // A node that joins a run whose round is already complete (another job under the same run id and
+  // endpoint, such as two jobs left at the default --rdzv-id "none") waits for the next round: say so.
+  let waiting: NodeJS.Timeout | undefined;
+  agent.on("joining", ({ restarts }) => {
+    status.set(formatStatus({ ...base, phase: "joining", restarts }));
+    clearTimeout(waiting);
+    waiting = setTimeout(() => {
+      say(
+        "info",
+        `still waiting for a round of run ${JSON.stringify(a.runId)} to complete (${a.minNodes}:${a.maxNodes} nodes); ` +
+          "if another job is running under this run id on this endpoint, this node waits for it: give each job its own --rdzv-id",
+      );
+    }, WAITING_NOTE_MS);
+    waiting.unref();
+  });
   agent.on("started", (e) => {
+    clearTimeout(waiting);
     const first = e.groupRank * a.nprocPerNode;
     say(
       "info",
@@ -415,7 +432,11 @@ function reportProgress(
     say("info", "workers succeeded; waiting for the other nodes");
     status.set(formatStatus({ ...base, phase: "finishing", round, restarts: 0 }));
   });
+  return () => clearTimeout(waiting);
 }
+
+/** How long a joining node waits before it says that it waits (and why it may). */
+const WAITING_NOTE_MS = 15_000;
 
 const RESTART_REASONS = {
   "worker-failed": "a worker failed",
@@ -423,7 +444,7 @@ const RESTART_REASONS = {
   "nodes-waiting": "nodes are waiting to join",
 } as const;
 
-function report(result: AgentResult, say: (level: LogLevel, text: string) => void): void {
+function report(result: AgentResult, runId: string, say: (level: LogLevel, text: string) => void): void {
   switch (result.kind) {
     case "succeeded":
       say("info", `all workers succeeded (round ${result.round}, ${result.restarts} restarts)`);
@@ -432,7 +453,10 @@ function report(result: AgentResult, say: (level: LogLevel, text: string) => voi
       say("error", formatFailure(result.summary) + (result.local ? "" : "\n  (reported by another node)"));
       return;
     case "closed":
-      say("error", "the rendezvous was closed by another node");
+      say(
+        "error",
+        `the rendezvous of run ${JSON.stringify(runId)} is closed: another node closed it, or an earlier job under this --rdzv-id ended (give a new job its own --rdzv-id)`,
+      );
       return;
     case "stopped":
       say("warn", `stopped${result.signal === undefined ? "" : ` by ${result.signal}`}`);
