@@ -103,7 +103,43 @@ describe("workerEnv", () => {
 describe("mergeWorkerEnv", () => {
   it("layers the worker's variables over the base and sets OMP_NUM_THREADS=1 for several workers", () => {
     const env = mergeWorkerEnv({ PATH: "/bin", RANK: "stale", GONE: undefined }, { RANK: "3" }, 2);
-    assert.deepEqual(env, { PATH: "/bin", RANK: "3", OMP_NUM_THREADS: "1", PYTHONUNBUFFERED: "1" });
+    assert.deepEqual(env, {
+      PATH: "/bin",
+      RANK: "3",
+      OMP_NUM_THREADS: "1",
+      PYTHONUNBUFFERED: "1",
+      TORCH_NCCL_ASYNC_ERROR_HANDLING: "1",
+      NCCL_ASYNC_ERROR_HANDLING: "1",
+      TORCHELASTIC_SIGNALS_TO_HANDLE: "SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+    });
+  });
+
+  it("gives every variable torchrun gives its workers (2.x and 1.13) but TORCHELASTIC_ERROR_FILE", () => {
+    const env = mergeWorkerEnv({}, workerEnv(spec, 0), spec.nprocPerNode);
+    // torchrun --standalone --nproc-per-node 2 of PyTorch 2.13 and 1.13, less HOME, PATH and LC_CTYPE.
+    const torch2 =
+      "GROUP_RANK GROUP_WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT OMP_NUM_THREADS RANK " +
+      "ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE TORCHELASTIC_MAX_RESTARTS TORCHELASTIC_RESTART_COUNT " +
+      "TORCHELASTIC_RUN_ID TORCHELASTIC_SIGNALS_TO_HANDLE TORCHELASTIC_USE_AGENT_STORE " +
+      "TORCH_NCCL_ASYNC_ERROR_HANDLING WORLD_SIZE";
+    const torch113 = "NCCL_ASYNC_ERROR_HANDLING";
+    const missing = `${torch2} ${torch113}`.split(" ").filter((k) => env[k] === undefined);
+    assert.deepEqual(missing, []);
+  });
+
+  it("sets both NCCL error handling variables, or neither when the user set one", () => {
+    const set = (base: Record<string, string>): [string | undefined, string | undefined] => {
+      const env = mergeWorkerEnv(base, {}, 1);
+      return [env.TORCH_NCCL_ASYNC_ERROR_HANDLING, env.NCCL_ASYNC_ERROR_HANDLING];
+    };
+    assert.deepEqual(set({}), ["1", "1"]);
+    assert.deepEqual(set({ TORCH_NCCL_ASYNC_ERROR_HANDLING: "0" }), ["0", undefined]);
+    assert.deepEqual(set({ NCCL_ASYNC_ERROR_HANDLING: "3" }), [undefined, "3"]);
+  });
+
+  it("keeps the user's TORCHELASTIC_SIGNALS_TO_HANDLE", () => {
+    const env = mergeWorkerEnv({ TORCHELASTIC_SIGNALS_TO_HANDLE: "SIGUSR1" }, {}, 1);
+    assert.equal(env.TORCHELASTIC_SIGNALS_TO_HANDLE, "SIGUSR1");
   });
 
   it("sets PYTHONUNBUFFERED=1 (output goes through a pipe) unless the user set it, to empty too", () => {

@@ -77,7 +77,12 @@ export function workerRanks(spec: WorkerGroupSpec, localRank: number): WorkerRan
 /**
  * The variables rdzv sets for local worker `localRank` (layered over the agent's own environment by the
  * caller). torchrun's names come first; `TORCHELASTIC_USE_AGENT_STORE` is Python's `str(bool)` ("True" /
- * "False") because that is what `torch.distributed`'s `env://` compares against.
+ * "False") because that is what `torch.distributed`'s `env://` compares against. It is "True" only when
+ * `MASTER_ADDR`/`MASTER_PORT` are the agent's store (`use_agent_store`): `env://` then connects as a client
+ * under `/worker/attempt_<N>` instead of having rank 0 start a server. PyTorch 2.x's c10d torchrun shares
+ * its rendezvous store so and says "True"; rdzv's c10d gives the workers a free port of their own unless
+ * `--rdzv-conf use_agent_store=true`. torchrun's `TORCHELASTIC_ERROR_FILE` is not set: rdzv does not read
+ * the error file back into its failure report.
  */
 export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<string, string> {
   const r = workerRanks(spec, localRank);
@@ -118,6 +123,9 @@ export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<stri
   return env;
 }
 
+/** torchrun's default `--signals-to-handle`. */
+const TORCHRUN_SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
+
 /**
  * The agent's environment with `extra` on top, plus defaults for what the user left unset:
  *
@@ -126,7 +134,14 @@ export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<stri
  * - `PYTHONUNBUFFERED=1`: the workers' stdout and stderr are pipes to the agent, which Python buffers by
  *   blocks, so a worker's lines would show only when it exits and a killed worker's last lines would be
  *   lost (torchrun's workers write to the terminal, line by line). Set `PYTHONUNBUFFERED=` (empty) to keep
- *   Python's buffering.
+ *   Python's buffering;
+ * - torchrun's `TORCH_NCCL_ASYNC_ERROR_HANDLING=1` (PyTorch 2.x's name) and `NCCL_ASYNC_ERROR_HANDLING=1`
+ *   (the older one, read by 1.13), both since rdzv cannot tell the workers' PyTorch apart, and neither when the user set
+ *   one (PyTorch 2.x reads both, the older name first, so adding one could override the user's choice).
+ *   PyTorch 2.x warns once per NCCL process that the older name is deprecated: setting
+ *   `TORCH_NCCL_ASYNC_ERROR_HANDLING` yourself avoids that;
+ * - torchrun's `TORCHELASTIC_SIGNALS_TO_HANDLE` default (its `--signals-to-handle`, PyTorch 2.x), for
+ *   parity: rdzv itself handles SIGINT, SIGTERM and SIGHUP.
  */
 export function mergeWorkerEnv(
   base: Readonly<Record<string, string | undefined>>,
@@ -137,5 +152,10 @@ export function mergeWorkerEnv(
   for (const [key, value] of Object.entries(base)) if (value !== undefined) env[key] = value;
   if (nprocPerNode > 1 && env.OMP_NUM_THREADS === undefined) env.OMP_NUM_THREADS = "1";
   if (env.PYTHONUNBUFFERED === undefined) env.PYTHONUNBUFFERED = "1";
+  if (env.TORCH_NCCL_ASYNC_ERROR_HANDLING === undefined && env.NCCL_ASYNC_ERROR_HANDLING === undefined) {
+    env.TORCH_NCCL_ASYNC_ERROR_HANDLING = "1";
+    env.NCCL_ASYNC_ERROR_HANDLING = "1";
+  }
+  env.TORCHELASTIC_SIGNALS_TO_HANDLE ??= TORCHRUN_SIGNALS_TO_HANDLE;
   return Object.assign(env, extra);
 }
