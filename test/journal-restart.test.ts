@@ -101,6 +101,10 @@ describe("rdzv serve --data-dir across restarts", () => {
     const refused = await serveFailure(["--data-dir", dir]);
     assert.equal(refused.code, 1, refused.output);
     assert.match(refused.output, new RegExp(`${journal} is corrupt: bad record at byte 16`));
+    writeFileSync(journal, ""); // as `: > journal-0`: not a fresh store
+    const empty = await serveFailure(["--data-dir", dir]);
+    assert.equal(empty.code, 1, empty.output);
+    assert.match(empty.output, new RegExp(`${journal} is empty \\(0 bytes\\)`));
   });
 
   it("refuses a data directory another live server holds, and bad options", async () => {

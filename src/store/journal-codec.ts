@@ -112,11 +112,21 @@ export interface DecodedJournal {
   readonly tornBytes: number;
 }
 
+/**
+ * The generation in a file's header. Every journal and snapshot is written whole with its header through
+ * a temporary file and a rename (journal-lock.ts `writeFileAtomic`), so a file shorter than a header,
+ * an empty one included, was truncated or replaced afterwards: corruption like any other bad header.
+ */
 function checkHeader(buf: Buffer, magic: string, what: string): number {
-  if (buf.length < HEADER_BYTES || buf.toString("latin1", 0, 8) !== magic) {
+  const kind = magic === JOURNAL_MAGIC ? "journal" : "snapshot";
+  if (buf.length < HEADER_BYTES) {
     throw new JournalCorruptError(
-      `${what} is not an rdzv ${magic === JOURNAL_MAGIC ? "journal" : "snapshot"} (bad header)`,
+      `${what} is ${buf.length === 0 ? "empty (0 bytes)" : `${buf.length} bytes, shorter than its header`}: ` +
+        `rdzv writes every ${kind} whole with its ${HEADER_BYTES}-byte header, so it was truncated or replaced`,
     );
+  }
+  if (buf.toString("latin1", 0, 8) !== magic) {
+    throw new JournalCorruptError(`${what} is not an rdzv ${kind} (bad header)`);
   }
   return Number(buf.readBigUInt64LE(8));
 }
@@ -127,10 +137,6 @@ function checkHeader(buf: Buffer, magic: string, what: string): number {
  * record with an intact one anywhere after it is corruption: `JournalCorruptError` naming the offset.
  */
 export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
-  if (buf.length < HEADER_BYTES && JOURNAL_MAGIC.startsWith(buf.toString("latin1").slice(0, 8))) {
-    // Created, but the header itself was cut short: nothing was ever recorded in it.
-    return { generation: -1, mutations: [], validBytes: 0, tornBytes: buf.length };
-  }
   const generation = checkHeader(buf, JOURNAL_MAGIC, what);
   const mutations: Mutation[] = [];
   let offset = HEADER_BYTES;

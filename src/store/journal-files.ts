@@ -78,13 +78,13 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
   let journalBytes = HEADER_BYTES;
   if (journals.includes(generation)) {
     const journal = decodeJournal(readFileSync(path), path);
-    if (journal.generation !== generation && journal.generation !== -1) {
+    if (journal.generation !== generation) {
       throw new JournalCorruptError(`${path} holds generation ${journal.generation}`);
     }
     for (const m of journal.mutations) applyMutation(engine, m);
     journalRecords = journal.mutations.length;
     tornBytes = journal.tornBytes;
-    journalBytes = Math.max(journal.validBytes, HEADER_BYTES);
+    journalBytes = journal.validBytes;
     if (tornBytes > 0) {
       logger.warn("journal: dropping a torn last record (a write cut short when the server stopped)", {
         file: path,
@@ -92,9 +92,7 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
         bytes: tornBytes,
       });
     }
-    if (journal.validBytes < HEADER_BYTES) {
-      writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]);
-    } else if (tornBytes > 0) {
+    if (tornBytes > 0) {
       const fd = openSync(path, "r+");
       ftruncateSync(fd, journal.validBytes);
       closeSync(fd);

@@ -165,6 +165,38 @@ describe("journal", () => {
     assert.throws(() => reopen(dir), /bad header/);
   });
 
+  it("refuses an empty or headless journal or snapshot, naming the file (they are always written with a header)", () => {
+    const dir = tempDir();
+    const first = reopen(dir, { compactBytes: 256 });
+    for (let i = 0; i < 100; i++) first.engine.set(`k${i}`, b("v"));
+    return new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      first.engine.set("after", b("compaction"));
+      first.close();
+      const files = readdirSync(dir);
+      const journal = join(dir, files.find((f) => f.startsWith("journal-"))!);
+      const snapshot = join(dir, files.find((f) => f.startsWith("snapshot-"))!);
+      for (const path of [journal, snapshot]) {
+        const intact = readFileSync(path);
+        for (const [bytes, says] of [
+          [Buffer.alloc(0), "is empty (0 bytes)"],
+          [intact.subarray(0, 5), "is 5 bytes, shorter than its header"],
+        ] as const) {
+          writeFileSync(path, bytes);
+          assert.throws(
+            () => reopen(dir),
+            (err: { code: string; message: string }) =>
+              err.code === ErrorCode.State && err.message.startsWith(`${path} ${says}`),
+          );
+          assert.equal(statSync(path).size, bytes.length, "the file is left as it was");
+        }
+        writeFileSync(path, intact);
+      }
+      const again = reopen(dir);
+      assert.equal(Buffer.from(again.engine.get("after")!).toString(), "compaction");
+      again.close();
+    });
+  });
+
   it("refuses a damaged snapshot", () => {
     const dir = tempDir();
     const first = reopen(dir, { compactBytes: 256 });
