@@ -2,39 +2,9 @@ import assert from "node:assert/strict";
 import { randomBytes, randomInt } from "node:crypto";
 import { PassThrough, Writable } from "node:stream";
 import { describe, it } from "node:test";
-import { createWorkerOutput, LineSplitter, MAX_HELD_BYTES, TailBuffer } from "./output.js";
+import { setTimeout as delay } from "node:timers/promises";
+import { createWorkerOutput, HOLD_MS, MAX_HELD_BYTES, TailBuffer } from "./output.js";
 import { formatStatus } from "./status-line.js";
-
-const latin1 = (text: string): Buffer => Buffer.from(text, "latin1");
-const texts = (lines: Buffer[]): string[] => lines.map((l) => l.toString("latin1"));
-
-describe("LineSplitter", () => {
-  it("carries partial lines across chunks, each line with its line end as written", () => {
-    const s = new LineSplitter();
-    assert.deepEqual(s.push(latin1("a")), []);
-    assert.deepEqual(texts(s.push(latin1("b\r\nc\n\nd"))), ["ab\r\n", "c\n", "\n"]);
-    assert.deepEqual(texts(s.flush()), ["d"]);
-    assert.deepEqual(s.flush(), []);
-  });
-
-  it("holds at most MAX_HELD_BYTES of a line without a newline, passing it on in pieces", () => {
-    const s = new LineSplitter();
-    const chunk = latin1("x".repeat(1000));
-    let out = 0;
-    let most = 0;
-    for (let i = 0; i < 2000; i++) {
-      for (const line of s.push(chunk)) {
-        assert.ok(line.length <= MAX_HELD_BYTES + chunk.length);
-        out += line.length;
-      }
-      most = Math.max(most, s.heldBytes);
-    }
-    out += s.flush().reduce((n, l) => n + l.length, 0);
-    assert.equal(out, 2000 * chunk.length);
-    assert.ok(most <= MAX_HELD_BYTES + chunk.length, `held ${most} bytes`);
-    assert.deepEqual(texts(s.push(latin1("\nnext\n"))), ["\n", "next\n"]);
-  });
-});
 
 describe("TailBuffer", () => {
   it("keeps the last lines, the partial one included, each cut to a width", () => {
@@ -131,27 +101,26 @@ describe("createWorkerOutput", () => {
     assert.equal(out.text(), "rank 1: sum\nrank 0: sum\n");
   });
 
-  it("without a prefix, passes a line longer than MAX_HELD_BYTES on in bounded pieces", async () => {
-    const pieces: number[] = [];
-    const out = new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        pieces.push(chunk.length);
-        cb();
-      },
+  for (const prefix of [false, true]) {
+    it(`${prefix ? "with" : "without"} a prefix, passes a line longer than MAX_HELD_BYTES on in bounded pieces`, async () => {
+      const pieces: Buffer[] = [];
+      const out = new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          pieces.push(chunk);
+          cb();
+        },
+      });
+      const output = createWorkerOutput({ prefix, stdout: out, stderr: collect().stream });
+      const source = new PassThrough();
+      output.attach(0, "stdout", source);
+      const chunk = Buffer.alloc(1000, "y");
+      await feed(source, Buffer.concat(Array(2000).fill(chunk)), 1000);
+      const tag = prefix ? "[rank0]: " : "";
+      assert.equal(Buffer.concat(pieces).toString(), `${tag}${"y".repeat(2000 * 1000)}${prefix ? "\n" : ""}`);
+      const most = Math.max(...pieces.map((p) => p.length));
+      assert.ok(most <= MAX_HELD_BYTES + chunk.length + tag.length, `a write of ${most} bytes`);
     });
-    const output = createWorkerOutput({ prefix: false, stdout: out, stderr: collect().stream });
-    const source = new PassThrough();
-    output.attach(0, "stdout", source);
-    const chunk = "y".repeat(4096);
-    for (let i = 0; i < 100; i++) source.write(chunk);
-    source.end();
-    await new Promise((r) => source.on("end", r));
-    assert.equal(
-      pieces.reduce((a, b) => a + b, 0),
-      100 * chunk.length,
-    );
-    assert.ok(Math.max(...pieces) <= MAX_HELD_BYTES + chunk.length, `pieces ${pieces.join(",")}`);
-  });
+  }
 
   it("passes random bytes through untouched without a prefix", async () => {
     const data = randomBytes(100_000);
@@ -166,7 +135,7 @@ describe("createWorkerOutput", () => {
     assert.ok(out.bytes().equals(data));
   });
 
-  it("with a prefix, splits random bytes at the newline byte and keeps every byte", async () => {
+  it("with a prefix, keeps every byte of random bytes, a prefix before each line and \\r rewrite", async () => {
     const data = randomBytes(100_000);
     const out = collect();
     const source = new PassThrough();
@@ -176,15 +145,22 @@ describe("createWorkerOutput", () => {
       source,
     );
     await feed(source, data);
-    const tag = Buffer.from("[rank5]: ");
-    const expected: Buffer[] = [];
-    for (let start = 0; start < data.length; ) {
-      const nl = data.indexOf(0x0a, start);
-      const end = nl < 0 ? data.length : nl + 1;
-      expected.push(tag, data.subarray(start, end), nl < 0 ? Buffer.from("\n") : Buffer.alloc(0));
-      start = end;
+    // Byte by byte: a prefix where a line or a rewrite starts, but not before the \n of a \r\n nor before a
+    // \r that rewrites nothing yet; and a \n after a last line that has none.
+    const tag = [...Buffer.from("[rank5]: ")];
+    const expected: number[] = [];
+    let atStart = true;
+    let afterCR = false;
+    for (const [i, byte] of data.entries()) {
+      if (atStart && (byte === 0x0d ? data[i + 1] === 0x0a : !(byte === 0x0a && afterCR))) {
+        expected.push(...tag);
+      }
+      expected.push(byte);
+      atStart = byte === 0x0a || byte === 0x0d;
+      afterCR = byte === 0x0d;
     }
-    assert.ok(out.bytes().equals(Buffer.concat(expected)));
+    if (data.at(-1) !== 0x0a) expected.push(0x0a);
+    assert.ok(out.bytes().equals(Buffer.from(expected)));
   });
 
   it("pauses every worker behind a full stream with one 'drain' listener, and resumes them all", async () => {
@@ -234,10 +210,79 @@ describe("createWorkerOutput", () => {
   });
 });
 
-/** Writes `data` to `source` in random pieces and ends it; resolves once it was read to the end. */
-async function feed(source: PassThrough, data: Buffer): Promise<void> {
+describe("createWorkerOutput: unfinished lines", () => {
+  /** Resolves once `text()` is `expected`; fails after 5 s (never a timing assertion: only an upper bound). */
+  async function until(text: () => string, expected: string): Promise<void> {
+    for (let waited = 0; text() !== expected; waited += 10) {
+      if (waited > 5000) assert.equal(text(), expected);
+      await delay(10);
+    }
+  }
+
+  it(`with a prefix, shows a \\r progress bar after ${HOLD_MS} ms, each rewrite prefixed`, async () => {
+    const out = collect();
+    const output = createWorkerOutput({ prefix: true, stdout: collect().stream, stderr: out.stream });
+    const source = new PassThrough();
+    output.attach(2, "stderr", source);
+    source.write("\r 10%|#   |");
+    await delay(0);
+    assert.equal(out.text(), "", "held back: no \\n yet");
+    await until(out.text, "\r[rank2]:  10%|#   |");
+    source.write("\r 20%|##  |");
+    source.end("\r100%|####|\n");
+    await new Promise((r) => source.on("end", r));
+    assert.equal(out.text(), "\r[rank2]:  10%|#   |\r[rank2]:  20%|##  |\r[rank2]: 100%|####|\n");
+  });
+
+  it("with a prefix, another worker's line first ends an unfinished one, which goes on with a prefix", async () => {
+    const out = collect();
+    const output = createWorkerOutput({ prefix: true, stdout: out.stream, stderr: collect().stream });
+    const a = new PassThrough();
+    const b = new PassThrough();
+    output.attach(0, "stdout", a);
+    output.attach(1, "stdout", b);
+    a.write("loading...");
+    await until(out.text, "[rank0]: loading...");
+    b.end("hello\n");
+    a.end(" done\r\n");
+    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    assert.equal(out.text(), "[rank0]: loading...\n[rank1]: hello\n[rank0]:  done\r\n");
+  });
+
+  it("with a prefix, the line end of a line another worker ended already is not written again", async () => {
+    const out = collect();
+    const output = createWorkerOutput({ prefix: true, stdout: out.stream, stderr: collect().stream });
+    const a = new PassThrough();
+    const b = new PassThrough();
+    output.attach(0, "stdout", a);
+    output.attach(1, "stdout", b);
+    a.write("\r 50%");
+    await until(out.text, "\r[rank0]:  50%");
+    b.end("x\n");
+    a.end("\n");
+    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    assert.equal(out.text(), "\r[rank0]:  50%\n[rank1]: x\n");
+  });
+
+  it("without a prefix, shows a prompt without a line end after the hold, untouched", async () => {
+    const out = collect();
+    const output = createWorkerOutput({ prefix: false, stdout: out.stream, stderr: collect().stream });
+    const source = new PassThrough();
+    output.attach(0, "stdout", source);
+    source.write("> foo.py(3)<module>()\n(Pdb) ");
+    await delay(0);
+    assert.equal(out.text(), "> foo.py(3)<module>()\n");
+    await until(out.text, "> foo.py(3)<module>()\n(Pdb) ");
+    source.end("--Return--\n");
+    await new Promise((r) => source.on("end", r));
+    assert.equal(out.text(), "> foo.py(3)<module>()\n(Pdb) --Return--\n");
+  });
+});
+
+/** Writes `data` to `source` in pieces (random ones by default) and ends it; resolves once it was read. */
+async function feed(source: PassThrough, data: Buffer, pieceBytes?: number): Promise<void> {
   for (let start = 0; start < data.length; ) {
-    const end = Math.min(data.length, start + randomInt(1, 5000));
+    const end = Math.min(data.length, start + (pieceBytes ?? randomInt(1, 5000)));
     source.write(data.subarray(start, end));
     start = end;
   }

@@ -17,57 +17,8 @@ const LF = 0x0a;
 const CR = 0x0d;
 const NEWLINE = Buffer.from("\n");
 
-/**
- * Splits bytes into complete lines, carrying a partial last line over to the next chunk. Linear in the
- * input: each chunk is searched once, and the partial line is kept as a list of pieces, joined once at
- * its end. A partial line longer than `maxLineBytes` comes out as a line as it is, so memory stays bounded.
- */
-export class LineSplitter {
-  readonly #pieces: Buffer[] = [];
-  #held = 0;
-  readonly #maxLineBytes: number;
-
-  constructor(maxLineBytes = MAX_HELD_BYTES) {
-    this.#maxLineBytes = maxLineBytes;
-  }
-
-  /** Bytes of the partial line held back now. */
-  get heldBytes(): number {
-    return this.#held;
-  }
-
-  /**
-   * The lines that `chunk` completes, each with its `\n` (and a `\r` before it) as written; a piece of a
-   * line longer than `maxLineBytes` has none.
-   */
-  push(chunk: Buffer): Buffer[] {
-    const lines: Buffer[] = [];
-    let start = 0;
-    for (let nl = chunk.indexOf(LF); nl >= 0; nl = chunk.indexOf(LF, start)) {
-      this.#pieces.push(chunk.subarray(start, nl + 1));
-      lines.push(this.#take());
-      start = nl + 1;
-    }
-    if (start < chunk.length) {
-      this.#pieces.push(chunk.subarray(start));
-      this.#held += chunk.length - start;
-      if (this.#held > this.#maxLineBytes) lines.push(this.#take());
-    }
-    return lines;
-  }
-
-  /** The partial line left over, if any (at end of stream). */
-  flush(): Buffer[] {
-    return this.#held === 0 ? [] : [this.#take()];
-  }
-
-  #take(): Buffer {
-    const line = this.#pieces.length === 1 ? this.#pieces[0]! : Buffer.concat(this.#pieces);
-    this.#pieces.length = 0;
-    this.#held = 0;
-    return line;
-  }
-}
+/** How long an unfinished line (a prompt, a progress bar) waits for its end before it goes out anyway. */
+export const HOLD_MS = 150;
 
 /**
  * The last `maxLines` lines written to a stream, each cut to `maxLineChars`, as a terminal shows them: of
@@ -156,7 +107,10 @@ export interface WorkerOutput {
 
 /** Options of `createWorkerOutput`. */
 export interface WorkerOutputOptions {
-  /** Prefix each line with `[rank<N>]: ` (complete lines only; partial lines wait for their end). */
+  /**
+   * Prefix each line with `[rank<N>]: `, and each rewrite of a line by `\r` (a progress bar) too. Another
+   * worker's output ends a line left unfinished with a `\n` first.
+   */
   readonly prefix: boolean;
   readonly stdout: Writable;
   readonly stderr: Writable;
@@ -172,6 +126,8 @@ export interface WorkerOutputOptions {
  * workers go on: no 'drain' would ever come, and a worker blocked on a full pipe would hang.
  */
 class Sink {
+  /** With prefixes: the writer whose line the stream's output ends in, unfinished. */
+  open: LineWriter | undefined;
   readonly #stream: Writable;
   readonly #beforeWrite: (() => void) | undefined;
   readonly #paused = new Set<Readable>();
@@ -205,6 +161,115 @@ class Sink {
   }
 }
 
+/**
+ * One worker stream's way to its sink. Output goes on up to the last line end (`\n`; without a prefix
+ * also `\r`, for progress bars), so that workers writing at once do not interleave within a line (an
+ * unbuffered Python `print` writes text and newline apart); the unfinished rest waits for its end, but at
+ * most HOLD_MS (a prompt, a progress bar must show) and MAX_HELD_BYTES (memory). With a prefix, the `\r`
+ * rewrites of a progress bar go out together every HOLD_MS, each prefixed. Each chunk is searched once.
+ */
+class LineWriter {
+  readonly #sink: Sink;
+  readonly #source: Readable;
+  /** The prefix, or undefined to pass bytes on untouched. */
+  readonly #tag: Buffer | undefined;
+  readonly #held: Buffer[] = [];
+  #heldBytes = 0;
+  #timer: NodeJS.Timeout | undefined;
+  /** The next byte starts a line (or a `\r` rewrite of one): it gets the prefix. */
+  #atLineStart = true;
+  /** The last byte written was a `\r`: a `\n` next ends the line, without a prefix of its own. */
+  #afterCR = false;
+  /** Another writer ended this writer's unfinished line: a line end coming next is already written. */
+  #endedElsewhere = false;
+
+  constructor(sink: Sink, source: Readable, tag: Buffer | undefined) {
+    this.#sink = sink;
+    this.#source = source;
+    this.#tag = tag;
+  }
+
+  push(chunk: Buffer): void {
+    const lastLF = chunk.lastIndexOf(LF);
+    const lineEnd = (this.#tag === undefined ? Math.max(lastLF, chunk.lastIndexOf(CR)) : lastLF) + 1;
+    if (lineEnd > 0) {
+      this.#held.push(chunk.subarray(0, lineEnd));
+      this.#release();
+    }
+    if (lineEnd === chunk.length) return;
+    this.#held.push(chunk.subarray(lineEnd));
+    this.#heldBytes += chunk.length - lineEnd;
+    if (this.#heldBytes > MAX_HELD_BYTES) this.#release();
+    else if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.#release(), HOLD_MS);
+      this.#timer.unref();
+    }
+  }
+
+  /** At the end of the stream: what is held goes out, and a prefixed line left unfinished is ended. */
+  end(): void {
+    this.#release();
+    if (this.#tag !== undefined && this.#sink.open === this) this.#write(NEWLINE);
+  }
+
+  #release(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#held.length === 0) return;
+    const bytes = this.#held.length === 1 ? this.#held[0]! : Buffer.concat(this.#held);
+    this.#held.length = 0;
+    this.#heldBytes = 0;
+    this.#write(this.#tag === undefined ? bytes : this.#prefixed(bytes));
+  }
+
+  #write(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    this.#sink.write(bytes, this.#source);
+    if (this.#tag !== undefined) this.#sink.open = bytes.at(-1) === LF ? undefined : this;
+  }
+
+  /**
+   * `bytes` with the prefix before each line and each `\r` rewrite of one (not before the `\n` of a
+   * `\r\n`, nor before a `\r` that rewrites nothing yet). First ends another writer's unfinished line,
+   * and drops the line end of this writer's own line that another writer ended already.
+   */
+  #prefixed(bytes: Buffer): Buffer {
+    const tag = this.#tag!;
+    const out: Buffer[] = [];
+    const open = this.#sink.open;
+    if (open !== undefined && open !== this) {
+      out.push(NEWLINE);
+      open.#atLineStart = true;
+      open.#endedElsewhere = true;
+    }
+    let start = 0;
+    if (this.#endedElsewhere) {
+      this.#endedElsewhere = false;
+      if (bytes[0] === LF) start = 1;
+      else if (bytes[0] === CR && bytes[1] === LF) start = 2;
+    }
+    let nl = bytes.indexOf(LF, start);
+    let cr = bytes.indexOf(CR, start);
+    while (start < bytes.length) {
+      if (this.#atLineStart) {
+        const first = bytes[start];
+        const tagged = first === CR ? bytes[start + 1] === LF : !(first === LF && this.#afterCR);
+        if (tagged) out.push(tag);
+      }
+      // Both positions are searched again only once passed: one pass over the bytes in all.
+      if (nl >= 0 && nl < start) nl = bytes.indexOf(LF, start);
+      if (cr >= 0 && cr < start) cr = bytes.indexOf(CR, start);
+      const end = nl < 0 ? cr : cr < 0 ? nl : Math.min(nl, cr);
+      out.push(bytes.subarray(start, end < 0 ? bytes.length : end + 1));
+      this.#atLineStart = end >= 0;
+      this.#afterCR = end >= 0 && end === cr;
+      if (end < 0) break;
+      start = end + 1;
+    }
+    return Buffer.concat(out);
+  }
+}
+
 /** Output to the agent's own streams, pausing workers' streams while their destination is full. */
 export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
   const sinks = {
@@ -213,40 +278,10 @@ export function createWorkerOutput(options: WorkerOutputOptions): WorkerOutput {
   };
   return {
     attach(rank, stream, source) {
-      const sink = sinks[stream];
-      const write = (bytes: Buffer): void => sink.write(bytes, source);
-      if (options.prefix) {
-        const splitter = new LineSplitter();
-        const tag = Buffer.from(`[rank${rank}]: `);
-        const format = (lines: Buffer[]): Buffer =>
-          Buffer.concat(lines.flatMap((l) => (l.at(-1) === LF ? [tag, l] : [tag, l, NEWLINE])));
-        source.on("data", (chunk: Buffer | string) => write(format(splitter.push(toBytes(chunk)))));
-        source.on("end", () => write(format(splitter.flush())));
-        return;
-      }
-      // Untouched, but only up to the last line end (`\n`, or `\r` for progress bars): workers writing at
-      // once must not interleave within a line (an unbuffered Python `print` writes text and newline apart).
-      // Only the new chunk is searched, and what is held back is kept in pieces.
-      const held: Buffer[] = [];
-      let heldBytes = 0;
-      const release = (upTo?: Buffer): Buffer => {
-        if (upTo !== undefined) held.push(upTo);
-        const bytes = held.length === 1 ? held[0]! : Buffer.concat(held);
-        held.length = 0;
-        heldBytes = 0;
-        return bytes;
-      };
-      source.on("data", (data: Buffer | string) => {
-        const chunk = toBytes(data);
-        const lineEnd = Math.max(chunk.lastIndexOf(LF), chunk.lastIndexOf(CR)) + 1;
-        if (lineEnd > 0) write(release(chunk.subarray(0, lineEnd)));
-        if (lineEnd === chunk.length) return;
-        held.push(chunk.subarray(lineEnd));
-        heldBytes += chunk.length - lineEnd;
-        // A line longer than MAX_HELD_BYTES goes out in pieces rather than pile up.
-        if (heldBytes > MAX_HELD_BYTES) write(release());
-      });
-      source.on("end", () => write(release()));
+      const tag = options.prefix ? Buffer.from(`[rank${rank}]: `) : undefined;
+      const writer = new LineWriter(sinks[stream], source, tag);
+      source.on("data", (chunk: Buffer | string) => writer.push(toBytes(chunk)));
+      source.on("end", () => writer.end());
     },
   };
 }
