@@ -1,6 +1,6 @@
 /**
  * `rdzv serve --data-dir` across real restarts of the server process (the compiled CLI): SIGKILL and
- * restart keep every key; a torn last record is dropped with a warning; corruption elsewhere stops the
+ * restart keep every key; a bad last record is dropped with a warning; corruption elsewhere stops the
  * server with an error naming the file; a directory in use is refused; and a server SIGKILLed and
  * restarted while a round runs loses no completed round: the round survives, and the next one is the
  * next number, with the membership everyone agrees on (test/chaos/node.ts processes, test/chaos/checker.ts).
@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -83,7 +83,7 @@ describe("rdzv serve --data-dir across restarts", () => {
     await third.kill("SIGTERM");
   });
 
-  it("drops a torn last record with a warning; refuses corruption elsewhere, naming the file", async () => {
+  it("drops a torn or damaged last record with a warning; refuses corruption elsewhere, naming the file", async () => {
     const dir = dataDir();
     await using first = await startServe(["--data-dir", dir]);
     await writeSome(first.port);
@@ -94,7 +94,22 @@ describe("rdzv serve --data-dir across restarts", () => {
     await using second = await startServe(["--data-dir", dir]);
     await assertSome(second.port);
     assert.match(second.output(), /torn last record/);
+    assert.match(second.output(), /\(a last record cut short, 10 bytes, dropped\)/);
     await second.kill("SIGKILL");
+    // A full-length last record whose checksum is wrong: damaged, not cut short; its bytes are kept.
+    const damaged = Buffer.from([5, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 3, 1, 0, 0, 0]);
+    const saved = join(dir, `journal-0.dropped-${statSync(journal).size}`);
+    appendFileSync(journal, damaged);
+    await using third = await startServe(["--data-dir", dir]);
+    await using c = await connectTCPStore({ host: "127.0.0.1", port: third.port, timeoutMs: 10_000 });
+    assert.equal(text(await c.get("cas")), "won");
+    assert.match(third.output(), /damaged last record/);
+    assert.ok(
+      third.output().includes(`(a damaged last record of 13 bytes dropped; its bytes are in ${saved})`),
+      third.output(),
+    );
+    assert.deepEqual(readFileSync(saved), damaged);
+    await third.kill("SIGKILL");
     const bad = Buffer.from(intact);
     bad[30] = bad[30]! ^ 0x55; // inside the first record
     writeFileSync(journal, bad);

@@ -5,7 +5,7 @@
 
 import type { StoreError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { FsyncPolicy, type Journal, openJournal } from "../store/journal.js";
+import { type DroppedTail, FsyncPolicy, type Journal, openJournal } from "../store/journal.js";
 import { KvEngine } from "../store/kv-engine.js";
 import { intOption, UsageError } from "./args.js";
 
@@ -71,12 +71,12 @@ export function openServeData(values: DataValues, logger: Logger, out: NodeJS.Wr
       listener?.(err);
     },
   });
-  const { snapshotRecords, journalRecords, tornBytes } = journal.stats;
+  const { snapshotRecords, journalRecords, droppedTail: tail } = journal.stats;
   const policy = fsync === FsyncPolicy.Interval ? `interval ${fsyncIntervalMs} ms` : fsync;
   out.write(
     `rdzv store: data in ${dir} (fsync ${policy}): ${engine.size} keys restored from ` +
       `${snapshotRecords} snapshot and ${journalRecords} journal records` +
-      `${tornBytes > 0 ? ` (a torn last record of ${tornBytes} bytes dropped)` : ""}\n`,
+      `${tail === undefined ? "" : ` (${describeTail(tail)})`}\n`,
   );
   return {
     engine,
@@ -87,4 +87,10 @@ export function openServeData(values: DataValues, logger: Logger, out: NodeJS.Wr
     },
     close: () => journal.close(),
   };
+}
+
+function describeTail(tail: DroppedTail): string {
+  return tail.savedTo === undefined
+    ? `a last record cut short, ${tail.bytes} bytes, dropped`
+    : `a damaged last record of ${tail.bytes} bytes dropped; its bytes are in ${tail.savedTo}`;
 }

@@ -108,8 +108,14 @@ export interface DecodedJournal {
   readonly mutations: Mutation[];
   /** Bytes of intact records (header included): where appending resumes. */
   readonly validBytes: number;
-  /** Set when the file ends in a record cut short (a write the process did not finish): its size. */
-  readonly tornBytes: number;
+  /** Bytes after the last intact record, to be dropped (0 when none). */
+  readonly droppedBytes: number;
+  /**
+   * How the dropped last record is bad, when there is one: `cut short` (its header or payload reaches
+   * past the end of the file: a write that did not finish), or `damaged` (complete by its own length,
+   * but its checksum or contents are wrong: garbage a machine crash left, or damage on disk).
+   */
+  readonly tail?: "cut short" | "damaged";
 }
 
 /**
@@ -133,8 +139,8 @@ function checkHeader(buf: Buffer, magic: string, what: string): number {
 
 /**
  * Decodes a journal file's bytes (`what` names it in errors). A bad record followed by nothing intact is
- * a torn tail (the write of the last record was cut short): reported in `tornBytes`, not an error. A bad
- * record with an intact one anywhere after it is corruption: `JournalCorruptError` naming the offset.
+ * a bad tail (cut short or damaged, see `DecodedJournal.tail`): reported in `droppedBytes`, not an error.
+ * A bad record with an intact one anywhere after it is corruption: `JournalCorruptError` naming the offset.
  */
 export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
   const generation = checkHeader(buf, JOURNAL_MAGIC, what);
@@ -150,12 +156,14 @@ export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
           );
         }
       }
-      return { generation, mutations, validBytes: offset, tornBytes: buf.length - offset };
+      const length = offset + RECORD_HEADER_BYTES <= buf.length ? buf.readUInt32LE(offset) : Infinity;
+      const tail = offset + RECORD_HEADER_BYTES + length > buf.length ? "cut short" : "damaged";
+      return { generation, mutations, validBytes: offset, droppedBytes: buf.length - offset, tail };
     }
     mutations.push(record.parsed.mutation);
     offset = record.next;
   }
-  return { generation, mutations, validBytes: offset, tornBytes: 0 };
+  return { generation, mutations, validBytes: offset, droppedBytes: 0 };
 }
 
 /** Decodes a snapshot file's bytes; any flaw is `JournalCorruptError` (snapshots are renamed into place whole). */

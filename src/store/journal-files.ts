@@ -1,12 +1,21 @@
 /**
- * Reading a data directory back into an engine at start (snapshot, then journal, dropping a torn last
+ * Reading a data directory back into an engine at start (snapshot, then journal, dropping a bad last
  * record), and writing snapshots. File layout and format: src/store/journal.ts, journal-codec.ts.
  */
 
-import { closeSync, ftruncateSync, openSync, readdirSync, readFileSync, unlinkSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  unlinkSync,
+} from "node:fs";
 import { join } from "node:path";
+import { StoreError } from "../errors.js";
 import type { Logger } from "../log.js";
-import type { JournalStats } from "./journal.js";
+import type { DroppedTail, JournalStats } from "./journal.js";
 import {
   decodeJournal,
   decodeSnapshot,
@@ -52,7 +61,7 @@ function scan(dir: string): { journals: number[]; snapshots: number[] } {
 
 /**
  * Replays `dir` into `engine` and opens its current journal for appending (creating it when missing).
- * Throws `JournalCorruptError` for anything unreadable other than a torn last journal record.
+ * Throws `JournalCorruptError` for anything unreadable other than a bad last journal record.
  */
 export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Loaded {
   const { journals, snapshots } = scan(dir);
@@ -73,37 +82,86 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
     snapshotRecords = snapshot.mutations.length;
   }
   const path = join(dir, `journal-${generation}`);
-  let journalRecords = 0;
-  let tornBytes = 0;
-  let journalBytes = HEADER_BYTES;
-  if (journals.includes(generation)) {
-    const journal = decodeJournal(readFileSync(path), path);
-    if (journal.generation !== generation) {
-      throw new JournalCorruptError(`${path} holds generation ${journal.generation}`);
-    }
-    for (const m of journal.mutations) applyMutation(engine, m);
-    journalRecords = journal.mutations.length;
-    tornBytes = journal.tornBytes;
-    journalBytes = journal.validBytes;
-    if (tornBytes > 0) {
-      logger.warn("journal: dropping a torn last record (a write cut short when the server stopped)", {
-        file: path,
-        offset: journal.validBytes,
-        bytes: tornBytes,
-      });
-    }
-    if (tornBytes > 0) {
-      const fd = openSync(path, "r+");
-      ftruncateSync(fd, journal.validBytes);
-      closeSync(fd);
-    }
-  } else {
-    writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]);
-  }
+  let replayed: Replayed = { records: 0, journalBytes: HEADER_BYTES, droppedTail: undefined };
+  if (journals.includes(generation)) replayed = replayJournal(engine, dir, generation, logger);
+  else writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]);
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
   const fd = openSync(path, "a");
-  const stats = { generation, snapshotRecords, journalRecords, tornBytes, journalBytes, compactions: 0 };
+  const { records: journalRecords, journalBytes, droppedTail } = replayed;
+  const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };
   return { fd, stats };
+}
+
+interface Replayed {
+  readonly records: number;
+  readonly journalBytes: number;
+  readonly droppedTail: DroppedTail | undefined;
+}
+
+/** Replays journal `generation` into `engine`, dropping a bad last record (see `dropTail`). */
+function replayJournal(engine: KvEngine, dir: string, generation: number, logger: Logger): Replayed {
+  const path = join(dir, `journal-${generation}`);
+  const bytes = readFileSync(path);
+  const journal = decodeJournal(bytes, path);
+  if (journal.generation !== generation) {
+    throw new JournalCorruptError(`${path} holds generation ${journal.generation}`);
+  }
+  for (const m of journal.mutations) applyMutation(engine, m);
+  const droppedTail =
+    journal.droppedBytes > 0
+      ? dropTail(dir, `journal-${generation}`, bytes, journal.validBytes, journal.tail ?? "cut short", logger)
+      : undefined;
+  return { records: journal.mutations.length, journalBytes: journal.validBytes, droppedTail };
+}
+
+/**
+ * Truncates journal `name` at `offset`, after a warning; a damaged record's bytes (unlike a write cut
+ * short, it is not what a stopped server leaves, so it is evidence) are first saved durably to
+ * `<name>.dropped-<offset>`. Throws, leaving the journal as it was, when they cannot be saved.
+ */
+function dropTail(
+  dir: string,
+  name: string,
+  bytes: Buffer,
+  offset: number,
+  kind: DroppedTail["kind"],
+  logger: Logger,
+): DroppedTail {
+  const path = join(dir, name);
+  const tail = bytes.subarray(offset);
+  let savedTo: string | undefined;
+  if (kind === "damaged") {
+    let saved = `${name}.dropped-${offset}`;
+    for (let n = 2; existsSync(join(dir, saved)); n++) saved = `${name}.dropped-${offset}.${n}`;
+    savedTo = join(dir, saved);
+    try {
+      writeFileAtomic(dir, saved, [tail]);
+    } catch (err) {
+      throw new StoreError(
+        `${path}: cannot save its damaged last record to ${savedTo} before dropping it: ${String(err)}`,
+        undefined,
+        { cause: err },
+      );
+    }
+    logger.warn(
+      "journal: dropping a damaged last record (complete, but its checksum or contents are wrong: a " +
+        "machine crash can leave such a tail); its bytes are saved",
+      { file: path, offset, bytes: tail.length, savedTo },
+    );
+  } else {
+    logger.warn("journal: dropping a torn last record (a write cut short when the server stopped)", {
+      file: path,
+      offset,
+      bytes: tail.length,
+    });
+  }
+  const fd = openSync(path, "r+");
+  try {
+    ftruncateSync(fd, offset);
+  } finally {
+    closeSync(fd);
+  }
+  return { kind, offset, bytes: tail.length, ...(savedTo === undefined ? {} : { savedTo }) };
 }
 
 /** Deletes generation `g`'s files; a failure only leaves files that the next start deletes. */

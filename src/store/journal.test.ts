@@ -1,6 +1,6 @@
 /**
  * The journal of `rdzv serve --data-dir` on real files: every mutation kind survives a reopen, compaction
- * keeps the data and one generation of files, a torn last record is dropped with a warning, corruption
+ * keeps the data and one generation of files, a bad last record is dropped with a warning, corruption
  * elsewhere is a clear error, the directory is locked; and a fast-check model test of random operations
  * with random compaction points against an engine that never restarts.
  */
@@ -119,10 +119,34 @@ describe("journal", () => {
   });
 
   it("drops a torn last record with a warning, and appends after it", () => {
-    for (const tail of [
-      encodeMutation({ op: "set", key: "torn", value: b("lost") }).subarray(0, 11),
-      Buffer.alloc(64),
-    ]) {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const size = statSync(path).size;
+    appendFileSync(path, encodeMutation({ op: "set", key: "torn", value: b("lost") }).subarray(0, 11));
+    const { logger, warnings } = capture();
+    const second = reopen(dir, { logger });
+    assert.deepEqual(contents(second.engine), before);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /torn last record .*"offset":\d+,"bytes":11/);
+    assert.deepEqual(second.journal.stats.droppedTail, { kind: "cut short", offset: size, bytes: 11 });
+    assert.equal(statSync(path).size, size, "the torn bytes were cut off");
+    assert.deepEqual(readdirSync(dir).sort(), ["LOCK", "journal-0"], "nothing saved for a write cut short");
+    second.engine.set("after", b("ok"));
+    second.close();
+    const third = reopen(dir);
+    assert.equal(Buffer.from(third.engine.get("after")!).toString(), "ok");
+    third.close();
+  });
+
+  it("drops a damaged (full-length, bad checksum) last record, saving its bytes next to the journal first", () => {
+    const flipped = encodeMutation({ op: "set", key: "damaged", value: b("garbled") });
+    flipped[flipped.length - 1] = flipped[flipped.length - 1]! ^ 0x01;
+    // A full-length record with a bad checksum; zeros a crash left (a record of length 0 is not one).
+    for (const tail of [flipped, Buffer.alloc(64)]) {
       const dir = tempDir();
       const first = reopen(dir);
       mutateAll(first.engine);
@@ -134,14 +158,26 @@ describe("journal", () => {
       const { logger, warnings } = capture();
       const second = reopen(dir, { logger });
       assert.deepEqual(contents(second.engine), before);
+      const saved = join(dir, `journal-0.dropped-${size}`);
       assert.equal(warnings.length, 1);
-      assert.match(warnings[0]!, /torn last record/);
-      assert.equal(statSync(path).size, size, "the torn bytes were cut off");
+      assert.match(warnings[0]!, /damaged last record/);
+      assert.doesNotMatch(warnings[0]!, /cut short/);
+      assert.ok(warnings[0]!.includes(JSON.stringify(saved)), warnings[0]);
+      assert.deepEqual(second.journal.stats.droppedTail, {
+        kind: "damaged",
+        offset: size,
+        bytes: tail.length,
+        savedTo: saved,
+      });
+      assert.deepEqual(readFileSync(saved), Buffer.from(tail), "the dropped bytes, as they were");
+      assert.equal(statSync(path).size, size, "the journal was truncated after them");
       second.engine.set("after", b("ok"));
       second.close();
-      const third = reopen(dir);
+      const third = reopen(dir, { logger });
       assert.equal(Buffer.from(third.engine.get("after")!).toString(), "ok");
+      assert.equal(warnings.length, 1, "nothing more to drop");
       third.close();
+      assert.ok(readdirSync(dir).includes(`journal-0.dropped-${size}`), "the saved bytes are kept");
     }
   });
 

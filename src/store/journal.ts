@@ -12,8 +12,10 @@
  * - `never`: the kernel writes back when it likes (Linux: within ~30 s).
  *
  * Files in DIR: `LOCK` (pid of the owner), `snapshot-<G>` (the whole store at generation G, absent for
- * G = 0) and `journal-<G>` (mutations since). A torn last record (a write cut short) is dropped with a
- * warning; anything else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect
+ * G = 0) and `journal-<G>` (mutations since). A bad last record is dropped with a warning: one cut short
+ * (a write that did not finish), or one complete by its length but damaged (a machine crash can leave a
+ * full-length tail of garbage), whose bytes are first saved to `journal-<G>.dropped-<offset>`. Anything
+ * else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect
  * registrations belong to connections and are not kept.
  */
 
@@ -50,14 +52,25 @@ export interface JournalOptions {
   readonly onError?: (err: StoreError) => void;
 }
 
+/** A bad last journal record dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
+export interface DroppedTail {
+  /** `cut short`: a write that did not finish; `damaged`: complete by its length, bad checksum or contents. */
+  readonly kind: "cut short" | "damaged";
+  /** Where it began in the journal, which was truncated there. */
+  readonly offset: number;
+  readonly bytes: number;
+  /** A damaged record's bytes are saved to this file (`journal-<G>.dropped-<offset>`) before truncation. */
+  readonly savedTo?: string;
+}
+
 /** What a journal did, for logs and tests. */
 export interface JournalStats {
   generation: number;
   /** Records replayed at open: from the snapshot, and from the journal. */
   snapshotRecords: number;
   journalRecords: number;
-  /** Bytes of a torn last record dropped at open (0 when none). */
-  tornBytes: number;
+  /** The bad last journal record dropped at open, if there was one. */
+  droppedTail: DroppedTail | undefined;
   journalBytes: number;
   compactions: number;
 }
