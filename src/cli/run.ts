@@ -19,9 +19,11 @@ import { intOption, UsageError } from "./args.js";
 export const RUN_HELP = `Usage: rdzv run [options] -- COMMAND [ARGS...]
 
 Joins the job's rendezvous, then runs COMMAND as --nproc-per-node workers on this node with torchrun's
-environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ..., plus RDZV_* variables), and restarts them
-elastically: after a worker failure (up to --max-restarts for the whole job), when a node leaves or dies,
-and when new nodes wait to join. Exits 0 when every worker of every node succeeded.
+environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ..., plus RDZV_* variables; PYTHONUNBUFFERED=1
+and NCCL's async error handling unless set), and restarts them elastically: after a worker failure (up to
+--max-restarts for the whole job), when a node leaves or dies, and when new nodes wait to join, until some
+node's workers all succeeded. Workers share the agent's stdin. Exits 0 when every worker of every node
+succeeded.
 
 Rendezvous:
   --nnodes MIN:MAX|N         nodes of the job (default 1:1)
@@ -52,8 +54,9 @@ Output:
   --log-level LEVEL          debug, info, warn or error (default info)
   -h, --help                 show this help
 
-SIGINT/SIGTERM/SIGHUP stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave the
-rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure, 128+N on signal N.
+SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave
+the rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure,
+128+N on signal N.
 `;
 
 const OPTIONS = {
@@ -361,10 +364,10 @@ async function launch(
       setTimeout(() => process.exit(128 + (osConstants.signals[signal] ?? 0)), 1000).unref();
       return;
     }
-    say("warn", `${signal}: stopping the workers (again to kill them at once)`);
+    say("warn", `${signal}: stopping the workers (again to kill them at once and exit)`);
     stop.abort(signal);
   };
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"] as const;
   for (const s of signals) process.on(s, onSignal);
   try {
     const result = await agent.run();
