@@ -114,8 +114,11 @@ export interface WorkerOutputOptions {
   readonly prefix: boolean;
   readonly stdout: Writable;
   readonly stderr: Writable;
-  /** Called before each write (the status line hides itself there). */
-  readonly beforeWrite?: () => void;
+  /**
+   * Called before each write (the status line hides itself there), with whether the write leaves its
+   * line unfinished (a prompt, a progress bar), which a redrawn status line would overwrite.
+   */
+  readonly beforeWrite?: (lineOpen: boolean) => void;
 }
 
 /**
@@ -129,11 +132,11 @@ class Sink {
   /** With prefixes: the writer whose line the stream's output ends in, unfinished. */
   open: LineWriter | undefined;
   readonly #stream: Writable;
-  readonly #beforeWrite: (() => void) | undefined;
+  readonly #beforeWrite: ((lineOpen: boolean) => void) | undefined;
   readonly #paused = new Set<Readable>();
   #broken = false;
 
-  constructor(stream: Writable, beforeWrite: (() => void) | undefined) {
+  constructor(stream: Writable, beforeWrite: ((lineOpen: boolean) => void) | undefined) {
     this.#stream = stream;
     this.#beforeWrite = beforeWrite;
     const broken = (): void => {
@@ -147,7 +150,7 @@ class Sink {
   /** Writes `bytes` from `source`, pausing `source` until the stream drains when it is full. */
   write(bytes: Buffer, source: Readable): void {
     if (bytes.length === 0 || this.#broken) return;
-    this.#beforeWrite?.();
+    this.#beforeWrite?.(bytes[bytes.length - 1] !== 0x0a);
     if (this.#stream.write(bytes)) return;
     source.pause();
     this.#paused.add(source);

@@ -47,6 +47,8 @@ export class StatusLine {
   #text = "";
   #shown = false;
   #redraw: NodeJS.Timeout | undefined;
+  /** Output left its line unfinished: no drawing until output ends a line. */
+  #held = false;
 
   /** Draws only when `enabled` and `stream` is a TTY. */
   constructor(stream: NodeJS.WriteStream, enabled = true) {
@@ -64,12 +66,22 @@ export class StatusLine {
     this.#draw();
   }
 
-  /** Takes the line off the screen before other output; it comes back shortly after. */
-  hide(): void {
+  /**
+   * Takes the line off the screen before other output; it comes back shortly after, unless that output
+   * leaves its line unfinished (`lineOpen`: a prompt, a progress bar): then it stays away until output
+   * that ends its line, so that it never overwrites the unfinished one.
+   */
+  hide(lineOpen = false): void {
     if (this.#stream === undefined) return;
     if (this.#shown) {
       this.#stream.write(CLEAR);
       this.#shown = false;
+    }
+    this.#held = lineOpen;
+    if (lineOpen) {
+      clearTimeout(this.#redraw);
+      this.#redraw = undefined;
+      return;
     }
     if (this.#redraw === undefined) {
       this.#redraw = setTimeout(() => {
@@ -91,7 +103,7 @@ export class StatusLine {
 
   #draw(): void {
     const stream = this.#stream;
-    if (stream === undefined || this.#text === "" || this.#redraw !== undefined) return;
+    if (stream === undefined || this.#text === "" || this.#redraw !== undefined || this.#held) return;
     const width = Math.max(10, (stream.columns ?? 80) - 1);
     const text = this.#text.length > width ? `${this.#text.slice(0, width - 1)}…` : this.#text;
     stream.write(`${CLEAR}${text}`);

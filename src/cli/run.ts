@@ -350,7 +350,7 @@ async function launch(
       prefix: a.prefixOutput ?? process.stdout.isTTY === true,
       stdout: process.stdout,
       stderr: process.stderr,
-      beforeWrite: () => status.hide(),
+      beforeWrite: (lineOpen) => status.hide(lineOpen),
     }),
     signal: stop.signal,
     logger,
