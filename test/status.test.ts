@@ -8,6 +8,7 @@ import { execFile, spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import type { RunView } from "../src/server/run-view.js";
+import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
 import { RDZV_MAIN, startServe } from "./helpers/serve-process.js";
@@ -224,6 +225,17 @@ describe("rdzv status --http", () => {
         ["joined", "joined", "completed"],
       );
       assert.equal((await status(["--http", url, "--run-id", "nope"])).code, 1);
+      // A run id past ASCII, as the client wrote it (the server's keys are its UTF-8 bytes).
+      await using c = await connectTCPStore({ host: "127.0.0.1", port: serve.port });
+      await c.add("rdzv/ünï/open", 0);
+      const all = JSON.parse((await status(["--http", url, "--json"])).stdout) as StatusJson;
+      assert.deepEqual(
+        all.runs.map((r) => r.runId),
+        ["ünï", "web"], // localeCompare order
+      );
+      const one = await status(["--http", url, "--run-id", "ünï"]);
+      assert.equal(one.code, 0, one.stderr);
+      assert.match(one.stdout, /^run ünï \(rdzv\)/m);
     } finally {
       await Promise.all(nodes.map((n) => n.kill()));
     }

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { type NodeProc, startNodes } from "../../test/helpers/rdzv-node-procs.js";
+import { connectTCPStore } from "../store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { createDashboardApp, type DashboardApp } from "./dashboard-app.js";
 import { startHttpServer } from "./http-server.js";
 import type { RunSummary, RunView, TimelineEvent } from "./run-view.js";
+import { TORCH_NULL_SENTINEL } from "./torch-state.js";
 
 /** What the dashboard pushes (`runs`, `run` and `timeline` events). */
 interface Pushed {
@@ -250,6 +252,46 @@ describe("dashboard event streams that do not keep up", () => {
         for (;;) if ((await reader.read()).done) break;
       }, /dropped/);
     } finally {
+      app.close();
+      await server.close();
+    }
+  });
+});
+
+describe("dashboard run ids", () => {
+  it("lists and shows non-ASCII run ids as clients wrote them (rdzv's and PyTorch's layout)", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false });
+    const client = await connectTCPStore({ host: "127.0.0.1", port: server.port });
+    try {
+      await client.add("rdzv/ünï/open", 0);
+      await client.set("torch.rendezvous.ünï", TORCH_NULL_SENTINEL);
+      const list = (await (await get(app, "/api/runs")).json()) as { runs: RunSummary[] };
+      assert.deepEqual(
+        list.runs.map((r) => `${r.runId}/${r.source}`),
+        ["ünï/pytorch", "ünï/rdzv"],
+      );
+      const detail = await get(app, `/api/runs/${encodeURIComponent("ünï")}`);
+      assert.equal(detail.status, 200);
+      const body = (await detail.json()) as { runs: RunView[] };
+      assert.deepEqual(
+        body.runs.map((r) => `${r.runId}/${r.source}`),
+        ["ünï/rdzv", "ünï/pytorch"],
+      );
+      const one = (await (await get(app, "/api/runs/%C3%BCn%C3%AF?source=pytorch")).json()) as {
+        runs: RunView[];
+      };
+      assert.deepEqual(
+        one.runs.map((r) => `${r.runId}/${r.source}`),
+        ["ünï/pytorch"],
+      );
+      assert.equal(
+        (await get(app, "/api/runs/%C3%83%C2%BCn%C3%83%C2%AF")).status,
+        404,
+        "not the latin1 reading",
+      );
+    } finally {
+      await client.close();
       app.close();
       await server.close();
     }

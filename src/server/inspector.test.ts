@@ -4,6 +4,7 @@ import type { RendezvousInfo } from "../rendezvous/api.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
 import type { DynamicRendezvousHandler } from "../rendezvous/dynamic-handler.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
+import { KvEngine } from "../store/kv-engine.js";
 import { connectTCPStore, type TCPStore } from "../store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { inspectAllRuns, inspectRun, listRunRefs } from "./inspector.js";
@@ -11,6 +12,7 @@ import { engineKeyReader, storeKeyReader } from "./key-reader.js";
 import { RendezvousMonitor } from "./monitor.js";
 import { findRunIds, parseRdzvKey, parseTorchKey } from "./run-keys.js";
 import type { RunView } from "./run-view.js";
+import { TORCH_NULL_SENTINEL } from "./torch-state.js";
 
 registerBuiltinRendezvousHandlers();
 
@@ -138,6 +140,38 @@ describe("run inspector over rdzv's dynamic rendezvous", () => {
     assert.ok(types.indexOf("completed") > types.indexOf("joined"));
     assert.ok(types.includes("left"));
     assert.equal(types.filter((t) => t === "closed").length, 1, types.join());
+  });
+
+  it("reads non-ASCII run ids from the engine as the TCPStore client names them (rdzv's and PyTorch's layout)", async () => {
+    const id = "ünï-日本";
+    const engine = engineKeyReader(server.engine);
+    const remote = storeKeyReader(client);
+    const members = [await node(id), await node(id), await node(id)];
+    await Promise.all(members.map((h) => h.nextRendezvous()));
+    // PyTorch's state key as its c10d backend first writes it, before any node wrote a state.
+    await client.set(`torch.rendezvous.${id}`, TORCH_NULL_SENTINEL);
+    server.engine.set("/rdzv/\xff\xfe/open", new Uint8Array([48])); // bytes that are no UTF-8 text
+    const refs = (await listRunRefs(engine)).filter((r) => r.runId !== "job");
+    assert.deepEqual(refs, [
+      { runId: id, source: "pytorch" },
+      { runId: id, source: "rdzv" },
+    ]);
+    const views = await inspectRun(engine, id);
+    assert.deepEqual(
+      views.map((v) => [v.runId, v.source, v.state, v.participants.length]),
+      [
+        [id, "rdzv", "complete", 3],
+        [id, "pytorch", "idle", 0],
+      ],
+    );
+    assert.deepEqual(stable(views), stable(await inspectRun(remote, id)));
+    // The same ids on an engine whose keys are the text itself (a MemoryStore's).
+    const text = new KvEngine();
+    text.set(`rdzv/${id}/open`, new Uint8Array([48]));
+    const plain = engineKeyReader(text, "", { byteKeys: false });
+    assert.deepEqual(await listRunRefs(plain), [{ runId: id, source: "rdzv" }]);
+    assert.equal((await inspectRun(plain, id)).length, 1);
+    for (const h of members) await h.shutdown();
   });
 
   it("reads nothing into a run that is not there, and refuses an empty run id", async () => {

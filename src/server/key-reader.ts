@@ -25,21 +25,61 @@ export interface KeyReader {
  */
 export const WIRE_KEY_PREFIX = "/";
 
+/** Options of `engineKeyReader`. */
+export interface EngineKeyReaderOptions {
+  /**
+   * The engine's keys are byte strings (one char per byte, latin1), as a TCP store server's are: user
+   * keys are UTF-8 text, converted on the way in and out (default true). False for an engine whose keys
+   * are the text itself, such as a `MemoryStore`'s.
+   */
+  byteKeys?: boolean;
+}
+
 /**
  * A reader over `engine`, whose keys carry `keyPrefix` (default "/", as on a TCP store server; "" for
- * an engine used in-process, such as a `MemoryStore`'s).
+ * an engine used in-process, such as a `MemoryStore`'s, which also needs `byteKeys: false`). With byte
+ * keys, a key whose bytes are not UTF-8 is not listed: no text names it.
  */
-export function engineKeyReader(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX): KeyReader {
+export function engineKeyReader(
+  engine: KvEngine,
+  keyPrefix = WIRE_KEY_PREFIX,
+  options: EngineKeyReaderOptions = {},
+): KeyReader {
+  const bytes = options.byteKeys ?? true;
   return {
     async read(keys) {
-      return keys.map((k) => engine.get(keyPrefix + k));
+      return keys.map((k) => engine.get(keyPrefix + (bytes ? utf8ToByteString(k) : k)));
     },
     async list() {
       const out: string[] = [];
-      for (const k of engine.keys()) if (k.startsWith(keyPrefix)) out.push(k.slice(keyPrefix.length));
+      for (const k of engine.keys()) {
+        if (!k.startsWith(keyPrefix)) continue;
+        const key = k.slice(keyPrefix.length);
+        const text = bytes ? byteStringToUtf8(key) : key;
+        if (text !== undefined) out.push(text);
+      }
       return out;
     },
   };
+}
+
+/** Any UTF-16 code unit past ASCII (without the `u` flag, surrogates are code units too). */
+const NON_ASCII = /[\u0080-\uffff]/;
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The byte string (latin1) of `text`'s UTF-8 encoding. */
+export function utf8ToByteString(text: string): string {
+  return !NON_ASCII.test(text) ? text : Buffer.from(text, "utf8").toString("latin1");
+}
+
+/** The text whose UTF-8 encoding byte string `key` holds; undefined when the bytes are not UTF-8. */
+export function byteStringToUtf8(key: string): string | undefined {
+  if (!NON_ASCII.test(key)) return key;
+  try {
+    return STRICT_UTF8.decode(Buffer.from(key, "latin1"));
+  } catch {
+    return undefined;
+  }
 }
 
 /** Options of `storeKeyReader`. */
