@@ -5,6 +5,7 @@
  */
 
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { GoneReason } from "../rendezvous/round.js";
 import type { ServerStats } from "../store/tcp/server.js";
 import type { RendezvousMonitor } from "./monitor.js";
 import type { TimelineEvent } from "./run-view.js";
@@ -55,7 +56,7 @@ export function createServerMetrics(options: ServerMetricsOptions): ServerMetric
   });
   const left = new Counter({
     name: "rdzv_rendezvous_nodes_left_total",
-    help: "Nodes that left a round (shutdown, join timeout, or re-joining the next round)",
+    help: "Nodes that left a round (shutdown, join timeout, or re-joining the next round); reason: rejoined, left, dead or other",
     labelNames: ["reason"],
     registers,
   });
@@ -73,7 +74,7 @@ export function createServerMetrics(options: ServerMetricsOptions): ServerMetric
   const onEvent = (e: TimelineEvent): void => {
     if (e.type === "joined") joined.inc();
     else if (e.type === "nodeLost") lost.inc();
-    else if (e.type === "left") left.inc({ reason: e.reason ?? "left" });
+    else if (e.type === "left") left.inc({ reason: leftReason(e.reason) });
     else if (e.type === "closed") closed.inc();
     else if (e.type === "completed") {
       completed.inc();
@@ -90,6 +91,18 @@ export function createServerMetrics(options: ServerMetricsOptions): ServerMetric
       options.monitor.off("event", onEvent);
     },
   };
+}
+
+/** The reasons a member's gone marker holds (rendezvous/round.ts); other text a client wrote is "other". */
+const GONE_REASONS = new Set<string>(Object.values(GoneReason));
+
+/**
+ * The `reason` label of a left node: one of the known reasons, else "other". The marker's text comes from
+ * whoever writes the key, so taking it as the label would make one series per distinct text.
+ */
+function leftReason(text: string | undefined): string {
+  if (text === undefined) return GoneReason.Left;
+  return GONE_REASONS.has(text) ? text : "other";
 }
 
 /** Gauges and counters over `stats()`, read at scrape time (counters advance by the delta since the last). */
