@@ -100,7 +100,7 @@ describe("rdzv status", () => {
     assert.match(bad.stderr, /--endpoint: .*port/);
   });
 
-  it("--watch --json refreshes with keep-alive ages from counters seen moving, until SIGINT", async () => {
+  it("--watch --json refreshes with keep-alive ages from counters seen moving, until SIGINT (exit 130)", async () => {
     const child = spawn(process.execPath, [
       RDZV_MAIN,
       "status",
@@ -141,7 +141,7 @@ describe("rdzv status", () => {
       "one read sees counters only",
     );
     child.kill("SIGINT");
-    assert.equal(await exited, 0);
+    assert.equal(await exited, 130);
   });
 
   it("shows PyTorch's own handler's state, read through the TCPStore client", async () => {
@@ -251,3 +251,57 @@ async function waitForUrl(output: () => string): Promise<string> {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** `rdzv status ARGS` as a child process, its output as it comes, and how it exited. */
+function spawnStatus(args: string[]) {
+  const child = spawn(process.execPath, [RDZV_MAIN, "status", ...args]);
+  const text = { stdout: "", stderr: "" };
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+    text.stdout += chunk;
+  });
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+    text.stderr += chunk;
+  });
+  const exited = new Promise<{ code: number | null; at: number }>((resolve) =>
+    child.on("exit", (code) => resolve({ code, at: Date.now() })),
+  );
+  const until = async (what: string, test: () => boolean, timeoutMs = 20_000): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!test()) {
+      if (Date.now() > deadline) throw new Error(`no ${what} in ${JSON.stringify(text)}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+  return { child, text, exited, until };
+}
+
+describe("rdzv status when the store is not there", () => {
+  for (const [signal, code, json] of [
+    ["SIGINT", 130, false],
+    ["SIGTERM", 143, true],
+  ] as const) {
+    it(`--watch${json ? " --json" : ""} says the server does not answer, and ${signal} ends it at once (exit ${code})`, async () => {
+      const server = await createTCPStoreServer({ port: 0 });
+      const args = ["--endpoint", `127.0.0.1:${server.port}`, "--watch", "--interval-ms", "200"];
+      const watch = spawnStatus(json ? [...args, "--json"] : args);
+      try {
+        await watch.until("a frame", () =>
+          watch.text.stdout.includes(json ? '"runs":[]' : "no rendezvous runs"),
+        );
+        await server.close();
+        // Its next read finds nothing there; the client keeps trying to reconnect.
+        const notes = () => (json ? watch.text.stderr : watch.text.stdout);
+        await watch.until("the stall note", () => /no answer from 127\.0\.0\.1:\d+ for 2 s/.test(notes()));
+        if (json) assert.ok(watch.text.stdout.split("\n").every((l) => l === "" || JSON.parse(l)));
+        const sent = Date.now();
+        watch.child.kill(signal);
+        const { code: exit, at } = await watch.exited;
+        assert.equal(exit, code, JSON.stringify(watch.text));
+        assert.ok(at - sent < 2000, `exited ${at - sent} ms after ${signal}`);
+      } finally {
+        watch.child.kill("SIGKILL");
+        await server.close();
+      }
+    });
+  }
+});

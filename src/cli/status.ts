@@ -1,14 +1,14 @@
 /** `rdzv status`: the rendezvous runs a store holds, as a table or JSON, once or watching. */
 
 import { parseArgs } from "node:util";
-import { InvalidArgumentError, RendezvousConnectionError } from "../errors.js";
+import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../errors.js";
 import { parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
 import { inspectAllRuns, inspectRun } from "../server/inspector.js";
 import { storeKeyReader } from "../server/key-reader.js";
 import type { RunView, TimelineEvent } from "../server/run-view.js";
 import { formatRuns, PolledKeepAlives } from "../server/status-text.js";
 import { formatHostPort } from "../store/tcp/address.js";
-import { connectTCPStore } from "../store/tcp/client.js";
+import { TCPStore } from "../store/tcp/client.js";
 import { Dialect } from "../store/tcp/protocol.js";
 import { intOption, UsageError } from "./args.js";
 
@@ -40,14 +40,33 @@ interface Snapshot {
 
 interface Source {
   readonly endpoint: string;
+  /** Connects (a no-op for the dashboard API). */
+  open(): Promise<void>;
   read(runId: string | undefined): Promise<Snapshot>;
+  /** Closes, also aborting an `open` or `read` in progress. */
   close(): Promise<void>;
 }
 
-/** Runs `rdzv status`; resolves with the exit code (1 when `--run-id` names no run). */
+interface ShowOptions {
+  readonly runId: string | undefined;
+  readonly json: boolean;
+  readonly watch: boolean;
+  readonly http: boolean;
+  readonly intervalMs: number;
+}
+
+/** A watched read with no answer for this long is shown as such (below the last frame, which is stale). */
+const STALL_NOTICE_MS = 2000;
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+
+/**
+ * Runs `rdzv status`; resolves with the exit code: 1 when `--run-id` names no run, 130 / 143 when SIGINT /
+ * SIGTERM ended it (at once, also while connecting or reading).
+ */
 export async function statusCommand(
   argv: readonly string[],
   out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
 ): Promise<number> {
   const { values } = parseArgs({
     args: [...argv],
@@ -79,35 +98,36 @@ export async function statusCommand(
   const source =
     values.http !== undefined
       ? httpSource(values.http, timeoutMs)
-      : await storeSource(values.endpoint ?? "127.0.0.1:29400", values.dialect, timeoutMs);
+      : storeSource(values.endpoint ?? "127.0.0.1:29400", values.dialect, timeoutMs);
   const stop = new AbortController();
-  const onSignal = (): void => stop.abort();
+  let signalled = "SIGINT";
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (!stop.signal.aborted) signalled = signal;
+    stop.abort();
+  };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
-  const clock = new PolledKeepAlives();
+  // What is pending when a signal comes is abandoned, and closing the source ends it.
+  const stopped = new Promise<undefined>((resolve) =>
+    stop.signal.addEventListener("abort", () => resolve(undefined), { once: true }),
+  );
+  const options = {
+    runId,
+    json: values.json === true,
+    watch: values.watch === true,
+    http: values.http !== undefined,
+  };
   try {
-    for (;;) {
-      const snap = await source.read(runId);
-      const now = Date.now();
-      if (values.watch && values.http === undefined) clock.stamp(snap.runs, now);
-      if (values.json) {
-        const doc: Record<string, unknown> = { endpoint: source.endpoint, now, runs: snap.runs };
-        if (values.http !== undefined) doc.timelines = snap.timelines;
-        out.write(`${JSON.stringify(doc, null, values.watch ? undefined : 2)}\n`);
-      } else {
-        const clear = values.watch && (out as { isTTY?: boolean }).isTTY === true ? "\x1b[2J\x1b[H" : "";
-        const stamp = values.watch ? `${new Date(now).toISOString()}  ${source.endpoint}\n` : "";
-        out.write(`${clear}${stamp}${formatRuns(snap.runs, now, snap.timelines)}${values.watch ? "\n" : ""}`);
-      }
-      if (!values.watch) {
-        if (runId !== undefined && snap.runs.length === 0) {
-          process.stderr.write(`rdzv status: no run ${JSON.stringify(runId)} at ${source.endpoint}\n`);
-          return 1;
-        }
-        return 0;
-      }
-      if (!(await sleep(intervalMs, stop.signal))) return 0;
-    }
+    if ((await Promise.race([source.open().then(() => true), stopped])) === undefined)
+      return SIGNAL_EXIT[signalled]!;
+    const code = await Promise.race([
+      show(source, { ...options, intervalMs }, stop.signal, out, err),
+      stopped,
+    ]);
+    return code ?? SIGNAL_EXIT[signalled]!;
+  } catch (e) {
+    if (stop.signal.aborted) return SIGNAL_EXIT[signalled]!;
+    throw e;
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -115,11 +135,84 @@ export async function statusCommand(
   }
 }
 
-async function storeSource(
-  endpoint: string,
-  dialect: string | undefined,
-  timeoutMs: number,
-): Promise<Source> {
+/** Reads and prints once, or until `stop` with --watch; resolves with the exit code. */
+async function show(
+  source: Source,
+  options: ShowOptions,
+  stop: AbortSignal,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream,
+): Promise<number | undefined> {
+  const { runId, json, watch } = options;
+  const clock = new PolledKeepAlives();
+  const tty = (out as { isTTY?: boolean }).isTTY === true;
+  // Notes about the store (not answering, unreachable) go where a reader looks: below the frame, or to
+  // stderr beside JSON lines.
+  const note = (text: string): void => {
+    (json ? err : out).write(`${json ? "rdzv status: " : ""}${text}\n`);
+  };
+  for (;;) {
+    let snap: Snapshot;
+    try {
+      snap = watch ? await readWatched(source, runId, note) : await source.read(runId);
+    } catch (e) {
+      if (!watch || stop.aborted || !transient(e)) throw e;
+      note(`${new Date().toISOString()}  cannot read ${source.endpoint}: ${messageOf(e)}; retrying`);
+      if (!(await sleep(options.intervalMs, stop))) return undefined;
+      continue;
+    }
+    const now = Date.now();
+    if (watch && !options.http) clock.stamp(snap.runs, now);
+    if (json) {
+      const doc: Record<string, unknown> = { endpoint: source.endpoint, now, runs: snap.runs };
+      if (options.http) doc.timelines = snap.timelines;
+      out.write(`${JSON.stringify(doc, null, watch ? undefined : 2)}\n`);
+    } else {
+      const clear = watch && tty ? "\x1b[2J\x1b[H" : "";
+      const stamp = watch ? `${new Date(now).toISOString()}  ${source.endpoint}\n` : "";
+      out.write(`${clear}${stamp}${formatRuns(snap.runs, now, snap.timelines)}${watch ? "\n" : ""}`);
+    }
+    if (!watch) {
+      if (runId !== undefined && snap.runs.length === 0) {
+        err.write(`rdzv status: no run ${JSON.stringify(runId)} at ${source.endpoint}\n`);
+        return 1;
+      }
+      return 0;
+    }
+    if (!(await sleep(options.intervalMs, stop))) return undefined;
+  }
+}
+
+/** A read that says so through `note` once it has had no answer for STALL_NOTICE_MS. */
+async function readWatched(
+  source: Source,
+  runId: string | undefined,
+  note: (text: string) => void,
+): Promise<Snapshot> {
+  const since = Date.now();
+  const timer = setTimeout(() => {
+    note(
+      `${new Date().toISOString()}  no answer from ${source.endpoint} for ${Math.round((Date.now() - since) / 1000)} s: ` +
+        "the server may be down or unreachable; the runs above are from before (still trying; Ctrl-C stops)",
+    );
+  }, STALL_NOTICE_MS);
+  try {
+    return await source.read(runId);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Errors a later refresh may not meet: the store could not be reached or did not answer in time. */
+function transient(e: unknown): boolean {
+  return hasErrorCode(e, ErrorCode.Connection) || hasErrorCode(e, ErrorCode.Timeout);
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function storeSource(endpoint: string, dialect: string | undefined, timeoutMs: number): Source {
   if (dialect !== undefined && dialect !== Dialect.V1 && dialect !== Dialect.V2) {
     throw new UsageError(`--dialect must be v1 or v2, got ${JSON.stringify(dialect)}`);
   }
@@ -129,7 +222,7 @@ async function storeSource(
   } catch (err) {
     throw new UsageError(`--endpoint: ${err instanceof Error ? err.message : String(err)}`);
   }
-  const store = await connectTCPStore({
+  const store = new TCPStore({
     host: where.host,
     port: where.port,
     timeoutMs,
@@ -140,6 +233,7 @@ async function storeSource(
   const call = { timeoutMs };
   return {
     endpoint: formatHostPort(where.host, where.port),
+    open: () => store.connect(),
     async read(runId) {
       const runs =
         runId === undefined ? await inspectAllRuns(reader, call) : await inspectRun(reader, runId, call);
@@ -156,10 +250,12 @@ function httpSource(base: string, timeoutMs: number): Source {
   } catch {
     throw new UsageError(`--http must be a URL such as http://127.0.0.1:29401, got ${JSON.stringify(base)}`);
   }
+  const closing = new AbortController();
   const get = async (path: string): Promise<unknown> => {
     let res: Response;
     try {
-      res = await fetch(new URL(path, url), { signal: AbortSignal.timeout(timeoutMs) });
+      const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), closing.signal]);
+      res = await fetch(new URL(path, url), { signal });
     } catch (err) {
       throw new RendezvousConnectionError(`cannot read ${new URL(path, url).href}: ${String(err)}`, {
         cause: err,
@@ -183,6 +279,7 @@ function httpSource(base: string, timeoutMs: number): Source {
   };
   return {
     endpoint: url.href,
+    open: async () => {},
     async read(runId) {
       if (runId !== undefined) return detail(runId);
       const list = (await get("api/runs")) as { runs: { runId: string; source: string }[] };
@@ -194,7 +291,7 @@ function httpSource(base: string, timeoutMs: number): Source {
       }
       return snap;
     },
-    close: async () => {},
+    close: async () => closing.abort(),
   };
 }
 
