@@ -5,6 +5,8 @@
 
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import type { RunView } from "../src/server/run-view.js";
@@ -95,6 +97,7 @@ describe("rdzv status", () => {
     const missing = await status(["--endpoint", endpoint, "--run-id", "nope"]);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no run "nope" at 127\.0\.0\.1:\d+/);
+    assert.equal(missing.stdout, "", "no frame claiming the store holds no runs");
     const bad = await status(["--endpoint", "127.0.0.1:notaport"]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--endpoint: .*port/);
@@ -191,6 +194,9 @@ describe("rdzv status against PyTorch's own TCPStore server", () => {
           ["own-closed/closed", "own-complete/complete", "own-joining/last call"],
         );
       } else {
+        const v2 = await status(at);
+        assert.equal(v2.code, 1);
+        assert.match(v2.stderr, /did not answer as a TCPStore server with the v2 protocol: .*--dialect v1/);
         const listed = await status([...at, "--dialect", "v1"]);
         assert.equal(listed.code, 1);
         assert.match(listed.stderr, /cannot list its keys .*: name the run id/);
@@ -304,4 +310,40 @@ describe("rdzv status when the store is not there", () => {
       }
     });
   }
+
+  it("says at once that nothing listens on a port, and that an HTTP server is no rdzv dashboard", async () => {
+    const gone = await createTCPStoreServer({ port: 0 });
+    const port = gone.port;
+    await gone.close();
+    const t0 = Date.now();
+    const refused = await status(["--endpoint", `127.0.0.1:${port}`]);
+    assert.equal(refused.code, 1);
+    assert.match(
+      refused.stderr,
+      new RegExp(`nothing listens on 127\\.0\\.0\\.1:${port} \\(connection refused\\)`),
+    );
+    assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
+    assert.match((await status(["--http", `http://127.0.0.1:${port}`])).stderr, /nothing listens on/);
+
+    const answers: Record<string, [number, string, string]> = {
+      "/api/runs": [404, "text/html", "<h1>Not Found</h1>"],
+    };
+    const other = createServer((req, res) => {
+      const [code, type, body] = answers[req.url ?? ""] ?? [200, "application/json", '{"ok":true}'];
+      res.writeHead(code, { "content-type": type }).end(body);
+    });
+    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(other.address() as AddressInfo).port}`;
+      const html = await status(["--http", url]);
+      assert.equal(html.code, 1);
+      assert.match(html.stderr, /is not an rdzv dashboard .*answered 404 text\/html/);
+      assert.doesNotMatch(html.stderr, /Cannot read properties/);
+      answers["/api/runs"] = [200, "application/json", '{"items":[]}'];
+      assert.match((await status(["--http", url])).stderr, /is not an rdzv dashboard .*no list of runs/);
+      assert.match((await status(["--http", url, "--run-id", "x"])).stderr, /is not an rdzv dashboard/);
+    } finally {
+      other.close();
+    }
+  });
 });

@@ -1,7 +1,15 @@
 /** `rdzv status`: the rendezvous runs a store holds, as a table or JSON, once or watching. */
 
+import { connect } from "node:net";
 import { parseArgs } from "node:util";
-import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../errors.js";
+import {
+  AbortedError,
+  ErrorCode,
+  hasErrorCode,
+  InvalidArgumentError,
+  RendezvousConnectionError,
+  type RendezvousError,
+} from "../errors.js";
 import { parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
 import { inspectAllRuns, inspectRun } from "../server/inspector.js";
 import { storeKeyReader } from "../server/key-reader.js";
@@ -28,7 +36,8 @@ Options:
   --interval-ms N          refresh period of --watch (default 1000)
   --http URL               read rdzv serve's dashboard API at URL instead (adds each run's timeline)
   --dialect v1|v2          wire protocol (default v2; v1 for PyTorch <= 2.0 servers)
-  --timeout-ms N           give up connecting or reading after N ms (default 10000)
+  --timeout-ms N           give up connecting or reading after N ms (default 10000; 3 s at most for a
+                           server that accepts connections but fails the store's handshake)
   -h, --help               show this help
 `;
 
@@ -40,7 +49,7 @@ interface Snapshot {
 
 interface Source {
   readonly endpoint: string;
-  /** Connects (a no-op for the dashboard API). */
+  /** Connects (or checks the address); rejects with a message that says what is there, if anything. */
   open(): Promise<void>;
   read(runId: string | undefined): Promise<Snapshot>;
   /** Closes, also aborting an `open` or `read` in progress. */
@@ -162,22 +171,25 @@ async function show(
       continue;
     }
     const now = Date.now();
+    const missing = runId !== undefined && snap.runs.length === 0;
     if (watch && !options.http) clock.stamp(snap.runs, now);
     if (json) {
       const doc: Record<string, unknown> = { endpoint: source.endpoint, now, runs: snap.runs };
       if (options.http) doc.timelines = snap.timelines;
       out.write(`${JSON.stringify(doc, null, watch ? undefined : 2)}\n`);
-    } else {
-      const clear = watch && tty ? "\x1b[2J\x1b[H" : "";
-      const stamp = watch ? `${new Date(now).toISOString()}  ${source.endpoint}\n` : "";
-      out.write(`${clear}${stamp}${formatRuns(snap.runs, now, snap.timelines)}${watch ? "\n" : ""}`);
+    } else if (watch) {
+      const clear = tty ? "\x1b[2J\x1b[H" : "";
+      const body = missing
+        ? `no run ${JSON.stringify(runId)} at ${source.endpoint} (yet)\n`
+        : formatRuns(snap.runs, now, snap.timelines);
+      out.write(`${clear}${new Date(now).toISOString()}  ${source.endpoint}\n${body}\n`);
+    } else if (!missing) {
+      out.write(formatRuns(snap.runs, now, snap.timelines));
     }
     if (!watch) {
-      if (runId !== undefined && snap.runs.length === 0) {
-        err.write(`rdzv status: no run ${JSON.stringify(runId)} at ${source.endpoint}\n`);
-        return 1;
-      }
-      return 0;
+      if (!missing) return 0;
+      err.write(`rdzv status: no run ${JSON.stringify(runId)} at ${source.endpoint}\n`);
+      return 1;
     }
     if (!(await sleep(options.intervalMs, stop))) return undefined;
   }
@@ -222,25 +234,79 @@ function storeSource(endpoint: string, dialect: string | undefined, timeoutMs: n
   } catch (err) {
     throw new UsageError(`--endpoint: ${err instanceof Error ? err.message : String(err)}`);
   }
+  const peer = formatHostPort(where.host, where.port);
   const store = new TCPStore({
     host: where.host,
     port: where.port,
     timeoutMs,
-    connectTimeoutMs: timeoutMs,
+    // Something accepted the connection (see `open`): a store that answers does so at once, so a
+    // handshake failing for seconds is the wrong server or dialect, not a slow one.
+    connectTimeoutMs: Math.min(timeoutMs, CONNECT_RETRY_MS),
     ...(dialect === undefined ? {} : { dialect: dialect as Dialect }),
   });
   const reader = storeKeyReader(store);
   const call = { timeoutMs };
+  const closing = new AbortController();
   return {
-    endpoint: formatHostPort(where.host, where.port),
-    open: () => store.connect(),
+    endpoint: peer,
+    async open() {
+      await checkListening(where.host, where.port, Math.min(timeoutMs, CONNECT_RETRY_MS), closing.signal);
+      try {
+        await store.connect();
+      } catch (err) {
+        if (store.closed || !hasErrorCode(err, ErrorCode.Connection) || dialect === Dialect.V1) throw err;
+        throw new RendezvousConnectionError(
+          `${messageOf(err)}. Something listens on ${peer} but did not answer as a TCPStore server with ` +
+            "the v2 protocol: a PyTorch <= 2.0 server needs --dialect v1",
+          { cause: err },
+        );
+      }
+    },
     async read(runId) {
       const runs =
         runId === undefined ? await inspectAllRuns(reader, call) : await inspectRun(reader, runId, call);
       return { runs, timelines: {} };
     },
-    close: () => store.close(),
+    close: () => {
+      closing.abort();
+      return store.close();
+    },
   };
+}
+
+/** How long the first connect retries once something accepted a TCP connection. */
+const CONNECT_RETRY_MS = 3000;
+
+/**
+ * Fails at once, saying so, when nothing listens on host:port (refused) or the host cannot be found or
+ * reached; resolves when a TCP connection is accepted, and also when none is within `timeoutMs` (the
+ * store's own connect then tries for its whole timeout). Rejects with `AbortedError` when `signal` fires.
+ */
+function checkListening(host: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  const peer = formatHostPort(host, port);
+  return new Promise<void>((resolve, reject) => {
+    const socket = connect({ host, port });
+    const done = (err?: RendezvousError): void => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      socket.destroy();
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const onAbort = (): void => done(new AbortedError("closed while connecting"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    const timer = setTimeout(() => done(), timeoutMs);
+    socket.once("connect", () => done());
+    socket.once("error", (e: NodeJS.ErrnoException) => {
+      const why =
+        e.code === "ECONNREFUSED"
+          ? `nothing listens on ${peer} (connection refused): is the store server (rdzv serve, or the agent hosting it) running there?`
+          : e.code === "ENOTFOUND" || e.code === "EAI_AGAIN"
+            ? `cannot resolve the host of ${peer} (${e.code})`
+            : `cannot reach ${peer}: ${e.code ?? e.message}`;
+      done(new RendezvousConnectionError(why, { cause: e }));
+    });
+  });
 }
 
 function httpSource(base: string, timeoutMs: number): Source {
@@ -251,40 +317,50 @@ function httpSource(base: string, timeoutMs: number): Source {
     throw new UsageError(`--http must be a URL such as http://127.0.0.1:29401, got ${JSON.stringify(base)}`);
   }
   const closing = new AbortController();
-  const get = async (path: string): Promise<unknown> => {
+  /** The JSON of `path`, or undefined for rdzv's 404 answer (no such run). */
+  const get = async (path: string): Promise<Record<string, unknown> | undefined> => {
+    const href = new URL(path, url).href;
     let res: Response;
     try {
       const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), closing.signal]);
-      res = await fetch(new URL(path, url), { signal });
+      res = await fetch(href, { signal });
     } catch (err) {
-      throw new RendezvousConnectionError(`cannot read ${new URL(path, url).href}: ${String(err)}`, {
+      throw new RendezvousConnectionError(`cannot read ${href}: ${fetchFailure(err, url, timeoutMs)}`, {
         cause: err,
       });
     }
-    if (res.status === 404) return undefined;
-    if (!res.ok)
-      throw new InvalidArgumentError(
-        `${new URL(path, url).href} answered ${res.status}: ${await res.text()}`,
+    const notDashboard = (what: string): InvalidArgumentError =>
+      new InvalidArgumentError(
+        `${url.href} is not an rdzv dashboard (rdzv serve --http-port): GET ${href} answered ${what}`,
       );
-    return res.json();
+    const type = res.headers.get("content-type") ?? "";
+    if (!type.startsWith("application/json")) {
+      await res.body?.cancel();
+      throw notDashboard(`${res.status} ${type || "without a content type"}`);
+    }
+    const body = (await res.json().catch(() => undefined)) as Record<string, unknown> | undefined;
+    if (typeof body !== "object" || body === null) throw notDashboard(`${res.status} with no JSON object`);
+    if (res.status === 404 && typeof body.error === "string") return undefined;
+    if (!res.ok) throw new InvalidArgumentError(`${href} answered ${res.status}: ${JSON.stringify(body)}`);
+    if (!Array.isArray(body.runs)) throw notDashboard(`${res.status} with no list of runs`);
+    return body;
   };
   const detail = async (id: string, source?: string): Promise<Snapshot> => {
     const q = source === undefined ? "" : `?source=${source}`;
-    const body = (await get(`api/runs/${encodeURIComponent(id)}${q}`)) as
-      | { runs: RunView[]; timeline: TimelineEvent[] }
-      | undefined;
-    return body === undefined
-      ? { runs: [], timelines: {} }
-      : { runs: body.runs, timelines: { [id]: body.timeline } };
+    const body = await get(`api/runs/${encodeURIComponent(id)}${q}`);
+    if (body === undefined) return { runs: [], timelines: {} };
+    const timeline = Array.isArray(body.timeline) ? (body.timeline as TimelineEvent[]) : [];
+    return { runs: body.runs as RunView[], timelines: { [id]: timeline } };
   };
   return {
     endpoint: url.href,
     open: async () => {},
     async read(runId) {
       if (runId !== undefined) return detail(runId);
-      const list = (await get("api/runs")) as { runs: { runId: string; source: string }[] };
+      const list = await get("api/runs");
+      if (list === undefined) throw new InvalidArgumentError(`${url.href}api/runs answered 404`);
       const snap: Snapshot = { runs: [], timelines: {} };
-      for (const r of list.runs) {
+      for (const r of list.runs as { runId: string; source: string }[]) {
         const one = await detail(r.runId, r.source);
         snap.runs.push(...one.runs);
         Object.assign(snap.timelines, one.timelines);
@@ -293,6 +369,15 @@ function httpSource(base: string, timeoutMs: number): Source {
     },
     close: async () => closing.abort(),
   };
+}
+
+/** Why a fetch failed, from undici's `cause` (its own message is only "fetch failed"). */
+function fetchFailure(err: unknown, url: URL, timeoutMs: number): string {
+  const e = err as { name?: string; cause?: { code?: string; message?: string } };
+  if (e.name === "TimeoutError") return `no answer within ${timeoutMs} ms`;
+  const code = e.cause?.code;
+  if (code === "ECONNREFUSED") return `nothing listens on ${url.host} (connection refused)`;
+  return code ?? e.cause?.message ?? messageOf(err);
 }
 
 /** Resolves true after `ms`, false at once when `signal` fires. */
