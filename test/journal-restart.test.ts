@@ -133,6 +133,10 @@ describe("rdzv serve --data-dir across restarts", () => {
     assert.equal(usage.code, 2);
     assert.match(usage.output, /--fsync must be one of always, interval, never/);
     assert.equal((await serveFailure(["--fsync", "always"])).code, 2);
+    const file = join(dir, "journal-0");
+    const notDir = await serveFailure(["--data-dir", file]);
+    assert.equal(notDir.code, 1);
+    assert.match(notDir.output, new RegExp(`data directory ${file} is a file, not a directory`));
   });
 
   it("loses no completed round when the server is SIGKILLed and restarted during a round", {

@@ -13,7 +13,6 @@ import {
   unlinkSync,
 } from "node:fs";
 import { join } from "node:path";
-import { StoreError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { DroppedTail, JournalStats } from "./journal.js";
 import {
@@ -27,7 +26,7 @@ import {
   JournalCorruptError,
   SNAPSHOT_MAGIC,
 } from "./journal-codec.js";
-import { fsyncDir, writeFileAtomic } from "./journal-lock.js";
+import { fsError, fsStep, fsyncDir, writeFileAtomic } from "./journal-lock.js";
 import type { KvEngine, Mutation } from "./kv-engine.js";
 
 /** An opened data directory: the journal to append to and what loading it found. */
@@ -51,8 +50,10 @@ function applyMutation(engine: KvEngine, m: Mutation): void {
 function scan(dir: string): { journals: number[]; snapshots: number[] } {
   const journals: number[] = [];
   const snapshots: number[] = [];
-  for (const name of readdirSync(dir)) {
-    if (name.endsWith(".tmp")) unlinkSync(join(dir, name));
+  for (const name of fsStep(`cannot list data directory ${dir}`, () => readdirSync(dir))) {
+    const path = join(dir, name);
+    if (name.endsWith(".tmp"))
+      fsStep(`cannot remove ${path} (left by an interrupted write)`, () => unlinkSync(path));
     const m = FILE.exec(name);
     if (m !== null) (m[1] === "journal" ? journals : snapshots).push(Number(m[2]));
   }
@@ -75,7 +76,7 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
   let snapshotRecords = 0;
   if (snapshots.includes(generation)) {
     const what = join(dir, `snapshot-${generation}`);
-    const snapshot = decodeSnapshot(readFileSync(what), what);
+    const snapshot = decodeSnapshot(readData(what), what);
     if (snapshot.generation !== generation)
       throw new JournalCorruptError(`${what} holds generation ${snapshot.generation}`);
     for (const m of snapshot.mutations) applyMutation(engine, m);
@@ -84,9 +85,12 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
   const path = join(dir, `journal-${generation}`);
   let replayed: Replayed = { records: 0, journalBytes: HEADER_BYTES, droppedTail: undefined };
   if (journals.includes(generation)) replayed = replayJournal(engine, dir, generation, logger);
-  else writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]);
+  else
+    fsStep(`cannot create ${path}`, () =>
+      writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]),
+    );
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
-  const fd = openSync(path, "a");
+  const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a"));
   const { records: journalRecords, journalBytes, droppedTail } = replayed;
   const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };
   return { fd, stats };
@@ -101,7 +105,7 @@ interface Replayed {
 /** Replays journal `generation` into `engine`, dropping a bad last record (see `dropTail`). */
 function replayJournal(engine: KvEngine, dir: string, generation: number, logger: Logger): Replayed {
   const path = join(dir, `journal-${generation}`);
-  const bytes = readFileSync(path);
+  const bytes = readData(path);
   const journal = decodeJournal(bytes, path);
   if (journal.generation !== generation) {
     throw new JournalCorruptError(`${path} holds generation ${journal.generation}`);
@@ -137,11 +141,7 @@ function dropTail(
     try {
       writeFileAtomic(dir, saved, [tail]);
     } catch (err) {
-      throw new StoreError(
-        `${path}: cannot save its damaged last record to ${savedTo} before dropping it: ${String(err)}`,
-        undefined,
-        { cause: err },
-      );
+      throw fsError(`${path}: cannot save its damaged last record to ${savedTo} before dropping it`, err);
     }
     logger.warn(
       "journal: dropping a damaged last record (complete, but its checksum or contents are wrong: a " +
@@ -155,13 +155,20 @@ function dropTail(
       bytes: tail.length,
     });
   }
-  const fd = openSync(path, "r+");
-  try {
-    ftruncateSync(fd, offset);
-  } finally {
-    closeSync(fd);
-  }
+  fsStep(`cannot truncate ${path} after its last intact record`, () => {
+    const fd = openSync(path, "r+");
+    try {
+      ftruncateSync(fd, offset);
+    } finally {
+      closeSync(fd);
+    }
+  });
   return { kind, offset, bytes: tail.length, ...(savedTo === undefined ? {} : { savedTo }) };
+}
+
+/** The bytes of data file `path`; a `StoreError` naming it when it cannot be read (a directory, ...). */
+function readData(path: string): Buffer {
+  return fsStep(`cannot read ${path}`, () => readFileSync(path));
 }
 
 /** Deletes generation `g`'s files; a failure only leaves files that the next start deletes. */

@@ -6,15 +6,66 @@
 import {
   closeSync,
   fsyncSync,
+  mkdirSync,
   openSync,
   readFileSync,
   realpathSync,
   renameSync,
+  statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { StoreError } from "../errors.js";
+import { RendezvousError, StoreError } from "../errors.js";
+
+/** File-system error codes in words (Node's own messages name neither the file nor, for reads, the path). */
+const FS_ERRORS: Record<string, string> = {
+  EISDIR: "it is a directory, not a file",
+  ENOTDIR: "a part of the path is a file, not a directory",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "the disk quota is used up",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "the file system is read-only",
+  EIO: "an I/O error",
+  ENOENT: "it does not exist",
+  ELOOP: "too many symbolic links",
+  ENAMETOOLONG: "the name is too long",
+};
+
+/**
+ * `err` as a `StoreError` saying `what` failed and why in words (`RendezvousError`s pass through):
+ * e.g. "cannot read /data/journal-0: it is a directory, not a file (EISDIR)".
+ */
+export function fsError(what: string, err: unknown): RendezvousError {
+  if (err instanceof RendezvousError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const words = e.code === undefined ? undefined : FS_ERRORS[e.code];
+  const why = words === undefined ? (e.message ?? String(err)) : `${words} (${e.code})`;
+  return new StoreError(`${what}: ${why}`, undefined, { cause: err });
+}
+
+/** Runs `step`, turning a file-system error into `fsError(what, err)`. */
+export function fsStep<T>(what: string, step: () => T): T {
+  try {
+    return step();
+  } catch (err) {
+    throw fsError(what, err);
+  }
+}
+
+/** Creates data directory `dir` when missing; throws `StoreError` naming it when it cannot be one. */
+export function prepareDataDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST")
+      throw fsError(`cannot create data directory ${dir}`, err);
+  }
+  if (!fsStep(`cannot use data directory ${dir}`, () => statSync(dir)).isDirectory()) {
+    throw new StoreError(`data directory ${dir} is a file, not a directory`);
+  }
+}
 
 const LOCK_FILE = "LOCK";
 /** Directories this process holds: its own pid in a LOCK file is stale only when not listed here. */
@@ -35,23 +86,35 @@ function alive(pid: number): boolean {
  * Returns the function that releases it.
  */
 export function lockDataDir(dir: string): () => void {
-  const real = realpathSync(dir);
+  const real = fsStep(`cannot use data directory ${dir}`, () => realpathSync(dir));
   if (heldHere.has(real)) throw new StoreError(`data directory ${dir} is in use by this process`);
   const path = join(dir, LOCK_FILE);
   for (let attempt = 0; ; attempt++) {
+    let fd: number;
     try {
-      const fd = openSync(path, "wx");
-      writeSync(fd, `${process.pid}\n`);
-      closeSync(fd);
-      break;
+      fd = openSync(path, "wx");
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw err;
-      const holder = Number.parseInt(readFileSync(path, "utf8"), 10);
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0)
+        throw fsError(`cannot create the lock file ${path}`, err);
+      const text = readLock(path);
+      const holder = Number.parseInt(text, 10);
       if (Number.isSafeInteger(holder) && holder !== process.pid && alive(holder)) {
         throw new StoreError(`data directory ${dir} is in use by process ${holder} (see ${path})`);
       }
-      unlinkSync(path); // stale: its owner is gone (or had this pid before a restart, as a container's pid 1)
+      // stale: its owner is gone (or had this pid before a restart, as a container's pid 1)
+      fsStep(`cannot remove the stale lock file ${path}`, () => unlinkSync(path));
+      continue;
     }
+    try {
+      writeAll(fd, Buffer.from(`${process.pid}\n`));
+    } catch (err) {
+      // An empty LOCK would be left for the next start to puzzle over.
+      closeSync(fd);
+      unlinkSync(path);
+      throw fsError(`cannot write the lock file ${path}`, err);
+    }
+    closeSync(fd);
+    break;
   }
   heldHere.add(real);
   let held = true;
@@ -65,6 +128,20 @@ export function lockDataDir(dir: string): () => void {
       // already gone
     }
   };
+}
+
+/** The text of lock file `path`. */
+function readLock(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EISDIR") {
+      throw new StoreError(`${path} is a directory, not rdzv's lock file: remove it`, undefined, {
+        cause: err,
+      });
+    }
+    throw fsError(`cannot read the lock file ${path}`, err);
+  }
 }
 
 /** Writes all of `buf` at the file's position (regular files may take a large write in parts). */

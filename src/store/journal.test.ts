@@ -6,8 +6,10 @@
  */
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import {
   appendFileSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -260,6 +262,56 @@ describe("journal", () => {
       const again = reopen(dir);
       again.close();
     }
+  });
+
+  it("names the data directory or the file, and the problem, when the directory cannot be used", () => {
+    const root = tempDir();
+    const file = join(root, "afile");
+    writeFileSync(file, "");
+    const refused = (dir: string, message: RegExp): void => {
+      assert.throws(
+        () => reopen(dir),
+        (err: { code: string; message: string }) => err.code === ErrorCode.Store && message.test(err.message),
+      );
+    };
+    refused(file, new RegExp(`^data directory ${file} is a file, not a directory$`));
+    refused(
+      join(file, "sub"),
+      /^cannot create data directory .*afile\/sub: a part of the path is a file, not a directory \(ENOTDIR\)$/,
+    );
+    for (const name of ["journal-0", "snapshot-1"]) {
+      const dir = join(root, name.replace("-", ""));
+      mkdirSync(join(dir, name), { recursive: true });
+      refused(
+        dir,
+        new RegExp(`^cannot read ${join(dir, name)}: it is a directory, not a file \\(EISDIR\\)$`),
+      );
+      assert.deepEqual(readdirSync(dir), [name], "the lock was released");
+    }
+    const locked = join(root, "locked");
+    mkdirSync(join(locked, "LOCK"), { recursive: true });
+    refused(locked, /LOCK is a directory, not rdzv's lock file: remove it$/);
+  });
+
+  it("leaves no empty LOCK when it cannot write its pid there (a write past RLIMIT_FSIZE, as a full disk)", () => {
+    const dir = tempDir();
+    const journal = new URL("./journal.js", import.meta.url).href;
+    // With SIGXFSZ handled, a write past the limit fails with EFBIG instead of killing the process.
+    const script = `process.on("SIGXFSZ", () => {});
+      const { openJournal } = await import(${JSON.stringify(journal)});
+      const { KvEngine } = await import(${JSON.stringify(new URL("./kv-engine.js", import.meta.url).href)});
+      try { openJournal(new KvEngine(), { dir: ${JSON.stringify(dir)} }); } catch (err) { console.log(err.message); }`;
+    const child = spawnSync(
+      "bash",
+      ["-c", 'ulimit -f 0 && exec "$0" --input-type=module -e "$1"', process.execPath, script],
+      {
+        encoding: "utf8",
+      },
+    );
+    assert.equal(child.status, 0, child.stderr);
+    assert.match(child.stdout, new RegExp(`^cannot write the lock file ${join(dir, "LOCK")}: .*EFBIG`));
+    assert.deepEqual(readdirSync(dir), []);
+    reopen(dir).close();
   });
 
   it("validates its options", () => {

@@ -19,13 +19,13 @@
  * registrations belong to connections and are not kept.
  */
 
-import { closeSync, fdatasyncSync, mkdirSync, openSync } from "node:fs";
+import { closeSync, fdatasyncSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError, StoreError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC } from "./journal-codec.js";
 import { type Loaded, loadDataDir, removeGeneration, snapshotChunks } from "./journal-files.js";
-import { lockDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
+import { lockDataDir, prepareDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
 import type { KvEngine, Mutation } from "./kv-engine.js";
 
 export { JournalCorruptError } from "./journal-codec.js";
@@ -233,14 +233,16 @@ function resolveOptions(options: JournalOptions): ResolvedOptions {
  * Opens the data directory `options.dir` for `engine`, which must be empty: takes the directory's lock,
  * replays the snapshot and journal into the engine, and records every later mutation. Throws
  * `JournalCorruptError` (code `RDZV_STATE`) when a file cannot be read back, `StoreError` when another
- * live process holds the directory, `InvalidArgumentError` for bad options.
+ * live process holds the directory or a file-system step fails (naming the file and the problem: not a
+ * directory, a directory where a file should be, no space left, ...), `InvalidArgumentError` for bad
+ * options.
  */
 export function openJournal(engine: KvEngine, options: JournalOptions): Journal {
   const resolved = resolveOptions(options);
   if (engine.size !== 0 || engine.queueEntries().next().done !== true) {
     throw new InvalidArgumentError("openJournal needs an empty engine to replay into");
   }
-  mkdirSync(resolved.dir, { recursive: true });
+  prepareDataDir(resolved.dir);
   const release = lockDataDir(resolved.dir);
   try {
     return new Journal(engine, resolved, release, loadDataDir(engine, resolved.dir, resolved.logger));
