@@ -1,8 +1,10 @@
 /**
- * The data directory's lock and the file-system steps a journal needs to be crash-safe (fsync of a
- * directory after a rename or create, atomic replace of a file).
+ * The data directory's lock (an abstract unix socket on Linux, a pid file elsewhere) and the file-system
+ * steps a journal needs to be crash-safe (fsync of a directory after a rename or create, atomic replace
+ * of a file), with errors that name the file and the problem.
  */
 
+import { createHash } from "node:crypto";
 import {
   closeSync,
   fsyncSync,
@@ -15,6 +17,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { RendezvousError, StoreError } from "../errors.js";
 
@@ -68,7 +71,7 @@ export function prepareDataDir(dir: string): void {
 }
 
 const LOCK_FILE = "LOCK";
-/** Directories this process holds: its own pid in a LOCK file is stale only when not listed here. */
+/** Directories this process holds (by real path), for a clear message when it opens one twice. */
 const heldHere = new Set<string>();
 
 function alive(pid: number): boolean {
@@ -81,14 +84,89 @@ function alive(pid: number): boolean {
 }
 
 /**
- * Takes `dir`'s lock: a `LOCK` file holding this process's pid. A lock left by a process that no longer
- * runs (a server killed with SIGKILL) is taken over. Throws `StoreError` when a live process holds it.
- * Returns the function that releases it.
+ * Takes `dir`'s lock; returns the function that releases it. Throws `StoreError` when another process
+ * holds it (naming its pid when the LOCK file tells), or this one does.
+ *
+ * On Linux the lock is an abstract-namespace unix socket named after the directory's device and inode,
+ * which only one process can bind and which the kernel releases when that process dies, however it
+ * dies: no stale lock to detect, no race between processes starting together, and a stale pid that a
+ * live, unrelated process got since blocks nothing. The holder writes its pid to `LOCK` (atomically) for
+ * the message others get. The abstract namespace belongs to the network namespace: containers that share
+ * the directory but not the network namespace do not see each other's lock.
+ *
+ * Elsewhere the lock is the `LOCK` file itself, created exclusively, holding the pid; one left by a
+ * process that no longer runs (a server killed with SIGKILL) is taken over.
  */
 export function lockDataDir(dir: string): () => void {
   const real = fsStep(`cannot use data directory ${dir}`, () => realpathSync(dir));
   if (heldHere.has(real)) throw new StoreError(`data directory ${dir} is in use by this process`);
   const path = join(dir, LOCK_FILE);
+  const unbind = process.platform === "linux" ? kernelLock(dir, path) : pidFileLock(dir, path);
+  heldHere.add(real);
+  let held = true;
+  return () => {
+    if (!held) return;
+    held = false;
+    heldHere.delete(real);
+    try {
+      unlinkSync(path); // first: once unbound, the next holder writes its own
+    } catch {
+      // already gone
+    }
+    unbind();
+  };
+}
+
+/** The abstract socket lock of `dir` (see `lockDataDir`); returns the function that unbinds it. */
+function kernelLock(dir: string, path: string): () => void {
+  const { dev, ino } = fsStep(`cannot use data directory ${dir}`, () => statSync(dir));
+  const name = createHash("sha256").update(`${dev}:${ino}`).digest("hex").slice(0, 40);
+  const server = createServer();
+  // A failed bind is reported on the next tick as well; it is read at once below.
+  server.on("error", () => {});
+  // The bind happens inside listen(): `listening` says at once whether this process got the name.
+  server.listen({ path: `\0rdzv-data-dir-lock-${name}` });
+  if (!server.listening) {
+    server.close();
+    const holder = lockHolder(path);
+    const who = holder === undefined ? "another process" : `process ${holder}`;
+    throw new StoreError(`data directory ${dir} is in use by ${who} (see ${path})`);
+  }
+  server.unref();
+  const unbind = (): void => {
+    server.close();
+  };
+  try {
+    writeFileAtomic(dir, LOCK_FILE, [Buffer.from(`${process.pid}\n`)]);
+  } catch (err) {
+    try {
+      unlinkSync(`${path}.tmp`);
+    } catch {
+      // not created
+    }
+    unbind();
+    throw (err as NodeJS.ErrnoException).code === "EISDIR"
+      ? notALockFile(path, err)
+      : fsError(`cannot write the lock file ${path}`, err);
+  }
+  return unbind;
+}
+
+/**
+ * The pid in lock file `path`, if it names a live process (best effort, for a message: a holder that
+ * just bound the socket may not have written its pid yet, and the file may still name the last one).
+ */
+function lockHolder(path: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(path, "utf8"), 10);
+    return Number.isSafeInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The `LOCK` file as the lock (see `lockDataDir`); returns a no-op: releasing removes the file. */
+function pidFileLock(dir: string, path: string): () => void {
   for (let attempt = 0; ; attempt++) {
     let fd: number;
     try {
@@ -96,8 +174,7 @@ export function lockDataDir(dir: string): () => void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0)
         throw fsError(`cannot create the lock file ${path}`, err);
-      const text = readLock(path);
-      const holder = Number.parseInt(text, 10);
+      const holder = Number.parseInt(readLock(path), 10);
       if (Number.isSafeInteger(holder) && holder !== process.pid && alive(holder)) {
         throw new StoreError(`data directory ${dir} is in use by process ${holder} (see ${path})`);
       }
@@ -114,20 +191,8 @@ export function lockDataDir(dir: string): () => void {
       throw fsError(`cannot write the lock file ${path}`, err);
     }
     closeSync(fd);
-    break;
+    return () => {};
   }
-  heldHere.add(real);
-  let held = true;
-  return () => {
-    if (!held) return;
-    held = false;
-    heldHere.delete(real);
-    try {
-      unlinkSync(path);
-    } catch {
-      // already gone
-    }
-  };
 }
 
 /** The text of lock file `path`. */
@@ -135,13 +200,13 @@ function readLock(path: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EISDIR") {
-      throw new StoreError(`${path} is a directory, not rdzv's lock file: remove it`, undefined, {
-        cause: err,
-      });
-    }
+    if ((err as NodeJS.ErrnoException).code === "EISDIR") throw notALockFile(path, err);
     throw fsError(`cannot read the lock file ${path}`, err);
   }
+}
+
+function notALockFile(path: string, cause: unknown): StoreError {
+  return new StoreError(`${path} is a directory, not rdzv's lock file: remove it`, undefined, { cause });
 }
 
 /** Writes all of `buf` at the file's position (regular files may take a large write in parts). */

@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
 import {
   appendFileSync,
   mkdirSync,
@@ -69,6 +70,28 @@ function capture(): { logger: Logger; warnings: string[] } {
     error: (m, f) => warnings.push(`ERROR ${m} ${JSON.stringify(f)}`),
   };
   return { logger, warnings };
+}
+
+/**
+ * A child process that takes `dir`'s lock at epoch ms `at` (spinning until then, so that several start
+ * together) and holds it until killed; `result` is "GOT" or the error's message.
+ */
+function lockInChild(dir: string, at: number): { child: ChildProcess; result: Promise<string> } {
+  const lock = new URL("./journal-lock.js", import.meta.url).href;
+  const script = `const { lockDataDir } = await import(${JSON.stringify(lock)});
+    while (Date.now() < ${at}) {}
+    try { lockDataDir(${JSON.stringify(dir)}); console.log("GOT"); } catch (e) { console.log(e.message); }
+    setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script]);
+  const result = new Promise<string>((resolve, reject) => {
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      out += chunk;
+      if (out.includes("\n")) resolve(out.trim());
+    });
+    child.on("exit", (code) => reject(new Error(`exited ${code} before it said: ${out}`)));
+  });
+  return { child, result };
 }
 
 /** Applies one of every mutation kind. */
@@ -312,6 +335,42 @@ describe("journal", () => {
     assert.match(child.stdout, new RegExp(`^cannot write the lock file ${join(dir, "LOCK")}: .*EFBIG`));
     assert.deepEqual(readdirSync(dir), []);
     reopen(dir).close();
+  });
+
+  it("gives a directory to exactly one of several processes starting together on a stale LOCK", async () => {
+    for (let trial = 0; trial < 8; trial++) {
+      const dir = tempDir();
+      writeFileSync(join(dir, "LOCK"), "999999999\n"); // left by a process killed long ago
+      const at = Date.now() + 400;
+      const children = [0, 1, 2].map(() => lockInChild(dir, at));
+      try {
+        const results = await Promise.all(children.map((c) => c.result));
+        assert.equal(results.filter((r) => r === "GOT").length, 1, results.join(" | "));
+        const holder = children[results.indexOf("GOT")]!.child.pid;
+        for (const r of results.filter((x) => x !== "GOT")) {
+          assert.match(r, new RegExp(`in use by (process ${holder}|another process)`));
+        }
+      } finally {
+        for (const c of children) c.child.kill("SIGKILL");
+      }
+    }
+  });
+
+  it("is free once its holder is killed, and a live process that merely has the pid in LOCK blocks nothing", {
+    skip: process.platform !== "linux" && "the pid-file lock elsewhere cannot tell a reused pid",
+  }, async () => {
+    const dir = tempDir();
+    const holder = lockInChild(dir, 0);
+    assert.equal(await holder.result, "GOT");
+    assert.throws(() => reopen(dir), new RegExp(`in use by process ${holder.child.pid} \\(see .*LOCK\\)`));
+    holder.child.kill("SIGKILL");
+    await once(holder.child, "exit");
+    reopen(dir).close();
+    // A stale LOCK whose pid now belongs to an unrelated live process (here: this one's parent).
+    writeFileSync(join(dir, "LOCK"), `${process.ppid}\n`);
+    const again = reopen(dir);
+    assert.equal(readFileSync(join(dir, "LOCK"), "utf8"), `${process.pid}\n`);
+    again.close();
   });
 
   it("validates its options", () => {
