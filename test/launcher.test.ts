@@ -546,7 +546,7 @@ describe("rdzv run", () => {
 
   it("a job that succeeded leaves no restart count behind for the next job under its run id", async () => {
     const server = await storeServer();
-    const args = (dir: string) => [
+    const args = () => [
       "--max-restarts",
       "1",
       "--rdzv-endpoint",
@@ -560,11 +560,11 @@ describe("rdzv run", () => {
       PROBE,
     ];
     const first = tempDir();
-    const one = await run(args(first), { PROBE_DIR: first, PROBE_MODE: "crash-once", PROBE_RANKS: "0" }).done;
+    const one = await run(args(), { PROBE_DIR: first, PROBE_MODE: "crash-once", PROBE_RANKS: "0" }).done;
     assert.equal(one.code, 0, one.stderr);
     assert.ok(probes(first).some((p) => p.TORCHELASTIC_RESTART_COUNT === "1"));
     const second = tempDir();
-    const two = await run(args(second), { PROBE_DIR: second, PROBE_MODE: "exit" }).done;
+    const two = await run(args(), { PROBE_DIR: second, PROBE_MODE: "exit" }).done;
     assert.equal(two.code, 0, two.stderr);
     assert.deepEqual(
       probes(second).map((p) => p.TORCHELASTIC_RESTART_COUNT),

@@ -62,36 +62,39 @@ export async function serveCommand(
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const security = securityOptions(values);
   const http = dashboardPort(values);
+  // Every option is checked before the data directory is opened (and locked).
+  const port = intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535);
+  const limits = {
+    maxConnections: intOption(
+      "max-connections",
+      values["max-connections"],
+      DEFAULT_SERVER_LIMITS.maxConnections,
+      1,
+      1_000_000,
+    ),
+    maxKeyBytes: intOption(
+      "max-key-bytes",
+      values["max-key-bytes"],
+      DEFAULT_SERVER_LIMITS.maxKeyBytes,
+      1,
+      2 ** 30,
+    ),
+    maxValueBytes: intOption(
+      "max-value-bytes",
+      values["max-value-bytes"],
+      DEFAULT_SERVER_LIMITS.maxValueBytes,
+      0,
+      2 ** 31,
+    ),
+  };
   const data = openServeData(values, logger, out);
   const server = await createTCPStoreServer({
     ...security,
     ...(data.engine === undefined ? {} : { engine: data.engine }),
     host,
-    port: intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535),
+    port,
     logger,
-    limits: {
-      maxConnections: intOption(
-        "max-connections",
-        values["max-connections"],
-        DEFAULT_SERVER_LIMITS.maxConnections,
-        1,
-        1_000_000,
-      ),
-      maxKeyBytes: intOption(
-        "max-key-bytes",
-        values["max-key-bytes"],
-        DEFAULT_SERVER_LIMITS.maxKeyBytes,
-        1,
-        2 ** 30,
-      ),
-      maxValueBytes: intOption(
-        "max-value-bytes",
-        values["max-value-bytes"],
-        DEFAULT_SERVER_LIMITS.maxValueBytes,
-        0,
-        2 ** 31,
-      ),
-    },
+    limits,
   }).catch((err: unknown) => {
     data.close();
     throw err;

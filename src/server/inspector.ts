@@ -21,7 +21,7 @@ export interface RunRef {
 }
 
 /**
- * The runs `reader` holds, sorted by id (rdzv's layout first where an id is in both). Throws
+ * The runs `reader` holds, sorted by id (PyTorch's layout before rdzv's where an id is in both). Throws
  * `InvalidArgumentError` when the source cannot list keys (then name the runs: `inspectRuns`).
  */
 export async function listRunRefs(reader: KeyReader, options: InspectOptions = {}): Promise<RunRef[]> {

@@ -150,4 +150,17 @@ describe("RendezvousMonitor", () => {
     assert.equal(view?.participants.length, 10);
     assert.deepEqual(logged, []);
   });
+
+  it("reads a TCP store server's byte-string keys as UTF-8: a run id past ASCII keeps its name", () => {
+    const engine = new KvEngine();
+    const monitor = new RendezvousMonitor();
+    monitor.attach(engine);
+    const wire = (key: string) => Buffer.from(`/${key}`, "utf8").toString("latin1");
+    engine.set(wire("rdzv/ünï/open"), enc("0"));
+    engine.set(wire("rdzv/ünï/r0/outcome"), enc(encodeOutcome({ kind: "closed", round: 0 })));
+    assert.deepEqual(
+      monitor.timeline("ünï").map((e) => [e.runId, e.type]),
+      [["ünï", "closed"]],
+    );
+  });
 });

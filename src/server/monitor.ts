@@ -10,7 +10,7 @@ import { EventEmitter } from "node:events";
 import type { Logger } from "../log.js";
 import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/round.js";
 import type { KvEngine } from "../store/kv-engine.js";
-import { WIRE_KEY_PREFIX } from "./key-reader.js";
+import { byteStringToUtf8, WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
 import { parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
@@ -76,15 +76,18 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   }
 
   /**
-   * Follows `engine`'s changes (keys carrying `keyPrefix`, "/" on a TCP store server). Returns a function
-   * that stops following.
+   * Follows `engine`'s changes (keys carrying `keyPrefix`, "/" on a TCP store server; `byteKeys`: the
+   * engine holds UTF-8 bytes as byte strings, as a TCP store server's does). Returns a function that stops
+   * following.
    */
-  attach(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX): () => void {
+  attach(engine: KvEngine, keyPrefix = WIRE_KEY_PREFIX, byteKeys = true): () => void {
     // It runs inside the store's write path: whatever a key holds, it must not fail the write.
     return engine.onChange((key, oldValue, newValue) => {
       if (!key.startsWith(keyPrefix)) return;
       try {
-        this.observe(key.slice(keyPrefix.length), oldValue, newValue);
+        // A TCP store server's keys are byte strings: a run id past ASCII is read as its client wrote it.
+        const user = byteKeys ? byteStringToUtf8(key.slice(keyPrefix.length)) : key.slice(keyPrefix.length);
+        if (user !== undefined) this.observe(user, oldValue, newValue);
       } catch (err) {
         this.#logger?.warn("rendezvous monitor: ignoring a key it could not follow", {
           key: key.slice(0, 200),
