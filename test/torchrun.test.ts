@@ -168,13 +168,18 @@ for (const [label, find] of [
       const torch = await find();
       await using server = await startServe();
       const runId = `job-crash-${torch.major}`;
-      const out = await runJob(torch, server, runId, { maxRestarts: 1, crashRank: 1 });
+      // Budget for more than the one crash: torchrun's own restart is racy under load, with PyTorch's
+      // store as with ours (measured beside a busy test run: 1 of 4 jobs on PyTorch's own c10d store
+      // failed in gloo's connectFullMesh after the restart; with rdzv serve 1 of 4 failed so and 1 of 4
+      // hung in the group's set-up): the agent whose worker did not fail keeps restart count 0, so its
+      // new workers can meet the keys of its old ones.
+      const out = await runJob(torch, server, runId, { maxRestarts: 3, crashRank: 1 });
       assert.ok(existsSync(join(out, "crashed")), "the worker of rank 1 did not crash");
       const done = reports(out, "done");
-      assertJobDone(done, runId, 1);
-      // The agent whose worker failed used its one restart; the other restarted for the new round.
+      assertJobDone(done, runId, 3);
+      // The agent whose worker failed used a restart; the other restarted for the new round.
       assert.ok(
-        done.some((r) => r.env.TORCHELASTIC_RESTART_COUNT === "1"),
+        done.some((r) => Number(r.env.TORCHELASTIC_RESTART_COUNT) >= 1),
         `no worker of a restarted agent finished: ${JSON.stringify(done.map((r) => r.env))}`,
       );
       // Both nodes' workers were restarted: every rank started at least twice.
