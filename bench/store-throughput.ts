@@ -564,7 +564,7 @@ async function main(): Promise<void> {
       "",
       `### rdzv's TS client, ${fmt(args.tsOps)} ops per run`,
       "",
-      "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's.",
+      "Pipelined: batches of 1000 concurrent calls. Sequential: one call at a time. The TS `get` sends one GET_ASYNC to the rdzv server (rdzv extension, docs/tcpstore-compat.md) and CHECK + GET to PyTorch's. A TS `set` resolves once the reply to the PING its client sends behind each write of sets arrives (so it was applied), which makes a sequential `set` a round trip; before 2026-12-03 it resolved once written (sequential set 72,606 / 73,593 ops/s then).",
       `These runs come after the Python runs, on the same servers (rdzv's held ${fmt(keysAtTs)} keys when they began), from the benchmark's own process, whose connections did the warm-up's sets and adds first.`,
       "",
       "| mode | op | rdzv server | PyTorch libuv server | rdzv / libuv |",
