@@ -73,6 +73,11 @@ function tempDir(): string {
   return dir;
 }
 
+/** The options that put an agent in run `runId` on `server`, with fast rendezvous settings. */
+function rendezvous(server: TCPStoreServer, runId: string): string[] {
+  return ["--rdzv-endpoint", `127.0.0.1:${server.port}`, "--rdzv-id", runId, "--rdzv-conf", FAST];
+}
+
 async function storeServer(): Promise<TCPStoreServer> {
   const server = await createTCPStoreServer({ host: "127.0.0.1", port: 0 });
   servers.push(server);
@@ -194,12 +199,7 @@ describe("rdzv run", () => {
       "2",
       "--nproc-per-node",
       "2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "two-nodes",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "two-nodes"),
       "--",
       "node",
       "examples/allreduce.mjs",
@@ -237,12 +237,7 @@ describe("rdzv run", () => {
       "2",
       "--max-restarts",
       "1",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "shared-count",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "shared-count"),
       "--",
       "node",
       PROBE,
@@ -310,12 +305,7 @@ describe("rdzv run", () => {
     const args = [
       "--nnodes",
       "2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "fail-everywhere",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "fail-everywhere"),
       "--stop-timeout",
       "2",
       "--",
@@ -344,12 +334,7 @@ describe("rdzv run", () => {
     const args = [
       "--nnodes",
       "1:2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "late",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "late"),
       "--monitor-interval",
       "0.2",
       "--",
@@ -374,12 +359,7 @@ describe("rdzv run", () => {
     const args = [
       "--nnodes",
       "1:2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "sigkill",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "sigkill"),
       "--stop-timeout",
       "1",
       "--",
@@ -444,12 +424,7 @@ describe("rdzv run", () => {
     const args = [
       "--nnodes",
       "2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "finish-early",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "finish-early"),
       "--exit-barrier-timeout",
       "1",
       "--",
@@ -473,19 +448,7 @@ describe("rdzv run", () => {
     const server = await storeServer();
     const dir = tempDir();
     const agent = run(
-      [
-        "--rdzv-endpoint",
-        `127.0.0.1:${server.port}`,
-        "--rdzv-id",
-        "store-gone",
-        "--rdzv-conf",
-        FAST,
-        "--exit-barrier-timeout",
-        "2",
-        "--",
-        "node",
-        PROBE,
-      ],
+      [...rendezvous(server, "store-gone"), "--exit-barrier-timeout", "2", "--", "node", PROBE],
       { PROBE_DIR: dir, PROBE_MODE: "delay", PROBE_DELAY_MS: "1500" },
     );
     await waitFor("the worker", () => probes(dir).length === 1);
@@ -497,19 +460,7 @@ describe("rdzv run", () => {
 
   it("SIGTERM while joining through a store that went away stops the agent promptly", async () => {
     const server = await storeServer();
-    const agent = run([
-      "--nnodes",
-      "2",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "join-gone",
-      "--rdzv-conf",
-      FAST,
-      "--",
-      "node",
-      PROBE,
-    ]);
+    const agent = run(["--nnodes", "2", ...rendezvous(server, "join-gone"), "--", "node", PROBE]);
     await waitFor("joining", () => /joining run/.test(agent.stderr()));
     await delay(300);
     await server.close();
@@ -528,12 +479,7 @@ describe("rdzv run", () => {
       "2",
       "--nproc-per-node",
       nproc,
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "mixed-nproc",
-      "--rdzv-conf",
-      FAST,
+      ...rendezvous(server, "mixed-nproc"),
       "--",
       "node",
       PROBE,
@@ -546,19 +492,7 @@ describe("rdzv run", () => {
 
   it("a job that succeeded leaves no restart count behind for the next job under its run id", async () => {
     const server = await storeServer();
-    const args = () => [
-      "--max-restarts",
-      "1",
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "reused",
-      "--rdzv-conf",
-      FAST,
-      "--",
-      "node",
-      PROBE,
-    ];
+    const args = () => ["--max-restarts", "1", ...rendezvous(server, "reused"), "--", "node", PROBE];
     const first = tempDir();
     const one = await run(args(), { PROBE_DIR: first, PROBE_MODE: "crash-once", PROBE_RANKS: "0" }).done;
     assert.equal(one.code, 0, one.stderr);
@@ -575,14 +509,7 @@ describe("rdzv run", () => {
   it("a job under the run id of a job that failed is told that run is closed and why it may be", async () => {
     const server = await storeServer();
     const dir = tempDir();
-    const args = [
-      "--rdzv-endpoint",
-      `127.0.0.1:${server.port}`,
-      "--rdzv-id",
-      "was-failed",
-      "--rdzv-conf",
-      FAST,
-    ];
+    const args = [...rendezvous(server, "was-failed")];
     const failed = await run([...args, "--", "node", PROBE], {
       PROBE_DIR: dir,
       PROBE_MODE: "fail",

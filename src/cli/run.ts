@@ -124,8 +124,9 @@ export function splitCommand(argv: readonly string[]): { options: string[]; comm
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i]!;
     if (!token.startsWith("-")) return { options, command: argv.slice(i) };
-    options.push(dashed(token));
-    if (takesValue.has(dashed(token)) && i + 1 < argv.length) options.push(argv[++i]!);
+    const option = dashed(token);
+    options.push(option);
+    if (takesValue.has(option) && i + 1 < argv.length) options.push(argv[++i]!);
   }
   return { options, command: [] };
 }

@@ -660,20 +660,9 @@ async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boo
   }
 }
 
-/** Resolves when `promise` settles or `ms` passed, whichever comes first. */
+/** Resolves when `promise` settles or `ms` passed, whichever comes first (its outcome ignored). */
 async function settleWithin(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const elapsed = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms);
-  });
-  await Promise.race([
-    promise.then(
-      () => undefined,
-      () => undefined,
-    ),
-    elapsed,
-  ]);
-  clearTimeout(timer);
+  await settledWithin(promise, ms).catch(() => undefined);
 }
 
 /** A signal that fires when any of `signals` fires. */

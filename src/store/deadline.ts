@@ -11,6 +11,16 @@ export function checkTimeoutMs(timeoutMs: number, what = "timeoutMs"): number {
   return timeoutMs;
 }
 
+/**
+ * The options of a wait's first read, a quick call: the longer of the store's timeout and the call's (a
+ * short wait still gets its read done; a store whose default is 0 still serves a call that asks for
+ * more), and the call's signal.
+ */
+export function firstReadOptions(options: CallOptions | undefined, storeTimeoutMs: number): CallOptions {
+  const timeoutMs = Math.max(storeTimeoutMs, checkTimeoutMs(options?.timeoutMs ?? storeTimeoutMs));
+  return options?.signal === undefined ? { timeoutMs } : { timeoutMs, signal: options.signal };
+}
+
 /** Throws an `AbortedError` when `signal` has fired. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new AbortedError(undefined, { cause: signal.reason });

@@ -15,7 +15,7 @@
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
 import { AbortedError, ErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, concatBytes, toBytes } from "../bytes.js";
-import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import { blockingCall, checkTimeoutMs, firstReadOptions, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
@@ -455,13 +455,7 @@ export class EtcdStore implements Store {
     }
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     const started = Date.now();
-    // The read is quick: it gets the store's timeout, not what may be a short wait's (and the wait's when
-    // that is longer: a store whose default is 0 still serves a call that asks for more).
-    const readTimeoutMs = Math.max(timeoutMs, this.#timeoutMs);
-    const read =
-      options?.signal === undefined
-        ? { timeoutMs: readTimeoutMs }
-        : { timeoutMs: readTimeoutMs, signal: options.signal };
+    const read = firstReadOptions(options, this.#timeoutMs);
     const res = await this.read(what, read, (o) => this.#readAll(keys, o));
     const values = new Map<string, Uint8Array>();
     keys.forEach((key, i) => {

@@ -13,7 +13,7 @@
 import type { Redis } from "ioredis";
 import { ErrorCode, hasErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, toBytes } from "../bytes.js";
-import { blockingCall, checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import { blockingCall, checkTimeoutMs, firstReadOptions, throwIfAborted } from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
@@ -283,10 +283,12 @@ export class RedisStore implements Store {
     const read = async (): Promise<(Buffer | null)[]> => this.client.mgetBuffer(...redisKeys);
     // A read is idempotent: one lost to a dropped connection is simply made again once subscribed. It is
     // quick: it gets the store's timeout, not what may be a short wait's (and the wait's when longer).
-    const first = await this.call(what, readOptions(options, this.#timeoutMs), read).catch((err: unknown) => {
-      if (this.#lost === undefined && hasErrorCode(err, ErrorCode.Connection)) return undefined;
-      throw err;
-    });
+    const first = await this.call(what, firstReadOptions(options, this.#timeoutMs), read).catch(
+      (err: unknown) => {
+        if (this.#lost === undefined && hasErrorCode(err, ErrorCode.Connection)) return undefined;
+        throw err;
+      },
+    );
     if (first?.every((v) => v !== null)) return first.map((v) => new Uint8Array(v!));
     let unregister: (() => void) | undefined;
     let fail: ((err: Error) => void) | undefined;
@@ -331,12 +333,6 @@ interface RdzvCommands {
   rdzvAdd(key: Buffer, delta: string): Promise<string>;
   rdzvSwap(key: Buffer, expected: Buffer, desired: string): Promise<number>;
   rdzvCompareSetBuffer(key: Buffer, expected: Buffer, desired: Buffer): Promise<Buffer>;
-}
-
-/** The options of a wait's first read: the longer of the store's and the call's timeout, the call's signal. */
-function readOptions(options: CallOptions | undefined, storeTimeoutMs: number): CallOptions {
-  const timeoutMs = Math.max(storeTimeoutMs, checkTimeoutMs(options?.timeoutMs ?? storeTimeoutMs));
-  return options?.signal === undefined ? { timeoutMs } : { timeoutMs, signal: options.signal };
 }
 
 function buf(value: StoreValue): Buffer {
