@@ -12,6 +12,10 @@
  *   whose workers succeeded rejoins if the round ends before the others finish.
  * - Member loss is pushed by the store (`waitForRoundEnd`); only the rank 0 agent polls
  *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are.
+ *
+ * As torchrun, each worker gets an error file of its own (`TORCHELASTIC_ERROR_FILE`, see
+ * error-file-dir.ts), and a failure is reported with the error a worker decorated with PyTorch's `@record`
+ * wrote there; unlike torchrun, the folder is removed when the agent exits (the report carries the error).
  */
 
 import { EventEmitter } from "node:events";
@@ -20,10 +24,19 @@ import { setTimeout as delay } from "node:timers/promises";
 import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { RendezvousHandler, RendezvousInfo } from "../rendezvous/api.js";
+import { agentErrorRecord, type RootCauseFile } from "./agent-error-record.js";
 import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
+import type { WorkerError } from "./error-file.js";
+import { createErrorFileDir, type ErrorFileDir, observeFailures, writeErrorFile } from "./error-file-dir.js";
 import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
 import { discardWorkerOutput, type WorkerOutput } from "./output.js";
-import { type AgentResult, decideAfterFailure, type FailureSummary, type WorkerExit } from "./policy.js";
+import {
+  type AgentResult,
+  decideAfterFailure,
+  rootCause,
+  summarizeFailure,
+  type WorkerExit,
+} from "./policy.js";
 import { type Reaper, startReaper } from "./reaper.js";
 import { startWorkerGroup, type WorkerGroup } from "./worker-group.js";
 
@@ -61,6 +74,17 @@ export interface ElasticAgentOptions {
   readonly logger?: Logger;
   /** Start a reaper process so workers die with a SIGKILLed agent (default true). */
   readonly reaper?: boolean;
+  /**
+   * Where the folder of the workers' error files is created (default: the system's temporary folder);
+   * it is removed when `run()` ends.
+   */
+  readonly errorFileParent?: string;
+  /**
+   * The agent's own error file (torchrun: its `TORCHELASTIC_ERROR_FILE`, set by a scheduler such as TorchX):
+   * when `run()` ends in anything but success, the root-cause error is written there in PyTorch's format
+   * (see agent-error-record.ts). Default: none.
+   */
+  readonly errorFile?: string;
 }
 
 /** Why a group restarts. */
@@ -79,7 +103,9 @@ export interface AgentEvents {
       pids: (number | undefined)[];
     },
   ];
-  workerFailed: [{ round: number; exit: WorkerExit; stderrTail: string[] }];
+  workerFailed: [
+    { round: number; exit: WorkerExit; stderrTail: string[]; error?: WorkerError; errorFileNote?: string },
+  ];
   restarting: [{ reason: RestartReason; round: number; restarts: number }];
   finishing: [{ round: number }];
 }
@@ -109,6 +135,11 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   #group: WorkerGroup | undefined;
   #reaper: Reaper | undefined;
   #launcher: LauncherStore | undefined;
+  #errorFiles: ErrorFileDir | undefined;
+  /** The running attempt's error file folder. */
+  #attemptDir: string | undefined;
+  /** The reported failure's error file JSON, for the agent's own error file. */
+  #rootCauseData: RootCauseFile | undefined;
   #restarts = 0;
   #ran = false;
 
@@ -136,7 +167,9 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (this.#ran) throw new RendezvousStateError("ElasticAgent.run() may be called once");
     this.#ran = true;
     if (this.#o.reaper !== false) this.#reaper = startReaper(this.#stopTimeoutMs, this.#logger);
+    this.#createErrorFiles();
     let result: AgentResult | undefined;
+    let thrown: unknown;
     try {
       for (;;) {
         if (this.#signal.aborted) {
@@ -152,11 +185,45 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
         }
         if (result !== undefined) return result;
       }
+    } catch (err) {
+      thrown = err;
+      throw err;
     } finally {
       await this.#group?.stop(this.#stopTimeoutMs);
       await this.#leave(result);
+      this.#errorFiles?.remove();
+      this.#reaper?.removeOnDeath(undefined);
       await this.#reaper?.close();
+      await this.#writeOwnErrorFile(result, thrown);
     }
+  }
+
+  #createErrorFiles(): void {
+    try {
+      this.#errorFiles = createErrorFileDir(this.#handler.getRunId(), this.#o.errorFileParent);
+      this.#reaper?.removeOnDeath(this.#errorFiles.path);
+    } catch (err) {
+      this.#logger.warn(
+        "could not create the workers' error file folder: they get no TORCHELASTIC_ERROR_FILE",
+        {
+          error: String(err),
+        },
+      );
+    }
+  }
+
+  /** Writes the agent's own error file, if it has one (see agent-error-record.ts); never throws. */
+  async #writeOwnErrorFile(result: AgentResult | undefined, thrown: unknown): Promise<void> {
+    const file = this.#o.errorFile;
+    if (file === undefined || file === "") return;
+    const record = agentErrorRecord(result, this.#rootCauseData, thrown, Math.floor(Date.now() / 1000));
+    if (record === undefined) return;
+    await writeErrorFile(file, record).catch((err: unknown) => {
+      this.#logger.warn("could not write the error file (TORCHELASTIC_ERROR_FILE)", {
+        file,
+        error: String(err),
+      });
+    });
   }
 
   /** SIGKILLs the running workers now (a second Ctrl-C); `run()` then finishes as usual. */
@@ -242,8 +309,23 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     };
   }
 
-  #startGroup(spec: WorkerGroupSpec): WorkerGroup {
+  /** The attempt's error file folder, emptied; `undefined` (after a warning) when that fails. */
+  #prepareErrorFiles(spec: WorkerGroupSpec): string | undefined {
+    try {
+      return this.#errorFiles?.prepareAttempt(spec.restartCount, spec.nprocPerNode);
+    } catch (err) {
+      this.#logger.warn("could not prepare the workers' error files: they get no TORCHELASTIC_ERROR_FILE", {
+        error: String(err),
+      });
+      return undefined;
+    }
+  }
+
+  #startGroup(groupSpec: WorkerGroupSpec): WorkerGroup {
     const base = this.#o.env ?? process.env;
+    this.#attemptDir = this.#prepareErrorFiles(groupSpec);
+    const spec =
+      this.#attemptDir === undefined ? groupSpec : { ...groupSpec, errorFileDir: this.#attemptDir };
     const workers = Array.from({ length: spec.nprocPerNode }, (_, localRank) => ({
       localRank,
       rank: workerRanks(spec, localRank).rank,
@@ -345,8 +427,16 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     launcher: LauncherStore,
   ): Promise<AgentResult | undefined> {
     await group.stop(this.#stopTimeoutMs);
-    const stderrTail = group.stderrTail(first.localRank);
-    this.emit("workerFailed", { round: info.round, exit: first, stderrTail });
+    const failures = await observeFailures(group.exits, first, this.#attemptDir);
+    const root = rootCause(failures) ?? { exit: first };
+    const stderrTail = group.stderrTail(root.exit.localRank);
+    this.emit("workerFailed", {
+      round: info.round,
+      exit: root.exit,
+      stderrTail,
+      ...(root.error === undefined ? {} : { error: root.error }),
+      ...(root.errorFileNote === undefined ? {} : { errorFileNote: root.errorFileNote }),
+    });
     const attempt = attemptId(info.round, this.#restarts);
     const claim = await launcher.claimFailure(attempt, this.nodeId, { signal: this.#signal });
     const decision = decideAfterFailure(claim, this.#maxRestarts);
@@ -354,20 +444,14 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       this.emit("restarting", { reason: "worker-failed", round: info.round, restarts: claim.restarts });
       return undefined;
     }
-    const summary: FailureSummary = {
-      rank: first.rank,
-      localRank: first.localRank,
+    const summary = summarizeFailure(root, failures, stderrTail, {
       groupRank: info.rank,
       node: this.#localAddr,
-      pid: first.pid,
-      exitCode: first.exitCode,
-      signal: first.signal,
-      ...(first.spawnError === undefined ? {} : { spawnError: first.spawnError }),
-      stderrTail,
       round: info.round,
       restarts: decision.restarts - 1,
       maxRestarts: this.#maxRestarts,
-    };
+    });
+    if (root.data !== undefined) this.#rootCauseData = { data: root.data, exit: root.exit };
     // Record first: the other agents read the record once they find the rendezvous closed.
     await launcher.recordFailure(summary);
     await this.#handler.setClosed();

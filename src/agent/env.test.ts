@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ErrorCode } from "../errors.js";
-import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
+import { errorFilePath, mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
 
 const spec: WorkerGroupSpec = {
   nprocPerNode: 4,
@@ -114,17 +114,37 @@ describe("mergeWorkerEnv", () => {
     });
   });
 
-  it("gives every variable torchrun gives its workers (2.x and 1.13) but TORCHELASTIC_ERROR_FILE", () => {
-    const env = mergeWorkerEnv({}, workerEnv(spec, 0), spec.nprocPerNode);
+  it("gives every variable torchrun gives its workers (2.x and 1.13)", () => {
+    const env = mergeWorkerEnv(
+      {},
+      workerEnv({ ...spec, errorFileDir: "/tmp/e/attempt_2" }, 0),
+      spec.nprocPerNode,
+    );
     // torchrun --standalone --nproc-per-node 2 of PyTorch 2.13 and 1.13, less HOME, PATH and LC_CTYPE.
     const torch2 =
       "GROUP_RANK GROUP_WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT OMP_NUM_THREADS RANK " +
       "ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE TORCHELASTIC_MAX_RESTARTS TORCHELASTIC_RESTART_COUNT " +
       "TORCHELASTIC_RUN_ID TORCHELASTIC_SIGNALS_TO_HANDLE TORCHELASTIC_USE_AGENT_STORE " +
-      "TORCH_NCCL_ASYNC_ERROR_HANDLING WORLD_SIZE";
+      "TORCH_NCCL_ASYNC_ERROR_HANDLING WORLD_SIZE TORCHELASTIC_ERROR_FILE";
     const torch113 = "NCCL_ASYNC_ERROR_HANDLING";
     const missing = `${torch2} ${torch113}`.split(" ").filter((k) => env[k] === undefined);
     assert.deepEqual(missing, []);
+  });
+
+  it("gives each worker its own TORCHELASTIC_ERROR_FILE in torchrun's layout, never the agent's", () => {
+    const withDir = { ...spec, errorFileDir: "/tmp/e/attempt_2" };
+    const agentEnv = { TORCHELASTIC_ERROR_FILE: "/scheduler/agent.json" };
+    const files = [0, 1, 3].map(
+      (l) => mergeWorkerEnv(agentEnv, workerEnv(withDir, l), spec.nprocPerNode).TORCHELASTIC_ERROR_FILE,
+    );
+    assert.deepEqual(
+      files,
+      [0, 1, 3].map((l) => `/tmp/e/attempt_2/${l}/error.json`),
+    );
+    assert.equal(errorFilePath("/d", 5), "/d/5/error.json");
+    // Without a folder (the agent could not create one) the workers get none, not the agent's.
+    assert.equal(workerEnv(spec, 0).TORCHELASTIC_ERROR_FILE, undefined);
+    assert.equal(mergeWorkerEnv(agentEnv, workerEnv(spec, 0), 1).TORCHELASTIC_ERROR_FILE, undefined);
   });
 
   it("sets both NCCL error handling variables, or neither when the user set one", () => {

@@ -3,6 +3,7 @@
  * local_elastic_agent.py`, `_start_workers`) and their `RDZV_*` equivalents, computed without I/O.
  */
 
+import { join } from "node:path";
 import { InvalidArgumentError } from "../errors.js";
 
 /** Where a worker can reach the round's store: a TCP store and the round's key prefix. */
@@ -36,6 +37,16 @@ export interface WorkerGroupSpec {
   readonly useAgentStore: boolean;
   /** The round's store, for `RDZV_STORE_*`; absent for backends without a TCP store. */
   readonly store?: WorkerStoreAddress;
+  /**
+   * The attempt's folder of error files (see `errorFilePath`); absent when the agent has none (it could
+   * not create one), and then the workers get no `TORCHELASTIC_ERROR_FILE`.
+   */
+  readonly errorFileDir?: string;
+}
+
+/** Local worker `localRank`'s error file in attempt folder `dir`: torchrun's `<dir>/<local rank>/error.json`. */
+export function errorFilePath(dir: string, localRank: number): string {
+  return join(dir, String(localRank), "error.json");
 }
 
 /** A worker's ranks in the job, torchrun semantics (same number of workers on every node). */
@@ -81,8 +92,9 @@ export function workerRanks(spec: WorkerGroupSpec, localRank: number): WorkerRan
  * `MASTER_ADDR`/`MASTER_PORT` are the agent's store (`use_agent_store`): `env://` then connects as a client
  * under `/worker/attempt_<N>` instead of having rank 0 start a server. PyTorch 2.x's c10d torchrun shares
  * its rendezvous store so and says "True"; rdzv's c10d gives the workers a free port of their own unless
- * `--rdzv-conf use_agent_store=true`. torchrun's `TORCHELASTIC_ERROR_FILE` is not set: rdzv does not read
- * the error file back into its failure report.
+ * `--rdzv-conf use_agent_store=true`. `TORCHELASTIC_ERROR_FILE` is the worker's own file in
+ * `spec.errorFileDir` (torchrun's layout, see `errorFilePath`): a worker whose entry point is decorated
+ * with PyTorch's `@record` writes its exception there, which the agent reads back into its failure report.
  */
 export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<string, string> {
   const r = workerRanks(spec, localRank);
@@ -115,6 +127,8 @@ export function workerEnv(spec: WorkerGroupSpec, localRank: number): Record<stri
     RDZV_MAX_RESTARTS: String(spec.maxRestarts),
     RDZV_RUN_ID: spec.runId,
   };
+  if (spec.errorFileDir !== undefined)
+    env.TORCHELASTIC_ERROR_FILE = errorFilePath(spec.errorFileDir, localRank);
   if (spec.store !== undefined) {
     env.RDZV_STORE_ADDR = spec.store.addr;
     env.RDZV_STORE_PORT = String(spec.store.port);
@@ -142,6 +156,9 @@ const TORCHRUN_SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
  *   `TORCH_NCCL_ASYNC_ERROR_HANDLING` yourself avoids that;
  * - torchrun's `TORCHELASTIC_SIGNALS_TO_HANDLE` default (its `--signals-to-handle`, PyTorch 2.x), for
  *   parity: rdzv itself handles SIGINT, SIGTERM and SIGHUP.
+ *
+ * The agent's own `TORCHELASTIC_ERROR_FILE` (a scheduler's, for the launcher) is never passed on: each
+ * worker gets its own in `extra`, or none, as torchrun's workers do.
  */
 export function mergeWorkerEnv(
   base: Readonly<Record<string, string | undefined>>,
@@ -150,6 +167,7 @@ export function mergeWorkerEnv(
 ): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(base)) if (value !== undefined) env[key] = value;
+  delete env.TORCHELASTIC_ERROR_FILE;
   if (nprocPerNode > 1 && env.OMP_NUM_THREADS === undefined) env.OMP_NUM_THREADS = "1";
   if (env.PYTHONUNBUFFERED === undefined) env.PYTHONUNBUFFERED = "1";
   if (env.TORCH_NCCL_ASYNC_ERROR_HANDLING === undefined && env.NCCL_ASYNC_ERROR_HANDLING === undefined) {

@@ -59,6 +59,33 @@ describe("LauncherStore", () => {
     assert.deepEqual(await launcher.readFailure(), summary);
   });
 
+  it("records a worker's error with its traceback cut to fit a store value", async () => {
+    const launcher = new LauncherStore(new MemoryStore(), "run");
+    const traceback = `Traceback (most recent call last):\n${"  File x\n".repeat(100_000)}ValueError: boom\n`;
+    const summary: FailureSummary = {
+      rank: 1,
+      localRank: 1,
+      groupRank: 0,
+      node: "n",
+      pid: 9,
+      exitCode: 1,
+      signal: null,
+      stderrTail: [],
+      error: { message: "ValueError: boom", traceback, timestamp: 1_700_000_000, file: "/e.json" },
+      round: 0,
+      restarts: 0,
+      maxRestarts: 0,
+    };
+    await launcher.recordFailure(summary);
+    const read = await launcher.readFailure();
+    assert.ok(read?.error?.traceback !== undefined);
+    assert.ok(read.error.traceback.length < 40_000, String(read.error.traceback.length));
+    assert.ok(read.error.traceback.startsWith("Traceback (most recent call last):\n"));
+    assert.ok(read.error.traceback.endsWith("ValueError: boom\n"));
+    assert.match(read.error.traceback, /characters left out; the whole text is in the report of node n/);
+    assert.deepEqual({ ...read, error: { ...read.error, traceback } }, summary);
+  });
+
   it("releases the exit barrier on the last arrival only", async () => {
     const launcher = new LauncherStore(new MemoryStore(), "run");
     const attempt = attemptId(1, 0);

@@ -21,7 +21,7 @@ import type { RendezvousInfo } from "../rendezvous/api.js";
 import { bytesToText } from "../store/bytes.js";
 import { PrefixStore } from "../store/prefix-store.js";
 import type { CallOptions, Store } from "../store/store.js";
-import type { FailureClaim, FailureSummary } from "./policy.js";
+import { boundForStore, type FailureClaim, type FailureSummary } from "./policy.js";
 
 /** The launcher's shared keys of one run; see the module comment. */
 export class LauncherStore {
@@ -64,9 +64,12 @@ export class LauncherStore {
     return { won: true, restarts: await this.store.add(this.#key("restarts"), 1, options) };
   }
 
-  /** Records the job's failure, for the agents that learn of it by the rendezvous closing. */
+  /**
+   * Records the job's failure, for the agents that learn of it by the rendezvous closing; the worker's
+   * error is cut to fit a store value (`boundForStore`).
+   */
   async recordFailure(summary: FailureSummary, options?: CallOptions): Promise<void> {
-    await this.store.set(this.#key("failed"), JSON.stringify(summary), options);
+    await this.store.set(this.#key("failed"), JSON.stringify(boundForStore(summary)), options);
   }
 
   /** The recorded failure, if any. */

@@ -4,7 +4,8 @@
  * died without stopping its workers (SIGKILL, OOM kill, crash): the reaper sends SIGTERM to every listed
  * group, SIGKILL after the grace period, and exits. This is what Linux's PR_SET_PDEATHSIG would give,
  * which Node cannot set on its children. A shell starts in about a millisecond; a second Node would take
- * tens of milliseconds of CPU on every launch.
+ * tens of milliseconds of CPU on every launch. The agent's folder of worker error files, named by a
+ * `=PATH` line, is removed when the pipe ends, unless an `=` line withdrew it (the agent removed it itself).
  */
 
 import { type ChildProcess, spawn } from "node:child_process";
@@ -12,20 +13,27 @@ import { once } from "node:events";
 import type { Socket } from "node:net";
 import type { Logger } from "../log.js";
 
-/** `$1`: grace in seconds. Ignores the signals a terminal or a stray `kill` would send it. */
+/**
+ * `$1`: grace in seconds. Ignores the signals a terminal or a stray `kill` would send it. A `=PATH` line names
+ * a folder to remove after the kill (the agent's error files; `=` alone forgets it).
+ */
 const SCRIPT = `
 trap '' INT TERM HUP
 groups=""
+dir=""
 while IFS= read -r line; do
   case "$line" in
     +*) groups="$groups \${line#+}" ;;
     -*) keep=""; for g in $groups; do [ "$g" = "\${line#-}" ] || keep="$keep $g"; done; groups="$keep" ;;
+    =*) dir="\${line#=}" ;;
   esac
 done
-[ -z "$groups" ] && exit 0
-for g in $groups; do kill -s TERM -- "-$g" 2>/dev/null; done
-sleep "$1"
-for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+if [ -n "$groups" ]; then
+  for g in $groups; do kill -s TERM -- "-$g" 2>/dev/null; done
+  sleep "$1"
+  for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+fi
+[ -n "$dir" ] && rm -rf -- "$dir"
 exit 0
 `;
 
@@ -35,6 +43,11 @@ export interface Reaper {
   watch(pgid: number): void;
   /** The group is stopped; forget it. */
   unwatch(pgid: number): void;
+  /**
+   * The reaper removes folder `path` (recursively) if the agent dies; `undefined` forgets it. A path with a
+   * line break cannot be passed on and is ignored.
+   */
+  removeOnDeath(path: string | undefined): void;
   /** Lets the reaper exit (after `unwatch` of every group, so it kills nothing). Idempotent. */
   close(): Promise<void>;
 }
@@ -69,6 +82,9 @@ export function startReaper(graceMs: number, logger: Logger): Reaper | undefined
   return {
     watch: (pgid) => send(`+${pgid}`),
     unwatch: (pgid) => send(`-${pgid}`),
+    removeOnDeath: (path) => {
+      if (path === undefined || !/[\n\r]/.test(path)) send(`=${path ?? ""}`);
+    },
     close() {
       closed ??= (async () => {
         const exited =

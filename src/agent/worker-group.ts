@@ -160,6 +160,7 @@ export class WorkerGroup {
       },
     );
     const stoppedByAgent = this.#stopping;
+    const exitedAtMs = Date.now();
     if (ended.error === undefined) await settledWithin(drained, PIPE_CLOSE_GRACE_MS);
     const exit: WorkerExit = {
       localRank: spec.localRank,
@@ -169,6 +170,7 @@ export class WorkerGroup {
       signal: ended.signal,
       stoppedByAgent,
       ...(ended.error === undefined ? {} : { spawnError: ended.error.message }),
+      exitedAtMs,
     };
     const running = this.#workers.find((w) => w.child === child);
     if (running !== undefined) running.exit = exit;

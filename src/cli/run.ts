@@ -5,6 +5,7 @@ import { accessSync, constants as fsConstants, readdirSync } from "node:fs";
 import { availableParallelism, constants as osConstants } from "node:os";
 import { parseArgs } from "node:util";
 import { createElasticAgent, type ElasticAgent } from "../agent/agent.js";
+import { firstLine } from "../agent/error-file.js";
 import { createWorkerOutput } from "../agent/output.js";
 import { type AgentResult, describeExit, exitCodeOf, formatFailure } from "../agent/policy.js";
 import { formatStatus, StatusLine } from "../agent/status-line.js";
@@ -53,6 +54,15 @@ Output:
   --[no-]status              live status line on a terminal (default on; never drawn elsewhere)
   --log-level LEVEL          debug, info, warn or error (default info)
   -h, --help                 show this help
+
+Error files: as torchrun, each worker gets TORCHELASTIC_ERROR_FILE, a file of its own in a private
+folder (mode 0700) under $TMPDIR or /tmp: <folder>/attempt_<restarts>/<local rank>/error.json, emptied
+before each start and removed when rdzv run exits (the report carries what it said). A worker whose main
+is decorated with PyTorch's @record writes its exception there, and the failure report shows it: the
+error, its time and traceback of the earliest error among the failed workers (torchrun's root cause), on
+every node (the traceback cut to 32 KiB for the others). A file that is malformed or past 1 MiB is noted
+and the stderr tail shown. rdzv run's own TORCHELASTIC_ERROR_FILE (a scheduler's) is not passed on: when
+the job fails, its root cause is written there in PyTorch's format.
 
 SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave
 the rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure,
@@ -347,6 +357,7 @@ async function launch(
     closeOnExit: a.closeOnExit,
     ...(tcpBackend ? { storeEndpoint: parseRendezvousEndpoint(endpoint) } : {}),
     ...(a.localAddr === undefined ? {} : { localAddr: a.localAddr }),
+    ...(process.env.TORCHELASTIC_ERROR_FILE ? { errorFile: process.env.TORCHELASTIC_ERROR_FILE } : {}),
     output: createWorkerOutput({
       prefix: a.prefixOutput ?? process.stdout.isTTY === true,
       stdout: process.stdout,
@@ -421,10 +432,11 @@ function reportProgress(
       }),
     );
   });
-  agent.on("workerFailed", ({ exit }) => {
+  agent.on("workerFailed", ({ exit, error }) => {
+    const message = error === undefined ? "" : `: ${firstLine(error.message)}`;
     say(
       "warn",
-      `rank ${exit.rank} (local rank ${exit.localRank}, pid ${exit.pid ?? "none"}) failed: ${describeExit(exit)}`,
+      `rank ${exit.rank} (local rank ${exit.localRank}, pid ${exit.pid ?? "none"}) failed: ${describeExit(exit)}${message}`,
     );
   });
   agent.on("restarting", ({ reason, restarts }) => {
