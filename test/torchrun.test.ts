@@ -4,10 +4,12 @@
  * `c10d` rendezvous endpoint with `is_host=false`. Their workers (test/fixtures/torchrun_worker.py) record
  * the environment torchrun gave them and the result of a gloo all-reduce; a worker that crashes once makes
  * torchrun restart the job through our server. Runs with Debian's PyTorch 1.13 and with PyTorch 2.x.
+ * Also: torchrun and `rdzv run` leave the same root-cause record in the launcher's TORCHELASTIC_ERROR_FILE.
  */
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,6 +19,8 @@ import { type ServeProcess, startServe } from "./helpers/serve-process.js";
 import { findTorch1, findTorch2, REPO_ROOT, type TorchPython } from "./helpers/torch.js";
 
 const WORKER = join(REPO_ROOT, "test", "fixtures", "torchrun_worker.py");
+const RECORD_WORKER = join(REPO_ROOT, "test", "fixtures", "record_worker.py");
+const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const RUN_TIMEOUT_MS = 180_000;
 const TEST_TIMEOUT_MS = 240_000;
 
@@ -56,6 +60,33 @@ function torchrun(
       resolve({ code, signal, output });
     });
   });
+}
+
+/** Runs `rdzv run ARGS` (the compiled CLI); resolves when it exits, killing it past RUN_TIMEOUT_MS. */
+function rdzvRun(args: readonly string[], env: Record<string, string>): Promise<Finished> {
+  const child = spawn(process.execPath, [MAIN, "run", ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout.setEncoding("utf8").on("data", (t: string) => (output += t));
+  child.stderr.setEncoding("utf8").on("data", (t: string) => (output += t));
+  const timer = setTimeout(() => child.kill("SIGKILL"), RUN_TIMEOUT_MS);
+  return new Promise((resolve) => {
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, output });
+    });
+  });
+}
+
+/** A launcher's error file record, its timestamp left out (the two launchers run at different times). */
+function untimed(file: string): unknown {
+  const record = JSON.parse(readFileSync(file, "utf8")) as { message: { extraInfo: { timestamp?: string } } };
+  assert.match(record.message.extraInfo.timestamp ?? "", /^\d+$/);
+  delete record.message.extraInfo.timestamp;
+  return record;
 }
 
 interface WorkerEnv {
@@ -160,6 +191,29 @@ for (const [label, find] of [
       assertJobDone(done, runId, 0);
       assert.ok(done.every((r) => r.env.TORCHELASTIC_RESTART_COUNT === "0"));
       assert.equal(reports(out, "start").length, 4, "each worker started once");
+    });
+
+    it("leaves the same root-cause record in the launcher's TORCHELASTIC_ERROR_FILE as rdzv run", {
+      timeout: TEST_TIMEOUT_MS,
+    }, async () => {
+      const torch = await find();
+      const out = mkdtempSync(join(tmpdir(), "rdzv-torchrun-errfile-"));
+      dirs.push(out);
+      // A worker whose @record main raises on rank 1 (test/fixtures/record_worker.py).
+      const env = { BOOM: `boom-${randomUUID()}`, FAIL_RANK: "1" };
+      const viaTorchrun = await torchrun(torch, ["--standalone", "--nproc_per_node", "2", RECORD_WORKER], {
+        ...env,
+        TORCHELASTIC_ERROR_FILE: join(out, "torchrun.json"),
+      });
+      assert.equal(viaTorchrun.code, 1, viaTorchrun.output.slice(-4000));
+      const viaRdzv = await rdzvRun(
+        ["--standalone", "--nproc-per-node", "2", "--stop-timeout", "5", "--", torch.python, RECORD_WORKER],
+        { ...env, TORCHELASTIC_ERROR_FILE: join(out, "rdzv.json") },
+      );
+      assert.equal(viaRdzv.code, 1, viaRdzv.output.slice(-4000));
+      const expected = untimed(join(out, "torchrun.json"));
+      assert.match(JSON.stringify(expected), new RegExp(`"message":"ValueError: ${env.BOOM}"`));
+      assert.deepEqual(untimed(join(out, "rdzv.json")), expected);
     });
 
     it("restarts the job through rdzv serve after a worker crash, then completes", {
