@@ -1,6 +1,6 @@
 /**
  * `rdzv serve --data-dir` across real restarts of the server process (the compiled CLI): SIGKILL and
- * restart keep every key; a bad last record is dropped with a warning; corruption elsewhere stops the
+ * restart keep every key, and every multi-set whole or not at all; a bad last record is dropped with a warning; corruption elsewhere stops the
  * server with an error naming the file; a directory in use is refused; and a server SIGKILLed and
  * restarted while a round runs loses no completed round: the round survives, and the next one is the
  * next number, with the membership everyone agrees on (test/chaos/node.ts processes, test/chaos/checker.ts).
@@ -81,6 +81,46 @@ describe("rdzv serve --data-dir across restarts", () => {
     assert.equal(text(await c.get("plain")), "v1");
     await c.close();
     await third.kill("SIGTERM");
+  });
+
+  it("restores every multi-set all or nothing when SIGKILLed in the middle of a stream of them", async () => {
+    const dir = dataDir();
+    const keys = Array.from({ length: 32 }, (_, i) => `group/${i}`);
+    const pad = "x".repeat(200);
+    for (let trial = 0; trial < 4; trial++) {
+      await using server = await startServe(["--data-dir", dir, "--fsync", "never"]);
+      const client = await connectTCPStore({ host: "127.0.0.1", port: server.port, timeoutMs: 10_000 });
+      // Every multi-set writes one round number to all the keys: a half-restored one leaves two.
+      let round = trial * 1_000_000;
+      let stopped = false;
+      let done = 0;
+      const stream = (async () => {
+        while (!stopped) {
+          const burst = Array.from({ length: 64 }, () => {
+            const value = `${round++} ${pad}`;
+            return client.multiSet(
+              keys,
+              keys.map(() => value),
+            );
+          });
+          const settled = await Promise.allSettled(burst);
+          done += settled.filter((r) => r.status === "fulfilled").length;
+        }
+      })();
+      const journal = join(dir, "journal-0");
+      const startSize = statSync(journal).size;
+      while (done === 0 || statSync(journal).size < startSize + 2_000_000 + trial * 300_000) await delay(5);
+      assert.equal(await server.kill("SIGKILL"), "SIGKILL");
+      stopped = true;
+      await client.close().catch(() => {}); // fails the calls in flight at once
+      await stream;
+      await using after = await startServe(["--data-dir", dir]);
+      await using reader = await connectTCPStore({ host: "127.0.0.1", port: after.port, timeoutMs: 10_000 });
+      const values = new Set((await reader.multiGet(keys)).map((v) => text(v).split(" ")[0]));
+      assert.equal(values.size, 1, `trial ${trial}: the keys hold rounds ${[...values].join(", ")}`);
+      await reader.close();
+      await after.kill("SIGTERM");
+    }
   });
 
   it("drops a torn or damaged last record with a warning; refuses corruption elsewhere, naming the file", async () => {

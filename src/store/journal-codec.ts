@@ -4,7 +4,19 @@
  * generation) and a sequence of records:
  *
  *   u32 LE payload length | u32 LE CRC-32 of the payload | payload
- *   payload = u8 op | u32 LE key length | key (UTF-8) | value (the rest; set, append, push only)
+ *   payload = u8 op (1 set, 2 append, 3 delete, 4 push, 5 pop) | u32 LE key length | key (UTF-8)
+ *             | value (the rest; set, append, push only)
+ *
+ * Journal format 2 (magic `RDZVJRN2`) adds the batch record, for a mutation of several keys at once (a
+ * multi-set) that must be restored all or nothing: its members share the record's one length and CRC,
+ * so a batch cut short or damaged is dropped whole.
+ *
+ *   payload = u8 op (6 batch) | u32 LE member count | count x (u32 LE member length | member payload)
+ *
+ * where a member payload is a payload of op 1 to 5. Format 1 (`RDZVJRN1`, rdzv before 2026-12: a
+ * multi-set as one record per key) is read as before; opening one rewrites its magic to format 2
+ * (journal-files.ts) before anything is appended, so an older rdzv refuses it (bad header) instead of
+ * misreading a batch. Snapshots (`RDZVSNP1`) hold set and push records only.
  *
  * A snapshot ends with an `end` record holding the number of records before it (u64 LE), so a snapshot
  * cut short is never mistaken for a complete one.
@@ -12,7 +24,7 @@
 
 import { crc32 } from "node:zlib";
 import { ErrorCode, StoreError } from "../errors.js";
-import type { Mutation } from "./kv-engine.js";
+import type { KeyMutation, Mutation } from "./kv-engine.js";
 
 /** The data directory holds a file that cannot be read back: a clear error, never a silent loss. */
 export class JournalCorruptError extends StoreError {
@@ -21,14 +33,17 @@ export class JournalCorruptError extends StoreError {
   }
 }
 
-export const JOURNAL_MAGIC = "RDZVJRN1";
+/** The magic of the journal format this rdzv writes (see the module comment). */
+export const JOURNAL_MAGIC = "RDZVJRN2";
+/** Journal format 1: no batch records. Read, never written. */
+export const JOURNAL_MAGIC_V1 = "RDZVJRN1";
 export const SNAPSHOT_MAGIC = "RDZVSNP1";
 export const HEADER_BYTES = 16;
 const RECORD_HEADER_BYTES = 8;
 const PAYLOAD_MIN_BYTES = 5;
 
-const OP_CODES = { set: 1, append: 2, delete: 3, push: 4, pop: 5, end: 0xff } as const;
-const OPS = new Map<number, Mutation["op"]>([
+const OP_CODES = { set: 1, append: 2, delete: 3, push: 4, pop: 5, batch: 6, end: 0xff } as const;
+const KEY_OPS = new Map<number, KeyMutation["op"]>([
   [1, "set"],
   [2, "append"],
   [3, "delete"],
@@ -51,8 +66,8 @@ function frame(payload: Buffer): Buffer {
   return Buffer.concat([header, payload]);
 }
 
-/** One record for `m`. */
-export function encodeMutation(m: Mutation): Buffer {
+/** The payload of one key's mutation. */
+function keyPayload(m: KeyMutation): Buffer {
   const key = Buffer.from(m.key, "utf8");
   const value = m.op === "delete" || m.op === "pop" ? undefined : m.value;
   const payload = Buffer.allocUnsafe(PAYLOAD_MIN_BYTES + key.length + (value?.length ?? 0));
@@ -60,6 +75,24 @@ export function encodeMutation(m: Mutation): Buffer {
   payload.writeUInt32LE(key.length, 1);
   key.copy(payload, PAYLOAD_MIN_BYTES);
   if (value !== undefined) payload.set(value, PAYLOAD_MIN_BYTES + key.length);
+  return payload;
+}
+
+/** One record for `m` (a batch is one record holding its members). */
+export function encodeMutation(m: Mutation): Buffer {
+  if (m.op !== "batch") return frame(keyPayload(m));
+  const members = m.mutations.map(keyPayload);
+  let length = PAYLOAD_MIN_BYTES;
+  for (const member of members) length += 4 + member.length;
+  const payload = Buffer.allocUnsafe(length);
+  payload[0] = OP_CODES.batch;
+  payload.writeUInt32LE(members.length, 1);
+  let at = PAYLOAD_MIN_BYTES;
+  for (const member of members) {
+    payload.writeUInt32LE(member.length, at);
+    member.copy(payload, at + 4);
+    at += 4 + member.length;
+  }
   return frame(payload);
 }
 
@@ -73,21 +106,44 @@ export function encodeEnd(count: number): Buffer {
 
 type Parsed = { kind: "mutation"; mutation: Mutation } | { kind: "end"; count: number };
 
-/** Decodes one record's payload; undefined when it is not a well-formed one. */
-function parsePayload(p: Buffer): Parsed | undefined {
-  if (p[0] === OP_CODES.end) {
-    return p.length === 9 ? { kind: "end", count: Number(p.readBigUInt64LE(1)) } : undefined;
-  }
-  const op = OPS.get(p[0]!);
+/** Decodes one key mutation's payload; undefined when it is not a well-formed one. */
+function parseKeyPayload(p: Buffer): KeyMutation | undefined {
+  const op = KEY_OPS.get(p[0]!);
   if (op === undefined || p.length < PAYLOAD_MIN_BYTES) return undefined;
   const keyLength = p.readUInt32LE(1);
   if (PAYLOAD_MIN_BYTES + keyLength > p.length) return undefined;
   const key = p.toString("utf8", PAYLOAD_MIN_BYTES, PAYLOAD_MIN_BYTES + keyLength);
   const rest = p.subarray(PAYLOAD_MIN_BYTES + keyLength);
-  if (op === "delete" || op === "pop") {
-    return rest.length === 0 ? { kind: "mutation", mutation: { op, key } } : undefined;
+  if (op === "delete" || op === "pop") return rest.length === 0 ? { op, key } : undefined;
+  return { op, key, value: new Uint8Array(rest) };
+}
+
+/** Decodes a batch payload: its members, each well formed, filling it exactly. */
+function parseBatch(p: Buffer): Mutation | undefined {
+  if (p.length < PAYLOAD_MIN_BYTES) return undefined;
+  const count = p.readUInt32LE(1);
+  const mutations: KeyMutation[] = [];
+  let at = PAYLOAD_MIN_BYTES;
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > p.length) return undefined;
+    const length = p.readUInt32LE(at);
+    at += 4;
+    if (at + length > p.length) return undefined;
+    const member = parseKeyPayload(p.subarray(at, at + length));
+    if (member === undefined) return undefined;
+    mutations.push(member);
+    at += length;
   }
-  return { kind: "mutation", mutation: { op, key, value: new Uint8Array(rest) } };
+  return at === p.length ? { op: "batch", mutations } : undefined;
+}
+
+/** Decodes one record's payload; undefined when it is not a well-formed one. */
+function parsePayload(p: Buffer): Parsed | undefined {
+  if (p[0] === OP_CODES.end) {
+    return p.length === 9 ? { kind: "end", count: Number(p.readBigUInt64LE(1)) } : undefined;
+  }
+  const mutation = p[0] === OP_CODES.batch ? parseBatch(p) : parseKeyPayload(p);
+  return mutation === undefined ? undefined : { kind: "mutation", mutation };
 }
 
 /** The record at `offset`, if a complete and intact one starts there. */
@@ -105,6 +161,8 @@ function recordAt(buf: Buffer, offset: number): { parsed: Parsed; next: number }
 /** What reading a journal found. */
 export interface DecodedJournal {
   readonly generation: number;
+  /** 1 or 2 (see the module comment). */
+  readonly format: 1 | 2;
   readonly mutations: Mutation[];
   /** Bytes of intact records (header included): where appending resumes. */
   readonly validBytes: number;
@@ -119,22 +177,34 @@ export interface DecodedJournal {
 }
 
 /**
- * The generation in a file's header. Every journal and snapshot is written whole with its header through
- * a temporary file and a rename (journal-lock.ts `writeFileAtomic`), so a file shorter than a header,
- * an empty one included, was truncated or replaced afterwards: corruption like any other bad header.
+ * A file header's magic (one of `magics`, the first being the current one) and generation. Every journal
+ * and snapshot is written whole with its header through a temporary file and a rename (journal-lock.ts
+ * `writeFileAtomic`), so a file shorter than a header, an empty one included, was truncated or replaced
+ * afterwards: corruption like any other bad header.
  */
-function checkHeader(buf: Buffer, magic: string, what: string): number {
-  const kind = magic === JOURNAL_MAGIC ? "journal" : "snapshot";
+function checkHeader(
+  buf: Buffer,
+  magics: readonly string[],
+  what: string,
+): { magic: string; generation: number } {
+  const kind = magics[0] === SNAPSHOT_MAGIC ? "snapshot" : "journal";
   if (buf.length < HEADER_BYTES) {
     throw new JournalCorruptError(
       `${what} is ${buf.length === 0 ? "empty (0 bytes)" : `${buf.length} bytes, shorter than its header`}: ` +
         `rdzv writes every ${kind} whole with its ${HEADER_BYTES}-byte header, so it was truncated or replaced`,
     );
   }
-  if (buf.toString("latin1", 0, 8) !== magic) {
-    throw new JournalCorruptError(`${what} is not an rdzv ${kind} (bad header)`);
+  const magic = buf.toString("latin1", 0, 8);
+  if (!magics.includes(magic)) {
+    const family = magics[0]!.slice(0, 7);
+    const newer = magic.startsWith(family) && magic.slice(7) > magics[0]!.slice(7);
+    throw new JournalCorruptError(
+      newer
+        ? `${what} is an rdzv ${kind} of a newer format (${magic}) than this rdzv reads (${magics.join(", ")})`
+        : `${what} is not an rdzv ${kind} (bad header)`,
+    );
   }
-  return Number(buf.readBigUInt64LE(8));
+  return { magic, generation: Number(buf.readBigUInt64LE(8)) };
 }
 
 /**
@@ -143,7 +213,8 @@ function checkHeader(buf: Buffer, magic: string, what: string): number {
  * A bad record with an intact one anywhere after it is corruption: `JournalCorruptError` naming the offset.
  */
 export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
-  const generation = checkHeader(buf, JOURNAL_MAGIC, what);
+  const { magic, generation } = checkHeader(buf, [JOURNAL_MAGIC, JOURNAL_MAGIC_V1], what);
+  const format = magic === JOURNAL_MAGIC ? 2 : 1;
   const mutations: Mutation[] = [];
   let offset = HEADER_BYTES;
   while (offset < buf.length) {
@@ -158,30 +229,33 @@ export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
       }
       const length = offset + RECORD_HEADER_BYTES <= buf.length ? buf.readUInt32LE(offset) : Infinity;
       const tail = offset + RECORD_HEADER_BYTES + length > buf.length ? "cut short" : "damaged";
-      return { generation, mutations, validBytes: offset, droppedBytes: buf.length - offset, tail };
+      return { generation, format, mutations, validBytes: offset, droppedBytes: buf.length - offset, tail };
     }
     mutations.push(record.parsed.mutation);
     offset = record.next;
   }
-  return { generation, mutations, validBytes: offset, droppedBytes: 0 };
+  return { generation, format, mutations, validBytes: offset, droppedBytes: 0 };
 }
 
 /** Decodes a snapshot file's bytes; any flaw is `JournalCorruptError` (snapshots are renamed into place whole). */
-export function decodeSnapshot(buf: Buffer, what: string): { generation: number; mutations: Mutation[] } {
-  const generation = checkHeader(buf, SNAPSHOT_MAGIC, what);
-  const mutations: Mutation[] = [];
+export function decodeSnapshot(buf: Buffer, what: string): { generation: number; mutations: KeyMutation[] } {
+  const { generation } = checkHeader(buf, [SNAPSHOT_MAGIC], what);
+  const mutations: KeyMutation[] = [];
   let offset = HEADER_BYTES;
   while (offset < buf.length) {
     const record = recordAt(buf, offset);
     if (record === undefined)
       throw new JournalCorruptError(`${what} is corrupt: bad record at byte ${offset}`);
-    if (record.parsed.kind === "end") {
-      if (record.parsed.count !== mutations.length || record.next !== buf.length) {
+    const { parsed } = record;
+    if (parsed.kind === "end") {
+      if (parsed.count !== mutations.length || record.next !== buf.length) {
         throw new JournalCorruptError(`${what} is corrupt: its end record does not match its contents`);
       }
       return { generation, mutations };
     }
-    mutations.push(record.parsed.mutation);
+    if (parsed.mutation.op === "batch")
+      throw new JournalCorruptError(`${what} is corrupt: a batch record at byte ${offset}`);
+    mutations.push(parsed.mutation);
     offset = record.next;
   }
   throw new JournalCorruptError(`${what} is incomplete: no end record`);

@@ -6,11 +6,13 @@
 import {
   closeSync,
   existsSync,
+  fdatasyncSync,
   ftruncateSync,
   openSync,
   readdirSync,
   readFileSync,
   unlinkSync,
+  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../log.js";
@@ -39,7 +41,8 @@ const FILE = /^(journal|snapshot)-(\d+)$/;
 const CHUNK_BYTES = 1024 * 1024;
 
 function applyMutation(engine: KvEngine, m: Mutation): void {
-  if (m.op === "set") engine.set(m.key, m.value);
+  if (m.op === "batch") for (const member of m.mutations) applyMutation(engine, member);
+  else if (m.op === "set") engine.set(m.key, m.value);
   else if (m.op === "append") engine.append(m.key, m.value);
   else if (m.op === "delete") engine.delete(m.key);
   else if (m.op === "push") engine.queuePush(m.key, m.value);
@@ -115,6 +118,7 @@ function replayJournal(engine: KvEngine, dir: string, generation: number, logger
     journal.droppedBytes > 0
       ? dropTail(dir, `journal-${generation}`, bytes, journal.validBytes, journal.tail ?? "cut short", logger)
       : undefined;
+  if (journal.format === 1) upgradeToFormat2(path, logger);
   return { records: journal.mutations.length, journalBytes: journal.validBytes, droppedTail };
 }
 
@@ -164,6 +168,26 @@ function dropTail(
     }
   });
   return { kind, offset, bytes: tail.length, ...(savedTo === undefined ? {} : { savedTo }) };
+}
+
+/**
+ * Rewrites the magic of format-1 journal `path` (every format-1 file is a format-2 one), durably, before
+ * a batch record can be appended: an older rdzv then refuses the file instead of misreading a batch.
+ * One 8-byte write at offset 0, inside the first disk sector, so it is never torn.
+ */
+function upgradeToFormat2(path: string, logger: Logger): void {
+  fsStep(`cannot upgrade ${path} to journal format 2`, () => {
+    const fd = openSync(path, "r+");
+    try {
+      writeSync(fd, Buffer.from(JOURNAL_MAGIC, "latin1"), 0, 8, 0);
+      fdatasyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  });
+  logger.info("journal: rewrote its header to format 2 (multi-set batch records); older rdzv refuses it", {
+    file: path,
+  });
 }
 
 /** The bytes of data file `path`; a `StoreError` naming it when it cannot be read (a directory, ...). */

@@ -25,8 +25,10 @@ import fc from "fast-check";
 import { ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
 import { type Journal, type JournalOptions, openJournal } from "./journal.js";
-import { encodeMutation, HEADER_BYTES } from "./journal-codec.js";
+import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC_V1 } from "./journal-codec.js";
 import { KvEngine } from "./kv-engine.js";
+import { connectTCPStore } from "./tcp/client.js";
+import { createTCPStoreServer } from "./tcp/server.js";
 
 const roots: string[] = [];
 after(() => {
@@ -110,6 +112,7 @@ function mutateAll(engine: KvEngine): void {
   engine.queuePush("q", b("two"));
   engine.queuePop("q");
   engine.set("empty", b(""));
+  engine.multiSet(["m/1", "m/2", "a"], [b("x"), b("y"), b("2")]);
 }
 
 describe("journal", () => {
@@ -123,6 +126,62 @@ describe("journal", () => {
     assert.deepEqual(contents(second.engine), before);
     assert.equal(Buffer.from(second.engine.get("counter")!).toString(), "42");
     second.close();
+  });
+
+  it("restores a client's multi-set all or nothing, wherever its journal record is cut", async () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    const server = await createTCPStoreServer({ engine: first.engine, port: 0 });
+    const keys = ["m/a", "m/b", "m/c", "m/d"];
+    try {
+      await using client = await connectTCPStore({ host: "127.0.0.1", port: server.port, timeoutMs: 10_000 });
+      await client.set("before", "1");
+      await client.multiSet(keys, ["va", "vb", "vc", "vd"]);
+    } finally {
+      await server.close();
+      first.close();
+    }
+    const path = join(dir, "journal-0");
+    const whole = readFileSync(path);
+    // rdzv's client (as PyTorch's) sends key K as "/K".
+    const start = HEADER_BYTES + encodeMutation({ op: "set", key: "/before", value: b("1") }).length;
+    for (let cut = start; cut <= whole.length; cut++) {
+      writeFileSync(path, whole.subarray(0, cut));
+      const again = reopen(dir);
+      const present = keys.filter((k) => again.engine.get(`/${k}`) !== undefined);
+      assert.equal(Buffer.from(again.engine.get("/before")!).toString(), "1");
+      again.close();
+      assert.ok(
+        present.length === 0 || present.length === keys.length,
+        `cut at byte ${cut} of ${whole.length}: restored ${present.join(", ")}`,
+      );
+      assert.equal(present.length === keys.length, cut === whole.length, `cut at byte ${cut}`);
+    }
+  });
+
+  it("opens a format-1 journal as it was and rewrites its magic to format 2 before appending", () => {
+    const dir = tempDir();
+    const path = join(dir, "journal-0");
+    const records = [
+      encodeMutation({ op: "set", key: "k", value: b("v") }),
+      encodeMutation({ op: "append", key: "k", value: b("w") }),
+      encodeMutation({ op: "push", key: "q", value: b("item") }),
+    ];
+    writeFileSync(path, Buffer.concat([encodeHeader(JOURNAL_MAGIC_V1, 0), ...records]));
+    const first = reopen(dir);
+    assert.equal(Buffer.from(first.engine.get("k")!).toString(), "vw");
+    assert.equal(first.engine.queueLen("q"), 1);
+    assert.equal(readFileSync(path).toString("latin1", 0, 8), "RDZVJRN2");
+    first.engine.multiSet(["x", "y"], [b("1"), b("2")]);
+    first.close();
+    const second = reopen(dir);
+    assert.deepEqual(
+      ["k", "x", "y"].map((k) => Buffer.from(second.engine.get(k)!).toString()),
+      ["vw", "1", "2"],
+    );
+    second.close();
+    writeFileSync(path, Buffer.concat([Buffer.from("RDZVJRN3", "latin1"), readFileSync(path).subarray(8)]));
+    assert.throws(() => reopen(dir), /is an rdzv journal of a newer format \(RDZVJRN3\)/);
   });
 
   it("compacts into a snapshot, keeps the data and one generation of files", () => {
@@ -390,6 +449,7 @@ describe("journal", () => {
     const value = fc.uint8Array({ maxLength: 40 });
     const op = fc.oneof(
       fc.record({ op: fc.constant("set"), key, value }),
+      fc.record({ op: fc.constant("multiSet"), keys: fc.array(key, { maxLength: 4 }), value }),
       fc.record({ op: fc.constant("add"), key: fc.constant("n"), delta: fc.bigInt({ min: -5n, max: 5n }) }),
       fc.record({ op: fc.constant("append"), key, value }),
       fc.record({ op: fc.constant("cas"), key, value }),
@@ -410,6 +470,11 @@ describe("journal", () => {
           for (const o of ops) {
             for (const engine of [model, live.engine]) {
               if (o.op === "set") engine.set(o.key, o.value);
+              else if (o.op === "multiSet")
+                engine.multiSet(
+                  o.keys,
+                  o.keys.map((_, i) => o.value.subarray(i)),
+                );
               else if (o.op === "add") engine.add("n", o.delta);
               else if (o.op === "append") engine.append(o.key, o.value);
               else if (o.op === "cas")

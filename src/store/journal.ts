@@ -12,7 +12,8 @@
  * - `never`: the kernel writes back when it likes (Linux: within ~30 s).
  *
  * Files in DIR: `LOCK` (pid of the owner), `snapshot-<G>` (the whole store at generation G, absent for
- * G = 0) and `journal-<G>` (mutations since). A bad last record is dropped with a warning: one cut short
+ * G = 0) and `journal-<G>` (mutations since; a multi-set is one batch record, restored whole or not at
+ * all). A bad last record is dropped with a warning: one cut short
  * (a write that did not finish), or one complete by its length but damaged (a machine crash can leave a
  * full-length tail of garbage), whose bytes are first saved to `journal-<G>.dropped-<offset>`. Anything
  * else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect

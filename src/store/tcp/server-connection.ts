@@ -309,7 +309,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         for (const k of req.keys) this.#out.value(engine.get(k) ?? EMPTY);
         break;
       case "multiSet":
-        for (let i = 0; i < req.keys.length; i++) engine.set(req.keys[i]!, req.values[i]!);
+        engine.multiSet(req.keys, req.values);
         break;
       case "cancelWait":
         this.cancelPending();
