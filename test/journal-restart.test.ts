@@ -15,6 +15,7 @@ import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { encodeMutation, HEADER_BYTES } from "../src/store/journal-codec.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { checkSoak } from "./chaos/checker.js";
 import type { FaultEvent, NodeEvent } from "./chaos/record.js";
@@ -160,6 +161,58 @@ describe("rdzv serve --data-dir across restarts", () => {
     const empty = await serveFailure(["--data-dir", dir]);
     assert.equal(empty.code, 1, empty.output);
     assert.match(empty.output, new RegExp(`${journal} is empty \\(0 bytes\\)`));
+  });
+
+  it("starts on a last record cut short inside a record-shaped value; --repair starts on a corrupt journal", async () => {
+    const dir = dataDir();
+    await using first = await startServe(["--data-dir", dir]);
+    await writeSome(first.port);
+    await first.kill("SIGKILL");
+    const journal = join(dir, "journal-0");
+    const intact = readFileSync(journal);
+    // A value holding the journal's own records, its record cut short in the middle of them.
+    const carrier = encodeMutation({ op: "set", key: "/carrier", value: intact.subarray(HEADER_BYTES) });
+    appendFileSync(journal, carrier.subarray(0, carrier.length - 20));
+    await using second = await startServe(["--data-dir", dir]);
+    await assertSome(second.port);
+    assert.match(
+      second.output(),
+      /\(a last record cut short, \d+ bytes, dropped; its bytes are in .*dropped-/,
+    );
+    await second.kill("SIGKILL");
+
+    const bad = readFileSync(journal); // assertSome's pop after `intact`
+    const third = HEADER_BYTES + 8 + bad.readUInt32LE(HEADER_BYTES);
+    const fourth = third + 8 + bad.readUInt32LE(third); // "plain" and "counter" come before
+    bad[fourth + 9] = bad[fourth + 9]! ^ 0x40;
+    writeFileSync(journal, bad);
+    const refused = await serveFailure(["--data-dir", dir]);
+    assert.equal(refused.code, 1, refused.output);
+    assert.match(refused.output, new RegExp(`${journal} is corrupt: bad record at byte ${fourth} of`));
+    assert.match(refused.output, /Nothing was changed\. To start anyway, run again with --repair/);
+    assert.deepEqual(readFileSync(journal), bad);
+    await using repaired = await startServe(["--data-dir", dir, "--repair"]);
+    const saved = join(dir, `journal-0.dropped-${fourth}`);
+    assert.ok(
+      repaired
+        .output()
+        .includes(
+          `(repaired: ${journal} is corrupt: bad record at byte ${fourth} of ${bad.length}: intact records follow`,
+        ),
+      repaired.output(),
+    );
+    assert.ok(
+      repaired.output().includes(`kept the records before byte ${fourth}, dropped the`),
+      repaired.output(),
+    );
+    assert.ok(repaired.output().includes(`; they are in ${saved})`), repaired.output());
+    assert.deepEqual(readFileSync(saved), bad.subarray(fourth));
+    await using c = await connectTCPStore({ host: "127.0.0.1", port: repaired.port, timeoutMs: 10_000 });
+    assert.equal(text(await c.get("plain")), "v1");
+    assert.equal(text(await c.get("counter")), "7");
+    assert.equal(await c.check(["log"]), false, "the record at the damage and those after it are gone");
+    await c.close();
+    await repaired.kill("SIGTERM");
   });
 
   it("refuses a data directory another live server holds, and bad options", async () => {

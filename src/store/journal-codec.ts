@@ -28,8 +28,15 @@ import type { KeyMutation, Mutation } from "./kv-engine.js";
 
 /** The data directory holds a file that cannot be read back: a clear error, never a silent loss. */
 export class JournalCorruptError extends StoreError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /**
+   * True when the damage is a bad journal record with intact records after it: opening with `repair`
+   * (`rdzv serve --repair`) keeps the records before it and sets the rest aside.
+   */
+  readonly repairable: boolean;
+
+  constructor(message: string, options?: { cause?: unknown; repairable?: boolean }) {
     super(message, ErrorCode.State, options);
+    this.repairable = options?.repairable ?? false;
   }
 }
 
@@ -152,6 +159,9 @@ function recordAt(buf: Buffer, offset: number): { parsed: Parsed; next: number }
   const length = buf.readUInt32LE(offset);
   const start = offset + RECORD_HEADER_BYTES;
   if (length < PAYLOAD_MIN_BYTES || start + length > buf.length) return undefined;
+  // Checked before the CRC: a search for intact records tries every offset of a bad tail.
+  if (!KEY_OPS.has(buf[start]!) && buf[start] !== OP_CODES.batch && buf[start] !== OP_CODES.end)
+    return undefined;
   const payload = buf.subarray(start, start + length);
   if (crc32(payload) !== buf.readUInt32LE(offset + 4)) return undefined;
   const parsed = parsePayload(payload);
@@ -169,11 +179,97 @@ export interface DecodedJournal {
   /** Bytes after the last intact record, to be dropped (0 when none). */
   readonly droppedBytes: number;
   /**
-   * How the dropped last record is bad, when there is one: `cut short` (its header or payload reaches
-   * past the end of the file: a write that did not finish), or `damaged` (complete by its own length,
-   * but its checksum or contents are wrong: garbage a machine crash left, or damage on disk).
+   * Why the dropped bytes are dropped, when there are some: the last record was `cut short` (it reaches
+   * past the end of the file: a write that did not finish) or `damaged` (complete by its own length, but
+   * its checksum or contents are wrong: garbage a machine crash left); or, only with `repair`, the
+   * journal is `corrupt` there (a bad record with intact records after it, see `corruption`).
    */
-  readonly tail?: "cut short" | "damaged";
+  readonly tail?: "cut short" | "damaged" | "corrupt";
+  /** For a `corrupt` tail: what is wrong, as `JournalCorruptError` would have said. */
+  readonly corruption?: string;
+  /**
+   * Intact-looking records among the dropped bytes: inside a bad last record (bytes of its value that
+   * are shaped like records), or after a `corrupt` record (the chain that follows it).
+   */
+  readonly droppedRecords: number;
+}
+
+/** How a bad record at some offset is bad; `corruption` says why it is not a bad last record. */
+interface BadRecord {
+  readonly kind: "cut short" | "damaged";
+  readonly corruption?: string;
+  /** Intact records found inside it (a torn tail), or in the chain after it (corruption). */
+  readonly records: number;
+}
+
+/**
+ * Whether `p`, the first bytes of a payload of `length` bytes, is shaped as rdzv writes one: a journal op,
+ * and a key length (a batch: a member count) that fits. A write cut short is always a prefix of a real
+ * payload; bytes of another kind (damage on disk, garbage) mostly are not.
+ */
+function plausiblePrefix(p: Buffer, length: number): boolean {
+  if (length < PAYLOAD_MIN_BYTES) return false;
+  if (p.length === 0) return true;
+  const op = p[0] === OP_CODES.batch ? "batch" : KEY_OPS.get(p[0]!);
+  if (op === undefined) return false;
+  if (p.length < PAYLOAD_MIN_BYTES) return true;
+  const n = p.readUInt32LE(1);
+  if (op === "batch") return n >= 1 && n * (4 + PAYLOAD_MIN_BYTES) <= length - PAYLOAD_MIN_BYTES;
+  if (op === "delete" || op === "pop") return PAYLOAD_MIN_BYTES + n === length;
+  return PAYLOAD_MIN_BYTES + n <= length;
+}
+
+/** The number of intact records chained from `offset`. */
+function chainLength(buf: Buffer, offset: number): number {
+  let count = 0;
+  for (let r = recordAt(buf, offset); r !== undefined; r = recordAt(buf, r.next)) count++;
+  return count;
+}
+
+/**
+ * Tells a bad last record (a torn tail: the server or machine stopped while writing it) from a bad record
+ * in the middle (corruption). The bytes after a bad record may hold intact-looking records either way: a
+ * record's value may hold anything, records included. So an intact record found later proves corruption
+ * only where it cannot be part of the bad record's own bytes:
+ *
+ * - it starts at or past the end the bad record's length field gives;
+ * - or the bad record's CRC matches its bytes up to that intact record (or up to the end of the file):
+ *   the record was whole and only its length field is damaged;
+ * - or the bad record's first bytes are not shaped like a payload (`plausiblePrefix`): not a write of
+ *   rdzv's, so not a torn one.
+ *
+ * Anything else, however many record-shaped bytes it holds, is a bad last record.
+ */
+function judgeBadRecord(buf: Buffer, at: number): BadRecord {
+  if (at + RECORD_HEADER_BYTES > buf.length) return { kind: "cut short", records: 0 };
+  const length = buf.readUInt32LE(at);
+  const crc = buf.readUInt32LE(at + 4);
+  const start = at + RECORD_HEADER_BYTES;
+  const end = start + length;
+  const kind = end > buf.length ? "cut short" : "damaged";
+  const plausible = plausiblePrefix(buf.subarray(start, Math.min(end, buf.length)), length);
+  const wholeUpTo = (to: number): boolean =>
+    to - start >= PAYLOAD_MIN_BYTES && crc32(buf.subarray(start, to)) === crc;
+  let records = 0;
+  for (let later = at + 1; later + RECORD_HEADER_BYTES <= buf.length; later++) {
+    if (recordAt(buf, later) === undefined) continue;
+    const follow = `intact records follow at byte ${later}`;
+    if (later >= end) return { kind, corruption: follow, records: chainLength(buf, later) };
+    if (!plausible) {
+      const why = `it is not shaped like a record of rdzv's, and ${follow}`;
+      return { kind, corruption: why, records: chainLength(buf, later) };
+    }
+    if (wholeUpTo(later)) {
+      const why = `its checksum matches its first ${later - start} bytes, not the ${length} its length field says, and ${follow}`;
+      return { kind, corruption: why, records: chainLength(buf, later) };
+    }
+    records++;
+  }
+  if (kind === "cut short" && plausible && wholeUpTo(buf.length)) {
+    const why = `its checksum matches its ${buf.length - start} bytes up to the end of the file, not the ${length} its length field says`;
+    return { kind, corruption: why, records: 0 };
+  }
+  return { kind, records };
 }
 
 /**
@@ -207,34 +303,43 @@ function checkHeader(
   return { magic, generation: Number(buf.readBigUInt64LE(8)) };
 }
 
+/** Options of `decodeJournal`. */
+export interface DecodeJournalOptions {
+  /** Report corruption as a `corrupt` tail to drop instead of throwing (see `JournalCorruptError.repairable`). */
+  readonly repair?: boolean;
+}
+
 /**
- * Decodes a journal file's bytes (`what` names it in errors). A bad record followed by nothing intact is
- * a bad tail (cut short or damaged, see `DecodedJournal.tail`): reported in `droppedBytes`, not an error.
- * A bad record with an intact one anywhere after it is corruption: `JournalCorruptError` naming the offset.
+ * Decodes a journal file's bytes (`what` names it in errors). A bad last record, cut short or damaged
+ * (`judgeBadRecord`), is reported in `droppedBytes`, not an error. A bad record with intact records
+ * after it is corruption: `JournalCorruptError` naming the offset (`repairable`), or with `repair` a
+ * `corrupt` tail holding everything from that record on.
  */
-export function decodeJournal(buf: Buffer, what: string): DecodedJournal {
+export function decodeJournal(buf: Buffer, what: string, options: DecodeJournalOptions = {}): DecodedJournal {
   const { magic, generation } = checkHeader(buf, [JOURNAL_MAGIC, JOURNAL_MAGIC_V1], what);
-  const format = magic === JOURNAL_MAGIC ? 2 : 1;
+  const format: 1 | 2 = magic === JOURNAL_MAGIC ? 2 : 1;
   const mutations: Mutation[] = [];
   let offset = HEADER_BYTES;
   while (offset < buf.length) {
     const record = recordAt(buf, offset);
     if (record === undefined || record.parsed.kind !== "mutation") {
-      for (let later = offset + 1; later + RECORD_HEADER_BYTES <= buf.length; later++) {
-        if (recordAt(buf, later) !== undefined) {
-          throw new JournalCorruptError(
-            `${what} is corrupt: bad record at byte ${offset} of ${buf.length}, intact records follow at byte ${later}`,
-          );
-        }
-      }
-      const length = offset + RECORD_HEADER_BYTES <= buf.length ? buf.readUInt32LE(offset) : Infinity;
-      const tail = offset + RECORD_HEADER_BYTES + length > buf.length ? "cut short" : "damaged";
-      return { generation, format, mutations, validBytes: offset, droppedBytes: buf.length - offset, tail };
+      const bad = judgeBadRecord(buf, offset);
+      const dropped = {
+        generation,
+        format,
+        mutations,
+        validBytes: offset,
+        droppedBytes: buf.length - offset,
+      };
+      if (bad.corruption === undefined) return { ...dropped, tail: bad.kind, droppedRecords: bad.records };
+      const corruption = `${what} is corrupt: bad record at byte ${offset} of ${buf.length}: ${bad.corruption}`;
+      if (options.repair !== true) throw new JournalCorruptError(corruption, { repairable: true });
+      return { ...dropped, tail: "corrupt", corruption, droppedRecords: bad.records };
     }
     mutations.push(record.parsed.mutation);
     offset = record.next;
   }
-  return { generation, format, mutations, validBytes: offset, droppedBytes: 0 };
+  return { generation, format, mutations, validBytes: offset, droppedBytes: 0, droppedRecords: 0 };
 }
 
 /** Decodes a snapshot file's bytes; any flaw is `JournalCorruptError` (snapshots are renamed into place whole). */

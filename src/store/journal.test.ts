@@ -96,6 +96,13 @@ function lockInChild(dir: string, at: number): { child: ChildProcess; result: Pr
   return { child, result };
 }
 
+/** Where each record of journal `bytes` starts. */
+function recordStarts(bytes: Buffer): number[] {
+  const starts: number[] = [];
+  for (let at = HEADER_BYTES; at < bytes.length; at += 8 + bytes.readUInt32LE(at)) starts.push(at);
+  return starts;
+}
+
 /** Applies one of every mutation kind. */
 function mutateAll(engine: KvEngine): void {
   engine.set("a", b("1"));
@@ -216,7 +223,12 @@ describe("journal", () => {
     assert.deepEqual(contents(second.engine), before);
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /torn last record .*"offset":\d+,"bytes":11/);
-    assert.deepEqual(second.journal.stats.droppedTail, { kind: "cut short", offset: size, bytes: 11 });
+    assert.deepEqual(second.journal.stats.droppedTail, {
+      kind: "cut short",
+      offset: size,
+      bytes: 11,
+      records: 0,
+    });
     assert.equal(statSync(path).size, size, "the torn bytes were cut off");
     assert.deepEqual(readdirSync(dir).sort(), ["LOCK", "journal-0"], "nothing saved for a write cut short");
     second.engine.set("after", b("ok"));
@@ -251,6 +263,7 @@ describe("journal", () => {
         kind: "damaged",
         offset: size,
         bytes: tail.length,
+        records: 0,
         savedTo: saved,
       });
       assert.deepEqual(readFileSync(saved), Buffer.from(tail), "the dropped bytes, as they were");
@@ -265,6 +278,63 @@ describe("journal", () => {
     }
   });
 
+  it("drops a last record cut short at any byte, however many record-shaped bytes its value holds", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    // A value that holds encoded records (a client may store anything), even a whole journal's.
+    const shaped = Buffer.concat([
+      encodeMutation({ op: "set", key: "inner", value: b("looks intact") }),
+      encodeMutation({
+        op: "batch",
+        mutations: [
+          { op: "delete", key: "x" },
+          { op: "pop", key: "q" },
+        ],
+      }),
+      intact,
+      encodeMutation({ op: "append", key: "inner", value: b("!") }),
+    ]);
+    const record = encodeMutation({ op: "set", key: "carrier", value: shaped });
+    for (let cut = 1; cut < record.length; cut++) {
+      writeFileSync(path, Buffer.concat([intact, record.subarray(0, cut)]));
+      const { logger, warnings } = capture();
+      const again = reopen(dir, { logger });
+      assert.deepEqual(contents(again.engine), before, `cut at byte ${cut} of the last record`);
+      assert.equal(again.journal.stats.droppedTail?.kind, "cut short", `cut at byte ${cut}`);
+      assert.equal(warnings.length, 1, warnings.join("\n"));
+      again.close();
+      assert.equal(statSync(path).size, intact.length);
+    }
+  });
+
+  it("drops a full-length last record damaged inside its record-shaped value (a crash's garbage)", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    const shaped = Buffer.concat([
+      intact.subarray(HEADER_BYTES),
+      Buffer.alloc(512, 7),
+      intact.subarray(HEADER_BYTES),
+    ]);
+    const record = encodeMutation({ op: "set", key: "carrier", value: shaped });
+    // A sector of zeros (as a power loss can leave) inside the value; the records around it read intact.
+    record.fill(0, 40 + intact.length, 40 + intact.length + 512);
+    writeFileSync(path, Buffer.concat([intact, record]));
+    const again = reopen(dir);
+    assert.deepEqual(contents(again.engine), before);
+    assert.equal(again.journal.stats.droppedTail?.kind, "damaged");
+    again.close();
+  });
+
   it("refuses a journal corrupted before its end, naming the file and offset", () => {
     const dir = tempDir();
     const first = reopen(dir);
@@ -276,13 +346,102 @@ describe("journal", () => {
     writeFileSync(path, bytes);
     assert.throws(
       () => reopen(dir),
-      (err: { code: string; message: string }) =>
+      (err: { code: string; message: string; repairable: boolean }) =>
         err.code === ErrorCode.State &&
+        err.repairable &&
         err.message.includes(path) &&
         err.message.includes(`byte ${HEADER_BYTES}`),
     );
     writeFileSync(path, Buffer.concat([Buffer.from("NOTAJRNL"), bytes.subarray(8)]));
-    assert.throws(() => reopen(dir), /bad header/);
+    assert.throws(
+      () => reopen(dir),
+      (err: { message: string; repairable: boolean }) => /bad header/.test(err.message) && !err.repairable,
+    );
+  });
+
+  it("refuses damage before the end that a torn tail could hide: a length field, a header, a zeroed sector", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    const starts = recordStarts(intact);
+    const third = starts[2]!;
+    const last = starts[starts.length - 1]!;
+    const damage: [string, (buf: Buffer) => void, RegExp][] = [
+      [
+        "a length field past the end of the file",
+        (buf) => buf.writeUInt32LE(0x7fff_0000, third),
+        /its checksum matches its first \d+ bytes, not the 2147418112 its length field says/,
+      ],
+      [
+        "the last record's length field past the end of the file",
+        (buf) => buf.writeUInt32LE(buf.readUInt32LE(last) + 1000, last),
+        /its checksum matches its \d+ bytes up to the end of the file/,
+      ],
+      [
+        "a header overwritten with other bytes",
+        (buf) => buf.fill(0xab, third, third + 16),
+        /not shaped like a record/,
+      ],
+      ["a zeroed stretch", (buf) => buf.fill(0, third, third + 40), /intact records follow/],
+      ["a payload byte", (buf) => (buf[third + 9] = buf[third + 9]! ^ 0x40), /intact records follow/],
+    ];
+    for (const [what, damageIt, says] of damage) {
+      const bad = Buffer.from(intact);
+      damageIt(bad);
+      writeFileSync(path, bad);
+      assert.throws(
+        () => reopen(dir),
+        (err: { code: string; message: string; repairable: boolean }) =>
+          err.code === ErrorCode.State &&
+          err.repairable &&
+          err.message.startsWith(
+            `${path} is corrupt: bad record at byte ${what.startsWith("the last") ? last : third}`,
+          ) &&
+          says.test(err.message),
+        what,
+      );
+      assert.deepEqual(readFileSync(path), bad, `${what}: the journal is left as it was`);
+    }
+  });
+
+  it("repairs a corrupt journal when asked: keeps the records before the bad one, saves the rest", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    first.engine.set("kept", b("1"));
+    first.engine.multiSet(["kept/a", "kept/b"], [b("a"), b("b")]);
+    first.engine.set("lost", b("2"));
+    first.engine.set("after", b("3"));
+    first.close();
+    const path = join(dir, "journal-0");
+    const bytes = readFileSync(path);
+    const bad = recordStarts(bytes)[2]!;
+    bytes[bad + 9] = bytes[bad + 9]! ^ 0x40;
+    writeFileSync(path, bytes);
+    const { logger, warnings } = capture();
+    const repaired = reopen(dir, { logger, repair: true });
+    assert.deepEqual([...repaired.engine.keys()].sort(), ["kept", "kept/a", "kept/b"]);
+    const saved = join(dir, `journal-0.dropped-${bad}`);
+    const tail = repaired.journal.stats.droppedTail!;
+    assert.equal(tail.kind, "corrupt");
+    assert.deepEqual(
+      { offset: tail.offset, bytes: tail.bytes, records: tail.records, savedTo: tail.savedTo },
+      { offset: bad, bytes: bytes.length - bad, records: 1, savedTo: saved },
+    );
+    assert.match(tail.reason!, /is corrupt: bad record at byte \d+ of \d+: intact records follow/);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /repairing a corrupt journal/);
+    assert.match(warnings[0]!, /"recordsKept":2,"intactRecordsDropped":1/);
+    assert.deepEqual(readFileSync(saved), bytes.subarray(bad));
+    assert.equal(statSync(path).size, bad);
+    repaired.engine.set("new", b("4"));
+    repaired.close();
+    const again = reopen(dir, { logger });
+    assert.deepEqual([...again.engine.keys()].sort(), ["kept", "kept/a", "kept/b", "new"]);
+    assert.equal(warnings.length, 1, "nothing more to drop");
+    again.close();
   });
 
   it("refuses an empty or headless journal or snapshot, naming the file (they are always written with a header)", () => {

@@ -13,11 +13,13 @@
  *
  * Files in DIR: `LOCK` (pid of the owner), `snapshot-<G>` (the whole store at generation G, absent for
  * G = 0) and `journal-<G>` (mutations since; a multi-set is one batch record, restored whole or not at
- * all). A bad last record is dropped with a warning: one cut short
- * (a write that did not finish), or one complete by its length but damaged (a machine crash can leave a
- * full-length tail of garbage), whose bytes are first saved to `journal-<G>.dropped-<offset>`. Anything
- * else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect
- * registrations belong to connections and are not kept.
+ * all). A bad last record is dropped with a warning: one cut short (a write that did not finish,
+ * whatever record-shaped bytes its value holds), or one complete by its length but damaged (a machine
+ * crash can leave a full-length tail of garbage), whose bytes are first saved to
+ * `journal-<G>.dropped-<offset>` (journal-dropped.ts). A bad record with intact records after it is a
+ * `JournalCorruptError` (`repairable`: the `repair` option keeps what comes before it); anything else
+ * unreadable is one too. Waiters, watches and on-disconnect registrations belong to connections and are
+ * not kept.
  */
 
 import { closeSync, fdatasyncSync, openSync } from "node:fs";
@@ -47,20 +49,38 @@ export interface JournalOptions {
   readonly compactBytes?: number;
   readonly logger?: Logger;
   /**
+   * Start on a journal corrupted before its end (a bad record with intact records after it, which is
+   * otherwise a `JournalCorruptError` with `repairable` set): keep the records before the bad one, save
+   * the bytes from it on to `journal-<G>.dropped-<offset>`, truncate there, and warn saying what was
+   * kept and dropped (`stats.droppedTail`). Default false. Other damage is refused all the same.
+   */
+  readonly repair?: boolean;
+  /**
    * Called once when the journal cannot be written (disk full, I/O error). From then on every mutation
    * throws that error (so nothing unrecorded is acknowledged); the owner should stop serving.
    */
   readonly onError?: (err: StoreError) => void;
 }
 
-/** A bad last journal record dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
+/** Journal bytes dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
 export interface DroppedTail {
-  /** `cut short`: a write that did not finish; `damaged`: complete by its length, bad checksum or contents. */
-  readonly kind: "cut short" | "damaged";
-  /** Where it began in the journal, which was truncated there. */
+  /**
+   * `cut short`: a last record that reaches past the end of the file (a write that did not finish);
+   * `damaged`: a last record complete by its length, with a bad checksum or contents; `corrupt` (only
+   * with `repair`): a bad record with intact records after it, dropped with everything after it.
+   */
+  readonly kind: "cut short" | "damaged" | "corrupt";
+  /** Where the dropped bytes began in the journal, which was truncated there. */
   readonly offset: number;
   readonly bytes: number;
-  /** A damaged record's bytes are saved to this file (`journal-<G>.dropped-<offset>`) before truncation. */
+  /** Intact-looking records among them (see `DecodedJournal.droppedRecords`). */
+  readonly records: number;
+  /** For `corrupt`: what was wrong. */
+  readonly reason?: string;
+  /**
+   * The file (`journal-<G>.dropped-<offset>`) the dropped bytes were saved to before truncation: all but
+   * a plain write cut short (one without record-shaped bytes), which a killed server leaves.
+   */
   readonly savedTo?: string;
 }
 
@@ -76,7 +96,12 @@ export interface JournalStats {
   compactions: number;
 }
 
-const DEFAULTS = { fsync: FsyncPolicy.Interval, fsyncIntervalMs: 100, compactBytes: 64 * 1024 * 1024 };
+const DEFAULTS = {
+  fsync: FsyncPolicy.Interval,
+  fsyncIntervalMs: 100,
+  compactBytes: 64 * 1024 * 1024,
+  repair: false,
+};
 const POLICIES = new Set<string>(Object.values(FsyncPolicy));
 
 type ResolvedOptions = Required<Omit<JournalOptions, "onError">> & Pick<JournalOptions, "onError">;
@@ -246,7 +271,8 @@ export function openJournal(engine: KvEngine, options: JournalOptions): Journal 
   prepareDataDir(resolved.dir);
   const release = lockDataDir(resolved.dir);
   try {
-    return new Journal(engine, resolved, release, loadDataDir(engine, resolved.dir, resolved.logger));
+    const loaded = loadDataDir(engine, resolved.dir, resolved);
+    return new Journal(engine, resolved, release, loaded);
   } catch (err) {
     release();
     throw err;
