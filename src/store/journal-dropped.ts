@@ -5,9 +5,12 @@
  * server leaves, so evidence), a cut-short one holding record-shaped bytes, or everything after the bad
  * record of a journal repaired (`repair`). A plain write cut short is what a killed server leaves and is
  * not saved.
+ *
+ * Saved files are kept for forensics, but not forever: each open keeps the newest `keep` of them
+ * (by modification time) and removes the rest, saying which (`pruneDropped`).
  */
 
-import { closeSync, existsSync, ftruncateSync, openSync } from "node:fs";
+import { closeSync, existsSync, ftruncateSync, openSync, readdirSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../log.js";
 import type { DroppedTail } from "./journal.js";
@@ -82,4 +85,36 @@ export function dropTail(
     ...(journal.corruption === undefined ? {} : { reason: journal.corruption }),
     ...(savedTo === undefined ? {} : { savedTo }),
   };
+}
+
+const DROPPED = /^journal-\d+\.dropped-\d+(\.\d+)?$/;
+
+/**
+ * Removes all but the newest `keep` `journal-<G>.dropped-*` files in `dir` (newest by modification
+ * time, then by name), logging the ones removed. A file that cannot be removed is only a warning.
+ */
+export function pruneDropped(dir: string, keep: number, logger: Logger): void {
+  const files = fsStep(`cannot list data directory ${dir}`, () => readdirSync(dir))
+    .filter((name) => DROPPED.test(name))
+    .map((name) => ({
+      name,
+      mtimeMs: fsStep(`cannot read ${join(dir, name)}`, () => statSync(join(dir, name))).mtimeMs,
+    }))
+    .sort((a, b) => b.mtimeMs - a.mtimeMs || b.name.localeCompare(a.name, "en", { numeric: true }));
+  const old = files.slice(keep);
+  if (old.length === 0) return;
+  const removed: string[] = [];
+  for (const { name } of old) {
+    const path = join(dir, name);
+    try {
+      unlinkSync(path);
+      removed.push(path);
+    } catch (err) {
+      logger.warn("journal: cannot remove an old dropped-bytes file", { file: path, error: String(err) });
+    }
+  }
+  logger.info(`journal: removed ${removed.length} old dropped-bytes files, keeping the newest ${keep}`, {
+    removed,
+    kept: files.slice(0, keep).map(({ name }) => join(dir, name)),
+  });
 }

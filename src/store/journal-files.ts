@@ -26,7 +26,7 @@ import {
   JournalCorruptError,
   SNAPSHOT_MAGIC,
 } from "./journal-codec.js";
-import { dropTail } from "./journal-dropped.js";
+import { dropTail, pruneDropped } from "./journal-dropped.js";
 import { fsStep, fsyncDir, writeFileAtomic } from "./journal-lock.js";
 import type { KvEngine, Mutation } from "./kv-engine.js";
 
@@ -67,6 +67,8 @@ export interface LoadOptions {
   readonly logger: Logger;
   /** Drop a journal's corrupt part instead of refusing it (see `JournalOptions.repair`). */
   readonly repair: boolean;
+  /** How many `.dropped-` files to keep (see `JournalOptions.keepDroppedFiles`). */
+  readonly keepDroppedFiles: number;
 }
 
 /**
@@ -101,6 +103,7 @@ export function loadDataDir(engine: KvEngine, dir: string, options: LoadOptions)
       writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]),
     );
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
+  pruneDropped(dir, options.keepDroppedFiles, logger);
   const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a"));
   const { records: journalRecords, journalBytes, droppedTail } = replayed;
   const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };

@@ -16,6 +16,7 @@ import {
   readFileSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -63,15 +64,16 @@ function reopen(
   return { engine, journal, close: () => journal.close() };
 }
 
-function capture(): { logger: Logger; warnings: string[] } {
+function capture(): { logger: Logger; warnings: string[]; infos: string[] } {
   const warnings: string[] = [];
+  const infos: string[] = [];
   const logger: Logger = {
     debug() {},
-    info() {},
+    info: (m, f) => infos.push(`${m} ${JSON.stringify(f)}`),
     warn: (m, f) => warnings.push(`${m} ${JSON.stringify(f)}`),
     error: (m, f) => warnings.push(`ERROR ${m} ${JSON.stringify(f)}`),
   };
-  return { logger, warnings };
+  return { logger, warnings, infos };
 }
 
 /**
@@ -333,6 +335,47 @@ describe("journal", () => {
     assert.deepEqual(contents(again.engine), before);
     assert.equal(again.journal.stats.droppedTail?.kind, "damaged");
     again.close();
+  });
+
+  it("keeps the newest 5 dropped-bytes files, removing older ones at open and naming them", () => {
+    const dir = tempDir();
+    reopen(dir).close();
+    const earlier = [
+      "journal-0.dropped-16",
+      "journal-0.dropped-16.2",
+      "journal-3.dropped-900",
+      "journal-3.dropped-40",
+      "journal-7.dropped-16",
+      "journal-7.dropped-2000",
+      "journal-0.dropped-77",
+    ];
+    const now = Date.now() / 1000;
+    earlier.forEach((name, i) => {
+      writeFileSync(join(dir, name), `evidence ${i}`);
+      utimesSync(join(dir, name), now - 3600 + i * 60, now - 3600 + i * 60); // oldest first
+    });
+    appendFileSync(join(dir, "journal-0"), Buffer.alloc(32)); // a damaged tail: saved, the newest
+    const { logger, infos } = capture();
+    const opened = reopen(dir, { logger });
+    opened.close();
+    // At offset 16, after journal-0.dropped-16 and .2.
+    const saved = "journal-0.dropped-16.3";
+    assert.equal(opened.journal.stats.droppedTail?.savedTo, join(dir, saved));
+    const dropped = (): string[] =>
+      readdirSync(dir)
+        .filter((f) => f.includes(".dropped-"))
+        .sort();
+    const removed = earlier.slice(0, 3);
+    assert.deepEqual(dropped(), [...earlier.slice(3), saved].sort());
+    assert.equal(infos.length, 1, infos.join("\n"));
+    assert.match(infos[0]!, /removed 3 old dropped-bytes files, keeping the newest 5/);
+    for (const name of removed) assert.ok(infos[0]!.includes(JSON.stringify(join(dir, name))), infos[0]);
+    reopen(dir, { logger, keepDroppedFiles: 1 }).close();
+    assert.deepEqual(dropped(), [saved]);
+    assert.throws(
+      () => reopen(dir, { keepDroppedFiles: -1 }),
+      /keepDroppedFiles must be a non-negative integer/,
+    );
   });
 
   it("refuses a journal corrupted before its end, naming the file and offset", () => {

@@ -16,10 +16,10 @@
  * all). A bad last record is dropped with a warning: one cut short (a write that did not finish,
  * whatever record-shaped bytes its value holds), or one complete by its length but damaged (a machine
  * crash can leave a full-length tail of garbage), whose bytes are first saved to
- * `journal-<G>.dropped-<offset>` (journal-dropped.ts). A bad record with intact records after it is a
- * `JournalCorruptError` (`repairable`: the `repair` option keeps what comes before it); anything else
- * unreadable is one too. Waiters, watches and on-disconnect registrations belong to connections and are
- * not kept.
+ * `journal-<G>.dropped-<offset>` (journal-dropped.ts; each open keeps the newest 5 such files). A bad
+ * record with intact records after it is a `JournalCorruptError` (`repairable`: the `repair` option
+ * keeps what comes before it); anything else unreadable is one too. Waiters, watches and on-disconnect
+ * registrations belong to connections and are not kept.
  */
 
 import { closeSync, fdatasyncSync, openSync } from "node:fs";
@@ -55,6 +55,11 @@ export interface JournalOptions {
    * kept and dropped (`stats.droppedTail`). Default false. Other damage is refused all the same.
    */
   readonly repair?: boolean;
+  /**
+   * How many `journal-<G>.dropped-*` files (bytes dropped at an open, kept for forensics) stay in the
+   * directory: each open removes all but the newest this many, logging their names (default 5).
+   */
+  readonly keepDroppedFiles?: number;
   /**
    * Called once when the journal cannot be written (disk full, I/O error). From then on every mutation
    * throws that error (so nothing unrecorded is acknowledged); the owner should stop serving.
@@ -101,6 +106,7 @@ const DEFAULTS = {
   fsyncIntervalMs: 100,
   compactBytes: 64 * 1024 * 1024,
   repair: false,
+  keepDroppedFiles: 5,
 };
 const POLICIES = new Set<string>(Object.values(FsyncPolicy));
 
@@ -251,6 +257,11 @@ function resolveOptions(options: JournalOptions): ResolvedOptions {
     if (!Number.isSafeInteger(o[name]) || o[name] < 1) {
       throw new InvalidArgumentError(`${name} must be a positive integer, got ${String(o[name])}`);
     }
+  }
+  if (!Number.isSafeInteger(o.keepDroppedFiles) || o.keepDroppedFiles < 0) {
+    throw new InvalidArgumentError(
+      `keepDroppedFiles must be a non-negative integer, got ${String(o.keepDroppedFiles)}`,
+    );
   }
   return o;
 }
