@@ -19,7 +19,7 @@ import { encodeMutation, HEADER_BYTES } from "../src/store/journal-codec.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { checkSoak } from "./chaos/checker.js";
 import type { FaultEvent, NodeEvent } from "./chaos/record.js";
-import { type ServeProcess, serveFailure, startServe } from "./helpers/serve-process.js";
+import { RDZV_MAIN, type ServeProcess, serveFailure, startServe } from "./helpers/serve-process.js";
 
 const NODE = fileURLToPath(new URL("./chaos/node.js", import.meta.url));
 const dirs: string[] = [];
@@ -213,6 +213,56 @@ describe("rdzv serve --data-dir across restarts", () => {
     assert.equal(await c.check(["log"]), false, "the record at the damage and those after it are gone");
     await c.close();
     await repaired.kill("SIGTERM");
+  });
+
+  it("stops with a storage error naming the file when the journal cannot be written (a file-size limit)", async () => {
+    const dir = dataDir();
+    // 64 KiB of file for this server: a 100 KB value's record fails with EFBIG (Node ignores SIGXFSZ).
+    const child = spawn(
+      "bash",
+      [
+        "-c",
+        'ulimit -f 64 && exec "$0" "$@"',
+        process.execPath,
+        RDZV_MAIN,
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        dir,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    for (const stream of [child.stdout, child.stderr])
+      stream.on("data", (c: Buffer) => (output += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    while (!/listening on \S+:(\d+)/.test(output)) {
+      assert.equal(child.exitCode, null, output);
+      await delay(20);
+    }
+    const port = Number(/listening on \S+:(\d+)/.exec(output)![1]);
+    await using marker = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+    await marker.setOnDisconnect("gone", "1"); // run when the server closes connections
+    await using writer = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+    await writer.set("small", "kept");
+    await assert.rejects(writer.set("big", "x".repeat(100_000)), { code: "RDZV_CONNECTION" });
+    assert.equal(await exited, 1, output);
+    const file = join(dir, "journal-0");
+    assert.ok(
+      output.includes(
+        `ERROR journal: storage error; every mutation is refused from now on {"file":"${file}","step":"write","errno":"EFBIG"`,
+      ),
+      output,
+    );
+    assert.ok(output.includes("stopping the server (exit status 1)"), output);
+    assert.doesNotMatch(output, /bad input/);
+    assert.doesNotMatch(output, /\n\s+at /, "no uncaught exception's stack");
+    await using again = await startServe(["--data-dir", dir]);
+    assert.match(again.output(), /a last record cut short, \d+ bytes, dropped/);
+    await using reader = await connectTCPStore({ host: "127.0.0.1", port: again.port, timeoutMs: 10_000 });
+    assert.equal(text(await reader.get("small")), "kept");
+    assert.equal(await reader.check(["big"]), false);
   });
 
   it("refuses a data directory another live server holds, and bad options", async () => {

@@ -3,7 +3,6 @@
  * help text, and opening the journal (src/store/journal.ts) that keeps the store across restarts.
  */
 
-import type { StoreError } from "../errors.js";
 import type { Logger } from "../log.js";
 import {
   type DroppedTail,
@@ -11,6 +10,7 @@ import {
   type Journal,
   JournalCorruptError,
   openJournal,
+  type StorageFailedError,
 } from "../store/journal.js";
 import { KvEngine } from "../store/kv-engine.js";
 import { intOption, UsageError } from "./args.js";
@@ -46,7 +46,7 @@ export interface ServeData {
   readonly engine: KvEngine | undefined;
   readonly journal: Journal | undefined;
   /** Calls `listener` once if the journal fails (the server must stop). */
-  onFailure(listener: (err: StoreError) => void): void;
+  onFailure(listener: (err: StorageFailedError) => void): void;
   /** Stops recording and releases the directory; idempotent. */
   close(): void;
 }
@@ -71,8 +71,8 @@ export function openServeData(values: DataValues, logger: Logger, out: NodeJS.Wr
     return { engine: undefined, journal: undefined, onFailure: () => {}, close: () => {} };
   }
   if (dir.trim() === "") throw new UsageError("--data-dir must not be empty");
-  let failure: StoreError | undefined;
-  let listener: ((err: StoreError) => void) | undefined;
+  let failure: StorageFailedError | undefined;
+  let listener: ((err: StorageFailedError) => void) | undefined;
   const engine = new KvEngine();
   const journal = withRepairHint(() =>
     openJournal(engine, {

@@ -24,14 +24,15 @@
 
 import { closeSync, fdatasyncSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { InvalidArgumentError, StoreError } from "../errors.js";
+import { InvalidArgumentError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC } from "./journal-codec.js";
 import { type Loaded, loadDataDir, removeGeneration, snapshotChunks } from "./journal-files.js";
-import { lockDataDir, prepareDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
-import type { KvEngine, Mutation } from "./kv-engine.js";
+import { fsError, lockDataDir, prepareDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
+import { type KvEngine, type Mutation, StorageFailedError } from "./kv-engine.js";
 
 export { JournalCorruptError } from "./journal-codec.js";
+export { StorageFailedError } from "./kv-engine.js";
 
 /** When the journal is flushed to disk (see the module comment). */
 export const FsyncPolicy = { Always: "always", Interval: "interval", Never: "never" } as const;
@@ -61,10 +62,11 @@ export interface JournalOptions {
    */
   readonly keepDroppedFiles?: number;
   /**
-   * Called once when the journal cannot be written (disk full, I/O error). From then on every mutation
-   * throws that error (so nothing unrecorded is acknowledged); the owner should stop serving.
+   * Called once when the journal cannot be written (disk full, I/O error, a file-size limit): a
+   * `StorageFailedError` naming the file and the error code. From then on every mutation throws that
+   * error (so nothing unrecorded is acknowledged); the owner should stop serving.
    */
-  readonly onError?: (err: StoreError) => void;
+  readonly onError?: (err: StorageFailedError) => void;
 }
 
 /** Journal bytes dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
@@ -124,7 +126,7 @@ export class Journal implements Disposable {
   #dirty = false;
   #snapshotBytes = 0;
   #compacting = false;
-  #failure: StoreError | undefined;
+  #failure: StorageFailedError | undefined;
   #closed = false;
 
   /** @internal Use `openJournal`. */
@@ -143,7 +145,7 @@ export class Journal implements Disposable {
   }
 
   /** The error that stopped the journal, if one did. */
-  get failure(): StoreError | undefined {
+  get failure(): StorageFailedError | undefined {
     return this.#failure;
   }
 
@@ -154,7 +156,7 @@ export class Journal implements Disposable {
     try {
       fdatasyncSync(this.#fd);
     } catch (err) {
-      this.fail(err);
+      this.fail(this.journalPath(), "fdatasync", err);
     }
   }
 
@@ -187,7 +189,7 @@ export class Journal implements Disposable {
       if (this.#options.fsync === FsyncPolicy.Always) fdatasyncSync(this.#fd);
       else this.#dirty = true;
     } catch (err) {
-      throw this.fail(err);
+      throw this.fail(this.journalPath(), "write", err);
     }
     this.stats.journalBytes += bytes.length;
     const threshold = Math.max(this.#options.compactBytes, this.#snapshotBytes);
@@ -205,16 +207,18 @@ export class Journal implements Disposable {
     const { dir } = this;
     const old = this.stats.generation;
     const next = old + 1;
+    let file = join(dir, `snapshot-${next}`);
     try {
       this.#snapshotBytes = writeFileAtomic(dir, `snapshot-${next}`, snapshotChunks(this.#engine, next));
+      file = join(dir, `journal-${next}`);
       writeFileAtomic(dir, `journal-${next}`, [encodeHeader(JOURNAL_MAGIC, next)]);
-      const fd = openSync(join(dir, `journal-${next}`), "a");
+      const fd = openSync(file, "a");
       closeSync(this.#fd);
       this.#fd = fd;
       this.#dirty = false;
     } catch (err) {
       // Past the snapshot's rename, generation G is no longer what a restart reads: stop recording.
-      this.fail(err);
+      this.fail(file, "compaction", err);
       return;
     }
     this.stats.generation = next;
@@ -228,14 +232,20 @@ export class Journal implements Disposable {
     });
   }
 
-  private fail(err: unknown): StoreError {
+  private journalPath(): string {
+    return join(this.dir, `journal-${this.stats.generation}`);
+  }
+
+  /** Stops recording for good: `file` could not be written (`step`: write, fdatasync, compaction). */
+  private fail(file: string, step: string, err: unknown): StorageFailedError {
     if (this.#failure !== undefined) return this.#failure;
-    const message = err instanceof Error ? err.message : String(err);
-    this.#failure = new StoreError(`journal in ${this.dir} cannot be written: ${message}`, undefined, {
-      cause: err,
-    });
-    this.#options.logger.error("journal failed; mutations are refused from now on", {
-      dir: this.dir,
+    const errno = (err as NodeJS.ErrnoException).code;
+    const { message } = fsError(`cannot ${step === "compaction" ? "compact into" : step} ${file}`, err);
+    this.#failure = new StorageFailedError(message, file, { cause: err });
+    this.#options.logger.error("journal: storage error; every mutation is refused from now on", {
+      file,
+      step,
+      errno: errno ?? "none",
       error: message,
     });
     this.#options.onError?.(this.#failure);
