@@ -248,8 +248,16 @@ function judgeBadRecord(buf: Buffer, at: number): BadRecord {
   const end = start + length;
   const kind = end > buf.length ? "cut short" : "damaged";
   const plausible = plausiblePrefix(buf.subarray(start, Math.min(end, buf.length)), length);
-  const wholeUpTo = (to: number): boolean =>
-    to - start >= PAYLOAD_MIN_BYTES && crc32(buf.subarray(start, to)) === crc;
+  // The CRC of its bytes up to `to`, for growing `to`: computed on from the last one (a value may hold
+  // a million records; a CRC from `start` for each would take hours).
+  let crcTo = start;
+  let crcSoFar = 0;
+  const wholeUpTo = (to: number): boolean => {
+    if (to - start < PAYLOAD_MIN_BYTES) return false;
+    crcSoFar = crc32(buf.subarray(crcTo, to), crcSoFar);
+    crcTo = to;
+    return crcSoFar === crc;
+  };
   let records = 0;
   for (let later = at + 1; later + RECORD_HEADER_BYTES <= buf.length; later++) {
     if (recordAt(buf, later) === undefined) continue;
