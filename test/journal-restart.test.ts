@@ -1,6 +1,6 @@
 /**
  * `rdzv serve --data-dir` across real restarts of the server process (the compiled CLI): SIGKILL and
- * restart keep every key; a bad last record is dropped with a warning; corruption elsewhere stops the
+ * restart keep every key, and every multi-set whole or not at all; a bad last record is dropped with a warning; corruption elsewhere stops the
  * server with an error naming the file; a directory in use is refused; and a server SIGKILLed and
  * restarted while a round runs loses no completed round: the round survives, and the next one is the
  * next number, with the membership everyone agrees on (test/chaos/node.ts processes, test/chaos/checker.ts).
@@ -15,10 +15,11 @@ import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { encodeMutation, HEADER_BYTES } from "../src/store/journal-codec.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { checkSoak } from "./chaos/checker.js";
 import type { FaultEvent, NodeEvent } from "./chaos/record.js";
-import { type ServeProcess, serveFailure, startServe } from "./helpers/serve-process.js";
+import { RDZV_MAIN, type ServeProcess, serveFailure, startServe } from "./helpers/serve-process.js";
 
 const NODE = fileURLToPath(new URL("./chaos/node.js", import.meta.url));
 const dirs: string[] = [];
@@ -83,6 +84,46 @@ describe("rdzv serve --data-dir across restarts", () => {
     await third.kill("SIGTERM");
   });
 
+  it("restores every multi-set all or nothing when SIGKILLed in the middle of a stream of them", async () => {
+    const dir = dataDir();
+    const keys = Array.from({ length: 32 }, (_, i) => `group/${i}`);
+    const pad = "x".repeat(200);
+    for (let trial = 0; trial < 4; trial++) {
+      await using server = await startServe(["--data-dir", dir, "--fsync", "never"]);
+      const client = await connectTCPStore({ host: "127.0.0.1", port: server.port, timeoutMs: 10_000 });
+      // Every multi-set writes one round number to all the keys: a half-restored one leaves two.
+      let round = trial * 1_000_000;
+      let stopped = false;
+      let done = 0;
+      const stream = (async () => {
+        while (!stopped) {
+          const burst = Array.from({ length: 64 }, () => {
+            const value = `${round++} ${pad}`;
+            return client.multiSet(
+              keys,
+              keys.map(() => value),
+            );
+          });
+          const settled = await Promise.allSettled(burst);
+          done += settled.filter((r) => r.status === "fulfilled").length;
+        }
+      })();
+      const journal = join(dir, "journal-0");
+      const startSize = statSync(journal).size;
+      while (done === 0 || statSync(journal).size < startSize + 2_000_000 + trial * 300_000) await delay(5);
+      assert.equal(await server.kill("SIGKILL"), "SIGKILL");
+      stopped = true;
+      await client.close().catch(() => {}); // fails the calls in flight at once
+      await stream;
+      await using after = await startServe(["--data-dir", dir]);
+      await using reader = await connectTCPStore({ host: "127.0.0.1", port: after.port, timeoutMs: 10_000 });
+      const values = new Set((await reader.multiGet(keys)).map((v) => text(v).split(" ")[0]));
+      assert.equal(values.size, 1, `trial ${trial}: the keys hold rounds ${[...values].join(", ")}`);
+      await reader.close();
+      await after.kill("SIGTERM");
+    }
+  });
+
   it("drops a torn or damaged last record with a warning; refuses corruption elsewhere, naming the file", async () => {
     const dir = dataDir();
     await using first = await startServe(["--data-dir", dir]);
@@ -120,6 +161,108 @@ describe("rdzv serve --data-dir across restarts", () => {
     const empty = await serveFailure(["--data-dir", dir]);
     assert.equal(empty.code, 1, empty.output);
     assert.match(empty.output, new RegExp(`${journal} is empty \\(0 bytes\\)`));
+  });
+
+  it("starts on a last record cut short inside a record-shaped value; --repair starts on a corrupt journal", async () => {
+    const dir = dataDir();
+    await using first = await startServe(["--data-dir", dir]);
+    await writeSome(first.port);
+    await first.kill("SIGKILL");
+    const journal = join(dir, "journal-0");
+    const intact = readFileSync(journal);
+    // A value holding the journal's own records, its record cut short in the middle of them.
+    const carrier = encodeMutation({ op: "set", key: "/carrier", value: intact.subarray(HEADER_BYTES) });
+    appendFileSync(journal, carrier.subarray(0, carrier.length - 20));
+    await using second = await startServe(["--data-dir", dir]);
+    await assertSome(second.port);
+    assert.match(
+      second.output(),
+      /\(a last record cut short, \d+ bytes, dropped; its bytes are in .*dropped-/,
+    );
+    await second.kill("SIGKILL");
+
+    const bad = readFileSync(journal); // assertSome's pop after `intact`
+    const third = HEADER_BYTES + 8 + bad.readUInt32LE(HEADER_BYTES);
+    const fourth = third + 8 + bad.readUInt32LE(third); // "plain" and "counter" come before
+    bad[fourth + 9] = bad[fourth + 9]! ^ 0x40;
+    writeFileSync(journal, bad);
+    const refused = await serveFailure(["--data-dir", dir]);
+    assert.equal(refused.code, 1, refused.output);
+    assert.match(refused.output, new RegExp(`${journal} is corrupt: bad record at byte ${fourth} of`));
+    assert.match(refused.output, /Nothing was changed\. To start anyway, run again with --repair/);
+    assert.deepEqual(readFileSync(journal), bad);
+    await using repaired = await startServe(["--data-dir", dir, "--repair"]);
+    const saved = join(dir, `journal-0.dropped-${fourth}`);
+    assert.ok(
+      repaired
+        .output()
+        .includes(
+          `(repaired: ${journal} is corrupt: bad record at byte ${fourth} of ${bad.length}: intact records follow`,
+        ),
+      repaired.output(),
+    );
+    assert.ok(
+      repaired.output().includes(`kept the records before byte ${fourth}, dropped the`),
+      repaired.output(),
+    );
+    assert.ok(repaired.output().includes(`; they are in ${saved})`), repaired.output());
+    assert.deepEqual(readFileSync(saved), bad.subarray(fourth));
+    await using c = await connectTCPStore({ host: "127.0.0.1", port: repaired.port, timeoutMs: 10_000 });
+    assert.equal(text(await c.get("plain")), "v1");
+    assert.equal(text(await c.get("counter")), "7");
+    assert.equal(await c.check(["log"]), false, "the record at the damage and those after it are gone");
+    await c.close();
+    await repaired.kill("SIGTERM");
+  });
+
+  it("stops with a storage error naming the file when the journal cannot be written (a file-size limit)", async () => {
+    const dir = dataDir();
+    // 64 KiB of file for this server: a 100 KB value's record fails with EFBIG (Node ignores SIGXFSZ).
+    const child = spawn(
+      "bash",
+      [
+        "-c",
+        'ulimit -f 64 && exec "$0" "$@"',
+        process.execPath,
+        RDZV_MAIN,
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        dir,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    for (const stream of [child.stdout, child.stderr])
+      stream.on("data", (c: Buffer) => (output += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    while (!/listening on \S+:(\d+)/.test(output)) {
+      assert.equal(child.exitCode, null, output);
+      await delay(20);
+    }
+    const port = Number(/listening on \S+:(\d+)/.exec(output)![1]);
+    await using marker = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+    await marker.setOnDisconnect("gone", "1"); // run when the server closes connections
+    await using writer = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
+    await writer.set("small", "kept");
+    await assert.rejects(writer.set("big", "x".repeat(100_000)), { code: "RDZV_CONNECTION" });
+    assert.equal(await exited, 1, output);
+    const file = join(dir, "journal-0");
+    assert.ok(
+      output.includes(
+        `ERROR journal: storage error; every mutation is refused from now on {"file":"${file}","step":"write","errno":"EFBIG"`,
+      ),
+      output,
+    );
+    assert.ok(output.includes("stopping the server (exit status 1)"), output);
+    assert.doesNotMatch(output, /bad input/);
+    assert.doesNotMatch(output, /\n\s+at /, "no uncaught exception's stack");
+    await using again = await startServe(["--data-dir", dir]);
+    assert.match(again.output(), /a last record cut short, \d+ bytes, dropped/);
+    await using reader = await connectTCPStore({ host: "127.0.0.1", port: again.port, timeoutMs: 10_000 });
+    assert.equal(text(await reader.get("small")), "kept");
+    assert.equal(await reader.check(["big"]), false);
   });
 
   it("refuses a data directory another live server holds, and bad options", async () => {

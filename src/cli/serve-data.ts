@@ -1,11 +1,17 @@
 /**
- * `rdzv serve --data-dir DIR [--fsync always|interval|never]`: the durability options, their help text,
- * and opening the journal (src/store/journal.ts) that keeps the store across restarts.
+ * `rdzv serve --data-dir DIR [--fsync always|interval|never] [--repair]`: the durability options, their
+ * help text, and opening the journal (src/store/journal.ts) that keeps the store across restarts.
  */
 
-import type { StoreError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { type DroppedTail, FsyncPolicy, type Journal, openJournal } from "../store/journal.js";
+import {
+  type DroppedTail,
+  FsyncPolicy,
+  type Journal,
+  JournalCorruptError,
+  openJournal,
+  type StorageFailedError,
+} from "../store/journal.js";
 import { KvEngine } from "../store/kv-engine.js";
 import { intOption, UsageError } from "./args.js";
 
@@ -14,6 +20,7 @@ export const DATA_OPTIONS = {
   "data-dir": { type: "string" },
   fsync: { type: "string" },
   "fsync-interval-ms": { type: "string" },
+  repair: { type: "boolean" },
 } as const;
 
 /** Help lines of the durability options. */
@@ -22,10 +29,16 @@ export const DATA_HELP = `  --data-dir DIR           keep the store in DIR acros
   --fsync POLICY           when DIR is flushed to disk: always (each write), interval (default; a
                            machine crash loses at most the last interval) or never (the kernel decides)
   --fsync-interval-ms N    the interval of --fsync interval (default 100)
+  --repair                 start on a journal damaged before its end: keep its records before the bad
+                           one, save the bytes from there to DIR/journal-G.dropped-OFFSET and drop them
 `;
 
 /** The parsed values of `DATA_OPTIONS`. */
-export type DataValues = { [K in keyof typeof DATA_OPTIONS]?: string | undefined };
+export type DataValues = {
+  [K in keyof typeof DATA_OPTIONS]?: (typeof DATA_OPTIONS)[K]["type"] extends "boolean"
+    ? boolean | undefined
+    : string | undefined;
+};
 
 /** The store's data for `rdzv serve`: the engine to serve, and its journal when there is a data dir. */
 export interface ServeData {
@@ -33,7 +46,7 @@ export interface ServeData {
   readonly engine: KvEngine | undefined;
   readonly journal: Journal | undefined;
   /** Calls `listener` once if the journal fails (the server must stop). */
-  onFailure(listener: (err: StoreError) => void): void;
+  onFailure(listener: (err: StorageFailedError) => void): void;
   /** Stops recording and releases the directory; idempotent. */
   close(): void;
 }
@@ -52,25 +65,28 @@ export function openServeData(values: DataValues, logger: Logger, out: NodeJS.Wr
   }
   const fsyncIntervalMs = intOption("fsync-interval-ms", values["fsync-interval-ms"], 100, 1, 3_600_000);
   if (dir === undefined) {
-    if (values.fsync !== undefined || values["fsync-interval-ms"] !== undefined) {
-      throw new UsageError("--fsync and --fsync-interval-ms need --data-dir");
+    if (values.fsync !== undefined || values["fsync-interval-ms"] !== undefined || values.repair) {
+      throw new UsageError("--fsync, --fsync-interval-ms and --repair need --data-dir");
     }
     return { engine: undefined, journal: undefined, onFailure: () => {}, close: () => {} };
   }
   if (dir.trim() === "") throw new UsageError("--data-dir must not be empty");
-  let failure: StoreError | undefined;
-  let listener: ((err: StoreError) => void) | undefined;
+  let failure: StorageFailedError | undefined;
+  let listener: ((err: StorageFailedError) => void) | undefined;
   const engine = new KvEngine();
-  const journal = openJournal(engine, {
-    dir,
-    fsync: fsync as FsyncPolicy,
-    fsyncIntervalMs,
-    logger,
-    onError: (err) => {
-      failure = err;
-      listener?.(err);
-    },
-  });
+  const journal = withRepairHint(() =>
+    openJournal(engine, {
+      dir,
+      fsync: fsync as FsyncPolicy,
+      fsyncIntervalMs,
+      repair: values.repair === true,
+      logger,
+      onError: (err) => {
+        failure = err;
+        listener?.(err);
+      },
+    }),
+  );
   const { snapshotRecords, journalRecords, droppedTail: tail } = journal.stats;
   const policy = fsync === FsyncPolicy.Interval ? `interval ${fsyncIntervalMs} ms` : fsync;
   out.write(
@@ -89,8 +105,30 @@ export function openServeData(values: DataValues, logger: Logger, out: NodeJS.Wr
   };
 }
 
+/** Runs `open`; a journal that `--repair` would open gets its refusal say so. */
+function withRepairHint<T>(open: () => T): T {
+  try {
+    return open();
+  } catch (err) {
+    if (!(err instanceof JournalCorruptError && err.repairable)) throw err;
+    throw new JournalCorruptError(
+      `${err.message}. Nothing was changed. To start anyway, run again with --repair: it keeps the ` +
+        "records before the bad one, saves the bytes from it on to a .dropped- file next to the journal, " +
+        "and drops them (what comes after the bad record is lost to the store)",
+      { cause: err },
+    );
+  }
+}
+
 function describeTail(tail: DroppedTail): string {
-  return tail.savedTo === undefined
-    ? `a last record cut short, ${tail.bytes} bytes, dropped`
-    : `a damaged last record of ${tail.bytes} bytes dropped; its bytes are in ${tail.savedTo}`;
+  if (tail.kind === "corrupt") {
+    return (
+      `repaired: ${tail.reason}; kept the records before byte ${tail.offset}, dropped the ${tail.bytes} ` +
+      `bytes from there (${tail.records} intact records among them); they are in ${tail.savedTo}`
+    );
+  }
+  const saved = tail.savedTo === undefined ? "" : `; its bytes are in ${tail.savedTo}`;
+  return tail.kind === "cut short"
+    ? `a last record cut short, ${tail.bytes} bytes, dropped${saved}`
+    : `a damaged last record of ${tail.bytes} bytes dropped${saved}`;
 }

@@ -119,10 +119,18 @@ export async function serveCommand(
     };
     process.on("SIGINT", stop);
     process.on("SIGTERM", stop);
-    data.onFailure(() => {
+    data.onFailure((err) => {
       process.off("SIGINT", stop);
       process.off("SIGTERM", stop);
-      resolve(1); // fail-stop: nothing more may be acknowledged that the data dir does not hold
+      // Fail-stop: nothing more may be acknowledged that the data dir does not hold.
+      logger.error(
+        "rdzv store: storage error: the data directory cannot record writes; stopping the server (exit status 1)",
+        {
+          file: err.file,
+          error: err.message,
+        },
+      );
+      resolve(1);
     });
   });
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,

@@ -5,12 +5,12 @@
 
 import {
   closeSync,
-  existsSync,
-  ftruncateSync,
+  fdatasyncSync,
   openSync,
   readdirSync,
   readFileSync,
   unlinkSync,
+  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../log.js";
@@ -26,7 +26,8 @@ import {
   JournalCorruptError,
   SNAPSHOT_MAGIC,
 } from "./journal-codec.js";
-import { fsError, fsStep, fsyncDir, writeFileAtomic } from "./journal-lock.js";
+import { dropTail, pruneDropped } from "./journal-dropped.js";
+import { fsStep, fsyncDir, writeFileAtomic } from "./journal-lock.js";
 import type { KvEngine, Mutation } from "./kv-engine.js";
 
 /** An opened data directory: the journal to append to and what loading it found. */
@@ -39,7 +40,8 @@ const FILE = /^(journal|snapshot)-(\d+)$/;
 const CHUNK_BYTES = 1024 * 1024;
 
 function applyMutation(engine: KvEngine, m: Mutation): void {
-  if (m.op === "set") engine.set(m.key, m.value);
+  if (m.op === "batch") for (const member of m.mutations) applyMutation(engine, member);
+  else if (m.op === "set") engine.set(m.key, m.value);
   else if (m.op === "append") engine.append(m.key, m.value);
   else if (m.op === "delete") engine.delete(m.key);
   else if (m.op === "push") engine.queuePush(m.key, m.value);
@@ -60,11 +62,22 @@ function scan(dir: string): { journals: number[]; snapshots: number[] } {
   return { journals, snapshots };
 }
 
+/** How `loadDataDir` reads. */
+export interface LoadOptions {
+  readonly logger: Logger;
+  /** Drop a journal's corrupt part instead of refusing it (see `JournalOptions.repair`). */
+  readonly repair: boolean;
+  /** How many `.dropped-` files to keep (see `JournalOptions.keepDroppedFiles`). */
+  readonly keepDroppedFiles: number;
+}
+
 /**
  * Replays `dir` into `engine` and opens its current journal for appending (creating it when missing).
- * Throws `JournalCorruptError` for anything unreadable other than a bad last journal record.
+ * Throws `JournalCorruptError` for anything unreadable other than a bad last journal record (and, with
+ * `repair`, a journal's corrupt part).
  */
-export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Loaded {
+export function loadDataDir(engine: KvEngine, dir: string, options: LoadOptions): Loaded {
+  const { logger } = options;
   const { journals, snapshots } = scan(dir);
   const generation = Math.max(0, ...snapshots);
   const ahead = journals.filter((g) => g > generation);
@@ -84,12 +97,13 @@ export function loadDataDir(engine: KvEngine, dir: string, logger: Logger): Load
   }
   const path = join(dir, `journal-${generation}`);
   let replayed: Replayed = { records: 0, journalBytes: HEADER_BYTES, droppedTail: undefined };
-  if (journals.includes(generation)) replayed = replayJournal(engine, dir, generation, logger);
+  if (journals.includes(generation)) replayed = replayJournal(engine, dir, generation, options);
   else
     fsStep(`cannot create ${path}`, () =>
       writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]),
     );
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
+  pruneDropped(dir, options.keepDroppedFiles, logger);
   const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a"));
   const { records: journalRecords, journalBytes, droppedTail } = replayed;
   const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };
@@ -102,68 +116,43 @@ interface Replayed {
   readonly droppedTail: DroppedTail | undefined;
 }
 
-/** Replays journal `generation` into `engine`, dropping a bad last record (see `dropTail`). */
-function replayJournal(engine: KvEngine, dir: string, generation: number, logger: Logger): Replayed {
+/**
+ * Replays journal `generation` into `engine`, dropping a bad last record, or with `repair` everything
+ * from a bad record with intact ones after it (journal-dropped.ts).
+ */
+function replayJournal(engine: KvEngine, dir: string, generation: number, options: LoadOptions): Replayed {
+  const { logger } = options;
   const path = join(dir, `journal-${generation}`);
   const bytes = readData(path);
-  const journal = decodeJournal(bytes, path);
+  const journal = decodeJournal(bytes, path, { repair: options.repair });
   if (journal.generation !== generation) {
     throw new JournalCorruptError(`${path} holds generation ${journal.generation}`);
   }
   for (const m of journal.mutations) applyMutation(engine, m);
   const droppedTail =
-    journal.droppedBytes > 0
-      ? dropTail(dir, `journal-${generation}`, bytes, journal.validBytes, journal.tail ?? "cut short", logger)
-      : undefined;
+    journal.droppedBytes > 0 ? dropTail(dir, `journal-${generation}`, bytes, journal, logger) : undefined;
+  if (journal.format === 1) upgradeToFormat2(path, logger);
   return { records: journal.mutations.length, journalBytes: journal.validBytes, droppedTail };
 }
 
 /**
- * Truncates journal `name` at `offset`, after a warning; a damaged record's bytes (unlike a write cut
- * short, it is not what a stopped server leaves, so it is evidence) are first saved durably to
- * `<name>.dropped-<offset>`. Throws, leaving the journal as it was, when they cannot be saved.
+ * Rewrites the magic of format-1 journal `path` (every format-1 file is a format-2 one), durably, before
+ * a batch record can be appended: an older rdzv then refuses the file instead of misreading a batch.
+ * One 8-byte write at offset 0, inside the first disk sector, so it is never torn.
  */
-function dropTail(
-  dir: string,
-  name: string,
-  bytes: Buffer,
-  offset: number,
-  kind: DroppedTail["kind"],
-  logger: Logger,
-): DroppedTail {
-  const path = join(dir, name);
-  const tail = bytes.subarray(offset);
-  let savedTo: string | undefined;
-  if (kind === "damaged") {
-    let saved = `${name}.dropped-${offset}`;
-    for (let n = 2; existsSync(join(dir, saved)); n++) saved = `${name}.dropped-${offset}.${n}`;
-    savedTo = join(dir, saved);
-    try {
-      writeFileAtomic(dir, saved, [tail]);
-    } catch (err) {
-      throw fsError(`${path}: cannot save its damaged last record to ${savedTo} before dropping it`, err);
-    }
-    logger.warn(
-      "journal: dropping a damaged last record (complete, but its checksum or contents are wrong: a " +
-        "machine crash can leave such a tail); its bytes are saved",
-      { file: path, offset, bytes: tail.length, savedTo },
-    );
-  } else {
-    logger.warn("journal: dropping a torn last record (a write cut short when the server stopped)", {
-      file: path,
-      offset,
-      bytes: tail.length,
-    });
-  }
-  fsStep(`cannot truncate ${path} after its last intact record`, () => {
+function upgradeToFormat2(path: string, logger: Logger): void {
+  fsStep(`cannot upgrade ${path} to journal format 2`, () => {
     const fd = openSync(path, "r+");
     try {
-      ftruncateSync(fd, offset);
+      writeSync(fd, Buffer.from(JOURNAL_MAGIC, "latin1"), 0, 8, 0);
+      fdatasyncSync(fd);
     } finally {
       closeSync(fd);
     }
   });
-  return { kind, offset, bytes: tail.length, ...(savedTo === undefined ? {} : { savedTo }) };
+  logger.info("journal: rewrote its header to format 2 (multi-set batch records); older rdzv refuses it", {
+    file: path,
+  });
 }
 
 /** The bytes of data file `path`; a `StoreError` naming it when it cannot be read (a directory, ...). */

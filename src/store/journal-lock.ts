@@ -31,6 +31,7 @@ const FS_ERRORS: Record<string, string> = {
   EPERM: "operation not permitted",
   EROFS: "the file system is read-only",
   EIO: "an I/O error",
+  EFBIG: "the file would pass the largest size allowed (the process's file-size limit or the file system's)",
   ENOENT: "it does not exist",
   ELOOP: "too many symbolic links",
   ENAMETOOLONG: "the name is too long",

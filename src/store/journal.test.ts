@@ -16,6 +16,7 @@ import {
   readFileSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,8 +26,10 @@ import fc from "fast-check";
 import { ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
 import { type Journal, type JournalOptions, openJournal } from "./journal.js";
-import { encodeMutation, HEADER_BYTES } from "./journal-codec.js";
+import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC_V1 } from "./journal-codec.js";
 import { KvEngine } from "./kv-engine.js";
+import { connectTCPStore } from "./tcp/client.js";
+import { createTCPStoreServer } from "./tcp/server.js";
 
 const roots: string[] = [];
 after(() => {
@@ -61,15 +64,16 @@ function reopen(
   return { engine, journal, close: () => journal.close() };
 }
 
-function capture(): { logger: Logger; warnings: string[] } {
+function capture(): { logger: Logger; warnings: string[]; infos: string[] } {
   const warnings: string[] = [];
+  const infos: string[] = [];
   const logger: Logger = {
     debug() {},
-    info() {},
+    info: (m, f) => infos.push(`${m} ${JSON.stringify(f)}`),
     warn: (m, f) => warnings.push(`${m} ${JSON.stringify(f)}`),
     error: (m, f) => warnings.push(`ERROR ${m} ${JSON.stringify(f)}`),
   };
-  return { logger, warnings };
+  return { logger, warnings, infos };
 }
 
 /**
@@ -94,6 +98,13 @@ function lockInChild(dir: string, at: number): { child: ChildProcess; result: Pr
   return { child, result };
 }
 
+/** Where each record of journal `bytes` starts. */
+function recordStarts(bytes: Buffer): number[] {
+  const starts: number[] = [];
+  for (let at = HEADER_BYTES; at < bytes.length; at += 8 + bytes.readUInt32LE(at)) starts.push(at);
+  return starts;
+}
+
 /** Applies one of every mutation kind. */
 function mutateAll(engine: KvEngine): void {
   engine.set("a", b("1"));
@@ -110,6 +121,7 @@ function mutateAll(engine: KvEngine): void {
   engine.queuePush("q", b("two"));
   engine.queuePop("q");
   engine.set("empty", b(""));
+  engine.multiSet(["m/1", "m/2", "a"], [b("x"), b("y"), b("2")]);
 }
 
 describe("journal", () => {
@@ -123,6 +135,62 @@ describe("journal", () => {
     assert.deepEqual(contents(second.engine), before);
     assert.equal(Buffer.from(second.engine.get("counter")!).toString(), "42");
     second.close();
+  });
+
+  it("restores a client's multi-set all or nothing, wherever its journal record is cut", async () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    const server = await createTCPStoreServer({ engine: first.engine, port: 0 });
+    const keys = ["m/a", "m/b", "m/c", "m/d"];
+    try {
+      await using client = await connectTCPStore({ host: "127.0.0.1", port: server.port, timeoutMs: 10_000 });
+      await client.set("before", "1");
+      await client.multiSet(keys, ["va", "vb", "vc", "vd"]);
+    } finally {
+      await server.close();
+      first.close();
+    }
+    const path = join(dir, "journal-0");
+    const whole = readFileSync(path);
+    // rdzv's client (as PyTorch's) sends key K as "/K".
+    const start = HEADER_BYTES + encodeMutation({ op: "set", key: "/before", value: b("1") }).length;
+    for (let cut = start; cut <= whole.length; cut++) {
+      writeFileSync(path, whole.subarray(0, cut));
+      const again = reopen(dir);
+      const present = keys.filter((k) => again.engine.get(`/${k}`) !== undefined);
+      assert.equal(Buffer.from(again.engine.get("/before")!).toString(), "1");
+      again.close();
+      assert.ok(
+        present.length === 0 || present.length === keys.length,
+        `cut at byte ${cut} of ${whole.length}: restored ${present.join(", ")}`,
+      );
+      assert.equal(present.length === keys.length, cut === whole.length, `cut at byte ${cut}`);
+    }
+  });
+
+  it("opens a format-1 journal as it was and rewrites its magic to format 2 before appending", () => {
+    const dir = tempDir();
+    const path = join(dir, "journal-0");
+    const records = [
+      encodeMutation({ op: "set", key: "k", value: b("v") }),
+      encodeMutation({ op: "append", key: "k", value: b("w") }),
+      encodeMutation({ op: "push", key: "q", value: b("item") }),
+    ];
+    writeFileSync(path, Buffer.concat([encodeHeader(JOURNAL_MAGIC_V1, 0), ...records]));
+    const first = reopen(dir);
+    assert.equal(Buffer.from(first.engine.get("k")!).toString(), "vw");
+    assert.equal(first.engine.queueLen("q"), 1);
+    assert.equal(readFileSync(path).toString("latin1", 0, 8), "RDZVJRN2");
+    first.engine.multiSet(["x", "y"], [b("1"), b("2")]);
+    first.close();
+    const second = reopen(dir);
+    assert.deepEqual(
+      ["k", "x", "y"].map((k) => Buffer.from(second.engine.get(k)!).toString()),
+      ["vw", "1", "2"],
+    );
+    second.close();
+    writeFileSync(path, Buffer.concat([Buffer.from("RDZVJRN3", "latin1"), readFileSync(path).subarray(8)]));
+    assert.throws(() => reopen(dir), /is an rdzv journal of a newer format \(RDZVJRN3\)/);
   });
 
   it("compacts into a snapshot, keeps the data and one generation of files", () => {
@@ -157,7 +225,12 @@ describe("journal", () => {
     assert.deepEqual(contents(second.engine), before);
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /torn last record .*"offset":\d+,"bytes":11/);
-    assert.deepEqual(second.journal.stats.droppedTail, { kind: "cut short", offset: size, bytes: 11 });
+    assert.deepEqual(second.journal.stats.droppedTail, {
+      kind: "cut short",
+      offset: size,
+      bytes: 11,
+      records: 0,
+    });
     assert.equal(statSync(path).size, size, "the torn bytes were cut off");
     assert.deepEqual(readdirSync(dir).sort(), ["LOCK", "journal-0"], "nothing saved for a write cut short");
     second.engine.set("after", b("ok"));
@@ -192,6 +265,7 @@ describe("journal", () => {
         kind: "damaged",
         offset: size,
         bytes: tail.length,
+        records: 0,
         savedTo: saved,
       });
       assert.deepEqual(readFileSync(saved), Buffer.from(tail), "the dropped bytes, as they were");
@@ -206,6 +280,104 @@ describe("journal", () => {
     }
   });
 
+  it("drops a last record cut short at any byte, however many record-shaped bytes its value holds", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    // A value that holds encoded records (a client may store anything), even a whole journal's.
+    const shaped = Buffer.concat([
+      encodeMutation({ op: "set", key: "inner", value: b("looks intact") }),
+      encodeMutation({
+        op: "batch",
+        mutations: [
+          { op: "delete", key: "x" },
+          { op: "pop", key: "q" },
+        ],
+      }),
+      intact,
+      encodeMutation({ op: "append", key: "inner", value: b("!") }),
+    ]);
+    const record = encodeMutation({ op: "set", key: "carrier", value: shaped });
+    for (let cut = 1; cut < record.length; cut++) {
+      writeFileSync(path, Buffer.concat([intact, record.subarray(0, cut)]));
+      const { logger, warnings } = capture();
+      const again = reopen(dir, { logger });
+      assert.deepEqual(contents(again.engine), before, `cut at byte ${cut} of the last record`);
+      assert.equal(again.journal.stats.droppedTail?.kind, "cut short", `cut at byte ${cut}`);
+      assert.equal(warnings.length, 1, warnings.join("\n"));
+      again.close();
+      assert.equal(statSync(path).size, intact.length);
+    }
+  });
+
+  it("drops a full-length last record damaged inside its record-shaped value (a crash's garbage)", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    const before = contents(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    const shaped = Buffer.concat([
+      intact.subarray(HEADER_BYTES),
+      Buffer.alloc(512, 7),
+      intact.subarray(HEADER_BYTES),
+    ]);
+    const record = encodeMutation({ op: "set", key: "carrier", value: shaped });
+    // A sector of zeros (as a power loss can leave) inside the value; the records around it read intact.
+    record.fill(0, 40 + intact.length, 40 + intact.length + 512);
+    writeFileSync(path, Buffer.concat([intact, record]));
+    const again = reopen(dir);
+    assert.deepEqual(contents(again.engine), before);
+    assert.equal(again.journal.stats.droppedTail?.kind, "damaged");
+    again.close();
+  });
+
+  it("keeps the newest 5 dropped-bytes files, removing older ones at open and naming them", () => {
+    const dir = tempDir();
+    reopen(dir).close();
+    const earlier = [
+      "journal-0.dropped-16",
+      "journal-0.dropped-16.2",
+      "journal-3.dropped-900",
+      "journal-3.dropped-40",
+      "journal-7.dropped-16",
+      "journal-7.dropped-2000",
+      "journal-0.dropped-77",
+    ];
+    const now = Date.now() / 1000;
+    earlier.forEach((name, i) => {
+      writeFileSync(join(dir, name), `evidence ${i}`);
+      utimesSync(join(dir, name), now - 3600 + i * 60, now - 3600 + i * 60); // oldest first
+    });
+    appendFileSync(join(dir, "journal-0"), Buffer.alloc(32)); // a damaged tail: saved, the newest
+    const { logger, infos } = capture();
+    const opened = reopen(dir, { logger });
+    opened.close();
+    // At offset 16, after journal-0.dropped-16 and .2.
+    const saved = "journal-0.dropped-16.3";
+    assert.equal(opened.journal.stats.droppedTail?.savedTo, join(dir, saved));
+    const dropped = (): string[] =>
+      readdirSync(dir)
+        .filter((f) => f.includes(".dropped-"))
+        .sort();
+    const removed = earlier.slice(0, 3);
+    assert.deepEqual(dropped(), [...earlier.slice(3), saved].sort());
+    assert.equal(infos.length, 1, infos.join("\n"));
+    assert.match(infos[0]!, /removed 3 old dropped-bytes files, keeping the newest 5/);
+    for (const name of removed) assert.ok(infos[0]!.includes(JSON.stringify(join(dir, name))), infos[0]);
+    reopen(dir, { logger, keepDroppedFiles: 1 }).close();
+    assert.deepEqual(dropped(), [saved]);
+    assert.throws(
+      () => reopen(dir, { keepDroppedFiles: -1 }),
+      /keepDroppedFiles must be a non-negative integer/,
+    );
+  });
+
   it("refuses a journal corrupted before its end, naming the file and offset", () => {
     const dir = tempDir();
     const first = reopen(dir);
@@ -217,13 +389,102 @@ describe("journal", () => {
     writeFileSync(path, bytes);
     assert.throws(
       () => reopen(dir),
-      (err: { code: string; message: string }) =>
+      (err: { code: string; message: string; repairable: boolean }) =>
         err.code === ErrorCode.State &&
+        err.repairable &&
         err.message.includes(path) &&
         err.message.includes(`byte ${HEADER_BYTES}`),
     );
     writeFileSync(path, Buffer.concat([Buffer.from("NOTAJRNL"), bytes.subarray(8)]));
-    assert.throws(() => reopen(dir), /bad header/);
+    assert.throws(
+      () => reopen(dir),
+      (err: { message: string; repairable: boolean }) => /bad header/.test(err.message) && !err.repairable,
+    );
+  });
+
+  it("refuses damage before the end that a torn tail could hide: a length field, a header, a zeroed sector", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    mutateAll(first.engine);
+    first.close();
+    const path = join(dir, "journal-0");
+    const intact = readFileSync(path);
+    const starts = recordStarts(intact);
+    const third = starts[2]!;
+    const last = starts[starts.length - 1]!;
+    const damage: [string, (buf: Buffer) => void, RegExp][] = [
+      [
+        "a length field past the end of the file",
+        (buf) => buf.writeUInt32LE(0x7fff_0000, third),
+        /its checksum matches its first \d+ bytes, not the 2147418112 its length field says/,
+      ],
+      [
+        "the last record's length field past the end of the file",
+        (buf) => buf.writeUInt32LE(buf.readUInt32LE(last) + 1000, last),
+        /its checksum matches its \d+ bytes up to the end of the file/,
+      ],
+      [
+        "a header overwritten with other bytes",
+        (buf) => buf.fill(0xab, third, third + 16),
+        /not shaped like a record/,
+      ],
+      ["a zeroed stretch", (buf) => buf.fill(0, third, third + 40), /intact records follow/],
+      ["a payload byte", (buf) => (buf[third + 9] = buf[third + 9]! ^ 0x40), /intact records follow/],
+    ];
+    for (const [what, damageIt, says] of damage) {
+      const bad = Buffer.from(intact);
+      damageIt(bad);
+      writeFileSync(path, bad);
+      assert.throws(
+        () => reopen(dir),
+        (err: { code: string; message: string; repairable: boolean }) =>
+          err.code === ErrorCode.State &&
+          err.repairable &&
+          err.message.startsWith(
+            `${path} is corrupt: bad record at byte ${what.startsWith("the last") ? last : third}`,
+          ) &&
+          says.test(err.message),
+        what,
+      );
+      assert.deepEqual(readFileSync(path), bad, `${what}: the journal is left as it was`);
+    }
+  });
+
+  it("repairs a corrupt journal when asked: keeps the records before the bad one, saves the rest", () => {
+    const dir = tempDir();
+    const first = reopen(dir);
+    first.engine.set("kept", b("1"));
+    first.engine.multiSet(["kept/a", "kept/b"], [b("a"), b("b")]);
+    first.engine.set("lost", b("2"));
+    first.engine.set("after", b("3"));
+    first.close();
+    const path = join(dir, "journal-0");
+    const bytes = readFileSync(path);
+    const bad = recordStarts(bytes)[2]!;
+    bytes[bad + 9] = bytes[bad + 9]! ^ 0x40;
+    writeFileSync(path, bytes);
+    const { logger, warnings } = capture();
+    const repaired = reopen(dir, { logger, repair: true });
+    assert.deepEqual([...repaired.engine.keys()].sort(), ["kept", "kept/a", "kept/b"]);
+    const saved = join(dir, `journal-0.dropped-${bad}`);
+    const tail = repaired.journal.stats.droppedTail!;
+    assert.equal(tail.kind, "corrupt");
+    assert.deepEqual(
+      { offset: tail.offset, bytes: tail.bytes, records: tail.records, savedTo: tail.savedTo },
+      { offset: bad, bytes: bytes.length - bad, records: 1, savedTo: saved },
+    );
+    assert.match(tail.reason!, /is corrupt: bad record at byte \d+ of \d+: intact records follow/);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /repairing a corrupt journal/);
+    assert.match(warnings[0]!, /"recordsKept":2,"intactRecordsDropped":1/);
+    assert.deepEqual(readFileSync(saved), bytes.subarray(bad));
+    assert.equal(statSync(path).size, bad);
+    repaired.engine.set("new", b("4"));
+    repaired.close();
+    const again = reopen(dir, { logger });
+    assert.deepEqual([...again.engine.keys()].sort(), ["kept", "kept/a", "kept/b", "new"]);
+    assert.equal(warnings.length, 1, "nothing more to drop");
+    again.close();
   });
 
   it("refuses an empty or headless journal or snapshot, naming the file (they are always written with a header)", () => {
@@ -390,6 +651,7 @@ describe("journal", () => {
     const value = fc.uint8Array({ maxLength: 40 });
     const op = fc.oneof(
       fc.record({ op: fc.constant("set"), key, value }),
+      fc.record({ op: fc.constant("multiSet"), keys: fc.array(key, { maxLength: 4 }), value }),
       fc.record({ op: fc.constant("add"), key: fc.constant("n"), delta: fc.bigInt({ min: -5n, max: 5n }) }),
       fc.record({ op: fc.constant("append"), key, value }),
       fc.record({ op: fc.constant("cas"), key, value }),
@@ -410,6 +672,11 @@ describe("journal", () => {
           for (const o of ops) {
             for (const engine of [model, live.engine]) {
               if (o.op === "set") engine.set(o.key, o.value);
+              else if (o.op === "multiSet")
+                engine.multiSet(
+                  o.keys,
+                  o.keys.map((_, i) => o.value.subarray(i)),
+                );
               else if (o.op === "add") engine.add("n", o.delta);
               else if (o.op === "append") engine.append(o.key, o.value);
               else if (o.op === "cas")

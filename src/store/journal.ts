@@ -12,23 +12,27 @@
  * - `never`: the kernel writes back when it likes (Linux: within ~30 s).
  *
  * Files in DIR: `LOCK` (pid of the owner), `snapshot-<G>` (the whole store at generation G, absent for
- * G = 0) and `journal-<G>` (mutations since). A bad last record is dropped with a warning: one cut short
- * (a write that did not finish), or one complete by its length but damaged (a machine crash can leave a
- * full-length tail of garbage), whose bytes are first saved to `journal-<G>.dropped-<offset>`. Anything
- * else unreadable is a `JournalCorruptError`. Waiters, watches and on-disconnect
+ * G = 0) and `journal-<G>` (mutations since; a multi-set is one batch record, restored whole or not at
+ * all). A bad last record is dropped with a warning: one cut short (a write that did not finish,
+ * whatever record-shaped bytes its value holds), or one complete by its length but damaged (a machine
+ * crash can leave a full-length tail of garbage), whose bytes are first saved to
+ * `journal-<G>.dropped-<offset>` (journal-dropped.ts; each open keeps the newest 5 such files). A bad
+ * record with intact records after it is a `JournalCorruptError` (`repairable`: the `repair` option
+ * keeps what comes before it); anything else unreadable is one too. Waiters, watches and on-disconnect
  * registrations belong to connections and are not kept.
  */
 
 import { closeSync, fdatasyncSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { InvalidArgumentError, StoreError } from "../errors.js";
+import { InvalidArgumentError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC } from "./journal-codec.js";
 import { type Loaded, loadDataDir, removeGeneration, snapshotChunks } from "./journal-files.js";
-import { lockDataDir, prepareDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
-import type { KvEngine, Mutation } from "./kv-engine.js";
+import { fsError, lockDataDir, prepareDataDir, writeAll, writeFileAtomic } from "./journal-lock.js";
+import { type KvEngine, type Mutation, StorageFailedError } from "./kv-engine.js";
 
 export { JournalCorruptError } from "./journal-codec.js";
+export { StorageFailedError } from "./kv-engine.js";
 
 /** When the journal is flushed to disk (see the module comment). */
 export const FsyncPolicy = { Always: "always", Interval: "interval", Never: "never" } as const;
@@ -46,20 +50,44 @@ export interface JournalOptions {
   readonly compactBytes?: number;
   readonly logger?: Logger;
   /**
-   * Called once when the journal cannot be written (disk full, I/O error). From then on every mutation
-   * throws that error (so nothing unrecorded is acknowledged); the owner should stop serving.
+   * Start on a journal corrupted before its end (a bad record with intact records after it, which is
+   * otherwise a `JournalCorruptError` with `repairable` set): keep the records before the bad one, save
+   * the bytes from it on to `journal-<G>.dropped-<offset>`, truncate there, and warn saying what was
+   * kept and dropped (`stats.droppedTail`). Default false. Other damage is refused all the same.
    */
-  readonly onError?: (err: StoreError) => void;
+  readonly repair?: boolean;
+  /**
+   * How many `journal-<G>.dropped-*` files (bytes dropped at an open, kept for forensics) stay in the
+   * directory: each open removes all but the newest this many, logging their names (default 5).
+   */
+  readonly keepDroppedFiles?: number;
+  /**
+   * Called once when the journal cannot be written (disk full, I/O error, a file-size limit): a
+   * `StorageFailedError` naming the file and the error code. From then on every mutation throws that
+   * error (so nothing unrecorded is acknowledged); the owner should stop serving.
+   */
+  readonly onError?: (err: StorageFailedError) => void;
 }
 
-/** A bad last journal record dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
+/** Journal bytes dropped at open (see `DecodedJournal.tail` in journal-codec.ts). */
 export interface DroppedTail {
-  /** `cut short`: a write that did not finish; `damaged`: complete by its length, bad checksum or contents. */
-  readonly kind: "cut short" | "damaged";
-  /** Where it began in the journal, which was truncated there. */
+  /**
+   * `cut short`: a last record that reaches past the end of the file (a write that did not finish);
+   * `damaged`: a last record complete by its length, with a bad checksum or contents; `corrupt` (only
+   * with `repair`): a bad record with intact records after it, dropped with everything after it.
+   */
+  readonly kind: "cut short" | "damaged" | "corrupt";
+  /** Where the dropped bytes began in the journal, which was truncated there. */
   readonly offset: number;
   readonly bytes: number;
-  /** A damaged record's bytes are saved to this file (`journal-<G>.dropped-<offset>`) before truncation. */
+  /** Intact-looking records among them (see `DecodedJournal.droppedRecords`). */
+  readonly records: number;
+  /** For `corrupt`: what was wrong. */
+  readonly reason?: string;
+  /**
+   * The file (`journal-<G>.dropped-<offset>`) the dropped bytes were saved to before truncation: all but
+   * a plain write cut short (one without record-shaped bytes), which a killed server leaves.
+   */
   readonly savedTo?: string;
 }
 
@@ -75,7 +103,13 @@ export interface JournalStats {
   compactions: number;
 }
 
-const DEFAULTS = { fsync: FsyncPolicy.Interval, fsyncIntervalMs: 100, compactBytes: 64 * 1024 * 1024 };
+const DEFAULTS = {
+  fsync: FsyncPolicy.Interval,
+  fsyncIntervalMs: 100,
+  compactBytes: 64 * 1024 * 1024,
+  repair: false,
+  keepDroppedFiles: 5,
+};
 const POLICIES = new Set<string>(Object.values(FsyncPolicy));
 
 type ResolvedOptions = Required<Omit<JournalOptions, "onError">> & Pick<JournalOptions, "onError">;
@@ -92,7 +126,7 @@ export class Journal implements Disposable {
   #dirty = false;
   #snapshotBytes = 0;
   #compacting = false;
-  #failure: StoreError | undefined;
+  #failure: StorageFailedError | undefined;
   #closed = false;
 
   /** @internal Use `openJournal`. */
@@ -111,7 +145,7 @@ export class Journal implements Disposable {
   }
 
   /** The error that stopped the journal, if one did. */
-  get failure(): StoreError | undefined {
+  get failure(): StorageFailedError | undefined {
     return this.#failure;
   }
 
@@ -122,7 +156,7 @@ export class Journal implements Disposable {
     try {
       fdatasyncSync(this.#fd);
     } catch (err) {
-      this.fail(err);
+      this.fail(this.journalPath(), "fdatasync", err);
     }
   }
 
@@ -155,7 +189,7 @@ export class Journal implements Disposable {
       if (this.#options.fsync === FsyncPolicy.Always) fdatasyncSync(this.#fd);
       else this.#dirty = true;
     } catch (err) {
-      throw this.fail(err);
+      throw this.fail(this.journalPath(), "write", err);
     }
     this.stats.journalBytes += bytes.length;
     const threshold = Math.max(this.#options.compactBytes, this.#snapshotBytes);
@@ -173,16 +207,18 @@ export class Journal implements Disposable {
     const { dir } = this;
     const old = this.stats.generation;
     const next = old + 1;
+    let file = join(dir, `snapshot-${next}`);
     try {
       this.#snapshotBytes = writeFileAtomic(dir, `snapshot-${next}`, snapshotChunks(this.#engine, next));
+      file = join(dir, `journal-${next}`);
       writeFileAtomic(dir, `journal-${next}`, [encodeHeader(JOURNAL_MAGIC, next)]);
-      const fd = openSync(join(dir, `journal-${next}`), "a");
+      const fd = openSync(file, "a");
       closeSync(this.#fd);
       this.#fd = fd;
       this.#dirty = false;
     } catch (err) {
       // Past the snapshot's rename, generation G is no longer what a restart reads: stop recording.
-      this.fail(err);
+      this.fail(file, "compaction", err);
       return;
     }
     this.stats.generation = next;
@@ -196,14 +232,20 @@ export class Journal implements Disposable {
     });
   }
 
-  private fail(err: unknown): StoreError {
+  private journalPath(): string {
+    return join(this.dir, `journal-${this.stats.generation}`);
+  }
+
+  /** Stops recording for good: `file` could not be written (`step`: write, fdatasync, compaction). */
+  private fail(file: string, step: string, err: unknown): StorageFailedError {
     if (this.#failure !== undefined) return this.#failure;
-    const message = err instanceof Error ? err.message : String(err);
-    this.#failure = new StoreError(`journal in ${this.dir} cannot be written: ${message}`, undefined, {
-      cause: err,
-    });
-    this.#options.logger.error("journal failed; mutations are refused from now on", {
-      dir: this.dir,
+    const errno = (err as NodeJS.ErrnoException).code;
+    const { message } = fsError(`cannot ${step === "compaction" ? "compact into" : step} ${file}`, err);
+    this.#failure = new StorageFailedError(message, file, { cause: err });
+    this.#options.logger.error("journal: storage error; every mutation is refused from now on", {
+      file,
+      step,
+      errno: errno ?? "none",
       error: message,
     });
     this.#options.onError?.(this.#failure);
@@ -226,6 +268,11 @@ function resolveOptions(options: JournalOptions): ResolvedOptions {
       throw new InvalidArgumentError(`${name} must be a positive integer, got ${String(o[name])}`);
     }
   }
+  if (!Number.isSafeInteger(o.keepDroppedFiles) || o.keepDroppedFiles < 0) {
+    throw new InvalidArgumentError(
+      `keepDroppedFiles must be a non-negative integer, got ${String(o.keepDroppedFiles)}`,
+    );
+  }
   return o;
 }
 
@@ -245,7 +292,8 @@ export function openJournal(engine: KvEngine, options: JournalOptions): Journal 
   prepareDataDir(resolved.dir);
   const release = lockDataDir(resolved.dir);
   try {
-    return new Journal(engine, resolved, release, loadDataDir(engine, resolved.dir, resolved.logger));
+    const loaded = loadDataDir(engine, resolved.dir, resolved);
+    return new Journal(engine, resolved, release, loaded);
   } catch (err) {
     release();
     throw err;

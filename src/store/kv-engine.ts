@@ -8,7 +8,7 @@
  * wakes nobody; a queue push wakes one waiter.
  */
 
-import { StoreError } from "../errors.js";
+import { ErrorCode, StoreError } from "../errors.js";
 import { bytesEqual, concatBytes } from "./bytes.js";
 
 /** Someone blocked until a set of keys exists. */
@@ -28,11 +28,11 @@ export type KeyChangeListener = (
 ) => void;
 
 /**
- * A change of the engine's data as a journal records it (see src/store/journal.ts): `set` stands for
- * every write of a whole value (set, multi-set, add with the new counter, a compare-set that wrote);
+ * A change of one key as a journal records it (see src/store/journal.ts): `set` stands for every write
+ * of a whole value (set, add with the new counter, a compare-set that wrote, each key of a multi-set);
  * `append` carries only the appended bytes; `push`/`pop` are queue operations.
  */
-export type Mutation =
+export type KeyMutation =
   | { readonly op: "set"; readonly key: string; readonly value: Uint8Array }
   | { readonly op: "append"; readonly key: string; readonly value: Uint8Array }
   | { readonly op: "delete"; readonly key: string }
@@ -40,10 +40,31 @@ export type Mutation =
   | { readonly op: "pop"; readonly key: string };
 
 /**
+ * A change of the engine's data: one key's, or a `batch` of key mutations that one operation makes at
+ * once (a multi-set), which a journal must restore all or nothing of.
+ */
+export type Mutation = KeyMutation | { readonly op: "batch"; readonly mutations: readonly KeyMutation[] };
+
+/**
  * Called with every mutation before it is applied (and after it was validated): when it throws, the
- * mutation is not applied and the error reaches the caller.
+ * mutation is not applied and the error reaches the caller. A hook that throws because its storage
+ * failed (not because of the mutation) throws `StorageFailedError`.
  */
 export type MutationHook = (mutation: Mutation) => void;
+
+/**
+ * A mutation hook's storage failed (a journal's disk is full, an I/O error): the mutation was neither
+ * recorded nor applied, through no fault of the caller. `file` is the file that could not be written.
+ */
+export class StorageFailedError extends StoreError {
+  constructor(
+    message: string,
+    readonly file: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, undefined, options);
+  }
+}
 
 interface Registration {
   readonly waiter: Waiter;
@@ -187,6 +208,26 @@ export class KvEngine {
   set(key: string, value: Uint8Array): void {
     this.mutationHook?.({ op: "set", key, value });
     this.write(key, value);
+  }
+
+  /**
+   * Sets every `keys[i]` to `values[i]` as one mutation (a mutation hook sees one `batch`, so a journal
+   * restores all of them or none); waiters are woken key by key, as by `set`. Throws `StoreError` when
+   * the lengths differ.
+   */
+  multiSet(keys: readonly string[], values: readonly Uint8Array[]): void {
+    if (keys.length !== values.length) {
+      throw new StoreError(
+        `multiSet: ${keys.length} keys but ${values.length} values`,
+        ErrorCode.InvalidArgument,
+      );
+    }
+    if (keys.length === 1) this.mutationHook?.({ op: "set", key: keys[0]!, value: values[0]! });
+    else if (keys.length > 1 && this.mutationHook !== undefined) {
+      const mutations = keys.map((key, i): KeyMutation => ({ op: "set", key, value: values[i]! }));
+      this.mutationHook({ op: "batch", mutations });
+    }
+    for (let i = 0; i < keys.length; i++) this.write(keys[i]!, values[i]!);
   }
 
   /** Adds `delta` to the counter at `key` (missing = 0), wrapping at 64 bits; returns the new value. */

@@ -128,8 +128,7 @@ export class MemoryStore implements QueueStore {
   ): Promise<void> {
     this.enter(options, keys);
     checkSameLength(keys, values);
-    const bytes = values.map(toBytes);
-    for (const [i, key] of keys.entries()) this.engine.set(key, bytes[i]!);
+    this.engine.multiSet(keys, values.map(toBytes));
   }
 
   async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {

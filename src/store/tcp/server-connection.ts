@@ -9,7 +9,7 @@
 
 import type { Socket } from "node:net";
 import { ErrorCode, RendezvousError } from "../../errors.js";
-import type { Waiter } from "../kv-engine.js";
+import { StorageFailedError, type Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
 import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply } from "./encode.js";
 import {
@@ -309,7 +309,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         for (const k of req.keys) this.#out.value(engine.get(k) ?? EMPTY);
         break;
       case "multiSet":
-        for (let i = 0; i < req.keys.length; i++) engine.set(req.keys[i]!, req.values[i]!);
+        engine.multiSet(req.keys, req.values);
         break;
       case "cancelWait":
         this.cancelPending();
@@ -461,12 +461,24 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     else this.socket.resume();
   }
 
-  /** Closes the connection for bad input: the replies already produced go out first. */
+  /**
+   * Closes the connection for bad input, or for a write the store could not record (its storage failed:
+   * not the client's fault, and logged by the storage itself): the replies already produced go out first.
+   */
   private fail(err: unknown): void {
     const reason = err instanceof Error ? err.message : String(err);
-    const code = err instanceof RendezvousError ? err.code : ErrorCode.Protocol;
-    this.#closeReason ??= `bad input: ${reason}`;
-    this.state.badInput(this.id, this.remote, reason, code);
+    if (err instanceof StorageFailedError) {
+      this.#closeReason ??= `storage failed: ${reason}`;
+      this.state.logger.warn("TCPStore server: closing a connection: the store cannot record its write", {
+        id: this.id,
+        remote: this.remote,
+        file: err.file,
+      });
+    } else {
+      const code = err instanceof RendezvousError ? err.code : ErrorCode.Protocol;
+      this.#closeReason ??= `bad input: ${reason}`;
+      this.state.badInput(this.id, this.remote, reason, code);
+    }
     this.flush();
     this.teardown();
     this.socket.destroySoon();
@@ -481,7 +493,17 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.#queue = [];
     this.#out.clear();
     if (this.#dialect !== undefined) this.state.dialects[this.#dialect]--;
-    const sets = this.#registrations.release();
+    let sets = 0;
+    try {
+      sets = this.#registrations.release();
+    } catch (err) {
+      // The store stops recording for good (fail-stop): the markers cannot be written either.
+      if (!(err instanceof StorageFailedError)) throw err;
+      this.state.logger.warn("TCPStore server: on-disconnect sets not run: the store cannot record writes", {
+        id: this.id,
+        file: err.file,
+      });
+    }
     if (sets > 0)
       this.state.logger.debug("TCPStore server: ran on-disconnect sets", { id: this.id, keys: sets });
   }

@@ -60,7 +60,8 @@ export class ConnectionRegistrations {
     const sets = this.#onDisconnect;
     this.#onDisconnect = undefined;
     if (sets === undefined) return 0;
-    for (const [key, value] of sets) this.state.engine.set(key, value);
+    // One mutation: a journal restores all of a connection's markers or none.
+    this.state.engine.multiSet([...sets.keys()], [...sets.values()]);
     return sets.size;
   }
 }
