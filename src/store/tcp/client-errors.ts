@@ -36,7 +36,8 @@ export function closedByServer(peer: string, head: Request | undefined, asyncWai
   else if (head !== undefined || asyncWaits > 0) {
     message +=
       " (a server closes a connection whose request breaks its limits: key or value size, keys per request," +
-      " waiters per connection; an rdzv server logs which)";
+      " waiters per connection; an rdzv server also closes one whose write its data directory could not" +
+      " record; it logs which)";
   }
   return new RendezvousConnectionError(message);
 }
