@@ -11,25 +11,27 @@
  * - The job succeeds when every node's workers exited 0 in the same attempt (an exit barrier); a node
  *   whose workers succeeded rejoins if the round ends before the others finish.
  * - Member loss is pushed by the store (`waitForRoundEnd`); only the rank 0 agent polls
- *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are.
+ *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are
+ *   (see agent-monitor.ts).
  *
  * As torchrun, each worker gets an error file of its own (`TORCHELASTIC_ERROR_FILE`, see
- * error-file-dir.ts), and a failure is reported with the error a worker decorated with PyTorch's `@record`
- * wrote there; unlike torchrun, the folder is removed when the agent exits (the report carries the error).
+ * agent-error-files.ts and error-file-dir.ts), and a failure is reported with the error a worker decorated
+ * with PyTorch's `@record` wrote there; unlike torchrun, the folder is removed when the agent exits (the
+ * report carries the error).
  */
 
 import { EventEmitter } from "node:events";
 import { hostname } from "node:os";
-import { setTimeout as delay } from "node:timers/promises";
 import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { RendezvousHandler, RendezvousInfo } from "../rendezvous/api.js";
-import { agentErrorRecord, type RootCauseFile } from "./agent-error-record.js";
+import { AgentErrorFiles } from "./agent-error-files.js";
+import { type MonitorContext, monitorAttempt, roundEndWaiter, watchRoundEnd } from "./agent-monitor.js";
+import { checkAgentOptions, type ElasticAgentOptions } from "./agent-options.js";
 import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
 import type { WorkerError } from "./error-file.js";
-import { createErrorFileDir, type ErrorFileDir, observeFailures, writeErrorFile } from "./error-file-dir.js";
 import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
-import { discardWorkerOutput, type WorkerOutput } from "./output.js";
+import { discardWorkerOutput } from "./output.js";
 import {
   type AgentResult,
   decideAfterFailure,
@@ -40,52 +42,7 @@ import {
 import { type Reaper, startReaper } from "./reaper.js";
 import { startWorkerGroup, type WorkerGroup } from "./worker-group.js";
 
-/** Options of `createElasticAgent`. Durations in milliseconds. */
-export interface ElasticAgentOptions {
-  readonly handler: RendezvousHandler;
-  /** The worker command and its arguments. */
-  readonly command: string;
-  readonly args?: readonly string[];
-  /** Workers per node (torchrun `--nproc-per-node`), >= 1. */
-  readonly nprocPerNode: number;
-  /** Failure restarts allowed for the whole job (default 0, as torchrun). */
-  readonly maxRestarts?: number;
-  /** How often the rank 0 agent asks whether nodes wait to join (default 1000). */
-  readonly monitorIntervalMs?: number;
-  /** Grace between SIGTERM and SIGKILL when stopping workers (default 30 000, as torchrun). */
-  readonly stopTimeoutMs?: number;
-  /** How long a node whose workers succeeded waits for the others (default 300 000, as torchrun). */
-  readonly exitBarrierTimeoutMs?: number;
-  /** Role name (torchrun `--role`, default "default"). */
-  readonly role?: string;
-  /** Close the rendezvous when this agent exits, for every node (default false). */
-  readonly closeOnExit?: boolean;
-  /** The rendezvous TCP store's address, given to workers as `RDZV_STORE_ADDR` / `RDZV_STORE_PORT`. */
-  readonly storeEndpoint?: { readonly host: string; readonly port: number };
-  /** Base environment of the workers (default `process.env`). */
-  readonly env?: Readonly<Record<string, string | undefined>>;
-  readonly cwd?: string;
-  /** Where worker output goes (default: dropped). */
-  readonly output?: WorkerOutput;
-  /** This node's name in failure reports (default: the hostname). */
-  readonly localAddr?: string;
-  /** Stops the agent (workers stopped, rendezvous left); a string reason is reported as the signal name. */
-  readonly signal?: AbortSignal;
-  readonly logger?: Logger;
-  /** Start a reaper process so workers die with a SIGKILLed agent (default true). */
-  readonly reaper?: boolean;
-  /**
-   * Where the folder of the workers' error files is created (default: the system's temporary folder);
-   * it is removed when `run()` ends.
-   */
-  readonly errorFileParent?: string;
-  /**
-   * The agent's own error file (torchrun: its `TORCHELASTIC_ERROR_FILE`, set by a scheduler such as TorchX):
-   * when `run()` ends in anything but success, the root-cause error is written there in PyTorch's format
-   * (see agent-error-record.ts). Default: none.
-   */
-  readonly errorFile?: string;
-}
+export type { ElasticAgentOptions } from "./agent-options.js";
 
 /** Why a group restarts. */
 export type RestartReason = "worker-failed" | "round-ended" | "nodes-waiting";
@@ -110,17 +67,6 @@ export interface AgentEvents {
   finishing: [{ round: number }];
 }
 
-type MonitorEvent =
-  | { readonly kind: "failed"; readonly first: WorkerExit }
-  | { readonly kind: "succeeded" }
-  | { readonly kind: "round-ended" }
-  | { readonly kind: "nodes-waiting"; readonly count: number }
-  | { readonly kind: "stop" };
-
-type RoundEndWaiter = (options: { timeoutMs: number; signal?: AbortSignal }) => Promise<boolean>;
-
-const ROUND_END_WAIT_MS = 30_000;
-
 /** An elastic agent; create with `createElasticAgent`, then `run()` once. */
 export class ElasticAgent extends EventEmitter<AgentEvents> {
   readonly nodeId: string;
@@ -129,31 +75,32 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   readonly #logger: Logger;
   readonly #signal: AbortSignal;
   readonly #maxRestarts: number;
-  readonly #monitorIntervalMs: number;
+  readonly #monitor: MonitorContext;
   readonly #stopTimeoutMs: number;
   readonly #localAddr: string;
   #group: WorkerGroup | undefined;
   #reaper: Reaper | undefined;
   #launcher: LauncherStore | undefined;
-  #errorFiles: ErrorFileDir | undefined;
-  /** The running attempt's error file folder. */
-  #attemptDir: string | undefined;
-  /** The reported failure's error file JSON, for the agent's own error file. */
-  #rootCauseData: RootCauseFile | undefined;
+  readonly #errorFiles: AgentErrorFiles;
   #restarts = 0;
   #ran = false;
 
   constructor(options: ElasticAgentOptions) {
     super();
-    checkOptions(options);
+    checkAgentOptions(options);
     this.#o = options;
     this.#handler = options.handler;
     this.#logger = options.logger ?? silentLogger;
     this.#signal = options.signal ?? new AbortController().signal;
     this.#maxRestarts = options.maxRestarts ?? 0;
-    this.#monitorIntervalMs = options.monitorIntervalMs ?? 1000;
+    this.#monitor = {
+      handler: this.#handler,
+      logger: this.#logger,
+      monitorIntervalMs: options.monitorIntervalMs ?? 1000,
+    };
     this.#stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
     this.#localAddr = options.localAddr ?? hostname();
+    this.#errorFiles = new AgentErrorFiles(this.#logger);
     this.nodeId = `${this.#localAddr}_${process.pid}_${Math.random().toString(36).slice(2, 10)}`;
   }
 
@@ -167,7 +114,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (this.#ran) throw new RendezvousStateError("ElasticAgent.run() may be called once");
     this.#ran = true;
     if (this.#o.reaper !== false) this.#reaper = startReaper(this.#stopTimeoutMs, this.#logger);
-    this.#createErrorFiles();
+    this.#errorFiles.create(this.#handler.getRunId(), this.#o.errorFileParent, this.#reaper);
     let result: AgentResult | undefined;
     let thrown: unknown;
     try {
@@ -191,39 +138,11 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     } finally {
       await this.#group?.stop(this.#stopTimeoutMs);
       await this.#leave(result);
-      this.#errorFiles?.remove();
+      this.#errorFiles.remove();
       this.#reaper?.removeOnDeath(undefined);
       await this.#reaper?.close();
-      await this.#writeOwnErrorFile(result, thrown);
+      await this.#errorFiles.writeOwn(this.#o.errorFile, result, thrown);
     }
-  }
-
-  #createErrorFiles(): void {
-    try {
-      this.#errorFiles = createErrorFileDir(this.#handler.getRunId(), this.#o.errorFileParent);
-      this.#reaper?.removeOnDeath(this.#errorFiles.path);
-    } catch (err) {
-      this.#logger.warn(
-        "could not create the workers' error file folder: they get no TORCHELASTIC_ERROR_FILE",
-        {
-          error: String(err),
-        },
-      );
-    }
-  }
-
-  /** Writes the agent's own error file, if it has one (see agent-error-record.ts); never throws. */
-  async #writeOwnErrorFile(result: AgentResult | undefined, thrown: unknown): Promise<void> {
-    const file = this.#o.errorFile;
-    if (file === undefined || file === "") return;
-    const record = agentErrorRecord(result, this.#rootCauseData, thrown, Math.floor(Date.now() / 1000));
-    if (record === undefined) return;
-    await writeErrorFile(file, record).catch((err: unknown) => {
-      this.#logger.warn("could not write the error file (TORCHELASTIC_ERROR_FILE)", {
-        file,
-        error: String(err),
-      });
-    });
   }
 
   /** SIGKILLs the running workers now (a second Ctrl-C); `run()` then finishes as usual. */
@@ -254,7 +173,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       restarts,
       pids: group.pids,
     });
-    const event = await this.#monitor(group, info, launcher, attemptId(info.round, restarts));
+    const monitored = { group, info, launcher, attempt: attemptId(info.round, restarts) };
+    const event = await monitorAttempt(this.#monitor, monitored, this.#signal);
     switch (event.kind) {
       case "stop":
         return this.#stopped();
@@ -309,23 +229,10 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     };
   }
 
-  /** The attempt's error file folder, emptied; `undefined` (after a warning) when that fails. */
-  #prepareErrorFiles(spec: WorkerGroupSpec): string | undefined {
-    try {
-      return this.#errorFiles?.prepareAttempt(spec.restartCount, spec.nprocPerNode);
-    } catch (err) {
-      this.#logger.warn("could not prepare the workers' error files: they get no TORCHELASTIC_ERROR_FILE", {
-        error: String(err),
-      });
-      return undefined;
-    }
-  }
-
   #startGroup(groupSpec: WorkerGroupSpec): WorkerGroup {
     const base = this.#o.env ?? process.env;
-    this.#attemptDir = this.#prepareErrorFiles(groupSpec);
-    const spec =
-      this.#attemptDir === undefined ? groupSpec : { ...groupSpec, errorFileDir: this.#attemptDir };
+    const attemptDir = this.#errorFiles.prepareAttempt(groupSpec);
+    const spec = attemptDir === undefined ? groupSpec : { ...groupSpec, errorFileDir: attemptDir };
     const workers = Array.from({ length: spec.nprocPerNode }, (_, localRank) => ({
       localRank,
       rank: workerRanks(spec, localRank).rank,
@@ -342,84 +249,6 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     return this.#group;
   }
 
-  /**
-   * Waits for the first thing that ends the attempt: the workers, the round, waiting nodes, a stop. Once
-   * some node's workers all succeeded in this attempt (it arrived at the exit barrier), neither the round's
-   * end nor waiting nodes restart the group: that node's work is done and it may have left, so a restart
-   * could never gather it again, and torchrun lets the other nodes' workers run to their end too. The
-   * exit barrier, or a worker failure, then decides.
-   */
-  async #monitor(
-    group: WorkerGroup,
-    info: RendezvousInfo,
-    launcher: LauncherStore,
-    attempt: string,
-  ): Promise<MonitorEvent> {
-    const done = new AbortController();
-    const signal = AbortSignal.any([done.signal, this.#signal]);
-    const unlessFinished = async (event: Promise<MonitorEvent>): Promise<MonitorEvent> => {
-      const e = await event;
-      // (When the count cannot be read, the round's end restarts the group as it always did.)
-      const finished = await launcher.arrivals(attempt, { signal }).then(
-        (n) => n > 0,
-        () => false,
-      );
-      if (!finished) return e;
-      this.#logger.info("a node finished its workers; the workers here run on (the exit barrier decides)", {
-        round: info.round,
-        ignored: e.kind,
-      });
-      await aborted(signal, new AbortController().signal);
-      throw signal.reason;
-    };
-    const waits: Promise<MonitorEvent>[] = [
-      group
-        .settled()
-        .then((s) => (s.kind === "failed" ? { kind: "failed", first: s.first } : { kind: "succeeded" })),
-      aborted(this.#signal, done.signal).then(() => ({ kind: "stop" })),
-    ];
-    const roundEnd = roundEndWaiter(this.#handler);
-    if (roundEnd !== undefined) waits.push(unlessFinished(this.#watchRoundEnd(roundEnd, signal)));
-    // Members learn of a round's end from the store; only rank 0 needs to look for waiting nodes.
-    if (roundEnd === undefined || info.rank === 0) waits.push(unlessFinished(this.#pollWaiting(signal)));
-    try {
-      return await Promise.race(waits);
-    } finally {
-      done.abort();
-      for (const w of waits) w.catch(() => undefined);
-    }
-  }
-
-  async #watchRoundEnd(wait: RoundEndWaiter, signal: AbortSignal): Promise<MonitorEvent> {
-    for (;;) {
-      try {
-        if (await wait({ timeoutMs: ROUND_END_WAIT_MS, signal })) {
-          // The round also "ends" for nodes waiting to join; tell the two apart for the user.
-          const count = await this.#handler.numNodesWaiting({ signal }).catch(() => 0);
-          return count > 0 ? { kind: "nodes-waiting", count } : { kind: "round-ended" };
-        }
-      } catch (err) {
-        if (signal.aborted) throw err;
-        // The store may come back (the client reconnects); healthy workers keep running meanwhile.
-        this.#logger.warn("watching the round failed; retrying", { error: String(err) });
-        await delay(this.#monitorIntervalMs, undefined, { signal });
-      }
-    }
-  }
-
-  async #pollWaiting(signal: AbortSignal): Promise<MonitorEvent> {
-    for (;;) {
-      await delay(this.#monitorIntervalMs, undefined, { signal });
-      try {
-        const count = await this.#handler.numNodesWaiting({ signal });
-        if (count > 0) return { kind: "nodes-waiting", count };
-      } catch (err) {
-        if (signal.aborted) throw err;
-        this.#logger.warn("numNodesWaiting failed; retrying", { error: String(err) });
-      }
-    }
-  }
-
   async #failed(
     first: WorkerExit,
     group: WorkerGroup,
@@ -427,7 +256,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     launcher: LauncherStore,
   ): Promise<AgentResult | undefined> {
     await group.stop(this.#stopTimeoutMs);
-    const failures = await observeFailures(group.exits, first, this.#attemptDir);
+    const failures = await this.#errorFiles.observeFailures(group.exits, first);
     const root = rootCause(failures) ?? { exit: first };
     const stderrTail = group.stderrTail(root.exit.localRank);
     this.emit("workerFailed", {
@@ -451,7 +280,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       restarts: decision.restarts - 1,
       maxRestarts: this.#maxRestarts,
     });
-    if (root.data !== undefined) this.#rootCauseData = { data: root.data, exit: root.exit };
+    this.#errorFiles.keepRootCause(root);
     // Record first: the other agents read the record once they find the rendezvous closed.
     await launcher.recordFailure(summary);
     await this.#handler.setClosed();
@@ -488,7 +317,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
         ),
       );
       const roundEnd = roundEndWaiter(this.#handler);
-      if (roundEnd !== undefined) waits.push(this.#watchRoundEnd(roundEnd, signal).then(() => "ended"));
+      if (roundEnd !== undefined)
+        waits.push(watchRoundEnd(this.#monitor, roundEnd, signal).then(() => "ended"));
       outcome = await Promise.race(waits);
     } catch (err) {
       if (this.#signal.aborted) return this.#stopped();
@@ -542,43 +372,4 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
 /** Creates an agent; throws `InvalidArgumentError` for bad options. */
 export function createElasticAgent(options: ElasticAgentOptions): ElasticAgent {
   return new ElasticAgent(options);
-}
-
-function checkOptions(o: ElasticAgentOptions): void {
-  const problems: string[] = [];
-  if (typeof o.command !== "string" || o.command === "") problems.push("command must be a non-empty string");
-  const int = (name: string, value: number | undefined, min: number): void => {
-    if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) {
-      problems.push(`${name} must be an integer >= ${min}, got ${String(value)}`);
-    }
-  };
-  int("nprocPerNode", o.nprocPerNode, 1);
-  int("maxRestarts", o.maxRestarts, 0);
-  int("monitorIntervalMs", o.monitorIntervalMs, 1);
-  int("stopTimeoutMs", o.stopTimeoutMs, 0);
-  int("exitBarrierTimeoutMs", o.exitBarrierTimeoutMs, 1);
-  if (problems.length > 0) throw new InvalidArgumentError(`invalid agent options: ${problems.join("; ")}`);
-}
-
-/** The handler's push-based round-end signal, when it has one (the dynamic handler's `waitForRoundEnd`). */
-function roundEndWaiter(handler: RendezvousHandler): RoundEndWaiter | undefined {
-  const h = handler as RendezvousHandler & { waitForRoundEnd?: RoundEndWaiter };
-  return typeof h.waitForRoundEnd === "function" ? h.waitForRoundEnd.bind(handler) : undefined;
-}
-
-/** Resolves when `signal` fires; rejects (dropping its listener) once `until` fires first. */
-function aborted(signal: AbortSignal, until: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => {
-      until.removeEventListener("abort", onUntil);
-      resolve();
-    };
-    const onUntil = (): void => {
-      signal.removeEventListener("abort", onAbort);
-      reject(until.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    until.addEventListener("abort", onUntil, { once: true });
-  });
 }
