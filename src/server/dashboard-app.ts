@@ -16,12 +16,12 @@ import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import type { ServerStats } from "../store/tcp/server.js";
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from "./dashboard-page.js";
-import { inspectRun, listRunRefs } from "./inspector.js";
+import { inspectRun, summarizeRuns } from "./inspector.js";
 import { engineKeyReader, WIRE_KEY_PREFIX } from "./key-reader.js";
 import { LiveUpdates } from "./live-updates.js";
 import { createServerMetrics, type ServerMetrics } from "./metrics.js";
 import { RendezvousMonitor } from "./monitor.js";
-import { type RunSummary, type RunView, summarize } from "./run-view.js";
+import type { RunSummary, RunView } from "./run-view.js";
 import { createSseStream, type SseStream, sseBounds } from "./sse.js";
 
 /** Options of `createDashboardApp`. */
@@ -90,19 +90,8 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const inspect = { keepAlives: monitor, maxSlots: options.maxNodesShown ?? 5000 };
   const views = (runId: string, source?: RunView["source"]): Promise<RunView[]> =>
     inspectRun(reader, runId, source === undefined ? inspect : { ...inspect, source });
-  // Counts and states need only the leave markers, whatever the run's size.
-  const summaries = async (): Promise<RunSummary[]> => {
-    const out: RunSummary[] = [];
-    for (const ref of await listRunRefs(reader)) {
-      const found = await inspectRun(reader, ref.runId, {
-        source: ref.source,
-        markersOnly: true,
-        maxSlots: 1_000_000,
-      });
-      out.push(...found.map(summarize));
-    }
-    return out;
-  };
+  // Counts and states from a few keys per run: leave markers come from the key listing.
+  const summaries = (): Promise<RunSummary[]> => summarizeRuns(reader);
   const live = new LiveUpdates({ now, summaries, views }, monitor, {
     ...(options.pushIntervalMs === undefined ? {} : { intervalMs: options.pushIntervalMs }),
     ...(options.keepAlivePushIntervalMs === undefined

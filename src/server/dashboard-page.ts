@@ -140,9 +140,10 @@ export const DASHBOARD_JS = String.raw`(function () {
       if (v.lastCallEndsAt !== undefined) box.appendChild(el("p", {}, [el("span", { text: "Last call ends " }), until(v.lastCallEndsAt)]));
       if (v.coordinator !== undefined) box.appendChild(el("p", { cls: "muted", text: "coordinator: slot " + v.coordinator }));
       v.notes.forEach(function (n) { box.appendChild(el("p", { cls: "notes", text: n })); });
-      box.appendChild(el("h3", { text: "Participants (" + v.participants.length + ")" }));
+      var capped = v.capped ? ", capped: see the notes" : "";
+      box.appendChild(el("h3", { text: "Participants (" + v.participants.length + capped + ")" }));
       box.appendChild(nodeTable(v.participants, v.state === "complete"));
-      if (v.waiting.length) { box.appendChild(el("h3", { text: "Waiting (" + v.waiting.length + ")" })); box.appendChild(nodeTable(v.waiting, false)); }
+      if (v.waiting.length) { box.appendChild(el("h3", { text: "Waiting (" + v.waiting.length + capped + ")" })); box.appendChild(nodeTable(v.waiting, false)); }
       if (v.redundant.length) { box.appendChild(el("h3", { text: "Spares (" + v.redundant.length + ")" })); box.appendChild(nodeTable(v.redundant, false)); }
     });
     tick();

@@ -5,10 +5,11 @@
  */
 
 import { InvalidArgumentError } from "../errors.js";
+import type { CallOptions } from "../store/store.js";
 import type { KeyReader } from "./key-reader.js";
-import { type InspectOptions, inspectRdzvRun } from "./rdzv-inspect.js";
-import { findRunIds, torchKey } from "./run-keys.js";
-import type { RunView } from "./run-view.js";
+import { type InspectOptions, inspectRdzvRun, summarizeRdzvRun } from "./rdzv-inspect.js";
+import { findLeaveMarkers, findRunIds, torchKey } from "./run-keys.js";
+import { type RunSummary, type RunView, summarize } from "./run-view.js";
 import { decodeTorchState } from "./torch-state.js";
 import { torchRunView } from "./torch-view.js";
 
@@ -25,12 +26,20 @@ export interface RunRef {
  * `InvalidArgumentError` when the source cannot list keys (then name the runs: `inspectRuns`).
  */
 export async function listRunRefs(reader: KeyReader, options: InspectOptions = {}): Promise<RunRef[]> {
+  return runRefs(await listKeys(reader, options));
+}
+
+async function listKeys(reader: KeyReader, options: CallOptions): Promise<string[]> {
   const keys = await reader.list(options.signal === undefined ? {} : { signal: options.signal });
   if (keys === undefined) {
     throw new InvalidArgumentError(
       "this store cannot list its keys (a PyTorch server before 2.10, or the v1 dialect): name the run id",
     );
   }
+  return keys;
+}
+
+function runRefs(keys: readonly string[]): RunRef[] {
   const { rdzv, pytorch } = findRunIds(keys);
   const refs: RunRef[] = [
     ...rdzv.map((runId) => ({ runId, source: "rdzv" as const })),
@@ -60,6 +69,26 @@ export async function inspectRun(
     const call = options.signal === undefined ? {} : { signal: options.signal };
     const [value] = await reader.read([torchKey(runId)], call);
     if (value !== undefined) out.push(torchRunView(runId, decodeTorchState(value)));
+  }
+  return out;
+}
+
+/**
+ * The summary of every run `reader` holds, in `listRunRefs` order, for run lists. rdzv runs cost a few
+ * reads each, whatever their tickets counters say: their leave markers come from the key listing (see
+ * `summarizeRdzvRun`). Throws `InvalidArgumentError` when the source cannot list keys.
+ */
+export async function summarizeRuns(reader: KeyReader, options: CallOptions = {}): Promise<RunSummary[]> {
+  const keys = await listKeys(reader, options);
+  const markers = findLeaveMarkers(keys);
+  const out: RunSummary[] = [];
+  for (const ref of runRefs(keys)) {
+    if (ref.source === "rdzv") {
+      const summary = await summarizeRdzvRun(reader, ref.runId, markers.get(ref.runId), options);
+      if (summary !== undefined) out.push(summary);
+    } else {
+      out.push(...(await inspectRun(reader, ref.runId, { ...options, source: ref.source })).map(summarize));
+    }
   }
   return out;
 }

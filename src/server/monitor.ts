@@ -12,7 +12,7 @@ import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/rou
 import type { KvEngine } from "../store/kv-engine.js";
 import { byteStringToUtf8, WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
-import { parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
+import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
 import { diffTorchStates } from "./torch-diff.js";
 import { decodeTorchState, type TorchRendezvousState } from "./torch-state.js";
@@ -146,7 +146,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   #rdzv(k: RdzvKey, created: boolean, value: Uint8Array): void {
     const t = this.#track(k.runId);
     const at = this.#now();
-    const text = k.kind === "hb" || k.kind === "tickets" ? "" : Buffer.from(value).toString("utf8");
+    const text = valueText(k.kind, value);
     const base = { at, runId: k.runId };
     if (k.kind === "hb") {
       const id = `${k.round}/${k.slot}`;
@@ -252,6 +252,21 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     t.torch = next;
     this.emit("changed", runId, false);
   }
+}
+
+/** Longest leave marker kept as its text (rdzv's are "dead", "left", "rejoined"); longer ones read "other". */
+const MAX_MARKER_BYTES = 64;
+
+/**
+ * The text the monitor reads of a value of `kind`: only descriptors, markers and outcomes are read. A
+ * descriptor too long to be rdzv's is "" (its node shows by slot) and a marker too long is "other", so
+ * that no megabytes a client writes land in a timeline.
+ */
+function valueText(kind: RdzvKey["kind"], value: Uint8Array): string {
+  if (kind !== "node" && kind !== "gone" && kind !== "outcome") return "";
+  if (kind === "node" && value.length > MAX_DESCRIPTOR_BYTES) return "";
+  if (kind === "gone" && value.length > MAX_MARKER_BYTES) return "other";
+  return Buffer.from(value).toString("utf8");
 }
 
 function nodeOf(json: string, slot: number): { id: string; addr: string } {

@@ -1,0 +1,188 @@
+/**
+ * The dashboard's and the inspector's work is bounded by what they show, not by numbers a store client
+ * wrote: any client can write any bytes under the rendezvous keys. Cost is counted in keys read (never
+ * timed: the machine is noisy).
+ */
+
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { encodeOutcome } from "../rendezvous/round.js";
+import { KvEngine } from "../store/kv-engine.js";
+import { createDashboardApp } from "./dashboard-app.js";
+import { inspectRun, summarizeRuns } from "./inspector.js";
+import { engineKeyReader, type KeyReader } from "./key-reader.js";
+import { MAX_ROUNDS_WALKED } from "./rdzv-inspect.js";
+import { type RunSummary, type RunView, summarize } from "./run-view.js";
+
+/** An engine whose keys are user keys behind "/", as a TCP store server's, and a reader counting keys read. */
+function store(): {
+  engine: KvEngine;
+  reader: KeyReader & { keysRead: number };
+  set(k: string, v: string): void;
+} {
+  const engine = new KvEngine();
+  const inner = engineKeyReader(engine);
+  const reader = {
+    keysRead: 0,
+    read(keys: readonly string[]) {
+      reader.keysRead += keys.length;
+      return inner.read(keys);
+    },
+    list: () => inner.list(),
+  };
+  return { engine, reader, set: (k, v) => engine.set(`/${k}`, Buffer.from(v)) };
+}
+
+const complete = (round: number, span: number, excluded: number[] = []): string =>
+  encodeOutcome({ kind: "complete", round, span, excluded });
+
+const get = async (app: { fetch(r: Request): Promise<Response> }, path: string) =>
+  (await (await app.fetch(new Request(`http://dashboard${path}`))).json()) as {
+    runs: (RunSummary | RunView)[];
+  };
+
+describe("run summaries", () => {
+  it("read a few keys per run however many tickets a counter claims", async () => {
+    const { engine, reader, set } = store();
+    set("rdzv/big/open", "0");
+    set("rdzv/big/r0/tickets", "1000000000");
+    const summaries = await summarizeRuns(reader);
+    // Before: one leave marker read per ticket, up to 1,000,000 (1.2-2 s a request).
+    assert.ok(reader.keysRead < 50, `${reader.keysRead} keys read`);
+    assert.deepEqual(summaries, [
+      { runId: "big", source: "rdzv", state: "joining", round: 0, participants: 1e9, waiting: 0 },
+    ]);
+    const app = createDashboardApp({ engine, processMetrics: false });
+    let reads = 0;
+    const engineGet = engine.get.bind(engine);
+    engine.get = (key) => {
+      reads++;
+      return engineGet(key);
+    };
+    try {
+      assert.deepEqual((await get(app, "/api/runs")).runs, summaries);
+      assert.ok(reads < 50, `/api/runs read ${reads} keys`);
+      reads = 0;
+      const [view] = (await get(app, "/api/runs/big")).runs as RunView[];
+      assert.ok(reads <= 3 * 5000 + 50, `/api/runs/big read ${reads} keys`);
+      assert.equal(view?.participants.length, 5000);
+      assert.equal(view?.capped, true);
+      assert.ok(
+        view?.notes.some((n) => /showing 5000 of 1000000000 tickets \(capped\)/.test(n)),
+        view?.notes.join(),
+      );
+    } finally {
+      app.close();
+    }
+  });
+
+  it("agree with the views' counts of runs in every phase", async () => {
+    const { reader, set } = store();
+    // joining: 3 tickets, slot 1 left
+    set("rdzv/joining/open", "0");
+    set("rdzv/joining/r0/tickets", "3");
+    set("rdzv/joining/r0/gone/1", "left");
+    // idle: every ticket gave up
+    set("rdzv/idle/open", "0");
+    set("rdzv/idle/r0/tickets", "2");
+    set("rdzv/idle/r0/gone/0", "left");
+    set("rdzv/idle/r0/gone/1", "dead");
+    // complete: round 0 of slots 0..3 without 2; one node waits in round 1, another gave up there
+    set("rdzv/complete/open", "1");
+    set("rdzv/complete/r0/outcome", complete(0, 4, [2]));
+    set("rdzv/complete/r0/tickets", "4");
+    set("rdzv/complete/r0/gone/2", "left");
+    set("rdzv/complete/r1/tickets", "2");
+    set("rdzv/complete/r1/gone/0", "left");
+    // re-forming: round 0 ended (a member died), round 1 has a live ticket
+    set("rdzv/reforming/open", "1");
+    set("rdzv/reforming/r0/outcome", complete(0, 2));
+    set("rdzv/reforming/r0/tickets", "2");
+    set("rdzv/reforming/r0/gone/1", "dead");
+    set("rdzv/reforming/r0/ended", "1");
+    set("rdzv/reforming/r1/tickets", "1");
+    set("rdzv/reforming/r1/gone/7", "left"); // a marker beyond the tickets counts for nothing
+    // ended and nobody back yet: still shows the ended round's members
+    set("rdzv/ended/open", "1");
+    set("rdzv/ended/r0/outcome", complete(0, 3));
+    set("rdzv/ended/r0/ended", "1");
+    // closed
+    set("rdzv/closed/open", "2");
+    set("rdzv/closed/r0/outcome", complete(0, 1));
+    set("rdzv/closed/r1/outcome", encodeOutcome({ kind: "closed", round: 1 }));
+    set("rdzv/closed2/open", "0");
+    set("rdzv/closed2/closed", "1");
+    const summaries = await summarizeRuns(reader);
+    const views: RunSummary[] = [];
+    for (const s of summaries) views.push(...(await inspectRun(reader, s.runId)).map(summarize));
+    assert.deepEqual(summaries, views);
+    assert.deepEqual(
+      summaries.map((s) => [s.runId, s.state, s.round, s.participants, s.waiting]),
+      [
+        ["closed", "closed", 1, 0, 0],
+        ["closed2", "closed", 0, 0, 0],
+        ["complete", "complete", 0, 3, 1],
+        ["ended", "complete", 0, 3, 0],
+        ["idle", "idle", 0, 2, 0],
+        ["joining", "joining", 0, 3, 0],
+        ["reforming", "joining", 1, 1, 0],
+      ],
+    );
+  });
+});
+
+describe("run views", () => {
+  it("stop walking decided rounds after MAX_ROUNDS_WALKED past a stale open-round hint, and say so", async () => {
+    const { reader, set } = store();
+    set("rdzv/walk/open", "0");
+    for (let r = 0; r < 3000; r++) set(`rdzv/walk/r${r}/outcome`, complete(r, 0));
+    const [view] = await inspectRun(reader, "walk");
+    // Before: every outcome was read and decoded, 3000 here (200,000 outcomes: 200,013 keys, 280 ms).
+    assert.ok(reader.keysRead <= MAX_ROUNDS_WALKED + 10, `${reader.keysRead} keys read`);
+    assert.equal(view?.state, "unknown");
+    assert.equal(view?.capped, true);
+    assert.match(view?.notes.join() ?? "", /stopped reading after 1024 rounds \(capped/);
+    reader.keysRead = 0;
+    assert.equal((await summarizeRuns(reader))[0]?.state, "unknown");
+    assert.ok(reader.keysRead <= MAX_ROUNDS_WALKED + 10, `${reader.keysRead} keys read`);
+  });
+
+  it("leave out descriptors, markers and counters too large to be rdzv's, in views and the timeline", async () => {
+    const { engine, set } = store();
+    const app = createDashboardApp({ engine, processMetrics: false });
+    try {
+      const huge = "x".repeat(1024 * 1024);
+      set("rdzv/d/open", "0");
+      set("rdzv/d/r0/tickets", "2");
+      set("rdzv/d/r0/node/0", JSON.stringify({ id: huge, addr: "h", pid: 1 }));
+      set("rdzv/d/r0/node/1", JSON.stringify({ id: "n1", addr: "h", pid: 2 }));
+      set("rdzv/d/r0/hb/1", "1".repeat(1024 * 1024));
+      set("rdzv/d/r0/gone/0", `dead${huge}`);
+      const res = await app.fetch(new Request("http://dashboard/api/runs/d"));
+      const body = await res.text();
+      // Before: the timeline held the 1 MiB id (4 descriptors of 60 MiB: a 507 MB answer, 12 s).
+      assert.ok(body.length < 10_000, `${body.length} bytes`);
+      const { runs, timeline } = JSON.parse(body) as {
+        runs: RunView[];
+        timeline: { type: string; node?: { id: string }; reason?: string }[];
+      };
+      assert.deepEqual(
+        runs[0]?.participants.map((p) => [p.id, p.status, p.keepAlives]),
+        [
+          ["slot 0", "dead", undefined],
+          ["n1", "alive", undefined],
+        ],
+      );
+      assert.deepEqual(
+        timeline.map((e) => [e.type, e.node?.id, e.reason]),
+        [
+          ["joined", "slot 0", undefined],
+          ["joined", "n1", undefined],
+          ["left", "slot 0", "other"],
+        ],
+      );
+    } finally {
+      app.close();
+    }
+  });
+});
