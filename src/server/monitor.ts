@@ -113,6 +113,11 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     return [...(this.#runs.get(runId)?.events ?? [])];
   }
 
+  /** The runs tracked (see `maxRuns`), the most recently changed first. */
+  recentRuns(): string[] {
+    return [...this.#runs.keys()].reverse();
+  }
+
   keepAlive(runId: string, round: number, slot: number): { at: number; intervalMs?: number } | undefined {
     return this.#runs.get(runId)?.beats.get(`${round}/${slot}`);
   }
