@@ -10,7 +10,7 @@ import type { KeyReader } from "./key-reader.js";
 import { type InspectOptions, inspectRdzvRun, summarizeRdzvRun } from "./rdzv-inspect.js";
 import { findLeaveMarkers, findRunIds, torchKey } from "./run-keys.js";
 import { type RunSummary, type RunView, summarize } from "./run-view.js";
-import { decodeTorchState } from "./torch-state.js";
+import { readTorchState } from "./torch-state.js";
 import { torchRunView } from "./torch-view.js";
 
 export type { InspectOptions, KeepAliveTimes } from "./rdzv-inspect.js";
@@ -68,7 +68,7 @@ export async function inspectRun(
   if (options.source !== "rdzv") {
     const call = options.signal === undefined ? {} : { signal: options.signal };
     const [value] = await reader.read([torchKey(runId)], call);
-    if (value !== undefined) out.push(torchRunView(runId, decodeTorchState(value)));
+    if (value !== undefined) out.push(torchRunView(runId, readTorchState(value)));
   }
   return out;
 }

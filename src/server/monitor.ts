@@ -15,7 +15,7 @@ import type { KeepAliveTimes } from "./rdzv-inspect.js";
 import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
 import { diffTorchStates } from "./torch-diff.js";
-import { decodeTorchState, type TorchRendezvousState } from "./torch-state.js";
+import { readTorchState, type TorchRendezvousState } from "./torch-state.js";
 
 /** Options of `RendezvousMonitor`. */
 export interface RendezvousMonitorOptions {
@@ -238,7 +238,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   }
 
   #torch(runId: string, value: Uint8Array): void {
-    const reading = decodeTorchState(value);
+    const reading = readTorchState(value);
     if (reading.format !== "pytorch") return;
     const t = this.#track(runId);
     const at = this.#now();
