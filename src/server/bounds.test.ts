@@ -11,6 +11,7 @@ import { KvEngine } from "../store/kv-engine.js";
 import { createDashboardApp } from "./dashboard-app.js";
 import { inspectRun, inspectRunList, summarizeRuns } from "./inspector.js";
 import { engineKeyReader, type KeyReader } from "./key-reader.js";
+import { MAX_TRACKED_SLOTS, RendezvousMonitor } from "./monitor.js";
 import { MAX_ROUNDS_WALKED } from "./rdzv-inspect.js";
 import { type RunSummary, type RunView, summarize } from "./run-view.js";
 import {
@@ -271,5 +272,60 @@ describe("PyTorch's state", () => {
     const value = Buffer.from(TORCH_NULL_SENTINEL);
     assert.equal(readTorchState(value), readTorchState(value));
     assert.notEqual(readTorchState(value), readTorchState(Buffer.from(TORCH_NULL_SENTINEL)));
+  });
+});
+
+describe("the rendezvous monitor", () => {
+  const enc = (text: string) => Buffer.from(text);
+
+  it("keeps maxEventsTotal events for all runs, the least recently changed losing theirs first", () => {
+    const monitor = new RendezvousMonitor({ maxEventsTotal: 50 });
+    for (let r = 0; r < 10; r++) {
+      for (let s = 0; s < 10; s++)
+        monitor.observe(`rdzv/run${r}/r0/node/${s}`, undefined, enc(`{"id":"n${s}"}`));
+    }
+    const kept = Array.from({ length: 10 }, (_, r) => monitor.timeline(`run${r}`).length);
+    // Before: 1000 events for each of 1000 runs; 300 runs of 1000 joins with 4 KB ids held 1.4 GB.
+    assert.ok(kept.reduce((a, b) => a + b) <= 50, kept.join());
+    assert.equal(kept[9], 10);
+    assert.equal(kept[0], 0);
+  });
+
+  it("keeps MAX_TRACKED_SLOTS slots' keep-alive timing, however many slots clients write", () => {
+    const monitor = new RendezvousMonitor();
+    monitor.observe("rdzv/live/r0/hb/0", undefined, enc("1"));
+    // Before: a client writing hb/<n> for ever new n grew the monitor (2 million slots: 211 MB, now 31 MB).
+    for (let s = 0; s <= MAX_TRACKED_SLOTS; s++) monitor.observe(`rdzv/spam/r0/hb/${s}`, undefined, enc("1"));
+    monitor.observe("rdzv/live/r0/hb/1", undefined, enc("1"));
+    assert.equal(monitor.keepAlive("live", 0, 0), undefined); // the least recently changed run lost it first
+    assert.notEqual(monitor.keepAlive("live", 0, 1), undefined);
+    assert.notEqual(monitor.keepAlive("spam", 0, MAX_TRACKED_SLOTS), undefined);
+    assert.equal(monitor.keepAlive("spam", 0, 0), undefined);
+  });
+
+  it("keeps node names short, the rounds' starts bounded, and shows a held completion when the next round decides", () => {
+    const monitor = new RendezvousMonitor();
+    monitor.observe(
+      "rdzv/j/r0/node/0",
+      undefined,
+      enc(JSON.stringify({ id: "i".repeat(3000), addr: "a".repeat(300) })),
+    );
+    const [joined] = monitor.timeline("j");
+    assert.equal(joined?.node?.id.length, 256);
+    assert.ok(joined?.node?.id.endsWith("..."));
+    assert.equal(joined?.node?.addr?.length, 256);
+    // Tickets of 1000 rounds (before: one start kept per round until an outcome; 2 million: 171 MB).
+    for (let r = 0; r < 1000; r++) monitor.observe(`rdzv/j/r${r}/tickets`, undefined, enc("1"));
+    monitor.observe("rdzv/j/r0/outcome", undefined, enc(complete(0, 3)));
+    monitor.observe("rdzv/j/r999/outcome", undefined, enc(complete(999, 0)));
+    const completed = monitor.timeline("j").filter((e) => e.type === "completed");
+    // Round 0 waited for descriptors of slots 1 and 2; round 999's outcome shows it at once.
+    assert.deepEqual(
+      completed.map((e) => [e.round, e.elapsedMs === undefined]),
+      [
+        [0, true],
+        [999, false],
+      ],
+    );
   });
 });
