@@ -105,7 +105,7 @@ export const DASHBOARD_JS = String.raw`(function () {
     $("no-runs").style.display = st.runs.length ? "none" : "";
     var capped = $("runs-capped");
     capped.hidden = !st.truncated;
-    capped.textContent = "Showing " + st.runs.length + " of " + st.total + " runs (capped): the most recently changed first, then by id.";
+    capped.textContent = "Showing " + st.runs.length + " of " + st.total + " runs (capped): the most recently changed first, then by id; ids past 1024 characters are not listed.";
     st.runs.forEach(function (r) {
       var tr = el("tr", { "data-run": r.runId, "data-source": r.source }, [
         el("td", { text: r.runId }), el("td", { text: r.source }), el("td", {}, [stateBadge(r.state)]),

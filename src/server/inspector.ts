@@ -94,7 +94,7 @@ export interface RunList {
 
 /**
  * The summaries of the runs `reader` holds, in `listRunRefs` order, for run lists: `maxRuns` at most (the
- * `prefer`red ones first, then by id), and each costs a few reads whatever its tickets counters say, its
+ * `prefer`red ones first, then by id; see `pickRuns`), and each costs a few reads whatever its tickets counters say, its
  * leave markers coming from the key listing (see `summarizeRdzvRun`). The listing itself costs what the
  * store holds. Throws `InvalidArgumentError` when the source cannot list keys.
  */
@@ -116,10 +116,23 @@ export async function summarizeRuns(reader: KeyReader, options: SummarizeOptions
   return { runs, total: all.length, truncated: shown.length < all.length };
 }
 
-/** At most `max` of `refs` (sorted), those of `prefer`red ids first, in `refs` order. */
+/**
+ * Longest run id a run list holds, UTF-16 units: longer ones are only counted (`total`, `truncated`; a
+ * run's detail is still read by its id). Real ids are job names; a store key may be 64 KiB, and 1000 runs
+ * of 60 KB ids made /api/runs a 60 MB answer.
+ */
+export const MAX_LISTED_RUN_ID = 1024;
+
+/**
+ * At most `max` of `refs` (sorted), those of `prefer`red ids first, in `refs` order; ids past
+ * `MAX_LISTED_RUN_ID` are left out.
+ */
 export function pickRuns(refs: readonly RunRef[], max: number, prefer: readonly string[] = []): RunRef[] {
   if (!Number.isSafeInteger(max) || max < 0) {
     throw new InvalidArgumentError(`maxRuns must be a non-negative integer, got ${String(max)}`);
+  }
+  if (refs.some((r) => r.runId.length > MAX_LISTED_RUN_ID)) {
+    refs = refs.filter((r) => r.runId.length <= MAX_LISTED_RUN_ID);
   }
   if (refs.length <= max) return [...refs];
   const wanted = new Set<string>();
