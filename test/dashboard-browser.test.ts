@@ -8,6 +8,9 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { type Browser, chromium } from "playwright-core";
+import { createDashboardApp } from "../src/server/dashboard-app.js";
+import { startHttpServer } from "../src/server/http-server.js";
+import { KvEngine } from "../src/store/kv-engine.js";
 import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
 import { type ServeProcess, startServe } from "./helpers/serve-process.js";
 
@@ -116,5 +119,28 @@ describe("dashboard in Chromium", () => {
     assert.equal(loads, 1, "the page loaded more than once");
     assert.deepEqual(problems, []);
     await page.close();
+  });
+
+  it("says when the run list and a run's node lists are capped", async () => {
+    const engine = new KvEngine();
+    const set = (key: string, value: string) => engine.set(`/${key}`, Buffer.from(value));
+    for (const id of ["a", "b", "c"]) set(`rdzv/${id}/open`, "0");
+    set("rdzv/a/r0/tickets", "1000000000");
+    const app = createDashboardApp({ engine, processMetrics: false, maxRunsListed: 2, maxNodesShown: 50 });
+    const http = await startHttpServer({ port: 0, fetch: app.fetch });
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${http.url}#run=a&source=rdzv`);
+      await page
+        .locator("#runs-capped", { hasText: "Showing 2 of 3 runs (capped)" })
+        .waitFor({ timeout: 30_000 });
+      assert.equal(await page.locator("#runs tbody tr").count(), 2);
+      await page.locator("#run h3", { hasText: "Participants (50, capped: see the notes)" }).waitFor();
+      await page.locator("#run .notes", { hasText: "showing 50 of 1000000000 tickets (capped)" }).waitFor();
+    } finally {
+      await page.close();
+      app.close();
+      await http.close();
+    }
   });
 });

@@ -23,6 +23,7 @@ async function status(args: string[]): Promise<{ code: number; stdout: string; s
   try {
     const { stdout, stderr } = await run(process.execPath, [RDZV_MAIN, "status", ...args], {
       timeout: 60_000,
+      maxBuffer: 64 * 1024 * 1024,
     });
     return { code: 0, stdout, stderr };
   } catch (err) {
@@ -178,6 +179,37 @@ describe("rdzv status", () => {
         "pt-joining/pytorch/last call",
       ],
     );
+  });
+});
+
+describe("rdzv status over a store whose clients wrote hostile counters", () => {
+  it("stops at 1000 runs and ~100,000 slots, and says so", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    try {
+      const set = (key: string, value: string) => server.engine.set(`/${key}`, Buffer.from(value));
+      for (let i = 0; i < 1005; i++) set(`rdzv/run${String(i).padStart(4, "0")}/open`, "0");
+      set("rdzv/run0000/r0/tickets", "1000000000");
+      const at = ["--endpoint", `127.0.0.1:${server.port}`];
+      // Before: every run, and 20,000 slots (60,000 keys) of each round a counter names.
+      const text = await status(at);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(
+        text.stdout,
+        /^run run0000 \(rdzv\) {2}joining {2}round 0 {2}\d+ participants, capped: see the notes/m,
+      );
+      assert.match(text.stdout, /note: round 0: showing \d+ of 1000000000 tickets \(capped\)/);
+      assert.match(text.stdout, /\nshowing 1000 of 1005 runs \(capped\): name one with --run-id\n$/);
+      assert.doesNotMatch(text.stdout, /run run1000 /);
+      const doc = JSON.parse((await status([...at, "--json"])).stdout) as StatusJson & {
+        total: number;
+        truncated: boolean;
+      };
+      assert.deepEqual([doc.runs.length, doc.total, doc.truncated], [1000, 1005, true]);
+      assert.equal(doc.runs[0]?.capped, true);
+      assert.ok((doc.runs[0]?.participants.length ?? 0) <= 20_000);
+    } finally {
+      await server.close();
+    }
   });
 });
 

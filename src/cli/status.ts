@@ -11,7 +11,7 @@ import {
   type RendezvousError,
 } from "../errors.js";
 import { parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
-import { inspectAllRuns, inspectRun } from "../server/inspector.js";
+import { inspectRun, inspectRunList } from "../server/inspector.js";
 import { storeKeyReader } from "../server/key-reader.js";
 import type { RunView, TimelineEvent } from "../server/run-view.js";
 import { formatRuns, PolledKeepAlives } from "../server/status-text.js";
@@ -26,12 +26,14 @@ Shows the rendezvous runs a store holds: each run's round, state (joining, last 
 participants with rank, address and keep-alive, the wait list and deadlines. Reads the store itself
 with rdzv's TCPStore client (any server holding the state: rdzv serve, an rdzv run --standalone agent,
 PyTorch's own TCPStore server) and never writes to it. Runs of rdzv's dynamic rendezvous and of PyTorch's
-own handler are both shown.
+own handler are both shown: 1000 runs at most, and without --run-id about 100,000 nodes in all (a list
+that stops short says so).
 
 Options:
   --endpoint HOST:PORT     the store (default 127.0.0.1:29400)
   --run-id ID              only this run (required where the server cannot list keys: PyTorch < 2.10)
-  --json                   print JSON: {"endpoint", "now", "runs": [RunView...]} (one line per refresh)
+  --json                   print JSON: {"endpoint", "now", "runs": [RunView...]} (one line per refresh;
+                           "total" and "truncated": true when the list stops at 1000 runs)
   --watch                  refresh until interrupted; keep-alive ages come from counters seen moving
   --interval-ms N          refresh period of --watch (default 1000)
   --http URL               read rdzv serve's dashboard API at URL instead (adds each run's timeline)
@@ -45,6 +47,8 @@ Options:
 interface Snapshot {
   runs: RunView[];
   timelines: Record<string, TimelineEvent[]>;
+  /** Runs the store holds, when `runs` shows fewer (a capped list). */
+  total?: number;
 }
 
 interface Source {
@@ -62,6 +66,11 @@ interface ShowOptions {
   readonly watch: boolean;
   readonly http: boolean;
   readonly intervalMs: number;
+}
+
+/** Distinct runs among `views` (a run id in both layouts counts twice, as the run list does). */
+function countRuns(views: readonly RunView[]): number {
+  return new Set(views.map((v) => `${v.source}:${v.runId}`)).size;
 }
 
 /** A watched read with no answer for this long is shown as such (below the last frame, which is stale). */
@@ -173,18 +182,23 @@ async function show(
     const now = Date.now();
     const missing = runId !== undefined && snap.runs.length === 0;
     if (watch && !options.http) clock.stamp(snap.runs, now);
+    const capped =
+      snap.total === undefined
+        ? ""
+        : `showing ${countRuns(snap.runs)} of ${snap.total} runs (capped): name one with --run-id\n`;
     if (json) {
       const doc: Record<string, unknown> = { endpoint: source.endpoint, now, runs: snap.runs };
+      if (snap.total !== undefined) Object.assign(doc, { total: snap.total, truncated: true });
       if (options.http) doc.timelines = snap.timelines;
       out.write(`${JSON.stringify(doc, null, watch ? undefined : 2)}\n`);
     } else if (watch) {
       const clear = tty ? "\x1b[2J\x1b[H" : "";
       const body = missing
         ? `no run ${JSON.stringify(runId)} at ${source.endpoint} (yet)\n`
-        : formatRuns(snap.runs, now, snap.timelines);
+        : formatRuns(snap.runs, now, snap.timelines) + capped;
       out.write(`${clear}${new Date(now).toISOString()}  ${source.endpoint}\n${body}\n`);
     } else if (!missing) {
-      out.write(formatRuns(snap.runs, now, snap.timelines));
+      out.write(formatRuns(snap.runs, now, snap.timelines) + capped);
     }
     if (!watch) {
       if (!missing) return 0;
@@ -263,9 +277,9 @@ function storeSource(endpoint: string, dialect: string | undefined, timeoutMs: n
       }
     },
     async read(runId) {
-      const runs =
-        runId === undefined ? await inspectAllRuns(reader, call) : await inspectRun(reader, runId, call);
-      return { runs, timelines: {} };
+      if (runId !== undefined) return { runs: await inspectRun(reader, runId, call), timelines: {} };
+      const list = await inspectRunList(reader, call);
+      return { runs: list.views, timelines: {}, ...(list.truncated ? { total: list.total } : {}) };
     },
     close: () => {
       closing.abort();
@@ -360,6 +374,7 @@ function httpSource(base: string, timeoutMs: number): Source {
       const list = await get("api/runs");
       if (list === undefined) throw new InvalidArgumentError(`${url.href}api/runs answered 404`);
       const snap: Snapshot = { runs: [], timelines: {} };
+      if (list.truncated === true && typeof list.total === "number") snap.total = list.total;
       for (const r of list.runs as { runId: string; source: string }[]) {
         const one = await detail(r.runId, r.source);
         snap.runs.push(...one.runs);

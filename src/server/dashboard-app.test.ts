@@ -108,7 +108,10 @@ describe("dashboard routes (no socket)", () => {
       runs: unknown[];
     };
     assert.ok(runs.now >= t0 && runs.now <= Date.now());
-    assert.deepEqual({ ...runs, now: 0 }, { now: 0, store: `127.0.0.1:${server.port}`, runs: [] });
+    assert.deepEqual(
+      { ...runs, now: 0 },
+      { now: 0, store: `127.0.0.1:${server.port}`, runs: [], total: 0, truncated: false },
+    );
     const missing = await get(app, "/api/runs/nope");
     assert.equal(missing.status, 404);
     assert.match(((await missing.json()) as { error: string }).error, /no run "nope"/);

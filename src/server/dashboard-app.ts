@@ -5,23 +5,24 @@
  * | route              | answer                                                                  |
  * | ------------------ | ----------------------------------------------------------------------- |
  * | `GET /`            | the dashboard page (self-contained: its script and style come from here) |
- * | `GET /api/runs`    | `{ now, runs: RunSummary[] }`                                          |
+ * | `GET /api/runs`    | `{ now, store, runs: RunSummary[], total, truncated }` (see maxRunsListed) |
  * | `GET /api/runs/ID` | `{ now, runs: RunView[], timeline: TimelineEvent[] }`; 404 when unknown |
- * | `GET /events`      | server-sent events `runs`, and with `?run=ID` also `run` and `timeline`  |
+ * | `GET /events`      | server-sent events `runs` (as /api/runs), with `?run=ID` also `run` and `timeline` |
  * | `GET /metrics`     | Prometheus exposition (prom-client)                                     |
  * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
  */
 
+import { InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import type { ServerStats } from "../store/tcp/server.js";
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from "./dashboard-page.js";
-import { inspectRun, listRunRefs } from "./inspector.js";
+import { inspectRun, MAX_RUNS_LISTED, type RunList, summarizeRuns } from "./inspector.js";
 import { engineKeyReader, WIRE_KEY_PREFIX } from "./key-reader.js";
 import { LiveUpdates } from "./live-updates.js";
 import { createServerMetrics, type ServerMetrics } from "./metrics.js";
 import { RendezvousMonitor } from "./monitor.js";
-import { type RunSummary, type RunView, summarize } from "./run-view.js";
+import type { RunView } from "./run-view.js";
 import { createSseStream, type SseStream, sseBounds } from "./sse.js";
 
 /** Options of `createDashboardApp`. */
@@ -36,6 +37,12 @@ export interface DashboardAppOptions {
   storeAddress?: string;
   /** Most nodes per round shown in a run's detail (default 5000; more are counted in a note). */
   maxNodesShown?: number;
+  /**
+   * Most runs in the run list (/api/runs and the event stream; default 1000): the most recently changed
+   * first, then by id. The answer says how many there are (`total`, `truncated`); any run's detail is
+   * still at /api/runs/ID.
+   */
+  maxRunsListed?: number;
   /** Least time between two pushes to event-stream clients, ms (default 200). */
   pushIntervalMs?: number;
   /** Least time between two pushes when only keep-alive counters moved, ms (default 1000). */
@@ -69,7 +76,7 @@ const SOURCES = new Set<string>(["rdzv", "pytorch"]);
 
 /**
  * Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline).
- * Throws `InvalidArgumentError` for event-stream bounds that are not positive integers.
+ * Throws `InvalidArgumentError` for event-stream bounds or a `maxRunsListed` that are not positive integers.
  */
 export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const now = options.now ?? Date.now;
@@ -90,19 +97,12 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const inspect = { keepAlives: monitor, maxSlots: options.maxNodesShown ?? 5000 };
   const views = (runId: string, source?: RunView["source"]): Promise<RunView[]> =>
     inspectRun(reader, runId, source === undefined ? inspect : { ...inspect, source });
-  // Counts and states need only the leave markers, whatever the run's size.
-  const summaries = async (): Promise<RunSummary[]> => {
-    const out: RunSummary[] = [];
-    for (const ref of await listRunRefs(reader)) {
-      const found = await inspectRun(reader, ref.runId, {
-        source: ref.source,
-        markersOnly: true,
-        maxSlots: 1_000_000,
-      });
-      out.push(...found.map(summarize));
-    }
-    return out;
-  };
+  // Counts and states from a few keys per run: leave markers come from the key listing.
+  const maxRuns = options.maxRunsListed ?? MAX_RUNS_LISTED;
+  if (!Number.isSafeInteger(maxRuns) || maxRuns < 1) {
+    throw new InvalidArgumentError(`maxRunsListed must be a positive integer, got ${String(maxRuns)}`);
+  }
+  const summaries = (): Promise<RunList> => summarizeRuns(reader, { maxRuns, prefer: monitor.recentRuns() });
   const live = new LiveUpdates({ now, summaries, views }, monitor, {
     ...(options.pushIntervalMs === undefined ? {} : { intervalMs: options.pushIntervalMs }),
     ...(options.keepAlivePushIntervalMs === undefined
@@ -175,7 +175,7 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
       return text(body, contentType);
     }
     if (path === "/api/runs")
-      return json({ now: now(), store: options.storeAddress ?? null, runs: await summaries() });
+      return json({ now: now(), store: options.storeAddress ?? null, ...(await summaries()) });
     if (path.startsWith("/api/runs/")) {
       let runId: string;
       try {

@@ -26,6 +26,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     <h2>Runs</h2>
     <table id="runs"><thead><tr><th>run</th><th>source</th><th>state</th><th>round</th><th>nodes</th><th>waiting</th></tr></thead><tbody></tbody></table>
     <p id="no-runs" class="muted">No rendezvous run in this store yet.</p>
+    <p id="runs-capped" class="notes" hidden></p>
   </section>
   <section id="run-pane">
     <div id="run"></div>
@@ -67,7 +68,7 @@ th { font-weight: 600; color: #555; font-size: .9em; }
 /** The script (plain ES2017, no template literals so that it can live in this string). */
 export const DASHBOARD_JS = String.raw`(function () {
   "use strict";
-  var st = { runs: [], selected: null, source: null, views: [], timeline: [], offset: 0, es: null };
+  var st = { runs: [], total: 0, truncated: false, selected: null, source: null, views: [], timeline: [], offset: 0, es: null };
   var $ = function (id) { return document.getElementById(id); };
   function el(tag, props, kids) {
     var e = document.createElement(tag);
@@ -102,6 +103,9 @@ export const DASHBOARD_JS = String.raw`(function () {
     var body = $("runs").tBodies[0];
     body.textContent = "";
     $("no-runs").style.display = st.runs.length ? "none" : "";
+    var capped = $("runs-capped");
+    capped.hidden = !st.truncated;
+    capped.textContent = "Showing " + st.runs.length + " of " + st.total + " runs (capped): the most recently changed first, then by id; ids past 1024 characters are not listed.";
     st.runs.forEach(function (r) {
       var tr = el("tr", { "data-run": r.runId, "data-source": r.source }, [
         el("td", { text: r.runId }), el("td", { text: r.source }), el("td", {}, [stateBadge(r.state)]),
@@ -140,9 +144,10 @@ export const DASHBOARD_JS = String.raw`(function () {
       if (v.lastCallEndsAt !== undefined) box.appendChild(el("p", {}, [el("span", { text: "Last call ends " }), until(v.lastCallEndsAt)]));
       if (v.coordinator !== undefined) box.appendChild(el("p", { cls: "muted", text: "coordinator: slot " + v.coordinator }));
       v.notes.forEach(function (n) { box.appendChild(el("p", { cls: "notes", text: n })); });
-      box.appendChild(el("h3", { text: "Participants (" + v.participants.length + ")" }));
+      var capped = v.capped ? ", capped: see the notes" : "";
+      box.appendChild(el("h3", { text: "Participants (" + v.participants.length + capped + ")" }));
       box.appendChild(nodeTable(v.participants, v.state === "complete"));
-      if (v.waiting.length) { box.appendChild(el("h3", { text: "Waiting (" + v.waiting.length + ")" })); box.appendChild(nodeTable(v.waiting, false)); }
+      if (v.waiting.length) { box.appendChild(el("h3", { text: "Waiting (" + v.waiting.length + capped + ")" })); box.appendChild(nodeTable(v.waiting, false)); }
       if (v.redundant.length) { box.appendChild(el("h3", { text: "Spares (" + v.redundant.length + ")" })); box.appendChild(nodeTable(v.redundant, false)); }
     });
     tick();
@@ -167,7 +172,7 @@ export const DASHBOARD_JS = String.raw`(function () {
     es.addEventListener("open", function () { setConn(true); });
     es.addEventListener("error", function () { setConn(false); });
     es.addEventListener("runs", function (m) {
-      var d = JSON.parse(m.data); clock(d.now); st.runs = d.runs;
+      var d = JSON.parse(m.data); clock(d.now); st.runs = d.runs; st.total = d.total; st.truncated = d.truncated === true;
       if (!st.selected && d.runs.length) { select(d.runs[0].runId, d.runs[0].source); return; }
       renderRuns();
     });

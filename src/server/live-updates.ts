@@ -6,9 +6,13 @@
  * timeline events of that run since the last push. Nothing is read while no client is connected.
  */
 
+import type { RunList } from "./inspector.js";
 import type { RendezvousMonitor } from "./monitor.js";
-import type { RunSummary, RunView, TimelineEvent } from "./run-view.js";
+import type { RunView, TimelineEvent } from "./run-view.js";
 import type { SseClient } from "./sse.js";
+
+/** A push waits this many times as long as the last one took, so pushes cannot take the server's time. */
+const BUSY_FACTOR = 4;
 
 /** What a client watches: the run list, plus one run's detail when `runId` is set. */
 export interface Watch {
@@ -19,7 +23,8 @@ export interface Watch {
 /** Reads the data the hub pushes. */
 export interface LiveSource {
   now(): number;
-  summaries(): Promise<RunSummary[]>;
+  /** The run list (capped: it says how many runs there are). */
+  summaries(): Promise<RunList>;
   views(runId: string, source: RunView["source"] | undefined): Promise<RunView[]>;
 }
 
@@ -42,6 +47,9 @@ export class LiveUpdates {
   #due = Number.POSITIVE_INFINITY;
   #flushing = false;
   #lastRuns = "";
+  /** When the last push ended and how long it took: the next waits `BUSY_FACTOR` times that. */
+  #lastFlushEnd = 0;
+  #lastFlushMs = 0;
   readonly #detach: () => void;
 
   private readonly intervalMs: number;
@@ -94,7 +102,7 @@ export class LiveUpdates {
     };
     try {
       const now = this.source.now();
-      client.send({ event: "runs", data: { now, runs: await this.source.summaries() } });
+      client.send({ event: "runs", data: { now, ...(await this.source.summaries()) } });
       if (watch.runId !== undefined) {
         const views = await this.source.views(watch.runId, watch.source);
         client.send({ event: "run", data: { now, runId: watch.runId, views } });
@@ -126,7 +134,10 @@ export class LiveUpdates {
       this.#changed.clear();
       return;
     }
-    const due = Date.now() + delayMs;
+    // A push reads the run list, which costs what the store holds (100,000 runs: ~250 ms): pushes are
+    // spaced so that they take at most 1 / (BUSY_FACTOR + 1) of the server's time.
+    const due = Math.max(Date.now() + delayMs, this.#lastFlushEnd + BUSY_FACTOR * this.#lastFlushMs);
+    delayMs = due - Date.now();
     if (this.#timer !== undefined && this.#due <= due) return;
     clearTimeout(this.#timer);
     this.#due = due;
@@ -144,13 +155,14 @@ export class LiveUpdates {
       return;
     }
     this.#flushing = true;
+    const started = Date.now();
     const changed = new Set(this.#changed);
     this.#changed.clear();
     const structural = this.#structural;
     this.#structural = false;
     try {
       const now = this.source.now();
-      let runs: RunSummary[] = [];
+      let runs: RunList | undefined;
       let runsChanged = false;
       if (structural) {
         runs = await this.source.summaries();
@@ -162,7 +174,7 @@ export class LiveUpdates {
       for (const sub of [...this.#subscribers]) {
         if (!sub.ready) continue;
         const { runId, source } = sub.watch;
-        let ok = !runsChanged || sub.client.send({ event: "runs", data: { now, runs } });
+        let ok = !runsChanged || sub.client.send({ event: "runs", data: { now, ...runs } });
         if (ok && runId !== undefined && changed.has(runId)) {
           const key = `${source ?? ""}:${runId}`;
           if (!views.has(key)) views.set(key, this.source.views(runId, source));
@@ -175,6 +187,8 @@ export class LiveUpdates {
       }
     } finally {
       this.#flushing = false;
+      this.#lastFlushEnd = Date.now();
+      this.#lastFlushMs = this.#lastFlushEnd - started;
     }
   }
 }

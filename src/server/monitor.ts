@@ -12,10 +12,10 @@ import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/rou
 import type { KvEngine } from "../store/kv-engine.js";
 import { byteStringToUtf8, WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
-import { parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
+import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
 import { diffTorchStates } from "./torch-diff.js";
-import { decodeTorchState, type TorchRendezvousState } from "./torch-state.js";
+import { readTorchState, type TorchRendezvousState } from "./torch-state.js";
 
 /** Options of `RendezvousMonitor`. */
 export interface RendezvousMonitorOptions {
@@ -25,6 +25,12 @@ export interface RendezvousMonitorOptions {
   maxEventsPerRun?: number;
   /** Runs tracked, least recently changed dropped first (default 1000). */
   maxRuns?: number;
+  /**
+   * Events kept for all runs together (default 100 000): past it, the least recently changed runs lose
+   * their oldest events first. With `maxEventsPerRun` it bounds the monitor's memory however many runs,
+   * slots and rounds clients write (see `MAX_TRACKED_SLOTS` for keep-alive timing).
+   */
+  maxEventsTotal?: number;
   /** Where a key the monitor could not follow is reported (default: nowhere). */
   logger?: Logger;
 }
@@ -54,15 +60,37 @@ interface RunTrack {
 /** How long a completion waits for member descriptors still in flight before it is shown anyway. */
 const HOLD_MS = 2000;
 
-/** Rounds with more members than this complete on the timeline at once, without waiting for descriptors. */
+/**
+ * Members whose descriptors completions may wait for, all runs together: a round with more (or arriving
+ * while others wait for that many) completes on the timeline at once.
+ */
 const MAX_HELD_MEMBERS = 100_000;
+
+/**
+ * Slots whose keep-alive timing and descriptor the monitor keeps, all runs together (10,000 nodes over
+ * two rounds take 20,000 each): past it, the least recently changed runs forget their oldest slots
+ * first, which then show no keep-alive age and are named by slot. Without it a client writing `hb/<n>`
+ * for ever new n grew the monitor without bound (2 million slots: 211 MB).
+ */
+export const MAX_TRACKED_SLOTS = 200_000;
+
+/** Rounds whose start (first ticket) and span a run keeps; rdzv only ever needs the last two or three. */
+const MAX_ROUNDS_KEPT = 16;
+
+/** Longest node id or address a timeline event keeps, in UTF-16 units (longer ones end in "..."). */
+const MAX_NAME_CHARS = 256;
 
 /** Watches key changes; see the file comment. */
 export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> implements KeepAliveTimes {
   readonly #now: () => number;
   readonly #maxEvents: number;
   readonly #maxRuns: number;
+  readonly #maxEventsTotal: number;
   readonly #runs = new Map<string, RunTrack>();
+  /** Events, slots (beats and descriptors) and held members kept, all runs together. */
+  #eventCount = 0;
+  #slotCount = 0;
+  #heldCount = 0;
   readonly #logger: Logger | undefined;
   /** The most recently touched run (already last in `#runs`): keep-alives hit the same run in bursts. */
   #latest: string | undefined;
@@ -72,6 +100,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     this.#now = options.now ?? Date.now;
     this.#maxEvents = options.maxEventsPerRun ?? 1000;
     this.#maxRuns = options.maxRuns ?? 1000;
+    this.#maxEventsTotal = options.maxEventsTotal ?? 100_000;
     this.#logger = options.logger;
   }
 
@@ -113,6 +142,11 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     return [...(this.#runs.get(runId)?.events ?? [])];
   }
 
+  /** The runs tracked (see `maxRuns`), the most recently changed first. */
+  recentRuns(): string[] {
+    return [...this.#runs.keys()].reverse();
+  }
+
   keepAlive(runId: string, round: number, slot: number): { at: number; intervalMs?: number } | undefined {
     return this.#runs.get(runId)?.beats.get(`${round}/${slot}`);
   }
@@ -133,36 +167,88 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       };
     } else this.#runs.delete(runId);
     this.#runs.set(runId, t);
-    if (this.#runs.size > this.#maxRuns) this.#runs.delete(this.#runs.keys().next().value!);
+    if (this.#runs.size > this.#maxRuns) {
+      const [oldest, dropped] = this.#runs.entries().next().value!;
+      this.#runs.delete(oldest);
+      this.#forget(dropped);
+    }
     return t;
   }
 
   #push(t: RunTrack, e: TimelineEvent): void {
     t.events.push(e);
-    if (t.events.length > this.#maxEvents) t.events.shift();
+    this.#eventCount++;
+    if (t.events.length > this.#maxEvents) {
+      t.events.shift();
+      this.#eventCount--;
+    }
+    if (this.#eventCount > this.#maxEventsTotal) this.#trim();
     this.emit("event", e);
+  }
+
+  /** Drops what `t` kept from the totals (it is no longer tracked). */
+  #forget(t: RunTrack): void {
+    this.#eventCount -= t.events.length;
+    this.#slotCount -= t.beats.size + t.nodes.size;
+    for (const round of [...t.held.keys()]) this.#release(t, round, false);
+  }
+
+  /**
+   * Brings the totals back within bounds, to 90% of them so that this runs once in many additions: the
+   * least recently changed runs lose their oldest entries first.
+   */
+  #trim(): void {
+    const events = Math.floor(this.#maxEventsTotal * 0.9);
+    const slots = Math.floor(MAX_TRACKED_SLOTS * 0.9);
+    for (const t of this.#runs.values()) {
+      if (this.#eventCount > events && t.events.length > 0) {
+        const drop = Math.min(t.events.length, this.#eventCount - events);
+        t.events.splice(0, drop);
+        this.#eventCount -= drop;
+      }
+      for (const map of [t.beats, t.nodes] as Map<string, unknown>[]) {
+        for (const key of map.keys()) {
+          if (this.#slotCount <= slots) break;
+          map.delete(key);
+          this.#slotCount--;
+        }
+      }
+      if (this.#eventCount <= events && this.#slotCount <= slots) return;
+    }
+  }
+
+  /** Sets `map[key]`, counting a new slot entry. */
+  #setSlot<V>(map: Map<string, V>, key: string, value: V): void {
+    if (!map.has(key)) {
+      this.#slotCount++;
+      map.set(key, value);
+      if (this.#slotCount > MAX_TRACKED_SLOTS) this.#trim();
+    } else map.set(key, value);
   }
 
   #rdzv(k: RdzvKey, created: boolean, value: Uint8Array): void {
     const t = this.#track(k.runId);
     const at = this.#now();
-    const text = k.kind === "hb" || k.kind === "tickets" ? "" : Buffer.from(value).toString("utf8");
+    const text = valueText(k.kind, value);
     const base = { at, runId: k.runId };
     if (k.kind === "hb") {
       const id = `${k.round}/${k.slot}`;
       const last = t.beats.get(id);
-      t.beats.set(id, last === undefined ? { at } : { at, intervalMs: at - last.at });
+      this.#setSlot(t.beats, id, last === undefined ? { at } : { at, intervalMs: at - last.at });
     } else if (k.kind === "tickets") {
-      if (!t.roundStart.has(k.round)) t.roundStart.set(k.round, { round: k.round, at });
+      if (!t.roundStart.has(k.round)) setBounded(t.roundStart, k.round, { round: k.round, at });
     } else if (k.kind === "node" && created && k.slot < (t.spans.get(k.round) ?? Number.POSITIVE_INFINITY)) {
       // (A ticket beyond a decided round's span was taken too late and is left behind: not a join.)
       const node = nodeOf(text, k.slot);
-      t.nodes.set(`${k.round}/${k.slot}`, node);
+      this.#setSlot(t.nodes, `${k.round}/${k.slot}`, node);
       this.#push(t, { ...base, round: k.round, type: "joined", node: { ...node, slot: k.slot } });
       const held = t.held.get(k.round);
-      if (held?.missing.delete(k.slot) && held.missing.size === 0) {
-        held.event.at = Math.max(held.event.at, at);
-        this.#release(t, k.round);
+      if (held?.missing.delete(k.slot)) {
+        this.#heldCount--;
+        if (held.missing.size === 0) {
+          held.event.at = Math.max(held.event.at, at);
+          this.#release(t, k.round);
+        }
       }
     } else if (k.kind === "gone" && created) {
       this.#release(t, k.round);
@@ -191,7 +277,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     } catch {
       return;
     }
-    t.spans.set(round, outcome.kind === "complete" ? outcome.span : 0);
+    setBounded(t.spans, round, outcome.kind === "complete" ? outcome.span : 0);
     if (outcome.kind === "closed") {
       if (t.closed) return;
       t.closed = true;
@@ -202,8 +288,10 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
     const start = t.roundStart.get(round);
     const event: TimelineEvent = { at, runId, round, type: "completed", worldSize };
     if (start !== undefined) event.elapsedMs = at - start.at;
+    // Completions still held show first: a new outcome is later news than theirs.
+    for (const r of [...t.held.keys()]) this.#release(t, r);
     const missing =
-      worldSize > MAX_HELD_MEMBERS
+      this.#heldCount + worldSize > MAX_HELD_MEMBERS
         ? new Set<number>()
         : new Set(memberSlots(outcome).filter((s) => !t.nodes.has(`${round}/${s}`)));
     if (missing.size === 0) this.#push(t, event);
@@ -211,29 +299,31 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       const timer = setTimeout(() => this.#release(t, round), HOLD_MS);
       timer.unref();
       t.held.set(round, { event, missing, timer });
+      this.#heldCount += missing.size;
     }
     // Rounds before the previous one are drained (exclusivity): forget their slots.
     for (const key of [...t.beats.keys(), ...t.nodes.keys()]) {
       if (Number(key.slice(0, key.indexOf("/"))) < round - 1) {
-        t.beats.delete(key);
-        t.nodes.delete(key);
+        if (t.beats.delete(key)) this.#slotCount--;
+        if (t.nodes.delete(key)) this.#slotCount--;
       }
     }
     for (const r of t.roundStart.keys()) if (typeof r === "number" && r < round) t.roundStart.delete(r);
     for (const r of t.spans.keys()) if (r < round - 1) t.spans.delete(r);
   }
 
-  /** Shows the held completion of `round`, if any. */
-  #release(t: RunTrack, round: number): void {
+  /** Shows the held completion of `round`, if any (`show` false: a dropped run's, only forgotten). */
+  #release(t: RunTrack, round: number, show = true): void {
     const held = t.held.get(round);
     if (held === undefined) return;
     clearTimeout(held.timer);
     t.held.delete(round);
-    this.#push(t, held.event);
+    this.#heldCount -= held.missing.size;
+    if (show) this.#push(t, held.event);
   }
 
   #torch(runId: string, value: Uint8Array): void {
-    const reading = decodeTorchState(value);
+    const reading = readTorchState(value);
     if (reading.format !== "pytorch") return;
     const t = this.#track(runId);
     const at = this.#now();
@@ -247,6 +337,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       if (e.type === "completed" && start !== undefined && start.round === next.round)
         e.elapsedMs = at - start.at;
       if (e.type === "closed") t.closed = true;
+      if (e.node?.addr !== undefined) e.node = { ...e.node, id: name(e.node.id), addr: name(e.node.addr) };
       this.#push(t, e);
     }
     t.torch = next;
@@ -254,10 +345,42 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
   }
 }
 
+/** Longest leave marker kept as its text (rdzv's are "dead", "left", "rejoined"); longer ones read "other". */
+const MAX_MARKER_BYTES = 64;
+
+/**
+ * The text the monitor reads of a value of `kind`: only descriptors, markers and outcomes are read. A
+ * descriptor too long to be rdzv's is "" (its node shows by slot) and a marker too long is "other", so
+ * that no megabytes a client writes land in a timeline.
+ */
+function valueText(kind: RdzvKey["kind"], value: Uint8Array): string {
+  if (kind !== "node" && kind !== "gone" && kind !== "outcome") return "";
+  if (kind === "node" && value.length > MAX_DESCRIPTOR_BYTES) return "";
+  if (kind === "gone" && value.length > MAX_MARKER_BYTES) return "other";
+  return Buffer.from(value).toString("utf8");
+}
+
+/** `map[key] = value`, dropping the first-inserted keys past `MAX_ROUNDS_KEPT`. */
+function setBounded<K, V>(map: Map<K, V>, key: K, value: V): void {
+  map.set(key, value);
+  for (const k of map.keys()) {
+    if (map.size <= MAX_ROUNDS_KEPT) break;
+    map.delete(k);
+  }
+}
+
+/** `text` cut to `MAX_NAME_CHARS`, as a copy (a slice would keep the whole string alive). */
+function name(text: string): string {
+  if (text.length <= MAX_NAME_CHARS) return text;
+  const cut = Buffer.from(text.slice(0, MAX_NAME_CHARS - 3), "utf16le").toString("utf16le");
+  return `${cut}...`;
+}
+
 function nodeOf(json: string, slot: number): { id: string; addr: string } {
   try {
     const d = JSON.parse(json) as { id?: unknown; addr?: unknown };
-    if (typeof d.id === "string") return { id: d.id, addr: typeof d.addr === "string" ? d.addr : "" };
+    if (typeof d.id === "string")
+      return { id: name(d.id), addr: typeof d.addr === "string" ? name(d.addr) : "" };
   } catch {
     // a descriptor that is not JSON: shown by slot
   }

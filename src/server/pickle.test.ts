@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { promisify } from "node:util";
 import fc from "fast-check";
 import { ErrorCode } from "../errors.js";
-import { isKind, PickleError, type PyValue, readPickle } from "./pickle.js";
+import { isKind, MAX_LONG_BYTES, MAX_PICKLE_OPS, PickleError, type PyValue, readPickle } from "./pickle.js";
 
 const run = promisify(execFile);
 
@@ -124,6 +124,40 @@ describe("readPickle", () => {
     assert.throws(() => readPickle(Uint8Array.from([0x80, 0x04, 0xff, 0x2e])), /unsupported opcode 0xff/);
     assert.throws(() => readPickle(Uint8Array.from([0x80, 0x04, 0x68, 0x05, 0x2e])), /memo 5 is not set/);
     assert.throws(() => readPickle(Uint8Array.from([0x80, 0x04, 0x4e, 0x4e, 0x2e])), /STOP with a bad stack/);
+  });
+
+  it("reads or rejects hostile pickles in bounded time and memory, with a PickleError naming the problem", () => {
+    const pickle = (...parts: (number[] | Buffer)[]): Buffer =>
+      Buffer.concat([Buffer.from([0x80, 2]), ...parts.map((p) => Buffer.from(p)), Buffer.from([0x2e])]);
+    // A LONG4 of 1 MiB: before, a shift loop quadratic in its length ran for minutes.
+    const long4 = Buffer.alloc(5 + 1024 * 1024);
+    long4[0] = 0x8b;
+    long4.writeUInt32LE(1024 * 1024, 1);
+    assert.throws(() => readPickle(pickle(long4)), {
+      code: ErrorCode.State,
+      message: /bad pickle at byte 2: an int of 1048576 bytes \(more than 1024\)/,
+    });
+    const longest = Buffer.alloc(5 + MAX_LONG_BYTES, 0xff);
+    longest[0] = 0x8b;
+    longest.writeUInt32LE(MAX_LONG_BYTES, 1);
+    assert.equal(readPickle(pickle(longest)), -1);
+    // More opcodes than any real state (before: 30 million EMPTY_DICTs took 23 s and 3.3 GB).
+    const dicts = pickle([0x28], Buffer.alloc(MAX_PICKLE_OPS, 0x7d), [0x6c]);
+    assert.throws(() => readPickle(dicts), {
+      code: ErrorCode.State,
+      message: new RegExp(`more than ${MAX_PICKLE_OPS} opcodes`),
+    });
+    // One APPENDS of 300,000 items (before: RangeError, the call stack overflowed by a spread).
+    const items = readPickle(pickle([0x5d, 0x28], Buffer.alloc(300_000, 0x4e), [0x65]));
+    assert.ok(Array.isArray(items) && items.length === 300_000);
+    // Nesting 200,000 deep: the reader keeps its own stack, nothing recurses.
+    const depth = 200_000;
+    let deep = readPickle(pickle(Buffer.alloc(depth, 0x5d), Buffer.alloc(depth - 1, 0x61)));
+    for (let d = 1; d < depth; d++) deep = (deep as PyValue[])[0]!;
+    assert.deepEqual(deep, []);
+    // A list holding itself (DUP, APPEND) is read as such; nothing walks it.
+    const self = readPickle(pickle([0x5d, 0x32, 0x61])) as PyValue[];
+    assert.equal(self[0], self);
   });
 
   it("fails every truncation of a real pickle with a PickleError", async () => {

@@ -60,7 +60,25 @@ type Item = PyValue | typeof MARK;
 /** Largest pickle accepted, bytes (PyTorch's state for 10,000 nodes is ~1 MB). */
 export const MAX_PICKLE_BYTES = 64 * 1024 * 1024;
 
-/** Reads one pickle from `bytes`. Throws `PickleError` on anything malformed or unsupported. */
+/**
+ * Most opcodes run per pickle: PyTorch's state for 10,000 nodes has ~190,000 (580 KB). Each opcode makes
+ * at most one value, so this bounds the reader's time and memory (~110 bytes a value at worst: a pickle
+ * of 30 million EMPTY_DICTs took 23 s and 3.3 GB before).
+ */
+export const MAX_PICKLE_OPS = 2_000_000;
+
+/**
+ * Longest `LONG1` / `LONG4` integer read, bytes (8192 bits; PyTorch's state holds small ints). A 1 MiB
+ * LONG4 ran for minutes before (a quadratic shift loop); now it is refused, and shorter ones are read in
+ * linear time.
+ */
+export const MAX_LONG_BYTES = 1024;
+
+/**
+ * Reads one pickle from `bytes`. Throws `PickleError` on anything malformed or unsupported, and on a
+ * pickle past `MAX_PICKLE_BYTES`, `MAX_PICKLE_OPS` or `MAX_LONG_BYTES`: in time and memory linear in
+ * those bounds whatever the bytes (the reader never recurses, so nesting depth costs no stack).
+ */
 export function readPickle(bytes: Uint8Array): PyValue {
   if (bytes.length > MAX_PICKLE_BYTES) throw new PickleError(`pickle of ${bytes.length} bytes is too large`);
   return new Reader(bytes).run();
@@ -78,8 +96,11 @@ class Reader {
   }
 
   run(): PyValue {
-    for (;;) {
+    for (let ops = 0; ; ops++) {
       const at = this.pos;
+      if (ops >= MAX_PICKLE_OPS) {
+        this.fail(at, `more than ${MAX_PICKLE_OPS} opcodes (PyTorch's state for 10,000 nodes has ~190,000)`);
+      }
       const op = this.u8();
       if (op === 0x2e /* STOP */) {
         if (this.stack.length !== 1 || this.marks.length !== 0) this.fail(at, "STOP with a bad stack");
@@ -139,10 +160,10 @@ class Reader {
         s.push(this.view.getInt32(this.advance(4), true));
         return;
       case 0x8a /* LONG1 */:
-        s.push(this.long(this.u8()));
+        s.push(this.long(this.u8(), at));
         return;
       case 0x8b /* LONG4 */:
-        s.push(this.long(this.u32()));
+        s.push(this.long(this.u32(), at));
         return;
       case 0x47 /* BINFLOAT */:
         s.push(this.view.getFloat64(this.advance(8), false));
@@ -191,7 +212,7 @@ class Reader {
       case 0x65 /* APPENDS */:
         {
           const items = this.popMark(at);
-          this.list(at).push(...items);
+          pushAll(this.list(at), items);
           return;
         }
       case 0x7d /* EMPTY_DICT */:
@@ -210,7 +231,7 @@ class Reader {
       case 0x75 /* SETITEMS */:
         {
           const items = this.popMark(at);
-          this.dict(at).entries.push(...pairs(items, at, this));
+          pushAll(this.dict(at).entries, pairs(items, at, this));
           return;
         }
       case 0x8f /* EMPTY_SET */:
@@ -221,7 +242,7 @@ class Reader {
           const items = this.popMark(at);
           const set = this.top(at);
           if (!isKind(set, "set")) this.fail(at, "ADDITEMS on a non-set");
-          set.items.push(...items);
+          pushAll(set.items, items);
           return;
         }
       case 0x91 /* FROZENSET */:
@@ -360,18 +381,24 @@ class Reader {
     return this.text(end - this.pos + 1).slice(0, -1);
   }
 
-  /** A little-endian two's-complement integer of `n` bytes. */
-  private long(n: number): number | bigint {
+  /** A little-endian two's-complement integer of `n` bytes (`MAX_LONG_BYTES` at most). */
+  private long(n: number, at: number): number | bigint {
+    if (n > MAX_LONG_BYTES) this.fail(at, `an int of ${n} bytes (more than ${MAX_LONG_BYTES})`);
     const b = this.take(n);
-    let v = 0n;
-    for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]!);
-    if (n > 0 && (b[n - 1]! & 0x80) !== 0) v -= 1n << BigInt(8 * n);
+    if (n === 0) return 0;
+    let v = BigInt(`0x${Buffer.from(b).reverse().toString("hex")}`);
+    if ((b[n - 1]! & 0x80) !== 0) v -= 1n << BigInt(8 * n);
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   }
 
   fail(at: number, what: string): never {
     throw new PickleError(`bad pickle at byte ${at}: ${what}`);
   }
+}
+
+/** Appends `items` one by one (a spread of a million items overflows the call stack). */
+function pushAll<T>(to: T[], items: readonly T[]): void {
+  for (const item of items) to.push(item);
 }
 
 function pairs(items: PyValue[], at: number, reader: Reader): [PyValue, PyValue][] {

@@ -9,8 +9,8 @@ import type { NodeDescriptor } from "../rendezvous/backend.js";
 import { decodeOutcome, type RoundOutcome } from "../rendezvous/round.js";
 import type { CallOptions } from "../store/store.js";
 import type { KeyReader } from "./key-reader.js";
-import { rdzvKey, rdzvRoundKey } from "./run-keys.js";
-import { type NodeStatus, type NodeView, RunState, type RunView } from "./run-view.js";
+import { MAX_DESCRIPTOR_BYTES, rdzvKey, rdzvRoundKey } from "./run-keys.js";
+import { type NodeStatus, type NodeView, RunState, type RunSummary, type RunView } from "./run-view.js";
 
 /** When the inspector saw a slot's keep-alive counter move (the dashboard's key-change monitor knows). */
 export interface KeepAliveTimes {
@@ -51,9 +51,84 @@ interface SlotKeys {
 const text = (v: Uint8Array | undefined): string | undefined =>
   v === undefined ? undefined : Buffer.from(v).toString("utf8");
 
+/**
+ * Longest values read as a counter or a leave marker: rdzv writes a few bytes there, any client can write
+ * megabytes, and a view reads thousands of them (descriptors: `MAX_DESCRIPTOR_BYTES`).
+ */
+const MAX_COUNTER_BYTES = 64;
+const MAX_MARKER_BYTES = 64;
+
+/** A leave marker's text; a marker too long to be rdzv's reads as "other" (a dead node). */
+const marker = (v: Uint8Array | undefined): string | undefined =>
+  v !== undefined && v.length > MAX_MARKER_BYTES ? "other" : text(v);
+
 function int(v: Uint8Array | undefined): number | undefined {
+  if (v !== undefined && v.length > MAX_COUNTER_BYTES) return undefined;
   const t = text(v)?.trim();
-  return t !== undefined && /^-?\d+$/.test(t) ? Number(t) : undefined;
+  const n = t !== undefined && /^-?\d+$/.test(t) ? Number(t) : undefined;
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/**
+ * The leave markers of one run found in a key listing: round -> slots with a `gone/<slot>` key. With it a
+ * run's counts cost a few reads, however many tickets its counters claim.
+ */
+export type LeaveMarkers = ReadonlyMap<number, readonly number[]>;
+
+/**
+ * The summary of run `runId` (state, round and counts, as `summarize(inspectRdzvRun(...))` gives) from a
+ * few keys and `markers`, the run's leave markers from a key listing: no key is read per slot, so the cost
+ * does not depend on the tickets counters (which any store client can set to 1e9). `undefined` when the
+ * store holds no such run.
+ */
+export async function summarizeRdzvRun(
+  reader: KeyReader,
+  runId: string,
+  markers: LeaveMarkers | undefined,
+  options: CallOptions = {},
+): Promise<RunSummary | undefined> {
+  const call: CallOptions = options.signal === undefined ? {} : { signal: options.signal };
+  const [open, closed] = await reader.read([rdzvKey(runId, "open"), rdzvKey(runId, "closed")], call);
+  if (open === undefined && closed === undefined) return undefined;
+  const { openRound, last, stopped } = await findOpenRound(reader, runId, int(open) ?? 0, [], call);
+  const summary: RunSummary = {
+    runId,
+    source: "rdzv",
+    state: RunState.Idle,
+    round: openRound,
+    participants: 0,
+    waiting: 0,
+  };
+  if (closed !== undefined || last?.kind === "closed") {
+    summary.state = RunState.Closed;
+    summary.round = last?.round ?? openRound;
+    return summary;
+  }
+  if (stopped) {
+    summary.state = RunState.Unknown;
+    return summary;
+  }
+  const count = async (round: number) => {
+    const key = (path: string) => rdzvRoundKey(runId, round, path);
+    const [tickets, ended] = await reader.read([key("tickets"), key("ended")], call);
+    const n = Math.max(0, int(tickets) ?? 0);
+    const gone = (markers?.get(round) ?? []).filter((s) => s < n).length;
+    return { tickets: n, live: n - gone, ended: ended !== undefined };
+  };
+  const current = await count(openRound);
+  if (last?.kind === "complete") {
+    const done = await count(last.round);
+    if (!done.ended || current.live === 0) {
+      summary.state = RunState.Complete;
+      summary.round = last.round;
+      summary.participants = last.span - last.excluded.length;
+      summary.waiting = current.live;
+      return summary;
+    }
+  }
+  summary.participants = current.tickets;
+  if (current.live > 0) summary.state = RunState.Joining;
+  return summary;
 }
 
 /** Reads run `runId`; `undefined` when the store holds no such rdzv run. */
@@ -66,7 +141,7 @@ export async function inspectRdzvRun(
   const [open, closed] = await reader.read([rdzvKey(runId, "open"), rdzvKey(runId, "closed")], call);
   if (open === undefined && closed === undefined) return undefined;
   const notes: string[] = [];
-  const { openRound, last } = await findOpenRound(reader, runId, int(open) ?? 0, notes, call);
+  const { openRound, last, stopped } = await findOpenRound(reader, runId, int(open) ?? 0, notes, call);
   const maxSlots = options.maxSlots ?? 20_000;
   const view: RunView = {
     runId,
@@ -81,6 +156,11 @@ export async function inspectRdzvRun(
   if (closed !== undefined || last?.kind === "closed") {
     view.state = RunState.Closed;
     view.round = last?.round ?? openRound;
+    return view;
+  }
+  if (stopped) {
+    view.state = RunState.Unknown;
+    view.capped = true;
     return view;
   }
   const full = options.markersOnly !== true;
@@ -100,10 +180,18 @@ export async function inspectRdzvRun(
       view.state = RunState.Complete;
       view.round = last.round;
       view.participants = members(last, done, maxSlots).map(toView(last.round));
+      if (last.span > maxSlots) {
+        view.capped = true;
+        notes.push(
+          `round ${last.round}: showing the members among the first ${maxSlots} of ${last.span} slots (capped)`,
+        );
+      }
+      if (current.slots.length < current.tickets) view.capped = true;
       view.waiting = current.slots.filter((s) => s.gone === undefined).map(toView(openRound));
       return view;
     }
   }
+  if (current.slots.length < current.tickets) view.capped = true;
   view.participants = current.slots.map(toView(openRound));
   if (current.slots.some((s) => s.gone === undefined)) {
     view.state = RunState.Joining;
@@ -114,29 +202,52 @@ export async function inspectRdzvRun(
   return view;
 }
 
-/** Steps from the open-round hint past decided rounds, as `StoreRendezvousBackend.getState` does. */
+/**
+ * Most decided rounds read past the open-round hint. rdzv moves the hint as each round is decided, so
+ * readers step past a round or two; a longer walk means a forged or stale hint (any client can set it).
+ */
+export const MAX_ROUNDS_WALKED = 1024;
+
+/**
+ * Steps from the open-round hint past decided rounds, as `StoreRendezvousBackend.getState` does, for
+ * `MAX_ROUNDS_WALKED` rounds at most (`stopped` then). Only the last decided round's outcome is decoded.
+ */
 async function findOpenRound(
   reader: KeyReader,
   runId: string,
   hint: number,
   notes: string[],
   call: CallOptions,
-): Promise<{ openRound: number; last: RoundOutcome | undefined }> {
-  let round = Math.max(0, hint - 1);
-  let last: RoundOutcome | undefined;
-  for (;;) {
+): Promise<{ openRound: number; last: RoundOutcome | undefined; stopped: boolean }> {
+  const from = Math.max(0, hint - 1);
+  let round = from;
+  let lastValue: Uint8Array | undefined;
+  let stopped = false;
+  for (let found = false; !found; ) {
+    if (round - from >= MAX_ROUNDS_WALKED) {
+      stopped = true;
+      notes.push(
+        `rounds ${from} to ${round - 1} are decided and the open-round hint says ${hint}: stopped reading ` +
+          `after ${MAX_ROUNDS_WALKED} rounds (capped; a hint this stale was not written by rdzv)`,
+      );
+      break;
+    }
     const keys = [0, 1, 2, 3].map((i) => rdzvRoundKey(runId, round + i, "outcome"));
-    const values = await reader.read(keys, call);
-    for (const value of values) {
-      if (value === undefined) return { openRound: round, last };
-      try {
-        last = decodeOutcome(text(value)!);
-      } catch (err) {
-        notes.push(`round ${round}: ${err instanceof Error ? err.message : String(err)}`);
-        last = undefined;
+    for (const value of await reader.read(keys, call)) {
+      if (value === undefined) {
+        found = true;
+        break;
       }
+      lastValue = value;
       round++;
     }
+  }
+  if (lastValue === undefined) return { openRound: round, last: undefined, stopped };
+  try {
+    return { openRound: round, last: decodeOutcome(text(lastValue)!), stopped };
+  } catch (err) {
+    notes.push(`round ${round - 1}: ${err instanceof Error ? err.message : String(err)}`);
+    return { openRound: round, last: undefined, stopped };
   }
 }
 
@@ -153,7 +264,7 @@ async function readRound(
   const [tickets, lead, ended] = await reader.read([key("tickets"), key("lead"), key("ended")], call);
   const count = Math.max(0, int(tickets) ?? 0);
   const shown = Math.min(count, maxSlots);
-  if (shown < count) notes.push(`round ${round}: showing ${shown} of ${count} tickets`);
+  if (shown < count) notes.push(`round ${round}: showing ${shown} of ${count} tickets (capped)`);
   const paths = [];
   for (let s = 0; s < shown; s++) {
     if (full) paths.push(key(`node/${s}`), key(`hb/${s}`));
@@ -166,18 +277,19 @@ async function readRound(
     const at = per * s;
     slots.push({
       slot: s,
-      node: full ? descriptor(text(values[at])) : undefined,
+      node: full ? descriptor(values[at]) : undefined,
       keepAlives: full ? int(values[at + 1]) : undefined,
-      gone: text(values[at + per - 1]),
+      gone: marker(values[at + per - 1]),
     });
   }
   return { tickets: count, lead: int(lead), ended: ended !== undefined, slots };
 }
 
-function descriptor(json: string | undefined): NodeDescriptor | undefined {
-  if (json === undefined) return undefined;
+/** A slot's descriptor; undefined when missing, not rdzv's JSON, or longer than `MAX_DESCRIPTOR_BYTES`. */
+function descriptor(value: Uint8Array | undefined): NodeDescriptor | undefined {
+  if (value === undefined || value.length > MAX_DESCRIPTOR_BYTES) return undefined;
   try {
-    const d = JSON.parse(json) as NodeDescriptor;
+    const d = JSON.parse(text(value)!) as NodeDescriptor;
     return typeof d.id === "string" && typeof d.addr === "string" ? d : undefined;
   } catch {
     return undefined;

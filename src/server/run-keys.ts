@@ -19,6 +19,12 @@ export type RdzvKey =
       readonly slot: number;
     };
 
+/**
+ * Longest node descriptor (`r<round>/node/<slot>`) the inspector and the monitor read; a longer one shows
+ * the node by slot. rdzv's are ~100 bytes (id, address, pid); any store client can write 64 MiB there.
+ */
+export const MAX_DESCRIPTOR_BYTES = 4096;
+
 const RUN_KEY = /^rdzv\/(.+)\/(open|closed)$/;
 const ROUND_KEY = /^rdzv\/(.+)\/r(\d+)\/(outcome|tickets|lead|ended)$/;
 const SLOT_KEY = /^rdzv\/(.+)\/r(\d+)\/(node|hb|gone)\/(\d+)$/;
@@ -92,4 +98,26 @@ export function findRunIds(keys: Iterable<string>): { rdzv: string[]; pytorch: s
     }
   }
   return { rdzv: [...rdzv].sort(), pytorch: [...pytorch].sort() };
+}
+
+/**
+ * The leave markers (`rdzv/<run id>/r<round>/gone/<slot>`) found in `keys`: run id -> round -> slots, in
+ * the order listed (each slot once: keys are unique).
+ */
+export function findLeaveMarkers(keys: Iterable<string>): Map<string, Map<number, number[]>> {
+  const out = new Map<string, Map<number, number[]>>();
+  for (const key of keys) {
+    if (!key.startsWith("rdzv/") || !key.includes("/gone/")) continue;
+    const k = parseRdzvKey(key);
+    if (k === undefined || k.kind !== "gone") continue;
+    let rounds = out.get(k.runId);
+    if (rounds === undefined) {
+      rounds = new Map();
+      out.set(k.runId, rounds);
+    }
+    const slots = rounds.get(k.round);
+    if (slots === undefined) rounds.set(k.round, [k.slot]);
+    else slots.push(k.slot);
+  }
+  return out;
 }

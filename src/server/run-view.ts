@@ -93,6 +93,11 @@ export interface RunView {
   coordinator?: number;
   /** Things an operator should know: unknown formats, truncated lists, settings that are not in the store. */
   notes: string[];
+  /**
+   * Set when a list holds fewer nodes than the store names (the reader's cap on slots per round; a note
+   * says how many): counts from the lists are then lower bounds.
+   */
+  capped?: true;
 }
 
 /** One line of a run list. */

@@ -93,6 +93,7 @@ export function formatRun(view: RunView, now: number, timeline: TimelineEvent[] 
   const counts = [`${view.participants.length} participants`];
   if (view.waiting.length > 0) counts.push(`${view.waiting.length} waiting`);
   if (view.redundant.length > 0) counts.push(`${view.redundant.length} spares`);
+  if (view.capped === true) counts.push("capped: see the notes");
   const head = [`run ${view.runId} (${view.source})`, view.state, `round ${view.round}`, counts.join(", ")];
   if (view.coordinator !== undefined) head.push(`coordinator slot ${view.coordinator}`);
   if (view.lastCallEndsAt !== undefined) {

@@ -46,8 +46,20 @@ const NODE_CLASS = "torch.distributed.elastic.rendezvous.dynamic_rendezvous._Nod
 
 class Unknown extends Error {}
 
+/**
+ * Largest state value decoded, bytes (base64): PyTorch's state for 10,000 nodes is ~0.8 MB. A larger
+ * value reads as an unknown format without being decoded (a 61 MB one took 1.1 s each time).
+ */
+export const MAX_TORCH_STATE_BYTES = 16 * 1024 * 1024;
+
 /** Decodes the value of a `torch.rendezvous.<run id>` key. Never throws. */
 export function decodeTorchState(value: Uint8Array): TorchStateReading {
+  if (value.length > MAX_TORCH_STATE_BYTES) {
+    return {
+      format: "unknown",
+      reason: `the value is ${value.length} bytes, more than ${MAX_TORCH_STATE_BYTES} (PyTorch's state for 10,000 nodes is ~0.8 MB): not decoded`,
+    };
+  }
   const text = Buffer.from(value).toString("latin1").trim();
   if (text === TORCH_NULL_SENTINEL) return { format: "empty" };
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 !== 0) {
@@ -58,6 +70,22 @@ export function decodeTorchState(value: Uint8Array): TorchStateReading {
   } catch (err) {
     return { format: "unknown", reason: err instanceof Error ? err.message : String(err) };
   }
+}
+
+const decoded = new WeakMap<Uint8Array, TorchStateReading>();
+
+/**
+ * `decodeTorchState`, remembered per value object: a store engine keeps a value's bytes until the key is
+ * written again, so the monitor (which decodes each write) and every later read of the same value share
+ * one decoding. The value must not be modified afterwards.
+ */
+export function readTorchState(value: Uint8Array): TorchStateReading {
+  let reading = decoded.get(value);
+  if (reading === undefined) {
+    reading = decodeTorchState(value);
+    decoded.set(value, reading);
+  }
+  return reading;
 }
 
 function toState(root: PyValue): TorchRendezvousState {
