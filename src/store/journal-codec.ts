@@ -153,15 +153,30 @@ function parsePayload(p: Buffer): Parsed | undefined {
   return mutation === undefined ? undefined : { kind: "mutation", mutation };
 }
 
+/**
+ * Whether the `length` bytes at `start` can be a payload `parsePayload` accepts, judged by its op and
+ * first fields only: what `parsePayload` requires of them (a key length that fits, exactly for delete
+ * and pop; a batch's members, at least 9 bytes each, that fit; an end record's 9 bytes).
+ */
+function payloadFits(buf: Buffer, start: number, length: number): boolean {
+  const op = buf[start]!;
+  if (op === OP_CODES.end) return length === 9;
+  if (op !== OP_CODES.batch && !KEY_OPS.has(op)) return false;
+  const n = buf.readUInt32LE(start + 1);
+  if (op === OP_CODES.batch) return n * (4 + PAYLOAD_MIN_BYTES) <= length - PAYLOAD_MIN_BYTES;
+  if (op === OP_CODES.delete || op === OP_CODES.pop) return PAYLOAD_MIN_BYTES + n === length;
+  return PAYLOAD_MIN_BYTES + n <= length;
+}
+
 /** The record at `offset`, if a complete and intact one starts there. */
 function recordAt(buf: Buffer, offset: number): { parsed: Parsed; next: number } | undefined {
   if (offset + RECORD_HEADER_BYTES > buf.length) return undefined;
   const length = buf.readUInt32LE(offset);
   const start = offset + RECORD_HEADER_BYTES;
   if (length < PAYLOAD_MIN_BYTES || start + length > buf.length) return undefined;
-  // Checked before the CRC: a search for intact records tries every offset of a bad tail.
-  if (!KEY_OPS.has(buf[start]!) && buf[start] !== OP_CODES.batch && buf[start] !== OP_CODES.end)
-    return undefined;
+  // Checked before the CRC: a search for intact records tries every offset of a bad tail, and the CRC of
+  // each record-shaped spot in (say) a random value costs up to the rest of the file.
+  if (!payloadFits(buf, start, length)) return undefined;
   const payload = buf.subarray(start, start + length);
   if (crc32(payload) !== buf.readUInt32LE(offset + 4)) return undefined;
   const parsed = parsePayload(payload);

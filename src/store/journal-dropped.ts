@@ -7,10 +7,20 @@
  * not saved.
  *
  * Saved files are kept for forensics, but not forever: each open keeps the newest `keep` of them
- * (by modification time) and removes the rest, saying which (`pruneDropped`).
+ * (by modification time; the one it saved itself always among them) and removes the rest, saying which
+ * (`pruneDropped`).
  */
 
-import { closeSync, existsSync, ftruncateSync, openSync, readdirSync, statSync, unlinkSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  type Stats,
+  unlinkSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../log.js";
 import type { DroppedTail } from "./journal.js";
@@ -90,17 +100,31 @@ export function dropTail(
 const DROPPED = /^journal-\d+\.dropped-\d+(\.\d+)?$/;
 
 /**
- * Removes all but the newest `keep` `journal-<G>.dropped-*` files in `dir` (newest by modification
- * time, then by name), logging the ones removed. A file that cannot be removed is only a warning.
+ * Removes all but the newest `keep` (at least 1) `journal-<G>.dropped-*` files in `dir` (newest by
+ * modification time, then by name), logging the ones removed. `saved`, the file this open saved (its
+ * name), is always kept, as one of the `keep`: its warning points to it, and an older file's time may lie
+ * ahead of the clock (a clock set back after a crash, files copied in). Only regular files count: a
+ * symbolic link or a folder under such a name was not written by rdzv and is left alone, as is an entry
+ * that cannot be examined. A file that cannot be removed is only a warning.
  */
-export function pruneDropped(dir: string, keep: number, logger: Logger): void {
-  const files = fsStep(`cannot list data directory ${dir}`, () => readdirSync(dir))
-    .filter((name) => DROPPED.test(name))
-    .map((name) => ({
-      name,
-      mtimeMs: fsStep(`cannot read ${join(dir, name)}`, () => statSync(join(dir, name))).mtimeMs,
-    }))
-    .sort((a, b) => b.mtimeMs - a.mtimeMs || b.name.localeCompare(a.name, "en", { numeric: true }));
+export function pruneDropped(dir: string, keep: number, logger: Logger, saved?: string): void {
+  const files: { name: string; mtimeMs: number }[] = [];
+  for (const name of fsStep(`cannot list data directory ${dir}`, () => readdirSync(dir))) {
+    if (!DROPPED.test(name)) continue;
+    let stat: Stats;
+    try {
+      stat = lstatSync(join(dir, name));
+    } catch {
+      continue; // gone since the listing
+    }
+    if (stat.isFile()) files.push({ name, mtimeMs: stat.mtimeMs });
+  }
+  files.sort(
+    (a, b) =>
+      Number(b.name === saved) - Number(a.name === saved) ||
+      b.mtimeMs - a.mtimeMs ||
+      b.name.localeCompare(a.name, "en", { numeric: true }),
+  );
   const old = files.slice(keep);
   if (old.length === 0) return;
   const removed: string[] = [];

@@ -12,7 +12,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Logger } from "../log.js";
 import type { DroppedTail, JournalStats } from "./journal.js";
 import {
@@ -103,7 +103,8 @@ export function loadDataDir(engine: KvEngine, dir: string, options: LoadOptions)
       writeFileAtomic(dir, `journal-${generation}`, [encodeHeader(JOURNAL_MAGIC, generation)]),
     );
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
-  pruneDropped(dir, options.keepDroppedFiles, logger);
+  const saved = replayed.droppedTail?.savedTo;
+  pruneDropped(dir, options.keepDroppedFiles, logger, saved === undefined ? undefined : basename(saved));
   const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a"));
   const { records: journalRecords, journalBytes, droppedTail } = replayed;
   const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };

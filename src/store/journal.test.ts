@@ -10,12 +10,14 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import {
   appendFileSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from "node:fs";
@@ -372,10 +374,53 @@ describe("journal", () => {
     for (const name of removed) assert.ok(infos[0]!.includes(JSON.stringify(join(dir, name))), infos[0]);
     reopen(dir, { logger, keepDroppedFiles: 1 }).close();
     assert.deepEqual(dropped(), [saved]);
-    assert.throws(
-      () => reopen(dir, { keepDroppedFiles: -1 }),
-      /keepDroppedFiles must be a non-negative integer/,
+    assert.throws(() => reopen(dir, { keepDroppedFiles: 0 }), /keepDroppedFiles must be an integer >= 1/);
+  });
+
+  it("never removes the dropped-bytes file it just saved, whatever the other files' times", () => {
+    const dir = tempDir();
+    reopen(dir).close();
+    // Older evidence stamped in the future: a clock set back after the crash, or files copied in.
+    const future = Date.now() / 1000 + 86_400;
+    for (let i = 0; i < 5; i++) {
+      writeFileSync(join(dir, `journal-0.dropped-${100 + i}`), "older evidence");
+      utimesSync(join(dir, `journal-0.dropped-${100 + i}`), future + i, future + i);
+    }
+    appendFileSync(join(dir, "journal-0"), Buffer.alloc(32)); // a damaged tail, saved at this open
+    const opened = reopen(dir);
+    opened.close();
+    const saved = opened.journal.stats.droppedTail?.savedTo;
+    assert.equal(saved, join(dir, "journal-0.dropped-16"));
+    assert.deepEqual(readFileSync(saved), Buffer.alloc(32), "the bytes it says it saved are there");
+    assert.equal(existsSync(join(dir, "journal-0.dropped-100")), false, "the oldest other file goes");
+    appendFileSync(join(dir, "journal-0"), Buffer.alloc(32));
+    const one = reopen(dir, { keepDroppedFiles: 1 });
+    one.close();
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.includes(".dropped-")),
+      ["journal-0.dropped-16.2"],
+      "keepDroppedFiles 1 keeps the file this open saved",
     );
+  });
+
+  it("leaves alone, and starts despite, entries named like dropped-bytes files that rdzv did not write", () => {
+    const dir = tempDir();
+    reopen(dir).close();
+    const target = join(tempDir(), "not-ours");
+    writeFileSync(target, "someone else's file");
+    symlinkSync(target, join(dir, "journal-0.dropped-1")); // a link to a file elsewhere
+    symlinkSync(join(dir, "gone"), join(dir, "journal-0.dropped-2")); // a link to nothing
+    mkdirSync(join(dir, "journal-0.dropped-3"));
+    const { logger, warnings } = capture();
+    reopen(dir, { logger, keepDroppedFiles: 1 }).close();
+    assert.deepEqual(
+      readdirSync(dir)
+        .filter((f) => f.includes(".dropped-"))
+        .sort(),
+      ["journal-0.dropped-1", "journal-0.dropped-2", "journal-0.dropped-3"],
+    );
+    assert.equal(readFileSync(target, "utf8"), "someone else's file");
+    assert.deepEqual(warnings, []);
   });
 
   it("refuses a journal corrupted before its end, naming the file and offset", () => {

@@ -58,7 +58,8 @@ export interface JournalOptions {
   readonly repair?: boolean;
   /**
    * How many `journal-<G>.dropped-*` files (bytes dropped at an open, kept for forensics) stay in the
-   * directory: each open removes all but the newest this many, logging their names (default 5).
+   * directory: each open removes all but the newest this many, logging their names; the file it saved
+   * itself is always kept, as one of them (default 5, at least 1).
    */
   readonly keepDroppedFiles?: number;
   /**
@@ -268,9 +269,9 @@ function resolveOptions(options: JournalOptions): ResolvedOptions {
       throw new InvalidArgumentError(`${name} must be a positive integer, got ${String(o[name])}`);
     }
   }
-  if (!Number.isSafeInteger(o.keepDroppedFiles) || o.keepDroppedFiles < 0) {
+  if (!Number.isSafeInteger(o.keepDroppedFiles) || o.keepDroppedFiles < 1) {
     throw new InvalidArgumentError(
-      `keepDroppedFiles must be a non-negative integer, got ${String(o.keepDroppedFiles)}`,
+      `keepDroppedFiles must be an integer >= 1, got ${String(o.keepDroppedFiles)}`,
     );
   }
   return o;
