@@ -3,12 +3,13 @@
  * package (imports of "rdzv" resolve to dist/ as a user's would), README.md's are run, and each
  * `console.log(...); // TEXT` line in them must print TEXT. Every `--option` the docs name must be one that
  * `rdzv run`, `rdzv serve` or `rdzv status` takes (their --help), and every `RDZV_*` variable one the code
- * or tests read. A torchrun option the README names as one rdzv lacks is listed in TORCHRUN_ONLY.
+ * or tests read, and every relative link and repository path (src/..., test/..., ...) must exist. A torchrun
+ * option the README names as one rdzv lacks is listed in TORCHRUN_ONLY.
  */
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { promisify } from "node:util";
@@ -139,6 +140,24 @@ describe("the docs' options and environment variables", () => {
       });
     }
     assert.deepEqual(unknown, [], "options the docs name that no rdzv command takes");
+  });
+
+  it("links and names only files that exist", () => {
+    const missing: string[] = [];
+    for (const file of DOCS) {
+      const text = readFileSync(join(REPO_ROOT, file), "utf8");
+      const base = join(REPO_ROOT, file, "..");
+      for (const [, target] of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+        if (!/^[a-z]+:/.test(target!) && !existsSync(join(base, target!)))
+          missing.push(`${file}: (${target})`);
+      }
+      for (const [path] of text.matchAll(
+        /(?<![\w/.-])(?:src|test|bench|docs|examples|scripts)\/[\w./-]*\w/g,
+      )) {
+        if (!existsSync(join(REPO_ROOT, path))) missing.push(`${file}: ${path}`);
+      }
+    }
+    assert.deepEqual(missing, [], "links and paths in the docs that do not exist");
   });
 
   it("names only RDZV_ variables the code or the tests use", () => {
