@@ -10,6 +10,13 @@
 import { connectTCPStore, PrefixStore } from "rdzv";
 
 const env = process.env;
+if (!env.RDZV_STORE_ADDR) {
+  console.error(
+    "allreduce.mjs: RDZV_STORE_ADDR is not set: run it under `rdzv run` with the c10d (default) or static " +
+      "backend, whose workers get the round's TCP store (etcd and Redis rendezvous have none)",
+  );
+  process.exit(2);
+}
 const rank = Number(env.RDZV_RANK);
 const worldSize = Number(env.RDZV_WORLD_SIZE);
 const value = Number(process.argv[2] ?? rank + 1);

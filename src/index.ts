@@ -3,7 +3,7 @@
  */
 
 // Backends
-export { createC10dRendezvousHandler } from "./backends/c10d.js";
+export { type C10dHandlerOptions, createC10dRendezvousHandler } from "./backends/c10d.js";
 export { createEtcdRendezvousHandler, type EtcdHandlerOptions } from "./backends/etcd.js";
 export { type EtcdBackendOptions, EtcdRendezvousBackend } from "./backends/etcd-backend.js";
 export { createRedisRendezvousHandler, type RedisHandlerOptions } from "./backends/redis.js";
@@ -49,6 +49,7 @@ export {
 export {
   DEFAULT_RENDEZVOUS_PORT,
   formatEndpoint,
+  type MatchHostOptions,
   matchesMachineHostname,
   parseRendezvousEndpoint,
   type RendezvousEndpoint,
@@ -69,6 +70,7 @@ export {
 export { GoneReason, type RoundOutcome } from "./rendezvous/round.js";
 export {
   createStaticRendezvousHandler,
+  type StaticHandlerOptions,
   StaticRendezvousHandler,
 } from "./rendezvous/static-handler.js";
 // Dashboard, run inspector, metrics (rdzv serve --http-port, rdzv status)
@@ -86,7 +88,13 @@ export {
   listRunRefs,
   type RunRef,
 } from "./server/inspector.js";
-export { engineKeyReader, type KeyReader, storeKeyReader } from "./server/key-reader.js";
+export {
+  type EngineKeyReaderOptions,
+  engineKeyReader,
+  type KeyReader,
+  type StoreKeyReaderOptions,
+  storeKeyReader,
+} from "./server/key-reader.js";
 export { createServerMetrics, type ServerMetrics, type ServerMetricsOptions } from "./server/metrics.js";
 export {
   RendezvousMonitor,
@@ -118,6 +126,8 @@ export {
   parseEtcdEndpoints,
 } from "./store/etcd/connect.js";
 export { EtcdStore, type EtcdStoreOptions } from "./store/etcd/store.js";
+// The engine behind a TCP store server (`server.engine`), for RendezvousMonitor.attach and engineKeyReader.
+export type { KvEngine } from "./store/kv-engine.js";
 export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.js";
 export { PrefixStore } from "./store/prefix-store.js";
 export { type ConnectRedisOptions, connectRedisStore, DEFAULT_REDIS_PORT } from "./store/redis/connect.js";
@@ -132,12 +142,15 @@ export {
   type StoreValue,
 } from "./store/store.js";
 export { connectTCPStore, TCPStore, type TCPStoreEvents, type TCPStoreOptions } from "./store/tcp/client.js";
-export { Dialect, type ProtocolLimits } from "./store/tcp/protocol.js";
+export { DEFAULT_PROTOCOL_LIMITS, Dialect, type ProtocolLimits } from "./store/tcp/protocol.js";
 export {
+  type ConnectionEvent,
   createTCPStoreServer,
   DEFAULT_SERVER_LIMITS,
   DEFAULT_SERVER_PORT,
   DEFAULT_SERVER_TIMEOUTS,
+  type DisconnectEvent,
+  type ProtocolErrorEvent,
   type ServerLimits,
   type ServerSecurityOptions,
   type ServerStats,

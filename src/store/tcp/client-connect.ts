@@ -121,16 +121,27 @@ export function openConnection(
     // Plain TCP reads through `onread`; nothing arrives before the connection object exists (the
     // server speaks only when spoken to), but a read that did would wait for it.
     const early: Buffer[] = [];
-    const socket = openSocket(target, (chunk) =>
-      conn === undefined ? early.push(chunk) : conn.received(chunk),
-    );
+    // Whether the server sent anything, and whether TCP connected (a TLS socket's handshake comes after).
+    let received = 0;
+    let tcpConnected = false;
+    const socket = openSocket(target, (chunk) => {
+      received += chunk.length;
+      if (conn === undefined) early.push(chunk);
+      else conn.received(chunk);
+    });
+    socket.once("connect", () => {
+      tcpConnected = true;
+    });
     const fail = (err: RendezvousError): void => {
       cleanup();
       if (conn === undefined) socket.destroy();
       else conn.destroy(err);
       reject(err);
     };
-    const onError = (err: Error): void => fail(connectError(peer, err));
+    const onError = (err: Error): void => {
+      const mapped = connectError(peer, err);
+      fail(target.tls !== undefined && tcpConnected ? tlsToPlainHint(mapped) : mapped);
+    };
     const onAbort = (): void =>
       fail(new AbortedError("connecting was aborted", { cause: options.signal?.reason }));
     const timer = setTimeout(
@@ -161,7 +172,11 @@ export function openConnection(
           cleanup();
           resolve({ conn: c, hasExtensions });
         },
-        (err: unknown) => fail(err instanceof RendezvousError ? err : socketError(peer, err as Error)),
+        (err: unknown) => {
+          const mapped = err instanceof RendezvousError ? err : socketError(peer, err as Error);
+          const silent = target.tls === undefined && received === 0 && mapped.code === ErrorCode.Connection;
+          fail(silent ? unansweredHandshake(peer, mapped, target.authToken !== undefined) : mapped);
+        },
       );
     });
   });
@@ -179,6 +194,34 @@ function openSocket(target: ConnectTarget, onChunk: (chunk: Buffer) => void): So
   const socket = connectTls({ ...tls, host, port, ...(servername === undefined ? {} : { servername }) });
   socket.setNoDelay(true);
   return socket;
+}
+
+/**
+ * A plain connection the server closed before sending a byte of the handshake's replies. A TLS server
+ * does that (it reads the handshake as a bad TLS record), so does a PyTorch <= 2.0 server (v2's VALIDATE
+ * is bad input to it), and a PyTorch server given rdzv's AUTH: say so rather than blame the request.
+ */
+function unansweredHandshake(peer: string, err: RendezvousError, withToken: boolean): RendezvousError {
+  const causes = [
+    "a server that speaks TLS (rdzv serve --tls-cert: connect with TLS, through the tls option or RDZV_TLS_CA)",
+    "a PyTorch <= 2.0 server (it needs dialect v1)",
+    ...(withToken ? ["a PyTorch server sent an auth token (only rdzv servers take one)"] : []),
+    "a server at its connection limit",
+  ];
+  return new RendezvousConnectionError(
+    `the TCPStore server at ${peer} closed the connection without answering the handshake, as these do: ${causes.join("; ")}`,
+    { cause: err },
+  );
+}
+
+/** A TLS connection whose TCP connected but whose TLS handshake failed for no certificate reason. */
+function tlsToPlainHint(err: RendezvousError): RendezvousError {
+  if (err.code !== ErrorCode.Connection) return err;
+  return new RendezvousConnectionError(
+    `${err.message} (in the TLS handshake: this client speaks TLS, from the tls option or RDZV_TLS_CA, and ` +
+      "the server must too: rdzv serve --tls-cert; PyTorch's servers never do)",
+    { cause: err },
+  );
 }
 
 function hasAuthCode(err: unknown): boolean {

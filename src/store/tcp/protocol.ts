@@ -1,6 +1,7 @@
 /**
  * PyTorch c10d TCPStore wire protocol: constants and message types shared by the server and the client.
- * Byte layouts are specified in docs/tcpstore-protocol.md (and the design spec it came from).
+ * Byte layouts are in encode.ts (requests and replies) and request-decoder.ts; where rdzv differs from
+ * PyTorch's servers, and its extensions: docs/tcpstore-compat.md.
  *
  * Two dialects exist and are not interoperable in PyTorch itself:
  * - v1 (PyTorch <= 2.0): no handshake, opcodes 0..8 with WATCH_KEY = 7;

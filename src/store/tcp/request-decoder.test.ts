@@ -321,7 +321,7 @@ describe("RequestDecoder on garbage", () => {
   });
 });
 
-describe("RequestDecoder golden bytes (docs/tcpstore-protocol.md)", () => {
+describe("RequestDecoder golden bytes (the examples of the protocol design note, by its sections)", () => {
   const b = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "latin1"));
   const cases: [string, Dialect, string, Request[]][] = [
     [

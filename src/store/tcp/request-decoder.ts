@@ -1,7 +1,8 @@
 /**
  * Server-side incremental decoder of TCPStore requests: bytes in, `Request`s out, no sockets. It detects the
- * dialect from a connection's first bytes (docs/tcpstore-protocol.md §1.5), enforces the v2 handshake and the
- * size limits, and never buffers more than one message beyond what it was given.
+ * dialect from a connection's first bytes (docs/tcpstore-compat.md, "One server for both protocol
+ * generations"), enforces the v2 handshake and the size limits, and never buffers more than one message
+ * beyond what it was given.
  */
 
 import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";

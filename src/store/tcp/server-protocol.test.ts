@@ -1,6 +1,7 @@
 /**
- * The TCP store server on the wire: raw sockets sending hand-built frames (docs/tcpstore-protocol.md §7.2
- * items 1-18 in both dialects, plus isolation, wait and extension cases).
+ * The TCP store server on the wire: raw sockets sending hand-built frames (the raw-socket cases of the
+ * protocol design note, 1-18, in both dialects, plus isolation, wait and extension cases; see
+ * docs/tcpstore-compat.md).
  */
 
 import assert from "node:assert/strict";
