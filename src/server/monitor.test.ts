@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
+import { promisify } from "node:util";
+import { findTorch2 } from "../../test/helpers/torch.js";
 import { silentLogger } from "../log.js";
 import { encodeOutcome, MAX_SPAN } from "../rendezvous/round.js";
 import { KvEngine } from "../store/kv-engine.js";
@@ -162,5 +165,62 @@ describe("RendezvousMonitor", () => {
       monitor.timeline("ünï").map((e) => [e.runId, e.type]),
       [["ünï", "closed"]],
     );
+  });
+});
+
+/**
+ * `count` states of PyTorch 2.x's own `_RendezvousState` as its c10d backend writes them (base64 of the
+ * pickle), each complete with `nodes` + i participants.
+ */
+async function torchStates(nodes: number, count: number): Promise<Uint8Array[]> {
+  const torch = await findTorch2();
+  const script = `
+import base64, pickle, sys
+from datetime import datetime, timezone
+from torch.distributed.elastic.rendezvous.dynamic_rendezvous import _NodeDesc, _RendezvousState
+now = datetime.now(timezone.utc)
+for i in range(${count}):
+    s = _RendezvousState()
+    s.round = 1
+    s.complete = True
+    for n in range(${nodes} + i):
+        node = _NodeDesc(f"host-{n:05d}.cluster.example", 1000 + n, 0)
+        s.participants[node] = n
+        s.last_heartbeats[node] = now
+    print(base64.b64encode(pickle.dumps(s)).decode())
+`;
+  const { stdout } = await promisify(execFile)(torch.python, ["-c", script], { maxBuffer: 256 << 20 });
+  return stdout
+    .trim()
+    .split("\n")
+    .map((line) => enc(line));
+}
+
+describe("RendezvousMonitor: PyTorch states written faster than they decode", () => {
+  it("decodes the latest state per run in turn, not every write (torchrun writes its state on every heartbeat)", async () => {
+    // 2,000-node states take milliseconds each to decode; torchrun's 2,000 agents would write 400 a second.
+    const states = await torchStates(2000, 30);
+    const monitor = new RendezvousMonitor();
+    const decoded: string[] = [];
+    monitor.on("changed", (runId) => decoded.push(runId));
+    for (const [i, value] of states.entries()) {
+      monitor.observe("torch.rendezvous.a", undefined, value);
+      if (i % 3 === 0) monitor.observe("torch.rendezvous.b", undefined, value);
+    }
+    // The first write was decoded at once; the others wait for its turn, kept as the latest per run.
+    assert.deepEqual(decoded, ["a"]);
+    // (A run keeps its last 1000 events: the joins of its last state's newest nodes end its timeline.)
+    const last = (runId: string): string | undefined =>
+      monitor
+        .timeline(runId)
+        .filter((e) => e.type === "joined")
+        .at(-1)?.node?.addr;
+    const deadline = Date.now() + 60_000;
+    while (last("a") !== "host-02028.cluster.example" || last("b") !== "host-02026.cluster.example") {
+      assert.ok(Date.now() < deadline, `timelines incomplete: ${decoded.join(",")}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // Each run's last state was decoded, once, and nothing between: b (waiting first) and a once more.
+    assert.deepEqual(decoded, ["a", "b", "a"]);
   });
 });
