@@ -14,16 +14,21 @@ import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { type NodeProc, startNodes } from "./helpers/rdzv-node-procs.js";
 import { RDZV_MAIN, startServe } from "./helpers/serve-process.js";
+import { makeTestCertificate } from "./helpers/tls-cert.js";
 import { findTorch1, findTorch2, runDriver, startTorchServer } from "./helpers/torch.js";
 
 const run = promisify(execFile);
 
 /** Runs `rdzv status ARGS`; resolves with exit code and output (never rejects on a non-zero exit). */
-async function status(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function status(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
     const { stdout, stderr } = await run(process.execPath, [RDZV_MAIN, "status", ...args], {
       timeout: 60_000,
       maxBuffer: 64 * 1024 * 1024,
+      env,
     });
     return { code: 0, stdout, stderr };
   } catch (err) {
@@ -209,6 +214,23 @@ describe("rdzv status over a store whose clients wrote hostile counters", () => 
       assert.ok((doc.runs[0]?.participants.length ?? 0) <= 20_000);
     } finally {
       await server.close();
+    }
+  });
+});
+
+describe("rdzv status with TLS against a plain server", () => {
+  it("says the server must speak TLS too, not that it needs --dialect v1", async () => {
+    const cert = makeTestCertificate();
+    const server = await createTCPStoreServer({ port: 0 });
+    try {
+      const env = { ...process.env, RDZV_TLS_CA: cert.certPath };
+      const r = await status(["--endpoint", `127.0.0.1:${server.port}`, "--timeout-ms", "5000"], env);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /TLS handshake: this client speaks TLS/);
+      assert.doesNotMatch(r.stderr, /--dialect v1/);
+    } finally {
+      await server.close();
+      cert.remove();
     }
   });
 });

@@ -17,6 +17,7 @@ import type { RunView, TimelineEvent } from "../server/run-view.js";
 import { formatRuns, PolledKeepAlives } from "../server/status-text.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { TCPStore } from "../store/tcp/client.js";
+import { TLS_CA_ENV } from "../store/tcp/client-options.js";
 import { Dialect } from "../store/tcp/protocol.js";
 import { intOption, UsageError } from "./args.js";
 
@@ -32,8 +33,9 @@ that stops short says so).
 Options:
   --endpoint HOST:PORT     the store (default 127.0.0.1:29400)
   --run-id ID              only this run (required where the server cannot list keys: PyTorch < 2.10)
-  --json                   print JSON: {"endpoint", "now", "runs": [RunView...]} (one line per refresh;
-                           "total" and "truncated": true when the list stops at 1000 runs)
+  --json                   print JSON: {"endpoint", "now", "runs": [RunView...]} (indented; with --watch
+                           one line per refresh; "total" and "truncated": true when the list stops at
+                           1000 runs)
   --watch                  refresh until interrupted; keep-alive ages come from counters seen moving
   --interval-ms N          refresh period of --watch (default 1000)
   --http URL               read rdzv serve's dashboard API at URL instead (adds each run's timeline)
@@ -268,7 +270,10 @@ function storeSource(endpoint: string, dialect: string | undefined, timeoutMs: n
       try {
         await store.connect();
       } catch (err) {
-        if (store.closed || !hasErrorCode(err, ErrorCode.Connection) || dialect === Dialect.V1) throw err;
+        // With TLS (RDZV_TLS_CA) the client's own error already says that the server must speak TLS too.
+        const tls = (process.env[TLS_CA_ENV] ?? "") !== "";
+        if (store.closed || !hasErrorCode(err, ErrorCode.Connection) || dialect === Dialect.V1 || tls)
+          throw err;
         throw new RendezvousConnectionError(
           `${messageOf(err)}. Something listens on ${peer} but did not answer as a TCPStore server with ` +
             "the v2 protocol: a PyTorch <= 2.0 server needs --dialect v1",
