@@ -105,7 +105,7 @@ export function loadDataDir(engine: KvEngine, dir: string, options: LoadOptions)
   for (const g of [...journals, ...snapshots]) if (g < generation) removeGeneration(dir, g, logger);
   const saved = replayed.droppedTail?.savedTo;
   pruneDropped(dir, options.keepDroppedFiles, logger, saved === undefined ? undefined : basename(saved));
-  const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a"));
+  const fd = fsStep(`cannot open ${path} for appending`, () => openSync(path, "a", 0o600));
   const { records: journalRecords, journalBytes, droppedTail } = replayed;
   const stats = { generation, snapshotRecords, journalRecords, droppedTail, journalBytes, compactions: 0 };
   return { fd, stats };

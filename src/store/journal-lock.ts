@@ -61,7 +61,8 @@ export function fsStep<T>(what: string, step: () => T): T {
 /** Creates data directory `dir` when missing; throws `StoreError` naming it when it cannot be one. */
 export function prepareDataDir(dir: string): void {
   try {
-    mkdirSync(dir, { recursive: true });
+    // Private (as etcd's): the directory holds every key and value. The mode only applies to what is created.
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST")
       throw fsError(`cannot create data directory ${dir}`, err);
@@ -171,7 +172,7 @@ function pidFileLock(dir: string, path: string): () => void {
   for (let attempt = 0; ; attempt++) {
     let fd: number;
     try {
-      fd = openSync(path, "wx");
+      fd = openSync(path, "wx", 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0)
         throw fsError(`cannot create the lock file ${path}`, err);
@@ -229,7 +230,7 @@ export function fsyncDir(dir: string): void {
 /** Writes `chunks` to `path` through a temporary file: fsync, rename, fsync of the directory. */
 export function writeFileAtomic(dir: string, name: string, chunks: Iterable<Buffer>): number {
   const tmp = join(dir, `${name}.tmp`);
-  const fd = openSync(tmp, "w");
+  const fd = openSync(tmp, "w", 0o600);
   let bytes = 0;
   try {
     for (const chunk of chunks) {

@@ -213,6 +213,26 @@ describe("journal", () => {
     });
   });
 
+  it("creates the data directory private (700) and its files 600, whatever the umask allows", async () => {
+    const dir = join(tempDir(), "new", "data");
+    const umask = process.umask(0o022);
+    try {
+      const j = reopen(dir, { compactBytes: 1024 });
+      for (let i = 0; i < 200; i++) j.engine.set(`k${i % 20}`, b(`value ${i}`));
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      // Held while open: the journal, the snapshot compaction wrote, and the lock's pid file.
+      const mode = (path: string): string => (statSync(path).mode & 0o777).toString(8);
+      assert.equal(mode(dir), "700");
+      assert.equal(mode(join(dir, "..")), "700");
+      const files = readdirSync(dir).sort();
+      assert.ok(files.some((f) => f.startsWith("snapshot-")) && files.includes("LOCK"), `files: ${files}`);
+      for (const f of files) assert.equal(mode(join(dir, f)), "600", f);
+      j.close();
+    } finally {
+      process.umask(umask);
+    }
+  });
+
   it("drops a torn last record with a warning, and appends after it", () => {
     const dir = tempDir();
     const first = reopen(dir);

@@ -213,7 +213,7 @@ export class Journal implements Disposable {
       this.#snapshotBytes = writeFileAtomic(dir, `snapshot-${next}`, snapshotChunks(this.#engine, next));
       file = join(dir, `journal-${next}`);
       writeFileAtomic(dir, `journal-${next}`, [encodeHeader(JOURNAL_MAGIC, next)]);
-      const fd = openSync(file, "a");
+      const fd = openSync(file, "a", 0o600);
       closeSync(this.#fd);
       this.#fd = fd;
       this.#dirty = false;
