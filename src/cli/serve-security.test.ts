@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { startServe } from "../../test/helpers/serve-process.js";
 import { makeTestCertificate, type TestCertificate } from "../../test/helpers/tls-cert.js";
 import { ErrorCode } from "../errors.js";
 import { connectTCPStore } from "../store/tcp/client.js";
@@ -88,5 +89,25 @@ describe("rdzv serve security options", () => {
       const [code] = await exited;
       assert.equal(code, 0);
     }
+  });
+
+  it("warns when it serves other machines without a token, and only then", { timeout: 60_000 }, async () => {
+    const printed = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> => {
+      const serve = await startServe(["--host", "0.0.0.0", ...args], { env });
+      const closed = once(serve.child, "close"); // its output read to the end
+      assert.equal(await serve.kill("SIGTERM"), 0);
+      await closed;
+      return serve.output();
+    };
+    const open = await printed([], { RDZV_AUTH_TOKEN: "" });
+    assert.match(open, /no auth token: any client that reaches this address can read, change and delete/);
+    assert.match(open, /--auth-token-file/);
+    assert.doesNotMatch(await printed(["--auth-token-file", tokenFile]), /no auth token/);
+    assert.doesNotMatch(await printed([], { RDZV_AUTH_TOKEN: "s3cret-token" }), /no auth token/);
+    const serve = await startServe(["--host", "127.0.0.1"], { env: { RDZV_AUTH_TOKEN: "" } });
+    const closed = once(serve.child, "close");
+    await serve.kill("SIGTERM");
+    await closed;
+    assert.doesNotMatch(serve.output(), /no auth token/);
   });
 });

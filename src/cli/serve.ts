@@ -2,6 +2,7 @@
 
 import { parseArgs } from "node:util";
 import { createConsoleLogger, LogLevel } from "../log.js";
+import { isLoopbackAddress } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -99,18 +100,9 @@ export async function serveCommand(
     data.close();
     throw err;
   });
-  out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
-  if (server.tls || server.requiresAuth) {
-    out.write(
-      `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
-    );
-  }
-  const dashboard = await startServeDashboard(http, server, out, logger).catch(async (err: unknown) => {
-    data.close();
-    await server.close();
-    throw err;
-  });
-  const code = await new Promise<number>((resolve) => {
+  // Installed before anything is printed: a signal sent once the listening line shows stops the server
+  // cleanly (it killed the process while the dashboard was starting).
+  const stopped = new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       process.off("SIGINT", stop);
       process.off("SIGTERM", stop);
@@ -133,6 +125,27 @@ export async function serveCommand(
       resolve(1);
     });
   });
+  out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
+  if (!server.requiresAuth && !isLoopbackAddress(server.host) && server.host !== "localhost") {
+    // PyTorch's clients cannot send a token, so serving them unauthenticated is allowed, but never silently.
+    logger.warn(
+      "rdzv store: no auth token: any client that reaches this address can read, change and delete every " +
+        "key (rendezvous state and the jobs' data). On a network others share, keep the port behind a " +
+        "firewall, or require --auth-token-file (PyTorch clients cannot send one; see docs/security.md)",
+      { host: server.host, port: server.port },
+    );
+  }
+  if (server.tls || server.requiresAuth) {
+    out.write(
+      `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
+    );
+  }
+  const dashboard = await startServeDashboard(http, server, out, logger).catch(async (err: unknown) => {
+    data.close();
+    await server.close();
+    throw err;
+  });
+  const code = await stopped;
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
   // so a restart does not mark every client gone (they reconnect).
   data.close();

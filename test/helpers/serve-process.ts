@@ -31,17 +31,18 @@ export interface ServeProcess extends AsyncDisposable {
 }
 
 /**
- * Starts `rdzv serve --port PORT ARGS` (port 0 by default: a free one) and resolves once it listens.
+ * Starts `rdzv serve --port PORT ARGS` (port 0 by default: a free one; `env` over this process's) and
+ * resolves once it listens.
  * Rejects with its output when it exits first or does not listen within `startTimeoutMs`.
  */
 export async function startServe(
   args: readonly string[] = [],
-  options: { port?: number; startTimeoutMs?: number } = {},
+  options: { port?: number; startTimeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<ServeProcess> {
   const child = spawn(
     process.execPath,
     [RDZV_MAIN, "serve", "--port", String(options.port ?? 0), "--log-level", "warn", ...args],
-    { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "pipe"] },
+    { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   );
   live.add(child);
   let text = "";
