@@ -205,7 +205,7 @@ function unansweredHandshake(peer: string, err: RendezvousError, withToken: bool
   const causes = [
     "a server that speaks TLS (rdzv serve --tls-cert: connect with TLS, through the tls option or RDZV_TLS_CA)",
     "a PyTorch <= 2.0 server (it needs dialect v1)",
-    ...(withToken ? ["a PyTorch server sent an auth token (only rdzv servers take one)"] : []),
+    ...(withToken ? ["a PyTorch server sent an auth token (rdzv's AUTH: only rdzv servers take one)"] : []),
     "a server at its connection limit",
   ];
   return new RendezvousConnectionError(
