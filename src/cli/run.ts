@@ -513,7 +513,9 @@ function report(result: AgentResult, runId: string, say: (level: LogLevel, text:
     case "closed":
       say(
         "error",
-        `the rendezvous of run ${JSON.stringify(runId)} is closed: another node closed it, or an earlier job under this --rdzv-id ended (give a new job its own --rdzv-id)`,
+        result.reason === undefined
+          ? `the rendezvous of run ${JSON.stringify(runId)} is closed: another node closed it, or an earlier job under this --rdzv-id ended (give a new job its own --rdzv-id)`
+          : `the rendezvous of run ${JSON.stringify(runId)} was closed by another node: ${result.reason}`,
       );
       return;
     case "stopped":
