@@ -539,6 +539,23 @@ describe("rdzv run", () => {
     assert.match(next.stderr, /run "was-failed" is closed: .*earlier job under this --rdzv-id ended/);
   });
 
+  it("warns once of --rdzv-conf keys the backend does not read, naming the nearest known key, and runs", async () => {
+    const conf = "join-timeout=5,last_call_timout=1,keep_alive_interval=0.2,read_timeout=10";
+    const { code, stderr } = await run(["--standalone", "--rdzv-conf", conf, "--", "true"]).done;
+    assert.equal(code, 0, stderr);
+    const warnings = stderr.split("\n").filter((l) => l.includes("is not read by"));
+    assert.deepEqual(
+      warnings.map((l) =>
+        /'([^']+)' is not read by the c10d backend .*did you mean '([^']+)'/.exec(l)?.slice(1),
+      ),
+      [
+        ["join-timeout", "join_timeout"],
+        ["last_call_timout", "last_call_timeout"],
+      ],
+      stderr,
+    );
+  });
+
   it("exits 2 with the help for bad arguments", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);

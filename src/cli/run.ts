@@ -12,7 +12,7 @@ import { formatStatus, StatusLine } from "../agent/status-line.js";
 import { createConsoleLogger, LogLevel } from "../log.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
-import { parseRendezvousConfig } from "../rendezvous/parameters.js";
+import { formatUnreadConfigKey, parseRendezvousConfig, unreadConfigKeys } from "../rendezvous/parameters.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -36,6 +36,7 @@ Rendezvous:
   --rdzv-id ID               run id shared by the job's nodes (default "none")
   --rdzv-conf K=V,...        rendezvous settings: join_timeout, last_call_timeout, close_timeout,
                              keep_alive_interval, keep_alive_max_attempt, read_timeout, is_host, ...
+                             (a key the backend does not read is ignored, with a warning)
   --node-rank N              this node's rank (static backend)
   --local-addr ADDR          the address other nodes reach this node at (default: the hostname)
   --standalone               one machine, no set-up: an embedded store on a free loopback port, a random
@@ -348,6 +349,10 @@ export async function runCommand(argv: readonly string[]): Promise<number> {
     status.hide();
     process.stderr.write(`rdzv run: ${text}\n`);
   };
+  // PyTorch ignores config keys its backend does not read, and so does rdzv: a misspelt key would go
+  // unnoticed, so say so once, before joining; not an error, as PyTorch takes them.
+  for (const unread of unreadConfigKeys(parsed.backend, Object.keys(parsed.config)))
+    say("warn", `--rdzv-conf: ${formatUnreadConfigKey(unread)}`);
   const server = parsed.standalone ? await createTCPStoreServer({ host: "127.0.0.1", port: 0 }) : undefined;
   try {
     return await launch(parsed, server, status, say);
