@@ -471,7 +471,7 @@ describe("rdzv run", () => {
     assert.equal(code, 143, stderr);
   });
 
-  it("nodes that start different numbers of workers fail with a message instead of overlapping ranks", async () => {
+  it("nodes that start different numbers of workers fail with a message, on every node, instead of overlapping ranks", async () => {
     const server = await storeServer();
     const dir = tempDir();
     const args = (nproc: string) => [
@@ -486,8 +486,26 @@ describe("rdzv run", () => {
     ];
     const env = { PROBE_DIR: dir, PROBE_MODE: "sleep" };
     const results = await Promise.all([run(args("1"), env).done, run(args("3"), env).done]);
-    for (const r of results) assert.equal(r.code, 1, r.stderr);
-    assert.match(results.map((r) => r.stderr).join(""), /another node of the job starts [13]/);
+    // Either node may be the one that finds the mismatch: the other finds the rendezvous closed, and
+    // says why instead of suggesting an earlier job under this --rdzv-id.
+    const detected =
+      /this node starts [13] workers \(--nproc-per-node\) but another node of the job starts [13]/;
+    const told =
+      /closed by another node: node [01] \(.+\) starts [13] workers .*another node of the job starts [13]/;
+    for (const r of results) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.doesNotMatch(r.stderr, /earlier job under this --rdzv-id/);
+    }
+    assert.equal(
+      results.filter((r) => detected.test(r.stderr)).length,
+      1,
+      results.map((r) => r.stderr).join("\n--\n"),
+    );
+    assert.equal(
+      results.filter((r) => told.test(r.stderr)).length,
+      1,
+      results.map((r) => r.stderr).join("\n--\n"),
+    );
   });
 
   it("a job that succeeded leaves no restart count behind for the next job under its run id", async () => {
@@ -519,6 +537,23 @@ describe("rdzv run", () => {
     const next = await run([...args, "--", "true"]).done;
     assert.equal(next.code, 1, next.stderr);
     assert.match(next.stderr, /run "was-failed" is closed: .*earlier job under this --rdzv-id ended/);
+  });
+
+  it("warns once of --rdzv-conf keys the backend does not read, naming the nearest known key, and runs", async () => {
+    const conf = "join-timeout=5,last_call_timout=1,keep_alive_interval=0.2,read_timeout=10";
+    const { code, stderr } = await run(["--standalone", "--rdzv-conf", conf, "--", "true"]).done;
+    assert.equal(code, 0, stderr);
+    const warnings = stderr.split("\n").filter((l) => l.includes("is not read by"));
+    assert.deepEqual(
+      warnings.map((l) =>
+        /'([^']+)' is not read by the c10d backend .*did you mean '([^']+)'/.exec(l)?.slice(1),
+      ),
+      [
+        ["join-timeout", "join_timeout"],
+        ["last_call_timout", "last_call_timeout"],
+      ],
+      stderr,
+    );
   });
 
   it("exits 2 with the help for bad arguments", async () => {

@@ -62,6 +62,12 @@ describe("agentErrorRecord", () => {
       /^RendezvousClosedError: /,
     );
     assert.equal(
+      message(
+        agentErrorRecord({ kind: "closed", reason: "node 1 starts 3 workers" }, undefined, undefined, 5),
+      ),
+      "RendezvousClosedError: the rendezvous was closed by another node: node 1 starts 3 workers",
+    );
+    assert.equal(
       message(agentErrorRecord({ kind: "stopped", signal: "SIGTERM" }, undefined, undefined, 5)),
       "SignalException: stopped by SIGTERM",
     );

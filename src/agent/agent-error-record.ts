@@ -39,7 +39,11 @@ export function agentErrorRecord(
       return errorRecord(message, formatFailure(s), nowSeconds, exitStatus(s));
     }
     case "closed":
-      return errorRecord("RendezvousClosedError: the rendezvous was closed by another node", "", nowSeconds);
+      return errorRecord(
+        `RendezvousClosedError: the rendezvous was closed by another node${result.reason === undefined ? "" : `: ${result.reason}`}`,
+        "",
+        nowSeconds,
+      );
     case "stopped":
       return errorRecord(`SignalException: stopped by ${result.signal ?? "an abort"}`, "", nowSeconds);
     case undefined: {

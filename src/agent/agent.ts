@@ -163,7 +163,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     const restarts = await launcher.restartCount({ signal: this.#signal });
     this.#restarts = restarts;
     const spec = this.#spec(info, restarts);
-    await this.#checkNproc(launcher, attemptId(info.round, restarts), spec.nprocPerNode);
+    await this.#checkNproc(launcher, info, attemptId(info.round, restarts), spec.nprocPerNode);
     const group = this.#startGroup(spec);
     this.emit("started", {
       round: info.round,
@@ -193,15 +193,28 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   /**
    * Ranks are group rank x workers per node + local rank, so every node must start as many workers. A
    * node that differs from the attempt's first closes the rendezvous (every node stops) and fails with
-   * a message saying so, instead of handing out ranks that overlap or leave gaps.
+   * a message saying so, instead of handing out ranks that overlap or leave gaps; it records why first,
+   * so that the other nodes say so too when they find the rendezvous closed.
    */
-  async #checkNproc(launcher: LauncherStore, attempt: string, nprocPerNode: number): Promise<void> {
+  async #checkNproc(
+    launcher: LauncherStore,
+    info: RendezvousInfo,
+    attempt: string,
+    nprocPerNode: number,
+  ): Promise<void> {
     const agreed = await launcher.agreeNproc(attempt, nprocPerNode, { signal: this.#signal });
     if (agreed === nprocPerNode) return;
+    const rule =
+      "every node must start the same number (ranks are node rank x workers per node + local rank)";
+    const reason =
+      `node ${info.rank} (${this.#localAddr}) starts ${nprocPerNode} workers (--nproc-per-node) ` +
+      `but another node of the job starts ${agreed}: ${rule}`;
+    await launcher.recordCloseReason(reason, { signal: this.#signal }).catch((err: unknown) => {
+      this.#logger.warn("could not record why the rendezvous closes", { error: String(err) });
+    });
     await this.#handler.setClosed().catch(() => undefined);
     throw new InvalidArgumentError(
-      `this node starts ${nprocPerNode} workers (--nproc-per-node) but another node of the job starts ${agreed}: ` +
-        "every node must start the same number (ranks are node rank x workers per node + local rank)",
+      `this node starts ${nprocPerNode} workers (--nproc-per-node) but another node of the job starts ${agreed}: ${rule}`,
     );
   }
 
@@ -345,7 +358,9 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (this.#signal.aborted) return this.#stopped();
     if (!hasErrorCode(err, ErrorCode.Closed)) throw err;
     const summary = await this.#launcher?.readFailure().catch(() => undefined);
-    return summary === undefined ? { kind: "closed" } : { kind: "failed", summary, local: false };
+    if (summary !== undefined) return { kind: "failed", summary, local: false };
+    const reason = await this.#launcher?.readCloseReason().catch(() => undefined);
+    return reason === undefined ? { kind: "closed" } : { kind: "closed", reason };
   }
 
   #stopped(): AgentResult {

@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import type { RendezvousInfo } from "../rendezvous/api.js";
 import { MemoryStore } from "../store/memory-store.js";
 import { PrefixStore } from "../store/prefix-store.js";
-import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
+import { attemptId, LauncherStore, MAX_CLOSE_REASON_CHARS, storeKeyPrefix } from "./launcher-store.js";
 import type { FailureSummary } from "./policy.js";
 
 const info = (store: MemoryStore, round: number): RendezvousInfo => ({
@@ -84,6 +84,17 @@ describe("LauncherStore", () => {
     assert.ok(read.error.traceback.endsWith("ValueError: boom\n"));
     assert.match(read.error.traceback, /characters left out; the whole text is in the report of node n/);
     assert.deepEqual({ ...read, error: { ...read.error, traceback } }, summary);
+  });
+
+  it("records why a node closed the rendezvous, cut to a line or two of text", async () => {
+    const launcher = new LauncherStore(new MemoryStore(), "run");
+    assert.equal(await launcher.readCloseReason(), undefined);
+    await launcher.recordCloseReason("node 1 starts 3 workers");
+    assert.equal(await launcher.readCloseReason(), "node 1 starts 3 workers");
+    await launcher.recordCloseReason("x".repeat(100_000));
+    const long = await launcher.readCloseReason();
+    assert.equal(long?.length, MAX_CLOSE_REASON_CHARS);
+    assert.ok(long.endsWith("x..."));
   });
 
   it("releases the exit barrier on the last arrival only", async () => {

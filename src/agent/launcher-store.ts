@@ -7,6 +7,7 @@
  * | `restarts`                | the agent that claims a failure   | failure restarts of the job (add 1 each)  |
  * | `failure/<attempt>`       | compare-and-set by failing agents | who counted the attempt's failure         |
  * | `failed`                  | the agent that gives up           | the job's failure summary (JSON)          |
+ * | `closed-because`          | an agent that closes for a reason | why it closed (text): nproc mismatch      |
  * | `<attempt>/done`          | agents whose workers all exited 0 | exit barrier counter                      |
  * | `<attempt>/all-done`      | the agent completing the barrier  | every node's workers succeeded            |
  * | `<attempt>/nproc`         | the first node of the attempt     | workers per node, which all nodes match   |
@@ -87,6 +88,24 @@ export class LauncherStore {
   }
 
   /**
+   * Records why this agent closes the rendezvous when it is not a failure of its workers (those are
+   * `recordFailure`'s), for the agents that learn of it by the rendezvous closing. Cut to
+   * `MAX_CLOSE_REASON_CHARS`.
+   */
+  async recordCloseReason(reason: string, options?: CallOptions): Promise<void> {
+    const text =
+      reason.length > MAX_CLOSE_REASON_CHARS ? `${reason.slice(0, MAX_CLOSE_REASON_CHARS - 3)}...` : reason;
+    await this.store.set(this.#key("closed-because"), text, options);
+  }
+
+  /** The recorded reason for closing the rendezvous, if any. */
+  async readCloseReason(options?: CallOptions): Promise<string | undefined> {
+    const key = this.#key("closed-because");
+    if (!(await this.store.check([key], options))) return undefined;
+    return bytesToText(await this.store.get(key, options));
+  }
+
+  /**
    * Arrives at the exit barrier of `attempt`; the last of `worldSize` arrivals releases it. The job is
    * then over: its restart count goes, so that a later job under the same run id (on a long-running
    * `rdzv serve`) starts with its whole budget.
@@ -127,6 +146,9 @@ export class LauncherStore {
     return this.store.wait([this.#key(`${attempt}/all-done`)], options);
   }
 }
+
+/** The longest close reason recorded: a line or two of text, never a store value's worth. */
+export const MAX_CLOSE_REASON_CHARS = 4096;
 
 /** The attempt id of a round: `r<round>.c<restartCount>` (see the module comment). */
 export function attemptId(round: number, restartCount: number): string {

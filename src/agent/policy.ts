@@ -260,8 +260,11 @@ export type AgentResult =
   | { readonly kind: "succeeded"; readonly round: number; readonly restarts: number }
   /** The job failed; `local` when this node's worker is the one reported. */
   | { readonly kind: "failed"; readonly summary: FailureSummary; readonly local: boolean }
-  /** Another node closed the rendezvous without recording a failure (e.g. it was stopped). */
-  | { readonly kind: "closed" }
+  /**
+   * The rendezvous was closed without a recorded failure: by another node (`reason` says why when that
+   * node recorded it, see `LauncherStore.recordCloseReason`), or before this node joined a round.
+   */
+  | { readonly kind: "closed"; readonly reason?: string }
   /** Stopped by a signal (SIGINT/SIGTERM/SIGHUP) or an abort. */
   | { readonly kind: "stopped"; readonly signal: string | undefined };
 

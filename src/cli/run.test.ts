@@ -46,6 +46,58 @@ describe("rdzv run arguments", () => {
     assert.throws(() => parseRunArgs(["--bogus", "--", "true"]), /Unknown option '--bogus'/);
   });
 
+  it("says what rdzv run does instead of torchrun's log, output and process options, in either spelling", () => {
+    const cases: [string[], RegExp][] = [
+      [
+        ["--tee", "3", "--", "true"],
+        /--tee is not an rdzv run option: rdzv run writes no log files: .*stdout/,
+      ],
+      [["-t", "3", "--", "true"], /-t is not an rdzv run option: .*2>&1 \| tee/],
+      [["-t3", "--", "true"], /-t is not an rdzv run option/],
+      [["--log_dir=/tmp/x", "--", "true"], /--log-dir is not an rdzv run option: .*out\.\$RANK\.log/],
+      [["--log-dir", "/tmp/x", "train.py"], /--log-dir is not an rdzv run option/],
+      [["-r", "3", "--", "true"], /-r is not an rdzv run option: rdzv run writes no log files/],
+      [["--redirects", "0:1", "--", "true"], /--redirects is not an rdzv run option/],
+      [["--local_ranks_filter", "0", "--", "true"], /--local-ranks-filter .*\$LOCAL_RANK/],
+      [["--local-ranks-filter=0,1", "--", "true"], /--local-ranks-filter is not an rdzv run option/],
+      [["--start_method", "spawn", "--", "true"], /--start-method is not an rdzv run option: .*drop it/],
+      [["--start-method=fork", "--", "true"], /--start-method is not an rdzv run option/],
+      [["--logs_specs", "x", "--", "true"], /--logs-specs is not an rdzv run option/],
+      [["--shutdown-timeout", "5", "--", "true"], /--shutdown-timeout .*--stop-timeout SECS/],
+      [["--signals_to_handle", "SIGUSR1", "--", "true"], /--signals-to-handle .*forwards no other signal/],
+      [["--numa-binding", "node", "--", "true"], /--numa-binding .*numactl/],
+      [["--virtual-local-rank", "--", "true"], /--virtual-local-rank .*CUDA_VISIBLE_DEVICES/],
+      [["--event_log_handler", "console", "--", "true"], /--event-log-handler is not an rdzv run option/],
+      [["--duplicate-stdout-filters", "a", "--", "true"], /--duplicate-stdout-filters .*grep/],
+      [["--use_env", "--", "true"], /--use-env .*LOCAL_RANK/],
+    ];
+    for (const [argv, message] of cases) {
+      assert.throws(
+        () => parseRunArgs(argv),
+        (err: unknown) => err instanceof UsageError && message.test(String(err)),
+        argv.join(" "),
+      );
+    }
+  });
+
+  it("takes torchrun's options that rdzv run has under the same name", () => {
+    const parsed = parseRunArgs([
+      "--role=trainer",
+      "--monitor_interval",
+      "0.5",
+      "--rdzv_backend",
+      "static",
+      "--node_rank",
+      "1",
+      "--",
+      "true",
+    ]);
+    assert.equal(parsed?.role, "trainer");
+    assert.equal(parsed?.monitorIntervalMs, 500);
+    assert.equal(parsed?.backend, "static");
+    assert.equal(parsed?.config.rank, "1");
+  });
+
   it("refuses a Python script that is not executable as the command, saying to run it with python3", () => {
     assert.throws(
       () => parseRunArgs(["--standalone", "train.py"]),

@@ -12,7 +12,7 @@ import { formatStatus, StatusLine } from "../agent/status-line.js";
 import { createConsoleLogger, LogLevel } from "../log.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
-import { parseRendezvousConfig } from "../rendezvous/parameters.js";
+import { formatUnreadConfigKey, parseRendezvousConfig, unreadConfigKeys } from "../rendezvous/parameters.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -36,6 +36,7 @@ Rendezvous:
   --rdzv-id ID               run id shared by the job's nodes (default "none")
   --rdzv-conf K=V,...        rendezvous settings: join_timeout, last_call_timeout, close_timeout,
                              keep_alive_interval, keep_alive_max_attempt, read_timeout, is_host, ...
+                             (a key the backend does not read is ignored, with a warning)
   --node-rank N              this node's rank (static backend)
   --local-addr ADDR          the address other nodes reach this node at (default: the hostname)
   --standalone               one machine, no set-up: an embedded store on a free loopback port, a random
@@ -149,8 +150,45 @@ function dashed(token: string): string {
   return name.replaceAll("_", "-") + (eq < 0 ? "" : token.slice(eq));
 }
 
-/** What to say to torchrun options rdzv run does not have. */
+/** Where worker output goes, for the hints on torchrun's log-file options. */
+const OUTPUT_GOES =
+  "worker output goes to rdzv run's own stdout and stderr (each line prefixed with [rank<N>]: under --prefix-output, the default on a terminal)";
+
+/** Writing worker output to files, as the shell does it. */
+const TO_FILES =
+  "to keep it in a file, redirect rdzv run's output (rdzv run ... 2>&1 | tee node.log), or each worker's in the command: " +
+  "-- sh -c 'exec python3 train.py >\"out.$RANK.log\" 2>&1'";
+
+/**
+ * What to say to torchrun (2.x and 1.13) options rdzv run does not have, by their dashed spelling (short
+ * options as themselves): what rdzv run does instead, or the rdzv run option that does the same.
+ */
 const TORCHRUN_HINTS: Record<string, string> = {
+  "--log-dir": `rdzv run writes no log files: ${OUTPUT_GOES}; ${TO_FILES}`,
+  "--redirects": `rdzv run writes no log files: ${OUTPUT_GOES}; ${TO_FILES}`,
+  "-r": `rdzv run writes no log files: ${OUTPUT_GOES}; ${TO_FILES}`,
+  "--tee": `rdzv run writes no log files: ${OUTPUT_GOES}; ${TO_FILES}`,
+  "-t": `rdzv run writes no log files: ${OUTPUT_GOES}; ${TO_FILES}`,
+  "--logs-specs": `rdzv run has no pluggable log handling: ${OUTPUT_GOES}`,
+  "--local-ranks-filter":
+    `rdzv run shows every worker's output (${OUTPUT_GOES}); to quiet the stdout of other local ranks, do it in the command: ` +
+    "-- sh -c 'if [ \"$LOCAL_RANK\" = 0 ]; then exec python3 train.py; else exec python3 train.py >/dev/null; fi'",
+  "--duplicate-stdout-filters": `rdzv run has no output filters: ${OUTPUT_GOES}; pipe it through grep or tee`,
+  "--duplicate-stderr-filters": `rdzv run has no output filters: ${OUTPUT_GOES}; pipe it through grep or tee`,
+  "--start-method":
+    "workers are always processes running COMMAND (torchrun's start method only applies to Python functions, not to a script): drop it",
+  "--event-log-handler":
+    "rdzv run has no event log handlers: it reports its progress on stderr (more with --log-level debug)",
+  "--shutdown-timeout": "write --stop-timeout SECS (the grace between SIGTERM and SIGKILL, default 30)",
+  "--signals-to-handle":
+    "rdzv run stops the workers on SIGINT, SIGTERM, SIGHUP and SIGQUIT and forwards no other signal (send others to the worker processes)",
+  "--numa-binding":
+    "rdzv run binds no CPUs or NUMA nodes: run the worker under numactl or taskset in the command, choosing by $LOCAL_RANK",
+  "--virtual-local-rank":
+    "rdzv run leaves CUDA_VISIBLE_DEVICES alone: to show each worker only its own GPU, write " +
+    "-- sh -c 'exec env CUDA_VISIBLE_DEVICES=$LOCAL_RANK python3 train.py' (LOCAL_RANK stays the local rank, not 0)",
+  "--use-env":
+    "workers always get LOCAL_RANK in their environment (rdzv run never passes --local-rank, as torchrun)",
   "--master-addr":
     "give the rendezvous endpoint with --rdzv-endpoint HOST:PORT (torchrun's static form: --rdzv-backend static --rdzv-endpoint HOST:PORT --node-rank N)",
   "--master-port":
@@ -170,10 +208,15 @@ function parseOptions(args: string[]) {
     const token = args.find(
       (a) => a.startsWith("-") && !(a.replace(/^--?(no-)?/, "").split("=")[0]! in OPTIONS),
     );
-    const name = token?.split("=")[0] ?? "";
+    const name = token === undefined ? "" : optionName(token);
     const hint = TORCHRUN_HINTS[name];
     throw hint === undefined ? err : new UsageError(`${name} is not an rdzv run option: ${hint}`);
   }
+}
+
+/** The option a token names: `--log-dir` of `--log-dir=x`, `-t` of `-t3`. */
+function optionName(token: string): string {
+  return token.startsWith("--") ? token.split("=")[0]! : token.slice(0, 2);
 }
 
 /** Parses `rdzv run` arguments; throws `UsageError` naming the bad value. Returns `undefined` for --help. */
@@ -306,6 +349,10 @@ export async function runCommand(argv: readonly string[]): Promise<number> {
     status.hide();
     process.stderr.write(`rdzv run: ${text}\n`);
   };
+  // PyTorch ignores config keys its backend does not read, and so does rdzv: a misspelt key would go
+  // unnoticed, so say so once, before joining; not an error, as PyTorch takes them.
+  for (const unread of unreadConfigKeys(parsed.backend, Object.keys(parsed.config)))
+    say("warn", `--rdzv-conf: ${formatUnreadConfigKey(unread)}`);
   const server = parsed.standalone ? await createTCPStoreServer({ host: "127.0.0.1", port: 0 }) : undefined;
   try {
     return await launch(parsed, server, status, say);
@@ -471,7 +518,9 @@ function report(result: AgentResult, runId: string, say: (level: LogLevel, text:
     case "closed":
       say(
         "error",
-        `the rendezvous of run ${JSON.stringify(runId)} is closed: another node closed it, or an earlier job under this --rdzv-id ended (give a new job its own --rdzv-id)`,
+        result.reason === undefined
+          ? `the rendezvous of run ${JSON.stringify(runId)} is closed: another node closed it, or an earlier job under this --rdzv-id ended (give a new job its own --rdzv-id)`
+          : `the rendezvous of run ${JSON.stringify(runId)} was closed by another node: ${result.reason}`,
       );
       return;
     case "stopped":
