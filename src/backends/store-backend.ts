@@ -77,26 +77,27 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   async getState(options?: CallOptions): Promise<RendezvousState> {
-    let open = await this.store.add(this.key("open"), 0, options);
+    const hint = await this.#readHint(options);
     // Both reads in one round trip (the store pipelines them).
-    let [last, outcome] = await Promise.all([
-      open > 0 ? this.readOutcome(open - 1, options) : undefined,
-      this.readOutcome(open, options),
+    const [last, outcome] = await Promise.all([
+      hint > 0 ? this.readOutcome(hint - 1, options) : undefined,
+      this.readOutcome(hint, options),
     ]);
-    // A hint ahead of the truth (earlier rdzv versions could count one decision twice, and a store kept
-    // with --data-dir may still hold such a hint): walk back to the round after the last decided one.
-    while (open > 0 && last === undefined) {
-      open--;
-      outcome = undefined;
-      last = open > 0 ? await this.readOutcome(open - 1, options) : undefined;
+    if (outcome === undefined && (hint === 0 || last !== undefined)) {
+      return last === undefined ? { openRound: hint } : { openRound: hint, last };
     }
-    // The hint trails the truth by at most the decisions in flight: step forward past decided rounds.
-    while (outcome !== undefined) {
-      last = outcome;
-      open++;
-      outcome = await this.readOutcome(open, options);
-    }
-    return last === undefined ? { openRound: open } : { openRound: open, last };
+    // The hint trails the truth (by the decisions in flight, as a rule): gallop forward from it. Or it is
+    // ahead (a store client wrote it, or an earlier rdzv version counted one decision twice and a store
+    // kept with --data-dir still holds it): gallop back from it. Either way O(log distance) reads.
+    const open =
+      outcome !== undefined
+        ? await this.#firstUndecided(hint, Number.POSITIVE_INFINITY, "forward", options)
+        : await this.#firstUndecided(-1, hint - 1, "back", options);
+    if (open < hint) this.#warnHintAhead(hint, open);
+    if (open === 0) return { openRound: 0 };
+    // Round open - 1 is known decided: its outcome in one round trip, unless read above already.
+    const known = open === hint + 1 ? outcome : undefined;
+    return { openRound: open, last: known ?? (await this.#decidedOutcome(open - 1, options)) };
   }
 
   /**
@@ -104,9 +105,9 @@ export class StoreRendezvousBackend implements RendezvousBackend {
    * and for a member re-joining after its round): the open-round hint, the closed flag, round `from`'s
    * outcome (is it still open?) and a ticket in it, all at once; then the descriptor, sent without waiting
    * so that it shares a write with the caller's next requests (keep-alive, coordinator claim). Otherwise
-   * one more round trip per round it steps forward, or two to jump to the hint. A ticket taken in a round
-   * that was decided meanwhile (or, for a late `from`, long ago) is left behind: it lies beyond the
-   * outcome's span.
+   * one more round trip per round it steps forward (two at most: then it gallops), or two to jump to the
+   * hint; a hint ahead of the truth costs O(log(hint - from)) more. A ticket taken in a round that was
+   * decided meanwhile (or, for a late `from`, long ago) is left behind: it lies beyond the outcome's span.
    */
   async enter(
     node: NodeDescriptor,
@@ -114,27 +115,36 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     from = 0,
   ): Promise<{ round: number; slot: number } | undefined> {
     const [hint, closed, first] = await Promise.all([
-      this.store.add(this.key("open"), 0, options),
+      this.#readHint(options),
       this.store.check([this.key("closed")], options),
       this.#tryRound(from, options),
     ]);
     if (closed) return undefined;
     let round = from;
     let { decided, ticket } = first;
+    let hintTried = false;
+    let steps = 0;
     while (decided) {
-      const outcome = this.parseOutcome(
-        await this.store.get(this.roundKey(round, "outcome"), options),
-        round,
-      );
+      const outcome = await this.#decidedOutcome(round, options);
       if (outcome.kind === "closed") return undefined;
-      // Rounds before the hint are decided (it is set after each decision): skip them. A hint ahead of
-      // the truth (an earlier version's, kept with --data-dir) would put the ticket in a round after the
-      // open one, so a jump checks that the round before its target is decided (one round trip more).
-      let target = round + 1;
-      if (hint > target && (await this.store.check([this.roundKey(hint - 1, "outcome")], options))) {
-        target = hint;
+      if (!hintTried && hint > round + 1) {
+        // Rounds before the hint are decided (it is set after each decision): skip them, checking that
+        // the round before the target is decided (one round trip), since a hint ahead of the truth would
+        // put the ticket in a round after the open one. When it is not, the open round lies between.
+        hintTried = true;
+        if (await this.store.check([this.roundKey(hint - 1, "outcome")], options)) {
+          round = hint;
+        } else {
+          round = await this.#firstUndecided(round, hint - 1, "back", options);
+          this.#warnHintAhead(hint, round);
+        }
+      } else if (steps < 2) {
+        // The hint trails by the decisions in flight: the next round is most likely open.
+        steps++;
+        round++;
+      } else {
+        round = await this.#firstUndecided(round, Number.POSITIVE_INFINITY, "forward", options);
       }
-      round = target;
       ({ decided, ticket } = await this.#tryRound(round, options));
     }
     const slot = ticket - 1;
@@ -145,6 +155,70 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     };
     published.then(settled, settled);
     return { round, slot };
+  }
+
+  /**
+   * The open-round hint. Any store client can write it, so it is only a guess at where to start looking:
+   * one that is not a round number reads as 0 (then the open round is found galloping forward).
+   */
+  async #readHint(options?: CallOptions): Promise<number> {
+    const hint = await this.store.add(this.key("open"), 0, options);
+    return Number.isSafeInteger(hint) && hint >= 0 ? hint : 0;
+  }
+
+  /**
+   * The first undecided round after `decided` (known decided, or -1) and up to `undecided` (known
+   * undecided, or infinity): rounds are decided in order, so the decided ones are a prefix. Gallops from
+   * one end (steps 1, 1, 2, 4, ... from `decided` "forward", or from `undecided` "back") until it brackets the
+   * boundary, then bisects: one round trip per read, O(log distance) reads.
+   */
+  async #firstUndecided(
+    decided: number,
+    undecided: number,
+    from: "forward" | "back",
+    options?: CallOptions,
+  ): Promise<number> {
+    const isDecided = (round: number): Promise<boolean> =>
+      this.store.check([this.roundKey(round, "outcome")], options);
+    let lo = decided;
+    let hi = undecided;
+    // Steps 1, 1, 2, 4, ...: a hint off by one or two costs what stepping one round at a time did.
+    for (let i = 0; hi - lo > 1; i++) {
+      const step = i < 2 ? 1 : 2 ** (i - 1);
+      const probe = from === "forward" ? lo + step : hi - step;
+      if (probe <= lo || probe >= hi) break;
+      if (await isDecided(probe)) {
+        lo = probe;
+        if (from === "back") break;
+      } else {
+        hi = probe;
+        if (from === "forward") break;
+      }
+    }
+    while (hi - lo > 1) {
+      const mid = lo + Math.floor((hi - lo) / 2);
+      if (await isDecided(mid)) lo = mid;
+      else hi = mid;
+    }
+    return hi;
+  }
+
+  /** The hint last warned about, so that each wrong hint is logged once, not on every read. */
+  #warnedHint: number | undefined;
+
+  #warnHintAhead(hint: number, open: number): void {
+    if (this.#warnedHint === hint) return;
+    this.#warnedHint = hint;
+    this.logger.warn(
+      `the open-round hint of run ${JSON.stringify(this.runId)} says ${hint} rounds are decided, but round ` +
+        `${open} is open: a store client wrote it, or an earlier rdzv version counted decisions twice`,
+      { runId: this.runId, hint, openRound: open },
+    );
+  }
+
+  /** The outcome of `round`, known to be decided, in one round trip. */
+  async #decidedOutcome(round: number, options?: CallOptions): Promise<RoundOutcome> {
+    return this.parseOutcome(await this.store.get(this.roundKey(round, "outcome"), options), round);
   }
 
   /** Whether `round` is decided, and a ticket taken in it, in one round trip. */

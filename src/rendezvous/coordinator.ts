@@ -5,6 +5,7 @@
  * would reach min or max, the previous round draining, a last-call or keep-alive deadline.
  */
 
+import { RendezvousStateError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { throwIfAborted } from "./abort.js";
 import type { RendezvousBackend } from "./backend.js";
@@ -72,11 +73,14 @@ export async function coordinateRound(
     backend.ticketCount(round),
   ]);
   if (last === null) return undefined;
-  const previous = last?.kind === "complete" ? memberSlots(last) : undefined;
+  const previous = last?.kind === "complete" ? previousMembers(last, settings.maxNodes) : undefined;
   let minReachedAt: number | undefined;
   let nextLivenessCheck = Date.now() + settings.keepAliveIntervalMs;
-  /** Slots known to exist (published), whose markers are read together with the count. */
-  let known = firstCount;
+  /**
+   * Slots known to exist (published), whose markers are read together with the count. Any store client
+   * can write the ticket counter: only the slots the decision looks at are read (see `readNewSlots`).
+   */
+  let known = Math.min(firstCount, settings.maxNodes);
   for (;;) {
     const now = Date.now();
     const checkLiveness = now >= nextLivenessCheck;
@@ -89,14 +93,7 @@ export async function coordinateRound(
         ? undefined
         : observeGone(input, liveness, round - 1, previous, checkLiveness, true),
     ]);
-    const tickets = Math.max(counted, known);
-    const gone =
-      tickets > known
-        ? union(
-            goneKnown,
-            await observeGone(input, liveness, round, range(tickets, known), checkLiveness, false),
-          )
-        : goneKnown;
+    const { tickets, gone } = await readNewSlots(input, liveness, known, counted, goneKnown, checkLiveness);
     if (gone.has(input.slot)) return OWN_SLOT_GONE;
     const pending = previous === undefined ? [] : previous.filter((s) => !prevGone!.has(s));
     const decision: RoundDecision = decideRound(
@@ -142,6 +139,51 @@ async function previousOutcome(input: CoordinatorInput): Promise<RoundOutcome | 
     if (Date.now() >= deadline) return null;
     input.logger.warn("the previous round is still undecided; waiting for it", { round });
   }
+}
+
+/**
+ * Reads the markers of slots from `known` on, as far as the decision looks: `selectMembers` stops at the
+ * first `maxNodes` live slots, so slots past them are spares whatever their state. Returns the slots read
+ * (`tickets`, at most the ticket count) and the gone ones among them. One round trip (two with liveness)
+ * when no newly read slot is gone, as before; one more per batch of `maxNodes` while they are. A ticket
+ * counter a store client set far ahead thus costs reads of `maxNodes` slots, not of every number below it.
+ */
+async function readNewSlots(
+  input: CoordinatorInput,
+  liveness: LivenessTracker,
+  known: number,
+  counted: number,
+  goneKnown: Set<number>,
+  checkLiveness: boolean,
+): Promise<{ tickets: number; gone: Set<number> }> {
+  const total = Math.max(counted, known);
+  let tickets = known;
+  let gone = goneKnown;
+  while (tickets < total && tickets - gone.size < input.settings.maxNodes) {
+    const next = Math.min(total, tickets + input.settings.maxNodes - (tickets - gone.size));
+    gone = union(
+      gone,
+      await observeGone(input, liveness, input.round, range(next, tickets), checkLiveness, false),
+    );
+    tickets = next;
+  }
+  return { tickets, gone };
+}
+
+/**
+ * The members of the previous round, whose drain this round waits for (their markers are read on every
+ * pass). A round has at most `maxNodes` members: an outcome naming more (up to `MAX_SPAN`) was written by
+ * some other store client, and reading it would have every pass read millions of markers.
+ */
+function previousMembers(outcome: Extract<RoundOutcome, { kind: "complete" }>, maxNodes: number): number[] {
+  const size = outcome.span - outcome.excluded.length;
+  if (size > maxNodes) {
+    throw new RendezvousStateError(
+      `the outcome of round ${outcome.round} names ${size} members, more than the ${maxNodes} nodes a ` +
+        "round can have: the rendezvous state is corrupt (written by another store client?)",
+    );
+  }
+  return memberSlots(outcome);
 }
 
 /** Slots `from`..`to - 1` (`range(n)`: 0..n-1). */
