@@ -232,3 +232,29 @@ describe("coordinateRound with forged counts", () => {
     assert.ok(calls() - before < 50, `${calls() - before} store calls`);
   });
 });
+
+describe("numNodesWaiting with a forged ticket counter", () => {
+  it("reads only as many slots as the answer can show (at most maxNodes)", async () => {
+    const { store, calls } = countingStore(50);
+    const backend = new StoreRendezvousBackend(store, "run");
+    const handler = createDynamicRendezvousHandler({
+      backend,
+      runId: "run",
+      settings: { minNodes: 1, maxNodes: 4 },
+      localAddr: "127.0.0.1",
+    });
+    try {
+      // Three tickets, the second one's node gone: two wait.
+      await store.add("rdzv/run/r0/tickets", 3);
+      await backend.markGone(0, 1, "left", false);
+      assert.equal(await handler.numNodesWaiting(), 2);
+      // A counter set to 1e9 (it built a list of 1e9 slots): at most maxNodes, in a few calls.
+      await store.add("rdzv/run/r0/tickets", 1e9);
+      const before = calls();
+      assert.equal(await handler.numNodesWaiting(), 4);
+      assert.ok(calls() - before <= 20, `${calls() - before} store calls`);
+    } finally {
+      await handler.shutdown();
+    }
+  });
+});

@@ -180,7 +180,8 @@ function previousMembers(outcome: Extract<RoundOutcome, { kind: "complete" }>, m
   if (size > maxNodes) {
     throw new RendezvousStateError(
       `the outcome of round ${outcome.round} names ${size} members, more than the ${maxNodes} nodes a ` +
-        "round can have: the rendezvous state is corrupt (written by another store client?)",
+        "round can have here: every node of a run must be given the same maximum (--nnodes MIN:MAX), " +
+        "else the rendezvous state was written by another store client",
     );
   }
   return memberSlots(outcome);

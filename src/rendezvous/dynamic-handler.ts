@@ -514,17 +514,32 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     this.emit("closed", { round: this.#member?.round ?? -1 });
   }
 
+  /**
+   * Nodes holding a live ticket in the open round, at most `maxNodes` (for a member of the round before:
+   * at most the room left in it, `maxNodes - worldSize`; nodes beyond are spares, PyTorch's redundancy
+   * list). Markers are read in batches only until that bound is reached, so the read costs what the
+   * answer can show: any store client can write the ticket counter, and a forged 1e9 made every call
+   * build and read a list of 1e9 slots.
+   */
   async numNodesWaiting(options: RendezvousCallOptions = {}): Promise<number> {
     const { openRound } = await this.#backend.getState(options);
     const tickets = await this.#backend.ticketCount(openRound, options);
-    if (tickets === 0) return 0;
-    const slots = Array.from({ length: tickets }, (_, i) => i);
-    const gone = await this.#backend.goneSlots(openRound, slots, options);
-    const waiting = gone.filter((g) => g === undefined).length;
     const member = this.#member;
-    if (member === undefined || member.round !== openRound - 1) return waiting;
-    // Nodes beyond maxNodes are spares, not waiting to be admitted (PyTorch's redundancy list).
-    return Math.min(waiting, this.settings.maxNodes - member.worldSize);
+    const cap =
+      member !== undefined && member.round === openRound - 1
+        ? Math.max(0, this.settings.maxNodes - member.worldSize)
+        : this.settings.maxNodes;
+    let waiting = 0;
+    let read = 0;
+    while (read < tickets && waiting < cap) {
+      // One round trip reads as many slots as could still all be waiting.
+      const next = Math.min(tickets, read + (cap - waiting));
+      const slots = Array.from({ length: next - read }, (_, i) => read + i);
+      const gone = await this.#backend.goneSlots(openRound, slots, options);
+      waiting += gone.filter((g) => g === undefined).length;
+      read = next;
+    }
+    return Math.min(waiting, cap);
   }
 
   /**
