@@ -11,6 +11,7 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
+import { pickFreePort } from "../src/rendezvous/free-port.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
 
@@ -326,6 +327,30 @@ describe("rdzv run", () => {
       assert.match(r.stderr, /bad shard/);
     }
     assert.equal(results.filter((r) => r.stderr.includes("reported by another node")).length, 1);
+  });
+
+  it("a failure on the node hosting the store (c10d) ends the job on the other node too", async () => {
+    const port = await pickFreePort("127.0.0.1");
+    const dir = tempDir();
+    const common = ["--nnodes", "2", "--rdzv-endpoint", `127.0.0.1:${port}`, "--rdzv-id", "host-fails"];
+    const tail = ["--stop-timeout", "2", "--", "node", PROBE];
+    const host = run([...common, "--rdzv-conf", FAST, ...tail], {
+      PROBE_DIR: dir,
+      PROBE_MODE: "fail",
+      PROBE_RANKS: "0,1",
+      PROBE_CODE: "6",
+    });
+    // The other node never hosts, and its worker runs until stopped.
+    const other = run([...common, "--rdzv-conf", `${FAST},is_host=false`, ...tail], {
+      PROBE_DIR: dir,
+      PROBE_MODE: "sleep",
+    });
+    const [h, o] = await Promise.all([host.done, other.done]);
+    assert.equal(h.code, 1, h.stderr);
+    assert.match(h.stderr, /first failure: rank \d .*: exit code 6/);
+    // It lost the store with the host before it saw the job end, and hung (killed after 30 s).
+    assert.equal(o.code, 1, o.stderr);
+    assert.match(o.stderr, /first failure: rank \d .*: exit code 6[\s\S]*reported by another node/);
   });
 
   it("a node that joins late is admitted by a restart (--nnodes 1:2)", async () => {

@@ -50,8 +50,9 @@ export async function createC10dRendezvousHandler(
     await server?.close();
     throw err;
   }
+  const backend = new StoreRendezvousBackend(store, settings.runId, { name: "c10d", logger });
   return createDynamicRendezvousHandler({
-    backend: new StoreRendezvousBackend(store, settings.runId, { name: "c10d", logger }),
+    backend,
     runId: settings.runId,
     settings: {
       minNodes: settings.minNodes,
@@ -67,8 +68,16 @@ export async function createC10dRendezvousHandler(
     storeEndpoint: { masterAddr: host, masterPort: port },
     logger,
     onShutdown: async () => {
+      // A closed rendezvous (the job failed or ended for good): the other nodes still have to see it
+      // (and read why) through this store before they stop their workers.
+      const closed = server !== undefined && (await backend.isClosed({ timeoutMs: 2000 }).catch(() => false));
       await store.close();
-      await server?.close();
+      if (server === undefined) return;
+      if (closed) {
+        const graceMs = Math.max(settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts, 10_000);
+        await untilClientsLeft(server, graceMs, logger);
+      }
+      await server.close();
     },
   });
 }
@@ -88,5 +97,20 @@ async function hostStore(host: string, port: number, logger: Logger): Promise<TC
       return undefined;
     }
     throw err;
+  }
+}
+
+/**
+ * Waits until no client is connected to `server`, at most `graceMs` (the time the other nodes would take
+ * to count this node dead anyway, and at least 10 s). The node hosting the store would otherwise take it down with it: the
+ * other nodes, whose workers still ran, lost the store before they saw the rendezvous closed, and their
+ * agents hung in the exit barrier instead of stopping and reporting the failure.
+ */
+async function untilClientsLeft(server: TCPStoreServer, graceMs: number, logger: Logger): Promise<void> {
+  const deadline = Date.now() + graceMs;
+  if (server.stats().connections === 0) return;
+  logger.info("keeping the rendezvous store up until the other nodes have left", { graceMs });
+  while (server.stats().connections > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
