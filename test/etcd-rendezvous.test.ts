@@ -90,6 +90,22 @@ describe("etcd backend: the node's lease", () => {
     }
   });
 
+  it("enters the open round when another client wrote a hint that is not a round number", async () => {
+    const store = await freshStore("hint");
+    const backend = new EtcdRendezvousBackend(store, "hint", { leaseTtlS: 15 });
+    try {
+      await backend.setState({ kind: "complete", round: 0, span: 1, excluded: [] }, 0);
+      await store.set("rdzv/hint/open", "-3");
+      assert.equal((await backend.enter({ id: "n0", addr: "127.0.0.1", pid: 1 }))?.round, 1);
+      // Not a number at all: a clear error (it took a ticket in round NaN).
+      await store.set("rdzv/hint/open", "abc");
+      await assert.rejects(backend.enter({ id: "n1", addr: "127.0.0.1", pid: 2 }), /"abc" is not an integer/);
+    } finally {
+      await backend.close();
+      await store.close();
+    }
+  });
+
   it("waitEnded wakes on a member key's deletion and on the round's end, not on the round's other keys", async () => {
     const store = await freshStore("steps");
     const backend = new EtcdRendezvousBackend(store, "steps", { leaseTtlS: 15 });

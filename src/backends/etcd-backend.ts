@@ -142,7 +142,11 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     );
     if (rangeKvs(first, 1).length > 0) return undefined;
     const hint = rangeKvs(first, 0)[0];
-    for (let round = hint === undefined ? 0 : Number(hint.value.toString("latin1")); ; round++) {
+    let start = hint === undefined ? 0 : Number(hint.value.toString("latin1"));
+    // The hint moves in the outcome's own transaction, so it is exact unless another client wrote it: one
+    // that is not a round number (it made this loop take tickets in round NaN) is found again by search.
+    if (!Number.isSafeInteger(start) || start < 0) start = (await this.#inner.getState(options)).openRound;
+    for (let round = start; ; round++) {
       const { slot, outcome } = await this.#ticket(round, options);
       if (outcome !== undefined) {
         if (outcome.kind === "closed") return undefined;
