@@ -218,6 +218,25 @@ describe("coordinateRound with forged counts", () => {
     });
   });
 
+  it("waits for the previous round's drain in one pass however many spares hold tickets", async () => {
+    const { store, calls } = countingStore(5000);
+    const backend = new StoreRendezvousBackend(store, "run");
+    // Round 0's two members still run; 60 nodes (2 + 58 spares) hold published tickets in round 1.
+    await backend.setState({ kind: "complete", round: 0, span: 2, excluded: [] }, 0);
+    await new Promise((resolve) => setImmediate(resolve));
+    for (let i = 0; i < 60; i++) await backend.enter(NODE, undefined, 1);
+    const before = calls();
+    const outcome = coordinate(backend, 1, 0);
+    // Let it go to sleep on the drain; then drain round 0.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await backend.markGone(0, 0, "rejoined", true);
+    await backend.markGone(0, 1, "rejoined", true);
+    assert.deepEqual(await outcome, { kind: "complete", round: 1, span: 2, excluded: [] });
+    // It woke at once for each spare (the first slot it had not read was published), one pass each
+    // reading the markers of every slot before it: 2,255 calls; now a pass before the drain, one after.
+    assert.ok(calls() - before < 60, `${calls() - before} store calls`);
+  });
+
   it("fails with a state error on a previous outcome naming more members than a round can have", async () => {
     const { store, calls } = countingStore(5000);
     const backend = new StoreRendezvousBackend(store, "run");

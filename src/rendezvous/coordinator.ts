@@ -93,7 +93,14 @@ export async function coordinateRound(
         ? undefined
         : observeGone(input, liveness, round - 1, previous, checkLiveness, true),
     ]);
-    const { tickets, gone } = await readNewSlots(input, liveness, known, counted, goneKnown, checkLiveness);
+    const { tickets, gone, total } = await readNewSlots(
+      input,
+      liveness,
+      known,
+      counted,
+      goneKnown,
+      checkLiveness,
+    );
     if (gone.has(input.slot)) return OWN_SLOT_GONE;
     const pending = previous === undefined ? [] : previous.filter((s) => !prevGone!.has(s));
     const decision: RoundDecision = decideRound(
@@ -114,10 +121,15 @@ export async function coordinateRound(
     const until = Math.min(decision.wakeAt ?? Number.POSITIVE_INFINITY, nextLivenessCheck, input.deadline);
     const timeoutMs = Math.max(0, until - Date.now());
     const live = tickets - gone.size;
+    // With maxNodes live slots (the previous round still draining) no join changes the decision: wake on
+    // the next ticket past those taken, as before `readNewSlots`, and read no more slots for it. Waiting
+    // for the first slot not read instead woke at once for every spare holding a ticket, one pass each
+    // reading the markers of all slots before it.
+    const full = live >= settings.maxNodes;
     const needed = live < settings.minNodes ? settings.minNodes : settings.maxNodes;
-    const targetSlot = tickets + Math.max(needed - live, 1) - 1;
+    const targetSlot = full ? total : tickets + Math.max(needed - live, 1) - 1;
     const woke = await sleepUntilChange(input, targetSlot, pending, timeoutMs);
-    if (woke === "joined") known = targetSlot + 1;
+    if (woke === "joined") known = full ? tickets : targetSlot + 1;
     else if (woke !== undefined) return woke;
     else known = tickets;
     if (Date.now() >= input.deadline) return undefined;
@@ -144,9 +156,10 @@ async function previousOutcome(input: CoordinatorInput): Promise<RoundOutcome | 
 /**
  * Reads the markers of slots from `known` on, as far as the decision looks: `selectMembers` stops at the
  * first `maxNodes` live slots, so slots past them are spares whatever their state. Returns the slots read
- * (`tickets`, at most the ticket count) and the gone ones among them. One round trip (two with liveness)
- * when no newly read slot is gone, as before; one more per batch of `maxNodes` while they are. A ticket
- * counter a store client set far ahead thus costs reads of `maxNodes` slots, not of every number below it.
+ * (`tickets`, at most the ticket count), the gone ones among them, and the ticket count (`total`, at least
+ * `known`). One round trip (two with liveness) when no newly read slot is gone, as before; one more per
+ * batch of `maxNodes` while they are. A ticket counter a store client set far ahead thus costs reads of
+ * `maxNodes` slots, not of every number below it.
  */
 async function readNewSlots(
   input: CoordinatorInput,
@@ -155,7 +168,7 @@ async function readNewSlots(
   counted: number,
   goneKnown: Set<number>,
   checkLiveness: boolean,
-): Promise<{ tickets: number; gone: Set<number> }> {
+): Promise<{ tickets: number; gone: Set<number>; total: number }> {
   const total = Math.max(counted, known);
   let tickets = known;
   let gone = goneKnown;
@@ -167,7 +180,7 @@ async function readNewSlots(
     );
     tickets = next;
   }
-  return { tickets, gone };
+  return { tickets, gone, total };
 }
 
 /**
