@@ -97,6 +97,10 @@ describe("etcd backend: the node's lease", () => {
       await backend.setState({ kind: "complete", round: 0, span: 1, excluded: [] }, 0);
       await store.set("rdzv/hint/open", "-3");
       assert.equal((await backend.enter({ id: "n0", addr: "127.0.0.1", pid: 1 }))?.round, 1);
+      // Far ahead: the open round, and no ticket in the far one (where the join timed out).
+      await store.set("rdzv/hint/open", "1000000000");
+      assert.equal((await backend.enter({ id: "n2", addr: "127.0.0.1", pid: 3 }))?.round, 1);
+      assert.deepEqual(await store.check(["rdzv/hint/r1000000000/tickets"]), false);
       // Not a number at all: a clear error (it took a ticket in round NaN).
       await store.set("rdzv/hint/open", "abc");
       await assert.rejects(backend.enter({ id: "n1", addr: "127.0.0.1", pid: 2 }), /"abc" is not an integer/);

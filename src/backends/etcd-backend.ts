@@ -147,7 +147,22 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     // that is not a round number (it made this loop take tickets in round NaN) is found again by search.
     if (!Number.isSafeInteger(start) || start < 0) start = (await this.#inner.getState(options)).openRound;
     for (let round = start; ; round++) {
-      const { slot, outcome } = await this.#ticket(round, options);
+      // The hint's round takes a ticket only if the round before it is decided (checked in the same
+      // transaction); later rounds follow a decided one. A hint ahead of the truth, which only another
+      // client can write, left this node in a round that never opens (its join timed out), and a ticket
+      // there would count as a node that never shows up once that round does open.
+      const { slot, outcome, ahead } = await this.#ticket(round, options, round === start && round > 0);
+      if (ahead) {
+        const { openRound } = await this.#inner.getState(options);
+        this.#logger.warn("the open-round hint is ahead of the open round; joining the open round", {
+          runId: this.runId,
+          hint: start,
+          openRound,
+        });
+        start = openRound;
+        round = openRound - 1;
+        continue;
+      }
       if (outcome !== undefined) {
         if (outcome.kind === "closed") return undefined;
         continue;
@@ -163,14 +178,24 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     return slot;
   }
 
-  /** Takes a ticket in `round` (the tickets key's version before this put) and reads its outcome, atomically. */
-  async #ticket(round: number, options?: CallOptions): Promise<{ slot: number; outcome?: RoundOutcome }> {
+  /**
+   * Takes a ticket in `round` (the tickets key's version before this put) and reads its outcome,
+   * atomically. With `afterDecided`, only if round `round - 1` has an outcome; else nothing is written and
+   * `ahead` is true.
+   */
+  async #ticket(
+    round: number,
+    options?: CallOptions,
+    afterDecided = false,
+  ): Promise<{ slot: number; outcome?: RoundOutcome; ahead?: boolean }> {
     const { client } = this.etcd;
     const tickets = this.#roundKey(round, "tickets");
     const outcomeKey = this.#roundKey(round, "outcome");
     const res = await this.etcd.call("join", options, (o) =>
-      client
-        .if(tickets, "Version", ">", -1)
+      (afterDecided
+        ? client.if(this.#roundKey(round - 1, "outcome"), "Version", ">", 0)
+        : client.if(tickets, "Version", ">", -1)
+      )
         .then(
           { request_put: { key: tickets, value: Buffer.alloc(0), prev_kv: true } },
           client.get(outcomeKey),
@@ -178,6 +203,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
         .options(o)
         .commit(),
     );
+    if (!res.succeeded) return { slot: -1, ahead: true };
     const prev = res.responses[0]?.response_put?.prev_kv;
     const slot = prev === undefined || prev === null ? 0 : Number(prev.version);
     const decided = rangeKvs(res, 1)[0];
