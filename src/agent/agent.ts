@@ -42,6 +42,9 @@ import {
 import { type Reaper, startReaper } from "./reaper.js";
 import { startWorkerGroup, type WorkerGroup } from "./worker-group.js";
 
+/** How long a round's end may take to tell whether the run was closed (else it is a restart). */
+const CLOSED_CHECK_MS = 2000;
+
 export type { ElasticAgentOptions } from "./agent-options.js";
 
 /** Why a group restarts. */
@@ -180,7 +183,16 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
         return this.#stopped();
       case "round-ended":
       case "nodes-waiting":
-        this.emit("restarting", { reason: event.kind, round: info.round, restarts });
+        // A round that ended because the job ended (a failure elsewhere, a mismatch) is not a restart:
+        // the next rendezvous finds the run closed and says why.
+        if (
+          event.kind === "nodes-waiting" ||
+          !(await this.#handler
+            .isClosed({ signal: AbortSignal.any([this.#signal, AbortSignal.timeout(CLOSED_CHECK_MS)]) })
+            .catch(() => false))
+        ) {
+          this.emit("restarting", { reason: event.kind, round: info.round, restarts });
+        }
         await group.stop(this.#stopTimeoutMs);
         return undefined;
       case "failed":
@@ -207,14 +219,14 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     const rule =
       "every node must start the same number (ranks are node rank x workers per node + local rank)";
     const reason =
-      `node ${info.rank} (${this.#localAddr}) starts ${nprocPerNode} workers (--nproc-per-node) ` +
+      `node ${info.rank} (${this.#localAddr}) starts ${workers(nprocPerNode)} (--nproc-per-node) ` +
       `but another node of the job starts ${agreed}: ${rule}`;
     await launcher.recordCloseReason(reason, { signal: this.#signal }).catch((err: unknown) => {
       this.#logger.warn("could not record why the rendezvous closes", { error: String(err) });
     });
     await this.#handler.setClosed().catch(() => undefined);
     throw new InvalidArgumentError(
-      `this node starts ${nprocPerNode} workers (--nproc-per-node) but another node of the job starts ${agreed}: ${rule}`,
+      `this node starts ${workers(nprocPerNode)} (--nproc-per-node) but another node of the job starts ${agreed}: ${rule}`,
     );
   }
 
@@ -387,4 +399,9 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
 /** Creates an agent; throws `InvalidArgumentError` for bad options. */
 export function createElasticAgent(options: ElasticAgentOptions): ElasticAgent {
   return new ElasticAgent(options);
+}
+
+/** "1 worker", "2 workers". */
+function workers(n: number): string {
+  return `${n} worker${n === 1 ? "" : "s"}`;
 }
