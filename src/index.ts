@@ -81,12 +81,19 @@ export {
 } from "./server/dashboard-app.js";
 export { type HttpServer, type HttpServerOptions, startHttpServer } from "./server/http-server.js";
 export {
+  type InspectListOptions,
   type InspectOptions,
   inspectAllRuns,
   inspectRun,
+  inspectRunList,
   type KeepAliveTimes,
   listRunRefs,
+  MAX_KEYS_PER_LIST,
+  MAX_RUNS_LISTED,
+  type RunList,
   type RunRef,
+  type SummarizeOptions,
+  summarizeRuns,
 } from "./server/inspector.js";
 export {
   type EngineKeyReaderOptions,
