@@ -10,6 +10,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import {
   appendFileSync,
+  chmodSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -231,6 +232,18 @@ describe("journal", () => {
     } finally {
       process.umask(umask);
     }
+  });
+
+  it("warns when an existing data directory is open to other users, and not when it is private", () => {
+    const dir = tempDir(); // mkdtemp makes it 700
+    const quiet = capture();
+    reopen(dir, { logger: quiet.logger }).close();
+    assert.deepEqual(quiet.warnings, []);
+    chmodSync(dir, 0o755);
+    const loud = capture();
+    reopen(dir, { logger: loud.logger }).close();
+    assert.equal(loud.warnings.length, 1, loud.warnings.join("\n"));
+    assert.match(loud.warnings[0]!, /is open to other users \(mode 755\).*chmod 700/);
   });
 
   it("drops a torn last record with a warning, and appends after it", () => {

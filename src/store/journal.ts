@@ -22,7 +22,7 @@
  * registrations belong to connections and are not kept.
  */
 
-import { closeSync, fdatasyncSync, openSync } from "node:fs";
+import { closeSync, fdatasyncSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
@@ -291,6 +291,7 @@ export function openJournal(engine: KvEngine, options: JournalOptions): Journal 
     throw new InvalidArgumentError("openJournal needs an empty engine to replay into");
   }
   prepareDataDir(resolved.dir);
+  warnIfShared(resolved.dir, resolved.logger);
   const release = lockDataDir(resolved.dir);
   try {
     const loaded = loadDataDir(engine, resolved.dir, resolved);
@@ -299,4 +300,22 @@ export function openJournal(engine: KvEngine, options: JournalOptions): Journal 
     release();
     throw err;
   }
+}
+
+/**
+ * Warns (as etcd does) when the data directory, which holds every key and value, is open to other users:
+ * rdzv creates it 700, but one that existed keeps its mode.
+ */
+function warnIfShared(dir: string, logger: Logger): void {
+  let mode: number;
+  try {
+    mode = statSync(dir).mode & 0o777;
+  } catch {
+    return; // lockDataDir names what is wrong with it
+  }
+  if ((mode & 0o077) === 0) return;
+  logger.warn(
+    `data directory ${dir} is open to other users (mode ${mode.toString(8)}): it holds every key and value; chmod 700 it`,
+    { dir, mode: mode.toString(8) },
+  );
 }
