@@ -55,6 +55,19 @@ async function writeSome(port: number): Promise<void> {
   await c.queuePop("jobs");
 }
 
+/**
+ * A data directory that an rdzv serve SIGKILLed after `writeSome` left: the directory, its journal-0 and
+ * that journal's bytes.
+ */
+async function killedAfterSome(): Promise<{ dir: string; journal: string; intact: Buffer }> {
+  const dir = dataDir();
+  await using first = await startServe(["--data-dir", dir]);
+  await writeSome(first.port);
+  await first.kill("SIGKILL");
+  const journal = join(dir, "journal-0");
+  return { dir, journal, intact: readFileSync(journal) };
+}
+
 async function assertSome(port: number): Promise<void> {
   await using c = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 10_000 });
   assert.equal(text(await c.get("plain")), "v1");
@@ -125,12 +138,7 @@ describe("rdzv serve --data-dir across restarts", () => {
   });
 
   it("drops a torn or damaged last record with a warning; refuses corruption elsewhere, naming the file", async () => {
-    const dir = dataDir();
-    await using first = await startServe(["--data-dir", dir]);
-    await writeSome(first.port);
-    await first.kill("SIGKILL");
-    const journal = join(dir, "journal-0");
-    const intact = readFileSync(journal);
+    const { dir, journal, intact } = await killedAfterSome();
     appendFileSync(journal, Buffer.from([40, 0, 0, 0, 1, 2, 3, 4, 1, 3])); // a record cut short
     await using second = await startServe(["--data-dir", dir]);
     await assertSome(second.port);
@@ -164,12 +172,7 @@ describe("rdzv serve --data-dir across restarts", () => {
   });
 
   it("starts on a last record cut short inside a record-shaped value; --repair starts on a corrupt journal", async () => {
-    const dir = dataDir();
-    await using first = await startServe(["--data-dir", dir]);
-    await writeSome(first.port);
-    await first.kill("SIGKILL");
-    const journal = join(dir, "journal-0");
-    const intact = readFileSync(journal);
+    const { dir, journal, intact } = await killedAfterSome();
     // A value holding the journal's own records, its record cut short in the middle of them.
     const carrier = encodeMutation({ op: "set", key: "/carrier", value: intact.subarray(HEADER_BYTES) });
     appendFileSync(journal, carrier.subarray(0, carrier.length - 20));

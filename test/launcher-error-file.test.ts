@@ -12,9 +12,9 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { findTorch1, findTorch2, REPO_ROOT, type TorchPython } from "./helpers/torch.js";
+import { waitFor } from "./helpers/wait-for.js";
 
 const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const PROBE = join(REPO_ROOT, "test", "fixtures", "worker-probe.mjs");
@@ -99,16 +99,6 @@ function workerRecord(tag: string) {
 /** The error file's folder of the run (three levels above a worker's file: attempt_N/<local rank>/error.json). */
 function runFolder(errorFile: string): string {
   return dirname(dirname(dirname(errorFile)));
-}
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(25);
-  }
 }
 
 describe("rdzv run: worker error files (TORCHELASTIC_ERROR_FILE)", () => {

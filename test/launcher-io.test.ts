@@ -11,9 +11,9 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { createTCPStoreServer } from "../src/store/tcp/server.js";
 import { REPO_ROOT } from "./helpers/torch.js";
+import { waitFor } from "./helpers/wait-for.js";
 
 const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const WORKER = join(REPO_ROOT, "test", "fixtures", "io-worker.mjs");
@@ -94,14 +94,6 @@ function rdzv(args: readonly string[], options: RdzvOptions = {}): Promise<Finis
   return start(args, options).done;
 }
 
-async function waitFor(what: string, probe: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(25);
-  }
-}
-
 const RUN = ["run", "--standalone", "--no-status"] as const;
 
 describe("rdzv run: worker output", () => {
@@ -171,7 +163,7 @@ describe("rdzv run: worker environment", () => {
       [...RUN, "--no-prefix-output", "--", "python3", "-c", "import time; print('ready'); time.sleep(60)"],
       { env: { PYTHONUNBUFFERED: undefined } },
     );
-    await waitFor("the worker's line", () => agent.stdout().toString().includes("ready"));
+    await waitFor("the worker's line", () => agent.stdout().toString().includes("ready"), 10_000);
     agent.child.kill("SIGTERM");
     const { code, stderr } = await agent.done;
     assert.equal(code, 143, stderr);

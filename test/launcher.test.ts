@@ -14,6 +14,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { pickFreePort } from "../src/rendezvous/free-port.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
+import { waitFor } from "./helpers/wait-for.js";
 
 const MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const PROBE = join(REPO_ROOT, "test", "fixtures", "worker-probe.mjs");
@@ -99,16 +100,6 @@ function probes(dir: string): Probe[] {
   return readdirSync(dir)
     .filter((f) => /^r\d+-rank\d+\.json$/.test(f))
     .map((file) => ({ ...(JSON.parse(readFileSync(join(dir, file), "utf8")) as Probe), file }));
-}
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(25);
-  }
 }
 
 function alive(pid: number): boolean {

@@ -45,26 +45,24 @@ function torchrun(
   env: Record<string, string>,
 ): Promise<Finished> {
   const quirks = torch.major === 1 ? ["--redirects", "2", "--tee", "1"] : [];
-  const child = spawn(torch.python, ["-m", "torch.distributed.run", ...quirks, ...args], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, ...env, PYTHONUNBUFFERED: "1", OMP_NUM_THREADS: "1" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout.setEncoding("utf8").on("data", (t: string) => (output += t));
-  child.stderr.setEncoding("utf8").on("data", (t: string) => (output += t));
-  const timer = setTimeout(() => child.kill("SIGKILL"), RUN_TIMEOUT_MS);
-  return new Promise((resolve) => {
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, output });
-    });
+  return finished(torch.python, ["-m", "torch.distributed.run", ...quirks, ...args], {
+    ...env,
+    PYTHONUNBUFFERED: "1",
+    OMP_NUM_THREADS: "1",
   });
 }
 
 /** Runs `rdzv run ARGS` (the compiled CLI); resolves when it exits, killing it past RUN_TIMEOUT_MS. */
 function rdzvRun(args: readonly string[], env: Record<string, string>): Promise<Finished> {
-  const child = spawn(process.execPath, [MAIN, "run", ...args], {
+  return finished(process.execPath, [MAIN, "run", ...args], env);
+}
+
+/**
+ * Runs `command ARGS` with `env` over ours; resolves with its output once it exits (killed past
+ * RUN_TIMEOUT_MS).
+ */
+function finished(command: string, args: readonly string[], env: Record<string, string>): Promise<Finished> {
+  const child = spawn(command, args, {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -14,6 +14,24 @@ const info = (store: MemoryStore, round: number): RendezvousInfo => ({
   round,
 });
 
+/** Rank 1 of node "n" (pid 9) failed in round 0 with exit code 1, no restarts; `fields` on top. */
+function failure(fields: Partial<FailureSummary>): FailureSummary {
+  return {
+    rank: 1,
+    localRank: 1,
+    groupRank: 0,
+    node: "n",
+    pid: 9,
+    exitCode: 1,
+    signal: null,
+    stderrTail: [],
+    round: 0,
+    restarts: 0,
+    maxRestarts: 0,
+    ...fields,
+  };
+}
+
 describe("LauncherStore", () => {
   it("lives under the run, beside the round stores, so the count outlives rounds", async () => {
     const store = new MemoryStore();
@@ -42,19 +60,7 @@ describe("LauncherStore", () => {
   it("records and reads the failure summary", async () => {
     const launcher = new LauncherStore(new MemoryStore(), "run");
     assert.equal(await launcher.readFailure(), undefined);
-    const summary: FailureSummary = {
-      rank: 1,
-      localRank: 1,
-      groupRank: 0,
-      node: "n",
-      pid: 9,
-      exitCode: null,
-      signal: "SIGKILL",
-      stderrTail: ["x"],
-      round: 2,
-      restarts: 0,
-      maxRestarts: 0,
-    };
+    const summary = failure({ exitCode: null, signal: "SIGKILL", stderrTail: ["x"], round: 2 });
     await launcher.recordFailure(summary);
     assert.deepEqual(await launcher.readFailure(), summary);
   });
@@ -62,20 +68,9 @@ describe("LauncherStore", () => {
   it("records a worker's error with its traceback cut to fit a store value", async () => {
     const launcher = new LauncherStore(new MemoryStore(), "run");
     const traceback = `Traceback (most recent call last):\n${"  File x\n".repeat(100_000)}ValueError: boom\n`;
-    const summary: FailureSummary = {
-      rank: 1,
-      localRank: 1,
-      groupRank: 0,
-      node: "n",
-      pid: 9,
-      exitCode: 1,
-      signal: null,
-      stderrTail: [],
+    const summary = failure({
       error: { message: "ValueError: boom", traceback, timestamp: 1_700_000_000, file: "/e.json" },
-      round: 0,
-      restarts: 0,
-      maxRestarts: 0,
-    };
+    });
     await launcher.recordFailure(summary);
     const read = await launcher.readFailure();
     assert.ok(read?.error?.traceback !== undefined);

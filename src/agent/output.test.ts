@@ -85,19 +85,14 @@ describe("createWorkerOutput", () => {
   });
 
   it("without a prefix, never interleaves two workers within a line", async () => {
-    const out = collect();
-    const output = createWorkerOutput({ prefix: false, stdout: out.stream, stderr: collect().stream });
-    const a = new PassThrough();
-    const b = new PassThrough();
-    output.attach(0, "stdout", a);
-    output.attach(1, "stdout", b);
+    const { out, a, b, ended } = twoWorkers(false);
     a.write("rank 0: sum");
     await new Promise((r) => setImmediate(r));
     b.write("rank 1: sum\n");
     await new Promise((r) => setImmediate(r));
     a.end("\n");
     b.end();
-    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    await ended();
     assert.equal(out.text(), "rank 1: sum\nrank 0: sum\n");
   });
 
@@ -235,32 +230,22 @@ describe("createWorkerOutput: unfinished lines", () => {
   });
 
   it("with a prefix, another worker's line first ends an unfinished one, which goes on with a prefix", async () => {
-    const out = collect();
-    const output = createWorkerOutput({ prefix: true, stdout: out.stream, stderr: collect().stream });
-    const a = new PassThrough();
-    const b = new PassThrough();
-    output.attach(0, "stdout", a);
-    output.attach(1, "stdout", b);
+    const { out, a, b, ended } = twoWorkers(true);
     a.write("loading...");
     await until(out.text, "[rank0]: loading...");
     b.end("hello\n");
     a.end(" done\r\n");
-    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    await ended();
     assert.equal(out.text(), "[rank0]: loading...\n[rank1]: hello\n[rank0]:  done\r\n");
   });
 
   it("with a prefix, the line end of a line another worker ended already is not written again", async () => {
-    const out = collect();
-    const output = createWorkerOutput({ prefix: true, stdout: out.stream, stderr: collect().stream });
-    const a = new PassThrough();
-    const b = new PassThrough();
-    output.attach(0, "stdout", a);
-    output.attach(1, "stdout", b);
+    const { out, a, b, ended } = twoWorkers(true);
     a.write("\r 50%");
     await until(out.text, "\r[rank0]:  50%");
     b.end("x\n");
     a.end("\n");
-    await Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+    await ended();
     assert.equal(out.text(), "\r[rank0]:  50%\n[rank1]: x\n");
   });
 
@@ -278,6 +263,21 @@ describe("createWorkerOutput: unfinished lines", () => {
     assert.equal(out.text(), "> foo.py(3)<module>()\n(Pdb) --Return--\n");
   });
 });
+
+/**
+ * Workers 0 and 1 writing to one collected stdout (`prefix` as --prefix-output); `ended()` resolves once
+ * both sources, ended by the test, were read to their end.
+ */
+function twoWorkers(prefix: boolean) {
+  const out = collect();
+  const output = createWorkerOutput({ prefix, stdout: out.stream, stderr: collect().stream });
+  const a = new PassThrough();
+  const b = new PassThrough();
+  output.attach(0, "stdout", a);
+  output.attach(1, "stdout", b);
+  const ended = () => Promise.all([new Promise((r) => a.on("end", r)), new Promise((r) => b.on("end", r))]);
+  return { out, a, b, ended };
+}
 
 /** Writes `data` to `source` in pieces (random ones by default) and ends it; resolves once it was read. */
 async function feed(source: PassThrough, data: Buffer, pieceBytes?: number): Promise<void> {

@@ -127,6 +127,16 @@ function mutateAll(engine: KvEngine): void {
   engine.multiSet(["m/1", "m/2", "a"], [b("x"), b("y"), b("2")]);
 }
 
+/** A closed data directory whose journal-0 holds `mutateAll`'s mutations: its path and what it restores. */
+function writtenJournal(): { dir: string; path: string; before: ReturnType<typeof contents> } {
+  const dir = tempDir();
+  const first = reopen(dir);
+  mutateAll(first.engine);
+  const before = contents(first.engine);
+  first.close();
+  return { dir, path: join(dir, "journal-0"), before };
+}
+
 describe("journal", () => {
   it("replays every kind of mutation after a reopen", () => {
     const dir = tempDir();
@@ -247,12 +257,7 @@ describe("journal", () => {
   });
 
   it("drops a torn last record with a warning, and appends after it", () => {
-    const dir = tempDir();
-    const first = reopen(dir);
-    mutateAll(first.engine);
-    const before = contents(first.engine);
-    first.close();
-    const path = join(dir, "journal-0");
+    const { dir, path, before } = writtenJournal();
     const size = statSync(path).size;
     appendFileSync(path, encodeMutation({ op: "set", key: "torn", value: b("lost") }).subarray(0, 11));
     const { logger, warnings } = capture();
@@ -280,12 +285,7 @@ describe("journal", () => {
     flipped[flipped.length - 1] = flipped[flipped.length - 1]! ^ 0x01;
     // A full-length record with a bad checksum; zeros a crash left (a record of length 0 is not one).
     for (const tail of [flipped, Buffer.alloc(64)]) {
-      const dir = tempDir();
-      const first = reopen(dir);
-      mutateAll(first.engine);
-      const before = contents(first.engine);
-      first.close();
-      const path = join(dir, "journal-0");
+      const { dir, path, before } = writtenJournal();
       const size = statSync(path).size;
       appendFileSync(path, tail);
       const { logger, warnings } = capture();
@@ -316,12 +316,7 @@ describe("journal", () => {
   });
 
   it("drops a last record cut short at any byte, however many record-shaped bytes its value holds", () => {
-    const dir = tempDir();
-    const first = reopen(dir);
-    mutateAll(first.engine);
-    const before = contents(first.engine);
-    first.close();
-    const path = join(dir, "journal-0");
+    const { dir, path, before } = writtenJournal();
     const intact = readFileSync(path);
     // A value that holds encoded records (a client may store anything), even a whole journal's.
     const shaped = Buffer.concat([
@@ -350,12 +345,7 @@ describe("journal", () => {
   });
 
   it("drops a full-length last record damaged inside its record-shaped value (a crash's garbage)", () => {
-    const dir = tempDir();
-    const first = reopen(dir);
-    mutateAll(first.engine);
-    const before = contents(first.engine);
-    first.close();
-    const path = join(dir, "journal-0");
+    const { dir, path, before } = writtenJournal();
     const intact = readFileSync(path);
     const shaped = Buffer.concat([
       intact.subarray(HEADER_BYTES),
@@ -457,11 +447,7 @@ describe("journal", () => {
   });
 
   it("refuses a journal corrupted before its end, naming the file and offset", () => {
-    const dir = tempDir();
-    const first = reopen(dir);
-    mutateAll(first.engine);
-    first.close();
-    const path = join(dir, "journal-0");
+    const { dir, path } = writtenJournal();
     const bytes = readFileSync(path);
     bytes[HEADER_BYTES + 12] = bytes[HEADER_BYTES + 12]! ^ 0xff; // inside the first record's payload
     writeFileSync(path, bytes);
@@ -481,11 +467,7 @@ describe("journal", () => {
   });
 
   it("refuses damage before the end that a torn tail could hide: a length field, a header, a zeroed sector", () => {
-    const dir = tempDir();
-    const first = reopen(dir);
-    mutateAll(first.engine);
-    first.close();
-    const path = join(dir, "journal-0");
+    const { dir, path } = writtenJournal();
     const intact = readFileSync(path);
     const starts = recordStarts(intact);
     const third = starts[2]!;
