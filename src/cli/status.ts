@@ -17,7 +17,6 @@ import type { RunView, TimelineEvent } from "../server/run-view.js";
 import { formatRuns, PolledKeepAlives } from "../server/status-text.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { TCPStore } from "../store/tcp/client.js";
-import { TLS_CA_ENV } from "../store/tcp/client-options.js";
 import { Dialect } from "../store/tcp/protocol.js";
 import { intOption, UsageError } from "./args.js";
 
@@ -271,8 +270,7 @@ function storeSource(endpoint: string, dialect: string | undefined, timeoutMs: n
         await store.connect();
       } catch (err) {
         // With TLS (RDZV_TLS_CA) the client's own error already says that the server must speak TLS too.
-        const tls = (process.env[TLS_CA_ENV] ?? "") !== "";
-        if (store.closed || !hasErrorCode(err, ErrorCode.Connection) || dialect === Dialect.V1 || tls)
+        if (store.closed || !hasErrorCode(err, ErrorCode.Connection) || dialect === Dialect.V1 || store.tls)
           throw err;
         throw new RendezvousConnectionError(
           `${messageOf(err)}. Something listens on ${peer} but did not answer as a TCPStore server with ` +

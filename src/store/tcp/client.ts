@@ -83,6 +83,8 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
   readonly host: string;
   readonly port: number;
   readonly dialect: Dialect;
+  /** Whether it connects with TLS (the `tls` option, or by default `RDZV_TLS_CA`). */
+  readonly tls: boolean;
   readonly #options: ResolvedOptions;
   readonly #session: ClientSession;
   #initSent = false;
@@ -93,6 +95,7 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
     this.host = this.#options.host;
     this.port = this.#options.port;
     this.dialect = this.#options.dialect;
+    this.tls = this.#options.tls !== undefined;
     this.#session = new ClientSession(this.#options, (err) => this.emit("disconnect", err));
   }
 
