@@ -14,6 +14,7 @@ import {
 } from "../rendezvous/dynamic-handler.js";
 import {
   isLoopbackAddress,
+  isLoopbackHost,
   matchesMachineHostname,
   parseRendezvousEndpoint,
 } from "../rendezvous/endpoint.js";
@@ -88,7 +89,7 @@ export async function createC10dRendezvousHandler(
  * to every interface, as the other nodes must reach it.
  */
 async function hostStore(host: string, port: number, logger: Logger): Promise<TCPStoreServer | undefined> {
-  const bindHost = isLoopbackAddress(host) || host === "localhost" ? host : "::";
+  const bindHost = isLoopbackHost(host) ? host : "::";
   try {
     return await createTCPStoreServer({ host: bindHost, port, logger });
   } catch (err) {

@@ -4,7 +4,7 @@
  */
 
 import type { Logger } from "../log.js";
-import { isLoopbackAddress } from "../rendezvous/endpoint.js";
+import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { createDashboardApp } from "../server/dashboard-app.js";
 import { startHttpServer } from "../server/http-server.js";
 import { formatHostPort } from "../store/tcp/address.js";
@@ -68,7 +68,7 @@ export async function startServeDashboard(
     throw err;
   }
   out.write(`rdzv dashboard on ${http.url}\n`);
-  if (at.host !== "localhost" && !isLoopbackAddress(at.host)) {
+  if (!isLoopbackHost(at.host)) {
     out.write(
       `rdzv dashboard: listening on ${at.host} without authentication; anyone who reaches it sees every run\n`,
     );

@@ -2,7 +2,7 @@
 
 import { parseArgs } from "node:util";
 import { createConsoleLogger, LogLevel } from "../log.js";
-import { isLoopbackAddress } from "../rendezvous/endpoint.js";
+import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -126,7 +126,7 @@ export async function serveCommand(
     });
   });
   out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
-  if (!server.requiresAuth && !isLoopbackAddress(server.host) && server.host !== "localhost") {
+  if (!server.requiresAuth && !isLoopbackHost(server.host)) {
     // PyTorch's clients cannot send a token, so serving them unauthenticated is allowed, but never silently.
     logger.warn(
       "rdzv store: no auth token: any client that reaches this address can read, change and delete every " +

@@ -112,6 +112,11 @@ export function defaultLocalAddr(): string {
   return hostname();
 }
 
+/** True when `host` is "localhost" or a loopback address (`isLoopbackAddress`): only this machine reaches it. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || isLoopbackAddress(host);
+}
+
 /** True when `address` (an IP literal) is a loopback address: 127.0.0.0/8, ::1, or IPv4-mapped loopback. */
 export function isLoopbackAddress(address: string): boolean {
   const family = familyOf(address);

@@ -23,7 +23,7 @@ import type {
   RendezvousInfo,
   RendezvousParameters,
 } from "./api.js";
-import { isLoopbackAddress, splitRendezvousEndpoint } from "./endpoint.js";
+import { isLoopbackHost, splitRendezvousEndpoint } from "./endpoint.js";
 import { type RendezvousSettings, resolveRendezvousSettings } from "./parameters.js";
 
 /** Options of `createStaticRendezvousHandler` beyond the parameters. */
@@ -354,7 +354,7 @@ export class StaticRendezvousHandler implements RendezvousHandler {
  * any other binds every interface, as PyTorch's TCPStore server does (dual-stack, else IPv4 only).
  */
 async function startServer(host: string, port: number, logger: Logger): Promise<TCPStoreServer> {
-  if (host === "localhost" || isLoopbackAddress(host)) {
+  if (isLoopbackHost(host)) {
     return createTCPStoreServer({ host: host === "localhost" ? "127.0.0.1" : host, port, logger });
   }
   try {
