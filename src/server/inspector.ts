@@ -8,7 +8,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { CallOptions } from "../store/store.js";
 import type { KeyReader } from "./key-reader.js";
 import { type InspectOptions, inspectRdzvRun, summarizeRdzvRun } from "./rdzv-inspect.js";
-import { findLeaveMarkers, findRunIds, torchKey } from "./run-keys.js";
+import { listedRunKeys, type RunKeys, torchKey } from "./run-keys.js";
 import { type RunSummary, type RunView, summarize } from "./run-view.js";
 import { readTorchState } from "./torch-state.js";
 import { torchRunView } from "./torch-view.js";
@@ -23,24 +23,31 @@ export interface RunRef {
 
 /**
  * The runs `reader` holds, sorted by id (PyTorch's layout before rdzv's where an id is in both). Throws
- * `InvalidArgumentError` when the source cannot list keys (then name the runs: `inspectRuns`).
+ * `InvalidArgumentError` when the source cannot list keys and keeps no run index (then name the runs:
+ * `inspectRun`).
  */
 export async function listRunRefs(reader: KeyReader, options: InspectOptions = {}): Promise<RunRef[]> {
-  return runRefs(await listKeys(reader, options));
+  return runRefs(await runKeysOf(reader, options));
 }
 
-async function listKeys(reader: KeyReader, options: CallOptions): Promise<string[]> {
+/**
+ * What `reader`'s keys say of its runs: its run index when it keeps one (the dashboard's), else a listing
+ * of every key.
+ */
+async function runKeysOf(reader: KeyReader, options: CallOptions): Promise<RunKeys> {
+  const indexed = reader.runKeys?.();
+  if (indexed !== undefined) return indexed;
   const keys = await reader.list(options.signal === undefined ? {} : { signal: options.signal });
   if (keys === undefined) {
     throw new InvalidArgumentError(
       "this store cannot list its keys (a PyTorch server before 2.10, or the v1 dialect): name the run id",
     );
   }
-  return keys;
+  return listedRunKeys(keys);
 }
 
-function runRefs(keys: readonly string[]): RunRef[] {
-  const { rdzv, pytorch } = findRunIds(keys);
+function runRefs(runKeys: RunKeys): RunRef[] {
+  const { rdzv, pytorch } = runKeys.runIds();
   const refs: RunRef[] = [
     ...rdzv.map((runId) => ({ runId, source: "rdzv" as const })),
     ...pytorch.map((runId) => ({ runId, source: "pytorch" as const })),
@@ -94,20 +101,20 @@ export interface RunList {
 
 /**
  * The summaries of the runs `reader` holds, in `listRunRefs` order, for run lists: `maxRuns` at most (the
- * `prefer`red ones first, then by id; see `pickRuns`), and each costs a few reads whatever its tickets counters say, its
- * leave markers coming from the key listing (see `summarizeRdzvRun`). The listing itself costs what the
- * store holds. Throws `InvalidArgumentError` when the source cannot list keys.
+ * `prefer`red ones first, then by id; see `pickRuns`), and each costs a few reads whatever its tickets
+ * counters say, its leave markers coming from the key listing or the run index (see `summarizeRdzvRun`).
+ * A listing costs what the store holds; a reader with a run index (`KeyReader.runKeys`, the dashboard's)
+ * costs what the runs hold. Throws `InvalidArgumentError` when the source can neither list keys nor index.
  */
 export async function summarizeRuns(reader: KeyReader, options: SummarizeOptions = {}): Promise<RunList> {
-  const keys = await listKeys(reader, options);
-  const markers = findLeaveMarkers(keys);
-  const all = runRefs(keys);
+  const runKeys = await runKeysOf(reader, options);
+  const all = runRefs(runKeys);
   const shown = pickRuns(all, options.maxRuns ?? MAX_RUNS_LISTED, options.prefer ?? []);
   const call: CallOptions = options.signal === undefined ? {} : { signal: options.signal };
   const runs: RunSummary[] = [];
   for (const ref of shown) {
     if (ref.source === "rdzv") {
-      const summary = await summarizeRdzvRun(reader, ref.runId, markers.get(ref.runId), call);
+      const summary = await summarizeRdzvRun(reader, ref.runId, runKeys.leaveMarkers(ref.runId), call);
       if (summary !== undefined) runs.push(summary);
     } else {
       runs.push(...(await inspectRun(reader, ref.runId, { ...call, source: ref.source })).map(summarize));

@@ -7,6 +7,7 @@
 import { ErrorCode, hasErrorCode, InvalidArgumentError } from "../errors.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import type { CallOptions, Store } from "../store/store.js";
+import type { RunKeys } from "./run-keys.js";
 
 /** Reads keys for the inspector. */
 export interface KeyReader {
@@ -17,6 +18,11 @@ export interface KeyReader {
    * v1 dialect): then runs must be named.
    */
   list(options?: CallOptions): Promise<string[] | undefined>;
+  /**
+   * What the source keeps indexed of its runs (the dashboard's run index, run-index.ts), when it does: run
+   * lists then cost what the runs hold instead of a `list` of every key. Absent: runs come from `list`.
+   */
+  runKeys?(): RunKeys;
 }
 
 /**
@@ -33,6 +39,11 @@ export interface EngineKeyReaderOptions {
    * are the text itself, such as a `MemoryStore`'s.
    */
   byteKeys?: boolean;
+  /**
+   * The runs of `engine`, kept up to date (a `RunIndex` attached with the same prefix and `byteKeys`): the
+   * reader's `runKeys`. Default: none, run lists list every key.
+   */
+  runKeys?: RunKeys;
 }
 
 /**
@@ -46,21 +57,33 @@ export function engineKeyReader(
   options: EngineKeyReaderOptions = {},
 ): KeyReader {
   const bytes = options.byteKeys ?? true;
-  return {
+  const reader: KeyReader = {
     async read(keys) {
       return keys.map((k) => engine.get(keyPrefix + (bytes ? utf8ToByteString(k) : k)));
     },
     async list() {
       const out: string[] = [];
       for (const k of engine.keys()) {
-        if (!k.startsWith(keyPrefix)) continue;
-        const key = k.slice(keyPrefix.length);
-        const text = bytes ? byteStringToUtf8(key) : key;
+        const text = userKeyOf(k, keyPrefix, bytes);
         if (text !== undefined) out.push(text);
       }
       return out;
     },
   };
+  const { runKeys } = options;
+  if (runKeys !== undefined) reader.runKeys = () => runKeys;
+  return reader;
+}
+
+/**
+ * The user key that engine key `key` holds: `undefined` when it does not carry `keyPrefix`, or when
+ * `byteKeys` (its bytes as a byte string, as on a TCP store server) and the bytes are not UTF-8 (no text
+ * names it). The one rule the reader's listing, the monitor and the run index follow.
+ */
+export function userKeyOf(key: string, keyPrefix: string, byteKeys: boolean): string | undefined {
+  if (!key.startsWith(keyPrefix)) return undefined;
+  const user = key.slice(keyPrefix.length);
+  return byteKeys ? byteStringToUtf8(user) : user;
 }
 
 /** Any UTF-16 code unit past ASCII (without the `u` flag, surrogates are code units too). */

@@ -18,7 +18,7 @@ import { EventEmitter } from "node:events";
 import type { Logger } from "../log.js";
 import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/round.js";
 import type { KvEngine } from "../store/kv-engine.js";
-import { byteStringToUtf8, WIRE_KEY_PREFIX } from "./key-reader.js";
+import { userKeyOf, WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
 import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
@@ -133,7 +133,7 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
       if (!key.startsWith(keyPrefix)) return;
       try {
         // A TCP store server's keys are byte strings: a run id past ASCII is read as its client wrote it.
-        const user = byteKeys ? byteStringToUtf8(key.slice(keyPrefix.length)) : key.slice(keyPrefix.length);
+        const user = userKeyOf(key, keyPrefix, byteKeys);
         if (user !== undefined) this.observe(user, oldValue, newValue);
       } catch (err) {
         this.#logger?.warn("rendezvous monitor: ignoring a key it could not follow", {

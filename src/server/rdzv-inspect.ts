@@ -9,7 +9,7 @@ import type { NodeDescriptor } from "../rendezvous/backend.js";
 import { decodeOutcome, type RoundOutcome } from "../rendezvous/round.js";
 import type { CallOptions } from "../store/store.js";
 import type { KeyReader } from "./key-reader.js";
-import { MAX_DESCRIPTOR_BYTES, rdzvKey, rdzvRoundKey } from "./run-keys.js";
+import { type LeaveMarkers, MAX_DESCRIPTOR_BYTES, rdzvKey, rdzvRoundKey } from "./run-keys.js";
 import { type NodeStatus, type NodeView, RunState, type RunSummary, type RunView } from "./run-view.js";
 
 /** When the inspector saw a slot's keep-alive counter move (the dashboard's key-change monitor knows). */
@@ -70,16 +70,10 @@ function int(v: Uint8Array | undefined): number | undefined {
 }
 
 /**
- * The leave markers of one run found in a key listing: round -> slots with a `gone/<slot>` key. With it a
- * run's counts cost a few reads, however many tickets its counters claim.
- */
-export type LeaveMarkers = ReadonlyMap<number, readonly number[]>;
-
-/**
  * The summary of run `runId` (state, round and counts, as `summarize(inspectRdzvRun(...))` gives) from a
- * few keys and `markers`, the run's leave markers from a key listing: no key is read per slot, so the cost
- * does not depend on the tickets counters (which any store client can set to 1e9). `undefined` when the
- * store holds no such run.
+ * few keys and `markers`, the run's leave markers (from a key listing or the dashboard's run index, see
+ * `RunKeys`): no key is read per slot, so the cost does not depend on the tickets counters (which any store
+ * client can set to 1e9). `undefined` when the store holds no such run.
  */
 export async function summarizeRdzvRun(
   reader: KeyReader,

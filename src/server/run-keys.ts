@@ -83,33 +83,85 @@ export function torchKey(runId: string): string {
   return TORCH_PREFIX + runId;
 }
 
+/**
+ * What one key says of the run list: it makes an rdzv run exist (`rdzv/<run id>/open`: every run has it,
+ * `enter()` reads the hint with add(open, 0) before it takes a ticket), makes a PyTorch run exist (its
+ * state key), or is a leave marker of an rdzv run. Any other key says nothing. A key has one role at most.
+ */
+export type RunListKey =
+  | { readonly role: "rdzv" | "pytorch"; readonly runId: string }
+  | { readonly role: "gone"; readonly runId: string; readonly round: number; readonly slot: number };
+
+/**
+ * The role of user key `key` in the run list, or `undefined` (most keys: quick tests first, keep-alives
+ * included). The one place that says which keys make which run: key listings (`findRunIds`,
+ * `findLeaveMarkers`) and the dashboard's run index (run-index.ts) both ask it.
+ */
+export function runListKey(key: string): RunListKey | undefined {
+  if (key.startsWith("rdzv/")) {
+    if (!key.endsWith("/open") && !key.includes("/gone/")) return undefined;
+    const k = parseRdzvKey(key);
+    if (k?.kind === "open") return { role: "rdzv", runId: k.runId };
+    // Views read `r<round>/gone/<slot>` as written here: "r01" or "gone/07" is not a marker (before, a
+    // listing counted it too, so a run's summary could count a leave twice and disagree with its view).
+    if (k?.kind === "gone" && key === rdzvRoundKey(k.runId, k.round, `gone/${k.slot}`))
+      return { role: "gone", runId: k.runId, round: k.round, slot: k.slot };
+    return undefined;
+  }
+  const id = parseTorchKey(key);
+  return id === undefined ? undefined : { role: "pytorch", runId: id };
+}
+
+/**
+ * The leave markers of one rdzv run: round -> slots with a `gone/<slot>` key (in no particular order). With
+ * them a run's counts cost a few reads, however many tickets its counters claim (`summarizeRdzvRun`).
+ */
+export type LeaveMarkers = ReadonlyMap<number, readonly number[]>;
+
+/**
+ * What a store's keys say of its runs, however it was learned: from a key listing (`listedRunKeys`) or
+ * kept up to date from the keys' changes (`RunIndex`, run-index.ts).
+ */
+export interface RunKeys {
+  /** Every run id, by layout, sorted (by UTF-16 code units). */
+  runIds(): { rdzv: string[]; pytorch: string[] };
+  /** The leave markers of rdzv run `runId`; `undefined` when it has none. */
+  leaveMarkers(runId: string): LeaveMarkers | undefined;
+}
+
+/** The `RunKeys` of a key listing: each answer costs what `keys` holds (the markers once, on first use). */
+export function listedRunKeys(keys: readonly string[]): RunKeys {
+  let markers: Map<string, Map<number, number[]>> | undefined;
+  return {
+    runIds: () => findRunIds(keys),
+    leaveMarkers: (runId) => {
+      markers ??= findLeaveMarkers(keys);
+      return markers.get(runId);
+    },
+  };
+}
+
 /** Every run id found in `keys`, by layout, sorted. */
 export function findRunIds(keys: Iterable<string>): { rdzv: string[]; pytorch: string[] } {
   const rdzv = new Set<string>();
   const pytorch = new Set<string>();
   for (const key of keys) {
-    if (key.startsWith("rdzv/")) {
-      // Every run has `open`: `enter()` reads the hint with add(open, 0) before it takes a ticket.
-      const k = key.endsWith("/open") ? parseRdzvKey(key) : undefined;
-      if (k !== undefined) rdzv.add(k.runId);
-    } else {
-      const id = parseTorchKey(key);
-      if (id !== undefined) pytorch.add(id);
-    }
+    const k = runListKey(key);
+    if (k?.role === "rdzv") rdzv.add(k.runId);
+    else if (k?.role === "pytorch") pytorch.add(k.runId);
   }
   return { rdzv: [...rdzv].sort(), pytorch: [...pytorch].sort() };
 }
 
 /**
- * The leave markers (`rdzv/<run id>/r<round>/gone/<slot>`) found in `keys`: run id -> round -> slots, in
- * the order listed (each slot once: keys are unique).
+ * The leave markers (`rdzv/<run id>/r<round>/gone/<slot>`, numbers without leading zeros) found in `keys`:
+ * run id -> round -> slots, in the order listed (each slot once: keys are unique).
  */
 export function findLeaveMarkers(keys: Iterable<string>): Map<string, Map<number, number[]>> {
   const out = new Map<string, Map<number, number[]>>();
   for (const key of keys) {
-    if (!key.startsWith("rdzv/") || !key.includes("/gone/")) continue;
-    const k = parseRdzvKey(key);
-    if (k === undefined || k.kind !== "gone") continue;
+    const k = runListKey(key);
+    if (k?.role !== "gone") continue;
     let rounds = out.get(k.runId);
     if (rounds === undefined) {
       rounds = new Map();
