@@ -123,6 +123,26 @@ describe("dashboard routes (no socket)", () => {
     assert.equal((await get(app, "/api/runs/%E0%A4%A")).status, 400);
   });
 
+  it("sends nosniff on every answer, and a CSP that forbids framing on the page", async () => {
+    for (const path of [
+      "/",
+      "/dashboard.js",
+      "/healthz",
+      "/metrics",
+      "/api/runs",
+      "/api/runs/%3Cb%3E",
+      "/x",
+    ]) {
+      const res = await get(app, path);
+      assert.equal(res.headers.get("x-content-type-options"), "nosniff", path);
+      assert.equal(res.headers.get("referrer-policy"), "no-referrer", path);
+      await res.body?.cancel();
+    }
+    const csp = (await get(app, "/")).headers.get("content-security-policy") ?? "";
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.match(csp, /base-uri 'none'/);
+  });
+
   it("shows a run forming, completing and losing a killed node, through the API, the event stream and /metrics", async () => {
     const events = await get(app, "/events?run=job");
     assert.equal(events.headers.get("content-type"), "text/event-stream; charset=utf-8");

@@ -146,7 +146,7 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     return new Response(stream.body, {
       headers: {
         "content-type": "text/event-stream; charset=utf-8",
-        "cache-control": "no-store",
+        ...COMMON_HEADERS,
         "x-accel-buffering": "no",
       },
     });
@@ -218,20 +218,35 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   };
 }
 
-/** The page only loads its own script and style. */
+/**
+ * The page only loads its own script and style, may not be framed (clickjacking) and sets no base URL or
+ * form target.
+ */
 const PAGE_HEADERS = {
-  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'",
+  "content-security-policy":
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+  "x-frame-options": "DENY",
+};
+
+/**
+ * On every answer: no content sniffing (a JSON error quoting a client's run id is never read as HTML),
+ * no caching, and no referrer (run ids in the URL stay here).
+ */
+const COMMON_HEADERS = {
+  "cache-control": "no-store",
   "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
 };
 
 function text(body: string, type: string, headers: Record<string, string> = {}): Response {
-  return new Response(body, { headers: { "content-type": type, "cache-control": "no-store", ...headers } });
+  return new Response(body, { headers: { "content-type": type, ...COMMON_HEADERS, ...headers } });
 }
 
 function json(data: unknown, status = 200): Response {
   return new Response(JSON.stringify(data), {
     status,
-    headers: { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" },
+    headers: { "content-type": "application/json; charset=utf-8", ...COMMON_HEADERS },
   });
 }
 

@@ -5,7 +5,9 @@
  */
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { isIP } from "node:net";
 import { InvalidArgumentError, RendezvousConnectionError } from "../errors.js";
+import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 
 /** A running HTTP server. */
@@ -25,6 +27,11 @@ export interface HttpServerOptions {
   host?: string;
   /** Port (default 0: any free port). */
   port?: number;
+  /**
+   * Host names (the request's `Host` header, without port) served besides IP literals and `localhost`
+   * (see `hostHeaderAllowed`). Given, they are enforced on any bind address; otherwise only on loopback.
+   */
+  allowedHosts?: readonly string[];
   /** Answers each request. */
   fetch(request: Request): Promise<Response>;
 }
@@ -41,7 +48,16 @@ export function startHttpServer(options: HttpServerOptions): Promise<HttpServer>
       new InvalidArgumentError(`the HTTP port must be an integer in 0..65535, got ${port}`),
     );
   }
-  const server = createServer((req, res) => void serve(options.fetch, req, res, host));
+  const allowed = options.allowedHosts?.map((name) => name.toLowerCase());
+  const enforce = allowed !== undefined || isLoopbackHost(host);
+  const server = createServer((req, res) => {
+    const name = req.headers.host;
+    if (enforce && !hostHeaderAllowed(name, allowed)) {
+      refuseHost(res, name ?? "");
+      return;
+    }
+    void serve(options.fetch, req, res, host);
+  });
   return new Promise<HttpServer>((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
       const where = formatHostPort(host, port);
@@ -57,6 +73,49 @@ export function startHttpServer(options: HttpServerOptions): Promise<HttpServer>
       resolve(handle(server, host, bound));
     });
   });
+}
+
+/**
+ * Whether a request whose `Host` header is `header` may be served: an IP literal, `localhost` (or a name
+ * under `.localhost`), one of `allowed` (lower case), or no header at all (HTTP/1.0). Any other name may
+ * be a DNS-rebinding attack: a page of `evil.example`, whose name the attacker re-points at this
+ * address, reads the dashboard as its own origin.
+ */
+export function hostHeaderAllowed(header: string | undefined, allowed: readonly string[] = []): boolean {
+  if (header === undefined) return true;
+  const name = hostName(header.trim().toLowerCase());
+  if (name === undefined) return false;
+  if (isIP(name) !== 0) return true;
+  const bare = name.endsWith(".") ? name.slice(0, -1) : name;
+  return (
+    bare === "localhost" || bare.endsWith(".localhost") || allowed.includes(bare) || allowed.includes(name)
+  );
+}
+
+/** The host of a `Host` header (`name`, `name:port`, `[v6]:port`), or undefined when malformed. */
+function hostName(header: string): string | undefined {
+  if (header.startsWith("[")) {
+    const end = header.indexOf("]");
+    const rest = header.slice(end + 1);
+    return end > 0 && (rest === "" || /^:\d*$/.test(rest)) ? header.slice(1, end) : undefined;
+  }
+  const colon = header.indexOf(":");
+  const name = colon < 0 ? header : header.slice(0, colon);
+  if (colon >= 0 && !/^\d*$/.test(header.slice(colon + 1))) return undefined;
+  return name === "" ? undefined : name;
+}
+
+function refuseHost(res: ServerResponse, header: string): void {
+  const error =
+    `the Host header ${JSON.stringify(header.slice(0, 200))} is not an address of this dashboard: it ` +
+    "serves IP addresses, localhost and the names given with --http-allowed-host (a guard against " +
+    "DNS rebinding)";
+  res.writeHead(403, {
+    "content-type": "application/json; charset=utf-8",
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+  });
+  res.end(JSON.stringify({ error }));
 }
 
 function handle(server: Server, host: string, port: number): HttpServer {
