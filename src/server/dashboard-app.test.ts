@@ -243,6 +243,35 @@ describe("dashboard over HTTP", () => {
   });
 });
 
+describe("dashboard event stream cap", () => {
+  it("answers 503 past maxEventStreams open streams, and serves again once one closes", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, maxEventStreams: 2 });
+    try {
+      const a = await get(app, "/events");
+      const b = await get(app, "/events?run=x");
+      assert.equal(a.status, 200);
+      assert.equal(b.status, 200);
+      const refused = await get(app, "/events");
+      assert.equal(refused.status, 503);
+      assert.match(((await refused.json()) as { error: string }).error, /too many event streams open \(2/);
+      // The other routes still answer.
+      assert.equal((await get(app, "/api/runs")).status, 200);
+      await a.body!.cancel();
+      const c = await get(app, "/events");
+      assert.equal(c.status, 200);
+      await Promise.all([b.body!.cancel(), c.body!.cancel()]);
+      assert.throws(
+        () => createDashboardApp({ engine: server.engine, maxEventStreams: 0 }),
+        /maxEventStreams/,
+      );
+    } finally {
+      app.close();
+      await server.close();
+    }
+  });
+});
+
 describe("dashboard event streams that do not keep up", () => {
   it("drops a client that never reads once its backlog passes maxEventBacklogBytes, and says so", async () => {
     const server = await createTCPStoreServer({ port: 0 });

@@ -54,6 +54,11 @@ export interface DashboardAppOptions {
   maxEventBacklogBytes?: number;
   /** Longest an event-stream client may take nothing while events wait, ms (default 30 000). */
   maxEventStallMs?: number;
+  /**
+   * Most event streams open at once (default 64); `/events` answers 503 beyond, so that clients opening
+   * streams cannot make the server hold a backlog (up to `maxEventBacklogBytes`) for each of thousands.
+   */
+  maxEventStreams?: number;
   /** Export Node's process metrics too (default true). */
   processMetrics?: boolean;
   /** Clock, epoch ms (default `Date.now`). */
@@ -73,10 +78,12 @@ export interface DashboardApp {
 }
 
 const SOURCES = new Set<string>(["rdzv", "pytorch"]);
+const DEFAULT_MAX_EVENT_STREAMS = 64;
 
 /**
  * Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline).
- * Throws `InvalidArgumentError` for event-stream bounds or a `maxRunsListed` that are not positive integers.
+ * Throws `InvalidArgumentError` for event-stream bounds, `maxEventStreams` or a `maxRunsListed` that are
+ * not positive integers.
  */
 export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const now = options.now ?? Date.now;
@@ -84,6 +91,10 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     ...(options.maxEventBacklogBytes === undefined ? {} : { maxBacklogBytes: options.maxEventBacklogBytes }),
     ...(options.maxEventStallMs === undefined ? {} : { maxStallMs: options.maxEventStallMs }),
   });
+  const maxStreams = options.maxEventStreams ?? DEFAULT_MAX_EVENT_STREAMS;
+  if (!Number.isSafeInteger(maxStreams) || maxStreams < 1) {
+    throw new InvalidArgumentError(`maxEventStreams must be a positive integer, got ${String(maxStreams)}`);
+  }
   const monitor = new RendezvousMonitor(
     options.logger === undefined ? { now } : { now, logger: options.logger },
   );
@@ -117,6 +128,14 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     const source = url.searchParams.get("source") ?? undefined;
     if (source !== undefined && !SOURCES.has(source))
       return problem(400, `source must be rdzv or pytorch, got ${source}`);
+    if (streams.size >= maxStreams) {
+      return problem(
+        503,
+        `too many event streams open (${maxStreams}, the most this dashboard serves): close another tab ` +
+          "or client of this dashboard",
+        { "retry-after": "5" },
+      );
+    }
     const watch = { ...(runId ? { runId } : {}), ...(source ? { source: source as RunView["source"] } : {}) };
     let unsubscribe: (() => void) | undefined;
     const stream = createSseStream({

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { request } from "node:http";
+import { connect, type Socket } from "node:net";
 import { afterEach, describe, it } from "node:test";
 import { type HttpServer, hostHeaderAllowed, startHttpServer } from "./http-server.js";
 
@@ -8,7 +10,14 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await s.close();
 });
 
-async function start(options: { host?: string; allowedHosts?: string[] } = {}): Promise<HttpServer> {
+type StartOptions = {
+  host?: string;
+  allowedHosts?: string[];
+  maxConnections?: number;
+  headersTimeoutMs?: number;
+};
+
+async function start(options: StartOptions = {}): Promise<HttpServer> {
   const server = await startHttpServer({
     ...options,
     port: 0,
@@ -70,5 +79,57 @@ describe("dashboard Host header (DNS rebinding)", () => {
     assert.equal(hostHeaderAllowed("[::1]x"), false);
     assert.equal(hostHeaderAllowed(""), false);
     assert.equal(hostHeaderAllowed("x.example", ["x.example"]), true);
+  });
+});
+
+describe("dashboard connection limits", () => {
+  const sockets: Socket[] = [];
+  afterEach(() => {
+    for (const s of sockets.splice(0)) s.destroy();
+  });
+  const open = async (server: HttpServer): Promise<Socket> => {
+    const socket = connect({ host: "127.0.0.1", port: server.port });
+    socket.on("error", () => {});
+    sockets.push(socket);
+    await once(socket, "connect");
+    return socket;
+  };
+
+  it("closes connections past maxConnections at once, and serves again once one closes", {
+    timeout: 10_000,
+  }, async () => {
+    const server = await start({ maxConnections: 2 });
+    const a = await open(server);
+    await open(server);
+    const third = await open(server);
+    await once(third, "close");
+    a.destroy();
+    for (;;) {
+      const res = await fetch(server.url).catch(() => undefined);
+      if (res?.status === 200) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  });
+
+  it("closes a connection that trickles its headers (slow-loris) after headersTimeoutMs", {
+    timeout: 10_000,
+  }, async () => {
+    // Before: Node's defaults, 60 s checked every 30 s, while connections had no cap.
+    const server = await start({ headersTimeoutMs: 300 });
+    const slow = await open(server);
+    slow.write("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    const received: Buffer[] = [];
+    slow.on("data", (c: Buffer) => received.push(c));
+    await once(slow, "close");
+    assert.match(Buffer.concat(received).toString(), /^HTTP\/1.1 408/);
+  });
+
+  it("refuses limits that are not positive integers", async () => {
+    const fetch = async () => new Response("");
+    await assert.rejects(startHttpServer({ port: 0, maxConnections: 0, fetch }), /maxConnections must be/);
+    await assert.rejects(
+      startHttpServer({ port: 0, headersTimeoutMs: 1.5, fetch }),
+      /headersTimeoutMs must be/,
+    );
   });
 });

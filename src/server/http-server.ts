@@ -32,13 +32,27 @@ export interface HttpServerOptions {
    * (see `hostHeaderAllowed`). Given, they are enforced on any bind address; otherwise only on loopback.
    */
   allowedHosts?: readonly string[];
+  /**
+   * Most open connections (default 256; more are closed at once). The dashboard shares its process and
+   * its file descriptors with the store: connections left open must not starve the store's accept.
+   */
+  maxConnections?: number;
+  /**
+   * A client must send its request headers within this many ms (default 10 000; slow-loris), and the
+   * whole request within 30 s or this, whichever is longer. Answers (event streams) are not bounded.
+   */
+  headersTimeoutMs?: number;
   /** Answers each request. */
   fetch(request: Request): Promise<Response>;
 }
 
+const DEFAULT_MAX_CONNECTIONS = 256;
+const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+
 /**
  * Starts serving and resolves once listening. Rejects with `RendezvousConnectionError` naming host:port
- * when it cannot listen, `InvalidArgumentError` for a bad port.
+ * when it cannot listen, `InvalidArgumentError` for a bad port or limit.
  */
 export function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
   const host = options.host ?? "127.0.0.1";
@@ -48,9 +62,27 @@ export function startHttpServer(options: HttpServerOptions): Promise<HttpServer>
       new InvalidArgumentError(`the HTTP port must be an integer in 0..65535, got ${port}`),
     );
   }
+  const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const headersTimeout = options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+  for (const [name, value] of [
+    ["maxConnections", maxConnections],
+    ["headersTimeoutMs", headersTimeout],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      return Promise.reject(
+        new InvalidArgumentError(`${name} must be a positive integer, got ${String(value)}`),
+      );
+    }
+  }
   const allowed = options.allowedHosts?.map((name) => name.toLowerCase());
   const enforce = allowed !== undefined || isLoopbackHost(host);
-  const server = createServer((req, res) => {
+  const timeouts = {
+    headersTimeout,
+    requestTimeout: Math.max(REQUEST_TIMEOUT_MS, headersTimeout),
+    // How often Node checks both timeouts (default 30 s: a 10 s timeout could take 40).
+    connectionsCheckingInterval: Math.min(1000, headersTimeout),
+  };
+  const server = createServer(timeouts, (req, res) => {
     const name = req.headers.host;
     if (enforce && !hostHeaderAllowed(name, allowed)) {
       refuseHost(res, name ?? "");
@@ -58,6 +90,7 @@ export function startHttpServer(options: HttpServerOptions): Promise<HttpServer>
     }
     void serve(options.fetch, req, res, host);
   });
+  server.maxConnections = maxConnections;
   return new Promise<HttpServer>((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
       const where = formatHostPort(host, port);
