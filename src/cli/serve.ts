@@ -61,7 +61,7 @@ export async function serveCommand(
   const logger = createConsoleLogger(level as LogLevel);
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
-  const security = securityOptions(values);
+  const security = securityOptions(values, process.env, logger);
   const http = dashboardPort(values);
   // Every option is checked before the data directory is opened (and locked).
   const port = intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535);
