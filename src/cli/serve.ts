@@ -1,13 +1,14 @@
 /** `rdzv serve`: the standalone store server. */
 
 import { parseArgs } from "node:util";
-import { createConsoleLogger, LogLevel } from "../log.js";
+import { LogLevel } from "../log.js";
 import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
 import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
 import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
+import { createServeLogger } from "./serve-log.js";
 import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
 export const SERVE_HELP = `Usage: rdzv serve [options]
@@ -58,7 +59,7 @@ export async function serveCommand(
     throw new UsageError(
       `--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`,
     );
-  const logger = createConsoleLogger(level as LogLevel);
+  const logger = createServeLogger(level as LogLevel);
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const security = securityOptions(values, process.env, logger);
