@@ -70,20 +70,25 @@ export function dashboardPort(values: DashboardValues): DashboardAt | undefined 
 
 /**
  * Starts the dashboard of `server` when `--http-port` was given, and prints its URL to `out`
- * (`rdzv dashboard on http://HOST:PORT/`). Warns when it listens beyond loopback.
+ * (`rdzv dashboard on http://HOST:PORT/`). Beyond loopback, a dashboard of a store with `authToken`
+ * requires that token too (HTTP Basic password or Bearer); one without says that anyone may read it.
  */
 export async function startServeDashboard(
   at: DashboardAt | undefined,
   server: TCPStoreServer,
   out: NodeJS.WritableStream,
   logger?: Logger,
+  authToken?: string,
 ): Promise<ServeDashboard> {
   if (at === undefined) return { close: async () => {} };
+  const exposed = !isLoopbackHost(at.host);
+  const token = exposed ? authToken : undefined;
   const app = createDashboardApp({
     engine: server.engine,
     stats: () => server.stats(),
     storeAddress: formatHostPort(server.host, server.port),
     ...(logger === undefined ? {} : { logger }),
+    ...(token === undefined ? {} : { authToken: token }),
   });
   let http: Awaited<ReturnType<typeof startHttpServer>>;
   try {
@@ -93,9 +98,14 @@ export async function startServeDashboard(
     throw err;
   }
   out.write(`rdzv dashboard on ${http.url}\n`);
-  if (!isLoopbackHost(at.host)) {
+  if (exposed && token === undefined) {
     out.write(
       `rdzv dashboard: listening on ${at.host} without authentication; anyone who reaches it sees every run\n`,
+    );
+  } else if (exposed) {
+    out.write(
+      `rdzv dashboard: listening on ${at.host}; it requires the store's auth token (HTTP Basic password, ` +
+        "any user name, or Authorization: Bearer), sent in the clear: plain HTTP\n",
     );
   }
   return {

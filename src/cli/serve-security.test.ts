@@ -140,6 +140,31 @@ describe("rdzv serve security options", () => {
     }
   });
 
+  it("a dashboard beyond loopback of a store with a token requires that token; on loopback it does not", {
+    timeout: 60_000,
+  }, async () => {
+    const dashboardUrl = async (output: () => string): Promise<string> => {
+      for (let i = 0; i < 400; i++) {
+        const m = /rdzv dashboard on (http:\S+)/.exec(output());
+        if (m !== null) return m[1]!;
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      throw new Error(`no dashboard URL in ${output()}`);
+    };
+    const env = { RDZV_AUTH_TOKEN: "s3cret-token" };
+    {
+      await using exposed = await startServe(["--http-port", "0", "--http-host", "0.0.0.0"], { env });
+      const url = await dashboardUrl(exposed.output);
+      assert.equal((await fetch(`${url}api/runs`)).status, 401);
+      const bearer = { headers: { authorization: "Bearer s3cret-token" } };
+      assert.equal((await fetch(`${url}api/runs`, bearer)).status, 200);
+      assert.match(exposed.output(), /requires the store's auth token/);
+      assert.doesNotMatch(exposed.output(), /without authentication/);
+    }
+    await using local = await startServe(["--http-port", "0"], { env });
+    assert.equal((await fetch(`${await dashboardUrl(local.output)}api/runs`)).status, 200);
+  });
+
   it("warns when it serves other machines without a token, and only then", { timeout: 60_000 }, async () => {
     const printed = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> => {
       const serve = await startServe(["--host", "0.0.0.0", ...args], { env });

@@ -141,11 +141,14 @@ export async function serveCommand(
       `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
     );
   }
-  const dashboard = await startServeDashboard(http, server, out, logger).catch(async (err: unknown) => {
-    data.close();
-    await server.close();
-    throw err;
-  });
+  const token = typeof security.authToken === "string" ? security.authToken : undefined;
+  const dashboard = await startServeDashboard(http, server, out, logger, token).catch(
+    async (err: unknown) => {
+      data.close();
+      await server.close();
+      throw err;
+    },
+  );
   const code = await stopped;
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
   // so a restart does not mark every client gone (they reconnect).

@@ -243,6 +243,55 @@ describe("dashboard over HTTP", () => {
   });
 });
 
+describe("dashboard with an auth token", () => {
+  it("requires the token (Bearer or Basic password) on every route but /healthz, and says how", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, authToken: "s3cret" });
+    const call = (path: string, authorization?: string) =>
+      app.fetch(
+        new Request(
+          `http://dashboard${path}`,
+          authorization === undefined ? {} : { headers: { authorization } },
+        ),
+      );
+    const basic = (userPass: string) => `Basic ${Buffer.from(userPass).toString("base64")}`;
+    try {
+      for (const path of ["/", "/api/runs", "/api/runs/x", "/events", "/metrics", "/dashboard.js"]) {
+        const res = await call(path);
+        assert.equal(res.status, 401, path);
+        assert.match(res.headers.get("www-authenticate") ?? "", /^Basic realm="rdzv dashboard"/);
+        assert.match(((await res.json()) as { error: string }).error, /requires the store's auth token/);
+      }
+      for (const wrong of ["Bearer s3cre", "Bearer s3cret2", basic("s3cret:"), basic("s3cret"), "s3cret"]) {
+        assert.equal((await call("/api/runs", wrong)).status, 401, wrong);
+      }
+      assert.equal((await call("/api/runs", "Bearer s3cret")).status, 200);
+      assert.equal((await call("/api/runs", basic("anyone:s3cret"))).status, 200);
+      assert.equal((await call("/healthz")).status, 200);
+      assert.throws(() => createDashboardApp({ engine: server.engine, authToken: "" }), /authToken/);
+    } finally {
+      app.close();
+      await server.close();
+    }
+  });
+
+  it("over HTTP: the request's Authorization header reaches the routes", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, authToken: "s3cret" });
+    // Before, http-server.ts passed no request headers on: the right token got 401 as well.
+    const http = await startHttpServer({ port: 0, fetch: app.fetch });
+    try {
+      assert.equal((await fetch(`${http.url}api/runs`)).status, 401);
+      const ok = await fetch(`${http.url}api/runs`, { headers: { authorization: "Bearer s3cret" } });
+      assert.equal(ok.status, 200);
+    } finally {
+      await http.close();
+      app.close();
+      await server.close();
+    }
+  });
+});
+
 describe("dashboard event stream cap", () => {
   it("answers 503 past maxEventStreams open streams, and serves again once one closes", async () => {
     const server = await createTCPStoreServer({ port: 0 });

@@ -12,6 +12,7 @@
  * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
  */
 
+import { createHash, timingSafeEqual } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
@@ -65,6 +66,12 @@ export interface DashboardAppOptions {
   now?: () => number;
   /** Where unfollowable keys and dropped event-stream clients are reported (default: nowhere). */
   logger?: Logger;
+  /**
+   * A secret every request but `/healthz` must present, as `Authorization: Bearer TOKEN` or HTTP Basic
+   * with the token as password (any user name; browsers ask for it), compared in constant time. Others
+   * get 401. Default: none.
+   */
+  authToken?: string;
 }
 
 /** The dashboard's routes and the state behind them. */
@@ -95,6 +102,10 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   if (!Number.isSafeInteger(maxStreams) || maxStreams < 1) {
     throw new InvalidArgumentError(`maxEventStreams must be a positive integer, got ${String(maxStreams)}`);
   }
+  if (options.authToken !== undefined && options.authToken === "") {
+    throw new InvalidArgumentError("authToken must not be empty");
+  }
+  const authorized = options.authToken === undefined ? undefined : bearerOrBasic(options.authToken);
   const monitor = new RendezvousMonitor(
     options.logger === undefined ? { now } : { now, logger: options.logger },
   );
@@ -219,6 +230,18 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     metrics,
     async fetch(request) {
       if (closed) return problem(503, "the dashboard is closed");
+      if (authorized !== undefined && !authorized(request)) {
+        const path = new URL(request.url, "http://localhost").pathname;
+        if (path !== "/healthz") {
+          return problem(
+            401,
+            "this dashboard requires the store's auth token (Bearer, or as Basic password)",
+            {
+              "www-authenticate": 'Basic realm="rdzv dashboard", charset="UTF-8"',
+            },
+          );
+        }
+      }
       try {
         return await route(request);
       } catch (err) {
@@ -257,6 +280,32 @@ const COMMON_HEADERS = {
   "x-content-type-options": "nosniff",
   "referrer-policy": "no-referrer",
 };
+
+/**
+ * Whether a request presents `token`: `Authorization: Bearer TOKEN`, or `Basic` with TOKEN as password.
+ * SHA-256 digests compared with `timingSafeEqual`, so neither the token's bytes nor its length leak.
+ */
+function bearerOrBasic(token: string): (request: Request) => boolean {
+  const expected = digest(token);
+  return (request) => {
+    const header = request.headers.get("authorization");
+    if (header === null) return false;
+    const match = /^(bearer|basic)\s+(\S+)\s*$/i.exec(header);
+    if (match === null) return false;
+    let given = match[2]!;
+    if (match[1]!.toLowerCase() === "basic") {
+      const decoded = Buffer.from(given, "base64").toString("utf8");
+      const colon = decoded.indexOf(":");
+      if (colon < 0) return false;
+      given = decoded.slice(colon + 1);
+    }
+    return timingSafeEqual(expected, digest(given));
+  };
+}
+
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text, "utf8").digest();
+}
 
 function text(body: string, type: string, headers: Record<string, string> = {}): Response {
   return new Response(body, { headers: { "content-type": type, ...COMMON_HEADERS, ...headers } });

@@ -181,7 +181,10 @@ async function serve(
   try {
     // The path only: a request target such as "//other-host/x" must not become a host.
     const url = new URL(`http://${formatHostPort(host, 80)}${req.url ?? "/"}`);
-    response = await fetch(new Request(url, { method: req.method ?? "GET", signal: abort.signal }));
+    const headers = new Headers();
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2)
+      headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+    response = await fetch(new Request(url, { method: req.method ?? "GET", headers, signal: abort.signal }));
   } catch (err) {
     response = new Response(JSON.stringify({ error: String(err) }), { status: 400 });
   }
