@@ -21,7 +21,8 @@ export const DASHBOARD_OPTIONS = {
 /** Help lines of the dashboard options. */
 export const DASHBOARD_HELP = `  --http-port PORT         serve the dashboard, /api/runs, /events, /metrics and /healthz on this HTTP
                            port (0 picks a free one; default: no dashboard)
-  --http-host HOST         address of the HTTP port (default 127.0.0.1: it has no authentication)
+  --http-host HOST         address of the HTTP port (default 127.0.0.1). Beyond loopback it requires
+                           the store's auth token, when it has one (HTTP Basic password or Bearer)
   --http-allowed-host NAME serve requests for this host name (repeatable): the dashboard answers only
                            IP addresses and localhost on loopback (against DNS rebinding), and with
                            this option only those and the NAMEs on any address

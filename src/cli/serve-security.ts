@@ -28,7 +28,8 @@ export const SECURITY_HELP = `  --auth-token-file FILE   require every client to
                            speak plain TCP only
   --tls-key FILE           the certificate's private key (PEM)
   --incomplete-request-timeout-ms N
-                           close a connection holding a partial request (or unread replies) for N ms
+                           close a connection holding a partial request (or unread replies) for N ms,
+                           or not authenticated (with a token) after N ms
                            (default ${DEFAULT_SERVER_TIMEOUTS.incompleteRequestMs}; 0 = never)
   --idle-timeout-ms N      close a connection that sends nothing for N ms, unless it waits on a key
                            (default 0 = never; idle PyTorch clients are legitimate)

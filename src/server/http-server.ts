@@ -1,7 +1,8 @@
 /**
  * Puts a fetch-style handler (dashboard-app.ts) on a `node:http` port: `rdzv serve --http-port`. Binds
- * loopback unless told otherwise: the dashboard has no authentication, so anyone who can reach the port
- * reads every run's nodes and addresses.
+ * loopback unless told otherwise: without a token, anyone who can reach the port reads every run's nodes
+ * and addresses. Guards the edge: the `Host` header (DNS rebinding), connection count and slow requests
+ * (see docs/security.md, "The dashboard").
  */
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
