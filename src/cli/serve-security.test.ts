@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { writeFileSync } from "node:fs";
+import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { startServe } from "../../test/helpers/serve-process.js";
 import { makeTestCertificate, type TestCertificate } from "../../test/helpers/tls-cert.js";
 import { ErrorCode } from "../errors.js";
+import { silentLogger } from "../log.js";
 import { connectTCPStore } from "../store/tcp/client.js";
 import { securityOptions } from "./serve-security.js";
 
@@ -41,6 +42,54 @@ describe("rdzv serve security options", () => {
     assert.equal(securityOptions({}, { RDZV_AUTH_TOKEN: "from-env" }).authToken, "from-env");
     assert.equal(securityOptions({}, {}).authToken, undefined);
     assert.equal(securityOptions({}, {}).tls, undefined);
+  });
+
+  it("warns when the token file or the TLS key is open to other users, and not when private", () => {
+    const warned = (values: Parameters<typeof securityOptions>[0]): string[] => {
+      const warnings: string[] = [];
+      const logger = { ...silentLogger, warn: (m: string) => void warnings.push(m) };
+      securityOptions(values, {}, logger);
+      return warnings;
+    };
+    const values = { "auth-token-file": tokenFile, "tls-cert": pem.certPath, "tls-key": pem.keyPath };
+    try {
+      chmodSync(tokenFile, 0o600);
+      chmodSync(pem.keyPath, 0o600);
+      assert.deepEqual(warned(values), []);
+      chmodSync(tokenFile, 0o644);
+      chmodSync(pem.keyPath, 0o640);
+      const warnings = warned(values);
+      assert.equal(warnings.length, 2, warnings.join("\n"));
+      assert.match(warnings[0]!, /auth token file .*token is open to other users \(mode 644\).*chmod 600/);
+      assert.match(warnings[1]!, /TLS key file .* is open to other users \(mode 640\)/);
+    } finally {
+      chmodSync(tokenFile, 0o600);
+      chmodSync(pem.keyPath, 0o600);
+    }
+  });
+
+  it("names the file and what is wrong with it for unusable TLS files", () => {
+    const other = makeTestCertificate();
+    const garbage = join(pem.certPath, "..", "garbage.pem");
+    writeFileSync(garbage, "not a PEM\n");
+    const tls = (cert: string, key: string) => () =>
+      securityOptions({ "tls-cert": cert, "tls-key": key }, {});
+    try {
+      // Before: "bad TLS options: error:0480006C:PEM routines::no start line", naming no file.
+      assert.throws(tls(garbage, pem.keyPath), new RegExp(`--tls-cert ${garbage} holds no PEM certificate`));
+      assert.throws(tls(pem.keyPath, pem.certPath), /--tls-cert .*key\.pem holds no PEM certificate/);
+      assert.throws(tls(pem.certPath, garbage), /--tls-key .*garbage\.pem holds no usable PEM private key/);
+      assert.throws(
+        tls(pem.certPath, other.keyPath),
+        /--tls-key .* does not go with the certificate in --tls-cert/,
+      );
+      assert.throws(
+        tls(join(pem.certPath, "..", "missing.pem"), pem.keyPath),
+        /--tls-cert .*missing\.pem cannot be read: ENOENT/,
+      );
+    } finally {
+      other.remove();
+    }
   });
 
   it("rejects a lone --tls-cert, a missing file, an empty token file and bad timeouts", () => {
@@ -89,6 +138,31 @@ describe("rdzv serve security options", () => {
       const [code] = await exited;
       assert.equal(code, 0);
     }
+  });
+
+  it("a dashboard beyond loopback of a store with a token requires that token; on loopback it does not", {
+    timeout: 60_000,
+  }, async () => {
+    const dashboardUrl = async (output: () => string): Promise<string> => {
+      for (let i = 0; i < 400; i++) {
+        const m = /rdzv dashboard on (http:\S+)/.exec(output());
+        if (m !== null) return m[1]!;
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      throw new Error(`no dashboard URL in ${output()}`);
+    };
+    const env = { RDZV_AUTH_TOKEN: "s3cret-token" };
+    {
+      await using exposed = await startServe(["--http-port", "0", "--http-host", "0.0.0.0"], { env });
+      const url = await dashboardUrl(exposed.output);
+      assert.equal((await fetch(`${url}api/runs`)).status, 401);
+      const bearer = { headers: { authorization: "Bearer s3cret-token" } };
+      assert.equal((await fetch(`${url}api/runs`, bearer)).status, 200);
+      assert.match(exposed.output(), /requires the store's auth token/);
+      assert.doesNotMatch(exposed.output(), /without authentication/);
+    }
+    await using local = await startServe(["--http-port", "0"], { env });
+    assert.equal((await fetch(`${await dashboardUrl(local.output)}api/runs`)).status, 200);
   });
 
   it("warns when it serves other machines without a token, and only then", { timeout: 60_000 }, async () => {

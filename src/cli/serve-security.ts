@@ -3,7 +3,10 @@
  * text, and the server options they become (see docs/security.md).
  */
 
-import { readFileSync } from "node:fs";
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { createSecureContext } from "node:tls";
+import { type Logger, silentLogger } from "../log.js";
 import type { ServerTimeouts, TCPStoreServerOptions } from "../store/tcp/server.js";
 import { DEFAULT_SERVER_TIMEOUTS } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -25,7 +28,8 @@ export const SECURITY_HELP = `  --auth-token-file FILE   require every client to
                            speak plain TCP only
   --tls-key FILE           the certificate's private key (PEM)
   --incomplete-request-timeout-ms N
-                           close a connection holding a partial request (or unread replies) for N ms
+                           close a connection holding a partial request (or unread replies) for N ms,
+                           or not authenticated (with a token) after N ms
                            (default ${DEFAULT_SERVER_TIMEOUTS.incompleteRequestMs}; 0 = never)
   --idle-timeout-ms N      close a connection that sends nothing for N ms, unless it waits on a key
                            (default 0 = never; idle PyTorch clients are legitimate)
@@ -34,13 +38,18 @@ export const SECURITY_HELP = `  --auth-token-file FILE   require every client to
 /** The parsed values of `SECURITY_OPTIONS`. */
 export type SecurityValues = { [K in keyof typeof SECURITY_OPTIONS]?: string | undefined };
 
-/** The server options (token, TLS, timeouts) the values ask for. Throws `UsageError` naming the option. */
+/**
+ * The server options (token, TLS, timeouts) the values ask for. Throws `UsageError` naming the option.
+ * Warns through `logger` when the token file or the TLS key is open to other users.
+ */
 export function securityOptions(
   values: SecurityValues,
   env: NodeJS.ProcessEnv = process.env,
+  logger: Logger = silentLogger,
 ): Pick<TCPStoreServerOptions, "authToken" | "tls" | "timeouts"> {
   const out: Pick<TCPStoreServerOptions, "authToken" | "tls" | "timeouts"> = { timeouts: timeouts(values) };
   const file = values["auth-token-file"];
+  if (file !== undefined) warnIfShared("auth token file", file, logger);
   const token = file === undefined ? env.RDZV_AUTH_TOKEN : readText("auth-token-file", file).trim();
   if (file !== undefined && token === "") throw new UsageError(`--auth-token-file ${file} is empty`);
   if (token !== undefined && token !== "") out.authToken = token;
@@ -50,7 +59,8 @@ export function securityOptions(
     throw new UsageError("--tls-cert and --tls-key go together: give both or neither");
   }
   if (cert !== undefined && key !== undefined) {
-    out.tls = { cert: readText("tls-cert", cert), key: readText("tls-key", key) };
+    warnIfShared("TLS key file", key, logger);
+    out.tls = checkedTls(cert, key);
   }
   return out;
 }
@@ -73,6 +83,57 @@ function readText(option: string, path: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (err) {
-    throw new UsageError(`--${option} ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    throw new UsageError(`--${option} ${path} cannot be read: ${(err as Error).message}`);
   }
+}
+
+/**
+ * The certificate and key in the two files, each checked on its own so that the error names the file
+ * (OpenSSL's "PEM routines::no start line" says neither which file nor what it should hold).
+ */
+function checkedTls(certPath: string, keyPath: string): { cert: string; key: string } {
+  const cert = readText("tls-cert", certPath);
+  const key = readText("tls-key", keyPath);
+  try {
+    new X509Certificate(cert);
+  } catch (err) {
+    throw new UsageError(`--tls-cert ${certPath} holds no PEM certificate: ${(err as Error).message}`);
+  }
+  try {
+    createPrivateKey(key);
+  } catch (err) {
+    const reason =
+      (err as NodeJS.ErrnoException).code === "ERR_MISSING_PASSPHRASE"
+        ? "it is encrypted (rdzv serve takes an unencrypted key; keep it private with its file mode)"
+        : (err as Error).message;
+    throw new UsageError(`--tls-key ${keyPath} holds no usable PEM private key: ${reason}`);
+  }
+  try {
+    createSecureContext({ cert, key });
+  } catch (err) {
+    throw new UsageError(
+      `--tls-key ${keyPath} does not go with the certificate in --tls-cert ${certPath}: ${(err as Error).message}`,
+    );
+  }
+  return { cert, key };
+}
+
+/**
+ * Warns (as ssh refuses a private key that others can read) when the secret in `path` is open to other
+ * users: whoever reads the token connects as any client. A file that cannot be read is left to `readText`.
+ */
+function warnIfShared(what: string, path: string, logger: Logger): void {
+  if (process.platform === "win32") return; // no POSIX modes
+  let mode: number;
+  try {
+    mode = statSync(path).mode & 0o777;
+  } catch {
+    return;
+  }
+  if ((mode & 0o077) === 0) return;
+  logger.warn(
+    `${what} ${path} is open to other users (mode ${mode.toString(8)}): anyone on this machine who reads ` +
+      `it has the secret; chmod 600 it`,
+    { file: path, mode: mode.toString(8) },
+  );
 }

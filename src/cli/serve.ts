@@ -1,13 +1,14 @@
 /** `rdzv serve`: the standalone store server. */
 
 import { parseArgs } from "node:util";
-import { createConsoleLogger, LogLevel } from "../log.js";
+import { LogLevel } from "../log.js";
 import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
 import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
 import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
+import { createServeLogger } from "./serve-log.js";
 import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
 export const SERVE_HELP = `Usage: rdzv serve [options]
@@ -58,10 +59,10 @@ export async function serveCommand(
     throw new UsageError(
       `--log-level must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level)}`,
     );
-  const logger = createConsoleLogger(level as LogLevel);
+  const logger = createServeLogger(level as LogLevel);
   const host = values.host ?? "127.0.0.1";
   if (host.trim() === "") throw new UsageError("--host must not be empty");
-  const security = securityOptions(values);
+  const security = securityOptions(values, process.env, logger);
   const http = dashboardPort(values);
   // Every option is checked before the data directory is opened (and locked).
   const port = intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535);
@@ -140,11 +141,14 @@ export async function serveCommand(
       `rdzv store: ${[server.tls ? "TLS" : "", server.requiresAuth ? "auth token required" : ""].filter(Boolean).join(", ")} (PyTorch clients cannot connect)\n`,
     );
   }
-  const dashboard = await startServeDashboard(http, server, out, logger).catch(async (err: unknown) => {
-    data.close();
-    await server.close();
-    throw err;
-  });
+  const token = typeof security.authToken === "string" ? security.authToken : undefined;
+  const dashboard = await startServeDashboard(http, server, out, logger, token).catch(
+    async (err: unknown) => {
+      data.close();
+      await server.close();
+      throw err;
+    },
+  );
   const code = await stopped;
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
   // so a restart does not mark every client gone (they reconnect).

@@ -123,6 +123,26 @@ describe("dashboard routes (no socket)", () => {
     assert.equal((await get(app, "/api/runs/%E0%A4%A")).status, 400);
   });
 
+  it("sends nosniff on every answer, and a CSP that forbids framing on the page", async () => {
+    for (const path of [
+      "/",
+      "/dashboard.js",
+      "/healthz",
+      "/metrics",
+      "/api/runs",
+      "/api/runs/%3Cb%3E",
+      "/x",
+    ]) {
+      const res = await get(app, path);
+      assert.equal(res.headers.get("x-content-type-options"), "nosniff", path);
+      assert.equal(res.headers.get("referrer-policy"), "no-referrer", path);
+      await res.body?.cancel();
+    }
+    const csp = (await get(app, "/")).headers.get("content-security-policy") ?? "";
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.match(csp, /base-uri 'none'/);
+  });
+
   it("shows a run forming, completing and losing a killed node, through the API, the event stream and /metrics", async () => {
     const events = await get(app, "/events?run=job");
     assert.equal(events.headers.get("content-type"), "text/event-stream; charset=utf-8");
@@ -217,6 +237,84 @@ describe("dashboard over HTTP", () => {
       assert.equal((await fetch(`${http.url}/evil.example/healthz`)).status, 404);
     } finally {
       await http.close();
+      app.close();
+      await server.close();
+    }
+  });
+});
+
+describe("dashboard with an auth token", () => {
+  it("requires the token (Bearer or Basic password) on every route but /healthz, and says how", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, authToken: "s3cret" });
+    const call = (path: string, authorization?: string) =>
+      app.fetch(
+        new Request(
+          `http://dashboard${path}`,
+          authorization === undefined ? {} : { headers: { authorization } },
+        ),
+      );
+    const basic = (userPass: string) => `Basic ${Buffer.from(userPass).toString("base64")}`;
+    try {
+      for (const path of ["/", "/api/runs", "/api/runs/x", "/events", "/metrics", "/dashboard.js"]) {
+        const res = await call(path);
+        assert.equal(res.status, 401, path);
+        assert.match(res.headers.get("www-authenticate") ?? "", /^Basic realm="rdzv dashboard"/);
+        assert.match(((await res.json()) as { error: string }).error, /requires the store's auth token/);
+      }
+      for (const wrong of ["Bearer s3cre", "Bearer s3cret2", basic("s3cret:"), basic("s3cret"), "s3cret"]) {
+        assert.equal((await call("/api/runs", wrong)).status, 401, wrong);
+      }
+      assert.equal((await call("/api/runs", "Bearer s3cret")).status, 200);
+      assert.equal((await call("/api/runs", basic("anyone:s3cret"))).status, 200);
+      assert.equal((await call("/healthz")).status, 200);
+      assert.throws(() => createDashboardApp({ engine: server.engine, authToken: "" }), /authToken/);
+    } finally {
+      app.close();
+      await server.close();
+    }
+  });
+
+  it("over HTTP: the request's Authorization header reaches the routes", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, authToken: "s3cret" });
+    // Before, http-server.ts passed no request headers on: the right token got 401 as well.
+    const http = await startHttpServer({ port: 0, fetch: app.fetch });
+    try {
+      assert.equal((await fetch(`${http.url}api/runs`)).status, 401);
+      const ok = await fetch(`${http.url}api/runs`, { headers: { authorization: "Bearer s3cret" } });
+      assert.equal(ok.status, 200);
+    } finally {
+      await http.close();
+      app.close();
+      await server.close();
+    }
+  });
+});
+
+describe("dashboard event stream cap", () => {
+  it("answers 503 past maxEventStreams open streams, and serves again once one closes", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const app = createDashboardApp({ engine: server.engine, processMetrics: false, maxEventStreams: 2 });
+    try {
+      const a = await get(app, "/events");
+      const b = await get(app, "/events?run=x");
+      assert.equal(a.status, 200);
+      assert.equal(b.status, 200);
+      const refused = await get(app, "/events");
+      assert.equal(refused.status, 503);
+      assert.match(((await refused.json()) as { error: string }).error, /too many event streams open \(2/);
+      // The other routes still answer.
+      assert.equal((await get(app, "/api/runs")).status, 200);
+      await a.body!.cancel();
+      const c = await get(app, "/events");
+      assert.equal(c.status, 200);
+      await Promise.all([b.body!.cancel(), c.body!.cancel()]);
+      assert.throws(
+        () => createDashboardApp({ engine: server.engine, maxEventStreams: 0 }),
+        /maxEventStreams/,
+      );
+    } finally {
       app.close();
       await server.close();
     }

@@ -12,6 +12,7 @@
  * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
  */
 
+import { createHash, timingSafeEqual } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
@@ -55,12 +56,23 @@ export interface DashboardAppOptions {
   maxEventBacklogBytes?: number;
   /** Longest an event-stream client may take nothing while events wait, ms (default 30 000). */
   maxEventStallMs?: number;
+  /**
+   * Most event streams open at once (default 64); `/events` answers 503 beyond, so that clients opening
+   * streams cannot make the server hold a backlog (up to `maxEventBacklogBytes`) for each of thousands.
+   */
+  maxEventStreams?: number;
   /** Export Node's process metrics too (default true). */
   processMetrics?: boolean;
   /** Clock, epoch ms (default `Date.now`). */
   now?: () => number;
   /** Where unfollowable keys and dropped event-stream clients are reported (default: nowhere). */
   logger?: Logger;
+  /**
+   * A secret every request but `/healthz` must present, as `Authorization: Bearer TOKEN` or HTTP Basic
+   * with the token as password (any user name; browsers ask for it), compared in constant time. Others
+   * get 401. Default: none.
+   */
+  authToken?: string;
 }
 
 /** The dashboard's routes and the state behind them. */
@@ -74,12 +86,14 @@ export interface DashboardApp {
 }
 
 const SOURCES = new Set<string>(["rdzv", "pytorch"]);
+const DEFAULT_MAX_EVENT_STREAMS = 64;
 
 /**
  * Creates the routes over `options.engine`; it starts watching key changes at once (for the timeline, and
  * the run index behind the run list: one pass over the keys the engine holds, e.g. restored from a data
  * directory, then each key created or deleted).
- * Throws `InvalidArgumentError` for event-stream bounds or a `maxRunsListed` that are not positive integers.
+ * Throws `InvalidArgumentError` for event-stream bounds, `maxEventStreams` or a `maxRunsListed` that are
+ * not positive integers.
  */
 export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const now = options.now ?? Date.now;
@@ -87,6 +101,14 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     ...(options.maxEventBacklogBytes === undefined ? {} : { maxBacklogBytes: options.maxEventBacklogBytes }),
     ...(options.maxEventStallMs === undefined ? {} : { maxStallMs: options.maxEventStallMs }),
   });
+  const maxStreams = options.maxEventStreams ?? DEFAULT_MAX_EVENT_STREAMS;
+  if (!Number.isSafeInteger(maxStreams) || maxStreams < 1) {
+    throw new InvalidArgumentError(`maxEventStreams must be a positive integer, got ${String(maxStreams)}`);
+  }
+  if (options.authToken !== undefined && options.authToken === "") {
+    throw new InvalidArgumentError("authToken must not be empty");
+  }
+  const authorized = options.authToken === undefined ? undefined : bearerOrBasic(options.authToken);
   const monitor = new RendezvousMonitor(
     options.logger === undefined ? { now } : { now, logger: options.logger },
   );
@@ -123,6 +145,14 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     const source = url.searchParams.get("source") ?? undefined;
     if (source !== undefined && !SOURCES.has(source))
       return problem(400, `source must be rdzv or pytorch, got ${source}`);
+    if (streams.size >= maxStreams) {
+      return problem(
+        503,
+        `too many event streams open (${maxStreams}, the most this dashboard serves): close another tab ` +
+          "or client of this dashboard",
+        { "retry-after": "5" },
+      );
+    }
     const watch = { ...(runId ? { runId } : {}), ...(source ? { source: source as RunView["source"] } : {}) };
     let unsubscribe: (() => void) | undefined;
     const stream = createSseStream({
@@ -152,7 +182,7 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     return new Response(stream.body, {
       headers: {
         "content-type": "text/event-stream; charset=utf-8",
-        "cache-control": "no-store",
+        ...COMMON_HEADERS,
         "x-accel-buffering": "no",
       },
     });
@@ -206,6 +236,18 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     metrics,
     async fetch(request) {
       if (closed) return problem(503, "the dashboard is closed");
+      if (authorized !== undefined && !authorized(request)) {
+        const path = new URL(request.url, "http://localhost").pathname;
+        if (path !== "/healthz") {
+          return problem(
+            401,
+            "this dashboard requires the store's auth token (Bearer, or as Basic password)",
+            {
+              "www-authenticate": 'Basic realm="rdzv dashboard", charset="UTF-8"',
+            },
+          );
+        }
+      }
       try {
         return await route(request);
       } catch (err) {
@@ -225,20 +267,61 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   };
 }
 
-/** The page only loads its own script and style. */
+/**
+ * The page only loads its own script and style, may not be framed (clickjacking) and sets no base URL or
+ * form target.
+ */
 const PAGE_HEADERS = {
-  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'",
-  "x-content-type-options": "nosniff",
+  "content-security-policy":
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+  "x-frame-options": "DENY",
 };
 
+/**
+ * On every answer: no content sniffing (a JSON error quoting a client's run id is never read as HTML),
+ * no caching, and no referrer (run ids in the URL stay here).
+ */
+const COMMON_HEADERS = {
+  "cache-control": "no-store",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+};
+
+/**
+ * Whether a request presents `token`: `Authorization: Bearer TOKEN`, or `Basic` with TOKEN as password.
+ * SHA-256 digests compared with `timingSafeEqual`, so neither the token's bytes nor its length leak.
+ */
+function bearerOrBasic(token: string): (request: Request) => boolean {
+  const expected = digest(token);
+  return (request) => {
+    const header = request.headers.get("authorization");
+    if (header === null) return false;
+    const match = /^(bearer|basic)\s+(\S+)\s*$/i.exec(header);
+    if (match === null) return false;
+    let given = match[2]!;
+    if (match[1]!.toLowerCase() === "basic") {
+      const decoded = Buffer.from(given, "base64").toString("utf8");
+      const colon = decoded.indexOf(":");
+      if (colon < 0) return false;
+      given = decoded.slice(colon + 1);
+    }
+    return timingSafeEqual(expected, digest(given));
+  };
+}
+
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text, "utf8").digest();
+}
+
 function text(body: string, type: string, headers: Record<string, string> = {}): Response {
-  return new Response(body, { headers: { "content-type": type, "cache-control": "no-store", ...headers } });
+  return new Response(body, { headers: { "content-type": type, ...COMMON_HEADERS, ...headers } });
 }
 
 function json(data: unknown, status = 200): Response {
   return new Response(JSON.stringify(data), {
     status,
-    headers: { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" },
+    headers: { "content-type": "application/json; charset=utf-8", ...COMMON_HEADERS },
   });
 }
 

@@ -116,7 +116,7 @@ describe("event stream backlog", () => {
     const socket = connect(http.port, "127.0.0.1");
     try {
       await once(socket, "connect");
-      socket.write("GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+      socket.write("GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
       socket.pause(); // never reads: the kernel's buffers fill, then the server's
       for (let i = 0; client === undefined && i < 100; i++) await new Promise((r) => setTimeout(r, 10));
       let most = 0;

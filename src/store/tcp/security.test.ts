@@ -9,6 +9,7 @@ import { connect, type Socket } from "node:net";
 import { after, afterEach, before, describe, it } from "node:test";
 import { HOST, TcpFixtures } from "../../../test/helpers/tcp-fixtures.js";
 import { makeTestCertificate, type TestCertificate } from "../../../test/helpers/tls-cert.js";
+import { waitFor } from "../../../test/helpers/wait-for.js";
 import { ErrorCode } from "../../errors.js";
 import { connectTCPStore, type TCPStoreOptions } from "./client.js";
 import { encodeRequest } from "./encode.js";
@@ -101,6 +102,68 @@ describe("TCPStore authentication (shared secret)", () => {
     assert.equal(v1.length, 0);
     assert.equal(server.engine.get("/sneaky"), undefined);
     assert.equal(server.stats().protocolErrors, 2);
+  });
+
+  it("closes an unauthenticated connection once it sends more than an AUTH could need, before buffering the rest", {
+    timeout: 10_000,
+  }, async () => {
+    // Without the bound, a 1 MiB value (64 MiB by default) was buffered in full before its SET was refused,
+    // by every connection, before any token was checked; with no timeout, held until the connection closed.
+    const server = await start({ authToken: TOKEN, timeouts: { incompleteRequestMs: 0 } });
+    const errors: string[] = [];
+    server.on("protocolError", (e) => errors.push(e.reason));
+    const socket = connect({ host: HOST, port: server.port });
+    socket.on("error", () => {});
+    fx.defer(() => socket.destroy());
+    await once(socket, "connect");
+    const closed = once(socket, "close");
+    const set = encodeRequest("v2", { type: "set", key: "/big", value: Buffer.alloc(1 << 20) });
+    // All but the last byte: the SET is never complete, so only the byte bound can close the connection.
+    socket.write(Buffer.concat([encodeRequest("v2", VALIDATE), set.subarray(0, set.length - 1)]));
+    await closed;
+    assert.equal(errors.length, 1);
+    assert.match(errors[0]!, /before authenticating/);
+    assert.equal(server.stats().protocolErrors, 1);
+  });
+
+  it("still takes an AUTH pipelined with a large request behind it", async () => {
+    const server = await start({ authToken: TOKEN });
+    const socket = connect({ host: HOST, port: server.port });
+    socket.on("error", () => {});
+    fx.defer(() => socket.destroy());
+    await once(socket, "connect");
+    const replies: Buffer[] = [];
+    socket.on("data", (c: Buffer) => replies.push(c));
+    socket.write(
+      Buffer.concat(
+        [
+          VALIDATE,
+          { type: "auth", token: Buffer.from(TOKEN) } as Request,
+          { type: "set", key: "/big", value: Buffer.alloc(1 << 20, 7) } as Request,
+          { type: "getNumKeys" } as Request,
+        ].map((r) => encodeRequest("v2", r)),
+      ),
+    );
+    await waitFor("the AUTH and GETNUMKEYS replies", () => Buffer.concat(replies).length >= 9);
+    // AUTH accepted (00), then GETNUMKEYS: one key.
+    assert.deepEqual(Buffer.concat(replies), Buffer.from([0, 1, 0, 0, 0, 0, 0, 0, 0]));
+    assert.equal(server.engine.get("/big")?.length, 1 << 20);
+  });
+
+  it("closes a connection that does not authenticate within the incomplete-request timeout", {
+    timeout: 10_000,
+  }, async () => {
+    // It sends only complete requests (VALIDATE, PING), so it holds nothing incomplete, and the idle
+    // timeout is off: before, such a connection held its slot (of maxConnections) for ever.
+    const server = await start({ authToken: TOKEN, timeouts: { incompleteRequestMs: 300 } });
+    const good = await client(server, { authToken: TOKEN });
+    const closed = rawSession(server, "v2", [VALIDATE, { type: "ping", nonce: 1 }]);
+    assert.deepEqual(await closed, Buffer.from([1, 0, 0, 0]));
+    assert.equal(server.stats().reaped, 1);
+    // An authenticated connection that goes quiet is not touched.
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    assert.equal(await good.add("n", 1), 1);
+    assert.equal(server.stats().reaped, 1);
   });
 
   it("a client with a token works against a server without auth; a server without auth reports no auth", async () => {

@@ -70,6 +70,14 @@ function allowedBeforeAuth(req: Request): boolean {
   }
 }
 
+/**
+ * Most bytes a connection that has not authenticated may have sent and not had handled, beyond the
+ * largest AUTH (`maxKeyBytes` of token): room for the handshake and probes pipelined in front of it. Past
+ * it the connection is closed, so a stranger cannot make the server buffer a 64 MiB value per connection
+ * before its request is refused.
+ */
+const PRE_AUTH_SLACK_BYTES = 4096;
+
 /** Replies are written early once this many bytes are waiting, so a burst of big GETs streams out. */
 const FLUSH_BYTES = 1 << 20;
 /** Requests queued behind a pending wait, at most (then reading pauses). */
@@ -94,6 +102,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   #closeReason: string | undefined;
   readonly #registrations: ConnectionRegistrations;
   #authenticated: boolean;
+  /** When the connection was accepted (epoch ms): it must authenticate within the incomplete-request timeout. */
+  readonly #openedAt = Date.now();
+  readonly #preAuthMaxBytes: number;
   readonly #stall = new StallClock();
   /** After TAGGED_REPLIES: every reply is preceded by a `ReplyTag`; WAIT_ASYNC is allowed. */
   #tagged = false;
@@ -113,6 +124,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.decoder = new RequestDecoder(protocolLimits);
     this.#registrations = new ConnectionRegistrations(state, this);
     this.#authenticated = state.security.tokenDigest === undefined;
+    this.#preAuthMaxBytes = protocolLimits.maxKeyBytes + PRE_AUTH_SLACK_BYTES;
     this.#asyncWaits = new AsyncWaits(state, (id) => this.notify(encodeWaitDone(id)));
     socket.setNoDelay(true);
     // A socket from `directReads` emits no 'data': its reads come to `received` directly.
@@ -164,6 +176,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
    */
   reapReason(now: number, incompleteMs: number, idleMs: number): string | undefined {
     if (this.#closed || this.#pending !== undefined) return undefined;
+    if (!this.#authenticated && incompleteMs > 0 && now - this.#openedAt >= incompleteMs) {
+      return `did not authenticate within ${now - this.#openedAt} ms`;
+    }
     const buffered = this.decoder.bufferedBytes;
     // Async waits are waiting too: a connection holding some is not idle.
     const idle = this.#asyncWaits.size > 0 ? 0 : idleMs;
@@ -197,6 +212,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     const mark = this.#stall.mark();
     try {
       this.processRequests();
+      // After handling: an AUTH complete in the buffer has been taken, whatever follows it.
+      if (!this.#authenticated) this.checkPreAuthBytes();
     } catch (err) {
       this.fail(err);
       return;
@@ -236,6 +253,16 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
       }
       if (this.#out.bytes >= FLUSH_BYTES) this.flush();
     }
+  }
+
+  /** Throws (`RDZV_AUTH`) when the unauthenticated peer holds more bytes in the buffer than an AUTH needs. */
+  private checkPreAuthBytes(): void {
+    const buffered = this.decoder.bufferedBytes;
+    if (buffered <= this.#preAuthMaxBytes) return;
+    throw new ProtocolError(
+      `authentication required: ${buffered} bytes sent before authenticating (at most ${this.#preAuthMaxBytes})`,
+      ErrorCode.Auth,
+    );
   }
 
   private queueFull(): boolean {

@@ -33,7 +33,8 @@ export const DEFAULT_SERVER_PORT = 29400;
 export interface ServerTimeouts {
   /**
    * A connection that holds an incomplete request this long (a slow-loris trickling a frame), or does not
-   * read its replies this long, is closed; also bounds a TLS handshake. Default 30 000.
+   * read its replies this long, is closed; also bounds a TLS handshake and, with an `authToken`, the time
+   * a connection has to authenticate. Default 30 000.
    */
   incompleteRequestMs: number;
   /**
