@@ -302,6 +302,29 @@ describe("rdzv status --http", () => {
   });
 });
 
+describe("rdzv status --http, dashboard with a token", () => {
+  it("sends RDZV_AUTH_TOKEN as a Bearer token, and says what is missing when the dashboard refuses", async () => {
+    // Beyond loopback, the dashboard of a store with a token requires it on every route but /healthz.
+    await using serve = await startServe(
+      ["--host", "0.0.0.0", "--http-port", "0", "--http-host", "0.0.0.0"],
+      {
+        env: { RDZV_AUTH_TOKEN: "s3cret-token" },
+      },
+    );
+    const url = (await waitForUrl(serve.output)).replace(/\/\/[^/:]+:/, "//127.0.0.1:");
+    const { RDZV_AUTH_TOKEN: _, ...without } = process.env;
+    const none = await status(["--http", url], without);
+    assert.equal(none.code, 1, none.stdout);
+    assert.match(none.stderr, /requires the store's auth token \(401\): set RDZV_AUTH_TOKEN/);
+    const wrong = await status(["--http", url], { ...without, RDZV_AUTH_TOKEN: "other" });
+    assert.equal(wrong.code, 1, wrong.stdout);
+    assert.match(wrong.stderr, /refused the token in RDZV_AUTH_TOKEN \(401\)/);
+    const right = await status(["--http", url, "--json"], { ...without, RDZV_AUTH_TOKEN: "s3cret-token" });
+    assert.equal(right.code, 0, right.stderr);
+    assert.deepEqual((JSON.parse(right.stdout) as StatusJson).runs, []);
+  });
+});
+
 async function waitForUrl(output: () => string): Promise<string> {
   const deadline = Date.now() + 20_000;
   for (;;) {

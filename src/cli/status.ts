@@ -7,6 +7,7 @@ import {
   ErrorCode,
   hasErrorCode,
   InvalidArgumentError,
+  RendezvousAuthError,
   RendezvousConnectionError,
   type RendezvousError,
 } from "../errors.js";
@@ -116,7 +117,7 @@ export async function statusCommand(
   }
   const source =
     values.http !== undefined
-      ? httpSource(values.http, timeoutMs)
+      ? httpSource(values.http, timeoutMs, process.env.RDZV_AUTH_TOKEN)
       : storeSource(values.endpoint ?? "127.0.0.1:29400", values.dialect, timeoutMs);
   const stop = new AbortController();
   let signalled = "SIGINT";
@@ -326,7 +327,11 @@ function checkListening(host: string, port: number, timeoutMs: number, signal: A
   });
 }
 
-function httpSource(base: string, timeoutMs: number): Source {
+/**
+ * Reads the dashboard API at `base`. `authToken` (RDZV_AUTH_TOKEN, the store's token) goes with every request
+ * as a Bearer token: a dashboard listening beyond loopback beside a store with a token requires it.
+ */
+function httpSource(base: string, timeoutMs: number, authToken: string | undefined): Source {
   let url: URL;
   try {
     url = new URL(base.endsWith("/") ? base : `${base}/`);
@@ -340,7 +345,8 @@ function httpSource(base: string, timeoutMs: number): Source {
     let res: Response;
     try {
       const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), closing.signal]);
-      res = await fetch(href, { signal });
+      const headers: Record<string, string> = authToken ? { authorization: `Bearer ${authToken}` } : {};
+      res = await fetch(href, { signal, headers });
     } catch (err) {
       throw new RendezvousConnectionError(`cannot read ${href}: ${fetchFailure(err, url, timeoutMs)}`, {
         cause: err,
@@ -358,6 +364,13 @@ function httpSource(base: string, timeoutMs: number): Source {
     const body = (await res.json().catch(() => undefined)) as Record<string, unknown> | undefined;
     if (typeof body !== "object" || body === null) throw notDashboard(`${res.status} with no JSON object`);
     if (res.status === 404 && typeof body.error === "string") return undefined;
+    if (res.status === 401) {
+      throw new RendezvousAuthError(
+        authToken
+          ? `${href} refused the token in RDZV_AUTH_TOKEN (401): give the token of the dashboard's store`
+          : `${href} requires the store's auth token (401): set RDZV_AUTH_TOKEN`,
+      );
+    }
     if (!res.ok) throw new InvalidArgumentError(`${href} answered ${res.status}: ${JSON.stringify(body)}`);
     if (!Array.isArray(body.runs)) throw notDashboard(`${res.status} with no list of runs`);
     return body;
