@@ -43,6 +43,17 @@ export async function rejectsWithCode(promise: Promise<unknown>, ...codes: strin
   });
 }
 
+/** The message of the RDZV_TIMEOUT that `promise` rejects with. */
+async function timeoutMessage(promise: Promise<unknown>): Promise<string> {
+  let message = "";
+  await assert.rejects(promise, (err: unknown) => {
+    assert.equal((err as { code?: unknown }).code, ErrorCode.Timeout, String(err));
+    message = (err as Error).message;
+    return true;
+  });
+  return message;
+}
+
 /** True once `promise` settled (checked after letting I/O run for `ms`). */
 async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
   let settled = false;
@@ -150,6 +161,47 @@ export function storeBehaviourSuite(
         assert.equal(await store.add("after", 2), 2);
         assert.equal(await store.check(["x"]), true);
       });
+    });
+
+    describe("timeout messages", () => {
+      // One form in every store: the call, the user's keys (any PrefixStore prefix included) and the
+      // call's whole timeout. Keys are bounded: 8 shown, each cut at 100 characters.
+      const key = (name: string): string => `(?:\\S+/)?${name}`;
+      it("a timed-out get, wait and multiGet say the call, the keys and the timeout", async () => {
+        assert.match(
+          await timeoutMessage(store.get("missing", { timeoutMs: 50 })),
+          new RegExp(`^get timeout after 50ms, keys: ${key("missing")}$`),
+        );
+        await store.set("here", "x");
+        assert.match(
+          await timeoutMessage(store.wait(["here", "gone"], { timeoutMs: 60 })),
+          new RegExp(`^wait timeout after 60ms, keys: ${key("here")}, ${key("gone")}$`),
+        );
+        assert.match(
+          await timeoutMessage(store.multiGet(["here", "gone"], { timeoutMs: 70 })),
+          new RegExp(`^multiGet timeout after 70ms, keys: ${key("here")}, ${key("gone")}$`),
+        );
+      });
+
+      it("a timed-out wait on many or long keys shows 8 keys, each at most 100 characters", async () => {
+        const keys = ["k".repeat(3000), ...Array.from({ length: 9 }, (_, i) => `w${i}`)];
+        const message = await timeoutMessage(store.wait(keys, { timeoutMs: 50 }));
+        assert.match(
+          message,
+          new RegExp(`^wait timeout after 50ms, keys: ${key("k+")}\\.\\.\\. \\(\\d+ characters\\), `),
+        );
+        assert.match(message, new RegExp(`, ${key("w6")} \\(and 2 more\\)$`));
+        assert.ok(message.length < 1000, message);
+      });
+
+      if (has.queues) {
+        it("a timed-out blocking queuePop says queuePop, the queue and the timeout", async () => {
+          assert.match(
+            await timeoutMessage(queueStore(store).queuePop("nothing", { timeoutMs: 50 })),
+            new RegExp(`^queuePop timeout after 50ms, keys: ${key("nothing")}$`),
+          );
+        });
+      }
     });
 
     describe("add", () => {

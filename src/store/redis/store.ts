@@ -13,7 +13,13 @@
 import type { Redis } from "ioredis";
 import { ErrorCode, hasErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, toBytes } from "../bytes.js";
-import { blockingCall, checkTimeoutMs, firstReadOptions, throwIfAborted } from "../deadline.js";
+import {
+  blockingCall,
+  checkTimeoutMs,
+  firstReadOptions,
+  keysTimeoutMessage,
+  throwIfAborted,
+} from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
@@ -301,7 +307,7 @@ export class RedisStore implements Store {
     return blockingCall<Uint8Array[]>(
       options,
       this.#timeoutMs,
-      (ms) => `${what} timeout after ${ms}ms, keys: ${keys.join(", ")}`,
+      keysTimeoutMessage(what, keys),
       (resolve, reject) => {
         fail = reject;
         this.#pending.add(reject);
