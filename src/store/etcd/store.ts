@@ -174,12 +174,12 @@ export class EtcdStore implements Store {
         // Adding 0 to a present counter only reads it, unless it is stored in another form than the
         // sum's decimal ("007", " 7"), which add rewrites as PyTorch does.
         if (current !== undefined && delta === 0n) {
-          const n = parseCounter(current.value);
+          const n = parseCounter(current.value, key);
           if (current.value.toString("latin1") === n.toString()) return n;
         }
         const once = this.#once();
         for (;;) {
-          const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
+          const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value, key)) + delta);
           const res = await (current === undefined
             ? once.if(k, "Create", "==", 0)
             : once.if(k, "Mod", "==", current.mod_revision)

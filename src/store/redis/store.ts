@@ -153,7 +153,7 @@ export class RedisStore implements Store {
         }
         const held = await this.client.getBuffer(k);
         if (held === null) continue; // deleted meanwhile: INCRBY creates it
-        const next = wrapI64(parseCounter(held) + d);
+        const next = wrapI64(parseCounter(held, key) + d);
         if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
       }
     });

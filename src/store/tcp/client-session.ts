@@ -15,7 +15,7 @@ import {
 import { checkTimeoutMs, keysTimeoutMessage, throwIfAborted } from "../deadline.js";
 import type { CallOptions } from "../store.js";
 import { type ConnectTarget, connectWithRetry, peerName, storeClosedError } from "./client-connect.js";
-import { type ClientConnection, printable, Shape } from "./client-connection.js";
+import { type ClientConnection, Shape, userKey } from "./client-connection.js";
 import { type ResolvedOptions, race } from "./client-options.js";
 import { WaitPool } from "./client-wait-pool.js";
 import { CheckResponse, type Request, WaitResponse } from "./protocol.js";
@@ -30,10 +30,7 @@ function unbounded(options: CallOptions | undefined): boolean {
  * every store's form: "get timeout after 100ms, keys: a" (user keys, without the "/").
  */
 export function waitTimeoutMessage(op: string, keys: readonly string[]): (timeoutMs: number) => string {
-  return keysTimeoutMessage(
-    op,
-    keys.map((k) => printable(k.startsWith("/") ? k.slice(1) : k)),
-  );
+  return keysTimeoutMessage(op, keys.map(userKey));
 }
 
 /**
