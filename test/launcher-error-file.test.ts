@@ -27,7 +27,9 @@ interface Finished {
 }
 
 const children: ChildProcess[] = [];
-const dirs: string[] = [];
+/** The agents' TMPDIR: where their error file folders go, and the files a failure keeps stay. */
+const agentTmp = mkdtempSync(join(tmpdir(), "rdzv-error-file-tmp-"));
+const dirs: string[] = [agentTmp];
 const servers: TCPStoreServer[] = [];
 
 afterEach(async () => {
@@ -45,7 +47,7 @@ function run(
 ): { child: ChildProcess; done: Promise<Finished> } {
   const child = spawn(process.execPath, [MAIN, "run", ...args], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ...env },
+    env: { ...process.env, TMPDIR: agentTmp, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   children.push(child);
@@ -135,6 +137,24 @@ describe("rdzv run: worker error files (TORCHELASTIC_ERROR_FILE)", () => {
     // torchrun's dump_error_file: the worker's record, with the exit code added.
     const expected = workerRecord(tag);
     assert.deepEqual(readJson(agentFile), { message: { ...expected.message, errorCode: 5 } });
+    // The file the report names is still there (as torchrun's are, in its log folder); nothing else is.
+    assert.deepEqual(readJson(files[1]!), expected);
+    assert.deepEqual(readdirSync(runFolder(files[0]!), { recursive: true }).map(String).sort(), [
+      "attempt_0",
+      join("attempt_0", "1"),
+      join("attempt_0", "1", "error.json"),
+    ]);
+    assert.match(stderr, /kept the failed workers' error files/);
+  });
+
+  it("a job that succeeds leaves no error file folder", async () => {
+    const dir = tempDir();
+    const { code, stderr } = await run(["--standalone", "--nproc-per-node", "2", "--", "node", PROBE], {
+      PROBE_DIR: dir,
+    }).done;
+    assert.equal(code, 0, stderr);
+    const files = probes(dir).map((p) => p.TORCHELASTIC_ERROR_FILE ?? "");
+    assert.equal(files.length, 2);
     assert.equal(existsSync(runFolder(files[0]!)), false, "the error file folder outlived the agent");
   });
 
@@ -150,7 +170,12 @@ describe("rdzv run: worker error files (TORCHELASTIC_ERROR_FILE)", () => {
       TORCHELASTIC_ERROR_FILE: agentFile,
     }).done;
     assert.equal(code, 1, stderr);
-    assert.match(stderr, /\n {4}note {6}: error file \S+\/attempt_0\/0\/error\.json is not JSON \(.+\)\n/);
+    const note = /\n {4}note {6}: error file (\S+\/attempt_0\/0\/error\.json) is not JSON \(.+\)\n/.exec(
+      stderr,
+    );
+    assert.ok(note, stderr);
+    // The malformed file the note names is kept for a look.
+    assert.equal(readFileSync(note[1]!, "utf8"), '{"message": {"message": "half wri');
     assert.match(stderr, /last stderr lines:\n {4}the last words/);
     const record = readJson(agentFile) as {
       message: { message: string; extraInfo: { py_callstack: string } };

@@ -65,7 +65,7 @@ async function tcpFixture(
   });
 }
 
-const V1_LACKS = { append: false, listKeys: false, queues: false };
+const V1_LACKS = { append: false, listKeys: false, queues: false, addErrors: false };
 
 storeBehaviourSuite("MemoryStore", () => memoryFixture());
 storeBehaviourSuite("PrefixStore over MemoryStore", () => memoryFixture("pre"));

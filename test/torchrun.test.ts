@@ -199,14 +199,16 @@ for (const [label, find] of [
       dirs.push(out);
       // A worker whose @record main raises on rank 1 (test/fixtures/record_worker.py).
       const env = { BOOM: `boom-${randomUUID()}`, FAIL_RANK: "1" };
+      // TMPDIR: torchrun's log folder and the error files rdzv keeps of a failure stay in `out`.
       const viaTorchrun = await torchrun(torch, ["--standalone", "--nproc_per_node", "2", RECORD_WORKER], {
         ...env,
+        TMPDIR: out,
         TORCHELASTIC_ERROR_FILE: join(out, "torchrun.json"),
       });
       assert.equal(viaTorchrun.code, 1, viaTorchrun.output.slice(-4000));
       const viaRdzv = await rdzvRun(
         ["--standalone", "--nproc-per-node", "2", "--stop-timeout", "5", "--", torch.python, RECORD_WORKER],
-        { ...env, TORCHELASTIC_ERROR_FILE: join(out, "rdzv.json") },
+        { ...env, TMPDIR: out, TORCHELASTIC_ERROR_FILE: join(out, "rdzv.json") },
       );
       assert.equal(viaRdzv.code, 1, viaRdzv.output.slice(-4000));
       const expected = untimed(join(out, "torchrun.json"));

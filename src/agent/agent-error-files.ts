@@ -1,13 +1,14 @@
 /**
  * An agent's bookkeeping of torchrun's error files: its private folder of the workers' error files (created
- * once, emptied for each attempt, removed at the end) and its own error file, which gets the root cause of a
- * failure it reported (see agent-error-record.ts). A folder that cannot be made costs the workers their
+ * once, emptied for each attempt, removed at the end but for the error files of a failure it reported, which
+ * its report names, as torchrun's stay in its log folder) and its own error file, which gets the root cause
+ * of a failure it reported (see agent-error-record.ts). A folder that cannot be made costs the workers their
  * `TORCHELASTIC_ERROR_FILE` (after a warning), never the job.
  */
 
 import type { Logger } from "../log.js";
 import { agentErrorRecord, type RootCauseFile } from "./agent-error-record.js";
-import type { WorkerGroupSpec } from "./env.js";
+import { errorFilePath, type WorkerGroupSpec } from "./env.js";
 import {
   createErrorFileDir,
   type ErrorFileDir,
@@ -26,6 +27,9 @@ export class AgentErrorFiles {
   #attemptDir: string | undefined;
   /** The reported failure's error file JSON, for the agent's own error file. */
   #rootCauseData: RootCauseFile | undefined;
+  /** The failures `observeFailures` saw last, and the error files `remove()` keeps. */
+  #observed: readonly ObservedFailureFile[] = [];
+  #keep: string[] = [];
 
   constructor(logger: Logger) {
     this.#logger = logger;
@@ -71,18 +75,32 @@ export class AgentErrorFiles {
   }
 
   /** The running attempt's failures with their error files (see `observeFailures`). */
-  observeFailures(exits: readonly WorkerExit[], first: WorkerExit): Promise<ObservedFailureFile[]> {
-    return observeFailures(exits, first, this.#attemptDir);
+  async observeFailures(exits: readonly WorkerExit[], first: WorkerExit): Promise<ObservedFailureFile[]> {
+    const failures = await observeFailures(exits, first, this.#attemptDir);
+    this.#observed = failures;
+    return failures;
   }
 
-  /** Keeps the error file JSON of `root`, the failure this agent reported, for its own error file. */
+  /**
+   * The job failed for good with `root`, the failure this agent reports: keeps its error file JSON for the
+   * agent's own error file, and the error files of the attempt's failures on disk (`remove()` leaves them).
+   */
   keepRootCause(root: ObservedFailureFile): void {
     if (root.data !== undefined) this.#rootCauseData = { data: root.data, exit: root.exit };
+    const attemptDir = this.#attemptDir;
+    if (attemptDir === undefined) return;
+    this.#keep = this.#observed.map((f) => errorFilePath(attemptDir, f.exit.localRank));
   }
 
-  /** Removes the workers' error file folder. Idempotent; never throws. */
+  /**
+   * Removes the workers' error file folder, but for the error files `keepRootCause` kept (each at most
+   * `MAX_ERROR_FILE_BYTES`), which it logs. Idempotent; never throws.
+   */
   remove(): void {
-    this.#dir?.remove();
+    if (this.#dir === undefined) return;
+    const kept = this.#dir.removeExcept(this.#keep);
+    this.#keep = [];
+    if (kept.length > 0) this.#logger.info("kept the failed workers' error files", { files: kept });
   }
 
   /**

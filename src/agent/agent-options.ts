@@ -41,7 +41,8 @@ export interface ElasticAgentOptions {
   readonly reaper?: boolean;
   /**
    * Where the folder of the workers' error files is created (default: the system's temporary folder);
-   * it is removed when `run()` ends.
+   * it is removed when `run()` ends, but for the error files of a failure this agent reports (its report
+   * names them).
    */
   readonly errorFileParent?: string;
   /**

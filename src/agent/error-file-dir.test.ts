@@ -45,6 +45,38 @@ describe("ErrorFileDir", () => {
   });
 });
 
+describe("ErrorFileDir.removeExcept", () => {
+  it("keeps only the named error files (regular, at most 1 MiB) and the folders holding them", () => {
+    const dir = createErrorFileDir("keep", parent);
+    const early = dir.prepareAttempt(0, 1);
+    writeFileSync(errorFilePath(early, 0), RECORD);
+    const last = dir.prepareAttempt(1, 4);
+    for (const rank of [0, 1, 2, 3]) writeFileSync(errorFilePath(last, rank), RECORD);
+    writeFileSync(join(last, "1", "core"), "not an error file");
+    writeFileSync(errorFilePath(last, 2), Buffer.alloc(MAX_ERROR_FILE_BYTES + 1));
+    rmSync(errorFilePath(last, 3));
+    symlinkSync(join(parent, "elsewhere"), errorFilePath(last, 3));
+    const outside = join(parent, "outside.json");
+    writeFileSync(outside, RECORD);
+    const keep = [0, 1, 2, 3].map((rank) => errorFilePath(last, rank));
+    assert.deepEqual(dir.removeExcept([...keep, outside]), keep.slice(0, 2));
+    const left = execFileSync("find", [dir.path], { encoding: "utf8" }).trim().split("\n").sort();
+    assert.deepEqual(left, [dir.path, last, join(last, "0"), keep[0], join(last, "1"), keep[1]].sort());
+    assert.equal(readFileSync(keep[1]!, "utf8"), RECORD);
+    assert.equal(existsSync(outside), true, "a file outside the folder was touched");
+  });
+
+  it("removes the whole folder when no named file is there", () => {
+    const dir = createErrorFileDir("none", parent);
+    const attempt = dir.prepareAttempt(0, 2);
+    assert.deepEqual(dir.removeExcept([errorFilePath(attempt, 1)]), []);
+    assert.equal(existsSync(dir.path), false);
+    const other = createErrorFileDir("empty", parent);
+    assert.deepEqual(other.removeExcept([]), []);
+    assert.equal(existsSync(other.path), false);
+  });
+});
+
 describe("readErrorFile", () => {
   const dir = mkdtempSync(join(parent, "read-"));
 

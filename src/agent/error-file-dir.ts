@@ -2,19 +2,21 @@
  * The I/O of torchrun's worker error files: the agent's private folder of them, bounded reads, and the
  * agent's own error file. torchrun's layout (`DefaultLogsSpecs.reify`): a temporary folder per run, then
  * `attempt_<restart count>/<local rank>/error.json`, the attempt's folder emptied before its workers start.
+ * torchrun never removes its folder; rdzv removes its own at the end but keeps the error files a failure
+ * report names (`removeExcept`), so the paths it printed still exist.
  */
 
-import { constants, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { open, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, sep } from "node:path";
 import { errorFilePath } from "./env.js";
 import { type ErrorFileRead, MAX_ERROR_FILE_BYTES, parseErrorFile } from "./error-file.js";
 import { isFailure, type ObservedFailure, type WorkerExit } from "./policy.js";
 
 /** A folder of worker error files, private to this agent (mode 0700); see the module comment. */
 export class ErrorFileDir {
-  /** The folder; removed by `remove()`. */
+  /** The folder; removed by `remove()` (or all but some files by `removeExcept()`). */
   readonly path: string;
 
   /** @internal Use `createErrorFileDir`. */
@@ -35,12 +37,59 @@ export class ErrorFileDir {
     return dir;
   }
 
+  /**
+   * Removes everything in the folder but the files among `keep` that lie in it and are regular files of
+   * at most `MAX_ERROR_FILE_BYTES` (the folders holding them stay, the rest of each goes), and the folder
+   * itself when none is left. Returns the files kept. Never throws: what cannot be removed stays.
+   */
+  removeExcept(keep: readonly string[]): string[] {
+    const inside = `${this.path}${sep}`;
+    const wanted = new Set(keep.filter((file) => file.startsWith(inside) && keptFile(file)));
+    if (wanted.size === 0) {
+      this.remove();
+      return [];
+    }
+    prune(this.path, wanted);
+    return [...wanted].filter((file) => existsSync(file));
+  }
+
   /** Removes the folder and everything in it. Idempotent; never throws. */
   remove(): void {
     try {
       rmSync(this.path, { recursive: true, force: true });
     } catch {
       // Nothing more to do: a left-over temporary folder.
+    }
+  }
+}
+
+/** Whether `file` is a regular file (not a link) small enough to keep. */
+function keptFile(file: string): boolean {
+  try {
+    const stat = lstatSync(file);
+    return stat.isFile() && stat.size <= MAX_ERROR_FILE_BYTES;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes what is in `dir` but the `wanted` files and the folders on their way. Never throws. */
+function prune(dir: string, wanted: ReadonlySet<string>): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    if (wanted.has(path)) continue;
+    const holdsWanted = [...wanted].some((file) => file.startsWith(`${path}${sep}`));
+    try {
+      if (holdsWanted && lstatSync(path).isDirectory()) prune(path, wanted);
+      else rmSync(path, { recursive: true, force: true });
+    } catch {
+      // Left behind; the caller reports only the files kept.
     }
   }
 }

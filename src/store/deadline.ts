@@ -3,6 +3,33 @@
 import { AbortedError, InvalidArgumentError, RendezvousTimeoutError } from "../errors.js";
 import type { CallOptions } from "./store.js";
 
+/** Longest key a timeout message shows, in characters; a longer one is cut and its length given. */
+const SHOWN_KEY_CHARS = 100;
+/** Most keys a timeout message lists; the others are counted. */
+const SHOWN_KEYS = 8;
+
+/**
+ * The message of a blocking call on keys that ran out of time, one form for every store: "get timeout
+ * after 100ms, keys: a" (PyTorch's TCPStore says "wait timeout after 100ms, keys: /a" for any call that
+ * waits; here `op` is the call the user made, and the keys are the user's, without the TCP wire's "/").
+ * Bounded: at most 8 keys of at most 100 characters each are shown, control characters escaped.
+ */
+export function keysTimeoutMessage(op: string, keys: readonly string[]): (timeoutMs: number) => string {
+  return (timeoutMs) => `${op} timeout after ${timeoutMs}ms, keys: ${shownKeys(keys)}`;
+}
+
+function shownKeys(keys: readonly string[]): string {
+  const shown = keys.slice(0, SHOWN_KEYS).map(shownKey).join(", ");
+  return keys.length > SHOWN_KEYS ? `${shown} (and ${keys.length - SHOWN_KEYS} more)` : shown;
+}
+
+function shownKey(key: string): string {
+  const escaped = key.replace(/\p{Cc}/gu, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  const chars = [...escaped];
+  if (chars.length <= SHOWN_KEY_CHARS) return escaped;
+  return `${chars.slice(0, SHOWN_KEY_CHARS).join("")}... (${[...key].length} characters)`;
+}
+
 /** Validates a timeout in milliseconds (finite, >= 0), naming `what` in the error. */
 export function checkTimeoutMs(timeoutMs: number, what = "timeoutMs"): number {
   if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0) {

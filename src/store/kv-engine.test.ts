@@ -20,7 +20,7 @@ function stoll(value: Uint8Array): bigint | "error" {
 
 function parsed(value: Uint8Array): bigint | "error" {
   try {
-    return parseCounter(value);
+    return parseCounter(value, "k");
   } catch (err) {
     assert.ok(err instanceof StoreError);
     return "error";
@@ -46,7 +46,7 @@ describe("parseCounter", () => {
   it("reads every counter the store writes, up to 64-bit bounds", () => {
     fc.assert(
       fc.property(fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }), (n) => {
-        assert.equal(parseCounter(Buffer.from(n.toString(), "latin1")), n);
+        assert.equal(parseCounter(Buffer.from(n.toString(), "latin1"), "k"), n);
       }),
     );
     for (const text of ["0", "-0", "999999999999999", "-999999999999999", "1000000000000000", "-", ""]) {

@@ -66,6 +66,25 @@ export class StorageFailedError extends StoreError {
   }
 }
 
+/**
+ * `add` found a value at `key` that is not a 64-bit integer; the add changed nothing. `reason` is the
+ * message without the key: rdzv's TCP server sends it to rdzv's client (tag `Failed`), which names the
+ * key as its user wrote it.
+ */
+export class CounterValueError extends StoreError {
+  constructor(
+    readonly key: string,
+    readonly reason: string,
+  ) {
+    super(counterErrorMessage(key, reason));
+  }
+}
+
+/** The message of an add that found no integer, in every store: `add "k": the stored value "x" is not an integer`. */
+export function counterErrorMessage(key: string, reason: string): string {
+  return `add ${JSON.stringify(key)}: ${reason}`;
+}
+
 interface Registration {
   readonly waiter: Waiter;
   readonly pending: Set<string>;
@@ -76,9 +95,9 @@ const I64_MAX = 2n ** 63n - 1n;
 
 /**
  * Parses a counter as C++ `std::stoll` does: leading whitespace, optional sign, decimal digits; trailing
- * bytes are ignored. Throws a `StoreError` when there are no digits or the value is out of 64-bit range.
+ * bytes are ignored. Throws a `CounterValueError` (naming `key`) when there are no digits or the value is out of 64-bit range.
  */
-export function parseCounter(value: Uint8Array): bigint {
+export function parseCounter(value: Uint8Array, key: string): bigint {
   const small = parseSmallCounter(value);
   if (small !== undefined) return BigInt(small);
   let i = 0;
@@ -88,11 +107,11 @@ export function parseCounter(value: Uint8Array): bigint {
   const digitsStart = i;
   while (i < value.length && value[i]! >= 0x30 && value[i]! <= 0x39) i++;
   if (i === digitsStart) {
-    throw new StoreError(`add: the stored value ${describe(value)} is not an integer`);
+    throw new CounterValueError(key, `the stored value ${describe(value)} is not an integer`);
   }
   const n = BigInt(String.fromCharCode(...value.subarray(start, i)));
   if (n < I64_MIN || n > I64_MAX) {
-    throw new StoreError(`add: the stored value ${describe(value)} is out of 64-bit range`);
+    throw new CounterValueError(key, `the stored value ${describe(value)} is out of 64-bit range`);
   }
   return n;
 }
@@ -244,7 +263,7 @@ export class KvEngine {
         return BigInt(sum);
       }
     }
-    const sum = wrapI64((old === undefined ? 0n : parseCounter(old)) + delta);
+    const sum = wrapI64((old === undefined ? 0n : parseCounter(old, key)) + delta);
     this.#storeCounter(key, Buffer.from(sum.toString(), "latin1"));
     return sum;
   }

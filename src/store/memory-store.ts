@@ -2,7 +2,7 @@
 
 import { ErrorCode, RendezvousError, RendezvousTimeoutError, StoreError } from "../errors.js";
 import { checkKey, toBytes } from "./bytes.js";
-import { blockingCall, checkTimeoutMs, throwIfAborted } from "./deadline.js";
+import { blockingCall, checkTimeoutMs, keysTimeoutMessage, throwIfAborted } from "./deadline.js";
 import { KvEngine, type Waiter } from "./kv-engine.js";
 import {
   type CallOptions,
@@ -46,7 +46,7 @@ export class MemoryStore implements QueueStore {
   }
 
   async get(key: string, options?: CallOptions): Promise<Uint8Array> {
-    await this.wait([key], options);
+    await this.#wait("get", [key], options);
     const value = this.engine.get(key);
     if (value === undefined)
       throw new StoreError(`get: key ${JSON.stringify(key)} was deleted while waiting`);
@@ -69,13 +69,19 @@ export class MemoryStore implements QueueStore {
   }
 
   async wait(keys: readonly string[], options?: CallOptions): Promise<void> {
-    this.enter(options, keys);
-    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
-    await this.#waitFor(keys, options?.signal, timeoutMs, timeoutMs);
+    await this.#wait("wait", keys, options);
   }
 
-  /** Until every one of `keys` exists, for `leftMs`; a timeout says the call's whole `timeoutMs`. */
+  /** Until every one of `keys` exists, for the call's timeout; a timeout names `op`. */
+  async #wait(op: string, keys: readonly string[], options: CallOptions | undefined): Promise<void> {
+    this.enter(options, keys);
+    const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
+    await this.#waitFor(op, keys, options?.signal, timeoutMs, timeoutMs);
+  }
+
+  /** Until every one of `keys` exists, for `leftMs`; a timeout says `op` and the call's whole `timeoutMs`. */
   async #waitFor(
+    op: string,
     keys: readonly string[],
     signal: AbortSignal | undefined,
     leftMs: number,
@@ -85,7 +91,7 @@ export class MemoryStore implements QueueStore {
     await blockingCall<void>(
       signal === undefined ? { timeoutMs: leftMs } : { timeoutMs: leftMs, signal },
       leftMs,
-      () => `wait timeout after ${timeoutMs}ms, keys: ${keys.join(", ")}`,
+      () => keysTimeoutMessage(op, keys)(timeoutMs),
       (resolve) => {
         waiter = { wake: () => resolve() };
         if (this.engine.addWaiter(keys, waiter)) resolve();
@@ -112,7 +118,7 @@ export class MemoryStore implements QueueStore {
   }
 
   async multiGet(keys: readonly string[], options?: CallOptions): Promise<Uint8Array[]> {
-    await this.wait(keys, options);
+    await this.#wait("multiGet", keys, options);
     return keys.map((key) => {
       const value = this.engine.get(key);
       if (value === undefined)
@@ -164,11 +170,11 @@ export class MemoryStore implements QueueStore {
       if (round > 0) {
         const left = deadline - Date.now();
         if (left <= 0) {
-          throw new RendezvousTimeoutError(`wait timeout after ${timeoutMs}ms, keys: ${key}`);
+          throw new RendezvousTimeoutError(keysTimeoutMessage("queuePop", [key])(timeoutMs));
         }
         await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** round, 100, left)));
       }
-      await this.#waitFor([key], options?.signal, Math.max(0, deadline - Date.now()), timeoutMs);
+      await this.#waitFor("queuePop", [key], options?.signal, Math.max(0, deadline - Date.now()), timeoutMs);
     }
   }
 

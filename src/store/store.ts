@@ -28,7 +28,8 @@ export const DEFAULT_STORE_TIMEOUT_MS = 300_000;
  * A key-value store with blocking reads. Keys are strings; values are bytes.
  *
  * Every method may reject with a `RendezvousError`: `RendezvousTimeoutError` when a blocking call runs past
- * its timeout, `AbortedError` when its signal fires, `RendezvousConnectionError` when a remote store is
+ * its timeout (every store words a wait on keys alike, "get timeout after 100ms, keys: a", from
+ * `keysTimeoutMessage`), `AbortedError` when its signal fires, `RendezvousConnectionError` when a remote store is
  * unreachable, `StoreError` when the operation itself fails (e.g. `add` on a non-numeric value).
  */
 export interface Store {

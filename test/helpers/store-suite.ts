@@ -27,6 +27,11 @@ export interface StoreFeatures {
   append: boolean;
   listKeys: boolean;
   queues: boolean;
+  /**
+   * `add` on a value that is not an integer fails with RDZV_STORE naming the key. False for a TCPStore
+   * without tagged replies (v1): its server can only close the connection (RDZV_CONNECTION).
+   */
+  addErrors: boolean;
 }
 
 const text = (bytes: Uint8Array): string => Buffer.from(bytes).toString("utf8");
@@ -41,6 +46,17 @@ export async function rejectsWithCode(promise: Promise<unknown>, ...codes: strin
     );
     return true;
   });
+}
+
+/** The message of the RDZV_TIMEOUT that `promise` rejects with. */
+async function timeoutMessage(promise: Promise<unknown>): Promise<string> {
+  let message = "";
+  await assert.rejects(promise, (err: unknown) => {
+    assert.equal((err as { code?: unknown }).code, ErrorCode.Timeout, String(err));
+    message = (err as Error).message;
+    return true;
+  });
+  return message;
 }
 
 /** True once `promise` settled (checked after letting I/O run for `ms`). */
@@ -72,7 +88,7 @@ export function storeBehaviourSuite(
   factory: () => Promise<StoreFixture>,
   features: Partial<StoreFeatures> = {},
 ): void {
-  const has: StoreFeatures = { append: true, listKeys: true, queues: true, ...features };
+  const has: StoreFeatures = { append: true, listKeys: true, queues: true, addErrors: true, ...features };
 
   describe(`Store behaviour: ${name}`, () => {
     let fx: StoreFixture;
@@ -152,6 +168,47 @@ export function storeBehaviourSuite(
       });
     });
 
+    describe("timeout messages", () => {
+      // One form in every store: the call, the user's keys (any PrefixStore prefix included) and the
+      // call's whole timeout. Keys are bounded: 8 shown, each cut at 100 characters.
+      const key = (name: string): string => `(?:\\S+/)?${name}`;
+      it("a timed-out get, wait and multiGet say the call, the keys and the timeout", async () => {
+        assert.match(
+          await timeoutMessage(store.get("missing", { timeoutMs: 50 })),
+          new RegExp(`^get timeout after 50ms, keys: ${key("missing")}$`),
+        );
+        await store.set("here", "x");
+        assert.match(
+          await timeoutMessage(store.wait(["here", "gone"], { timeoutMs: 60 })),
+          new RegExp(`^wait timeout after 60ms, keys: ${key("here")}, ${key("gone")}$`),
+        );
+        assert.match(
+          await timeoutMessage(store.multiGet(["here", "gone"], { timeoutMs: 70 })),
+          new RegExp(`^multiGet timeout after 70ms, keys: ${key("here")}, ${key("gone")}$`),
+        );
+      });
+
+      it("a timed-out wait on many or long keys shows 8 keys, each at most 100 characters", async () => {
+        const keys = ["k".repeat(3000), ...Array.from({ length: 9 }, (_, i) => `w${i}`)];
+        const message = await timeoutMessage(store.wait(keys, { timeoutMs: 50 }));
+        assert.match(
+          message,
+          new RegExp(`^wait timeout after 50ms, keys: ${key("k+")}\\.\\.\\. \\(\\d+ characters\\), `),
+        );
+        assert.match(message, new RegExp(`, ${key("w6")} \\(and 2 more\\)$`));
+        assert.ok(message.length < 1000, message);
+      });
+
+      if (has.queues) {
+        it("a timed-out blocking queuePop says queuePop, the queue and the timeout", async () => {
+          assert.match(
+            await timeoutMessage(queueStore(store).queuePop("nothing", { timeoutMs: 50 })),
+            new RegExp(`^queuePop timeout after 50ms, keys: ${key("nothing")}$`),
+          );
+        });
+      }
+    });
+
     describe("add", () => {
       it("counts from a missing key, takes negative deltas and stores decimal ASCII", async () => {
         assert.equal(await store.add("cnt", 5), 5);
@@ -181,7 +238,17 @@ export function storeBehaviourSuite(
 
       it("fails on a non-numeric value, and the store keeps working", async () => {
         await store.set("word", "abc");
-        await rejectsWithCode(store.add("word", 1), ErrorCode.Store, ErrorCode.Connection);
+        if (has.addErrors) {
+          // One error in every store: RDZV_STORE, naming the key (any PrefixStore prefix included).
+          await assert.rejects(store.add("word", 1), (err: Error & { code?: string }) => {
+            assert.equal(err.code, ErrorCode.Store, String(err));
+            assert.equal(err.name, "CounterValueError");
+            assert.match(err.message, /^add "(?:\S+\/)?word": the stored value "abc" is not an integer$/);
+            return true;
+          });
+        } else {
+          await rejectsWithCode(store.add("word", 1), ErrorCode.Connection);
+        }
         assert.equal(text(await store.get("word")), "abc");
         assert.equal(await store.add("fine", 1), 1);
       });

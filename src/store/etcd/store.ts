@@ -15,7 +15,13 @@
 import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
 import { AbortedError, ErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, concatBytes, toBytes } from "../bytes.js";
-import { blockingCall, checkTimeoutMs, firstReadOptions, throwIfAborted } from "../deadline.js";
+import {
+  blockingCall,
+  checkTimeoutMs,
+  firstReadOptions,
+  keysTimeoutMessage,
+  throwIfAborted,
+} from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
@@ -168,12 +174,12 @@ export class EtcdStore implements Store {
         // Adding 0 to a present counter only reads it, unless it is stored in another form than the
         // sum's decimal ("007", " 7"), which add rewrites as PyTorch does.
         if (current !== undefined && delta === 0n) {
-          const n = parseCounter(current.value);
+          const n = parseCounter(current.value, key);
           if (current.value.toString("latin1") === n.toString()) return n;
         }
         const once = this.#once();
         for (;;) {
-          const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value)) + delta);
+          const sum = wrapI64((current === undefined ? 0n : parseCounter(current.value, key)) + delta);
           const res = await (current === undefined
             ? once.if(k, "Create", "==", 0)
             : once.if(k, "Mod", "==", current.mod_revision)
@@ -466,18 +472,30 @@ export class EtcdStore implements Store {
     for (const key of keys) if (!values.has(key)) missing.set(this.etcdKey(key).toString("latin1"), key);
     if (missing.size > 0) {
       const left = Math.max(0, timeoutMs - (Date.now() - started));
-      await this.#watchFor(missing, values, res.revision + 1, { ...options, timeoutMs: left }, what);
+      const timedOut = (): string => keysTimeoutMessage(what, keys)(timeoutMs);
+      await this.#watchFor(
+        missing,
+        values,
+        res.revision + 1,
+        { ...options, timeoutMs: left },
+        what,
+        timedOut,
+      );
     }
     return keys.map((key) => values.get(key)!);
   }
 
-  /** Watches from `revision` until every key of `missing` (etcd key as latin1 -> store key) was put. */
+  /**
+   * Watches from `revision` until every key of `missing` (etcd key as latin1 -> store key) was put;
+   * `timedOut()` is the message when `options.timeoutMs` passes first.
+   */
   #watchFor(
     missing: Map<string, string>,
     values: Map<string, Uint8Array>,
     revision: number,
     options: CallOptions,
     what: string,
+    timedOut: () => string,
   ): Promise<void> {
     const etcdKeys = [...missing.keys()].sort();
     let watcher: Watcher | undefined;
@@ -492,7 +510,7 @@ export class EtcdStore implements Store {
     return blockingCall<void>(
       options,
       this.#timeoutMs,
-      (ms) => `${what} timeout after ${ms}ms, keys: ${[...missing.values()].join(", ")}`,
+      timedOut,
       (resolve, reject) => {
         onClose = () => {
           stop();

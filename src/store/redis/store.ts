@@ -13,7 +13,13 @@
 import type { Redis } from "ioredis";
 import { ErrorCode, hasErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, toBytes } from "../bytes.js";
-import { blockingCall, checkTimeoutMs, firstReadOptions, throwIfAborted } from "../deadline.js";
+import {
+  blockingCall,
+  checkTimeoutMs,
+  firstReadOptions,
+  keysTimeoutMessage,
+  throwIfAborted,
+} from "../deadline.js";
 import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
@@ -147,7 +153,7 @@ export class RedisStore implements Store {
         }
         const held = await this.client.getBuffer(k);
         if (held === null) continue; // deleted meanwhile: INCRBY creates it
-        const next = wrapI64(parseCounter(held) + d);
+        const next = wrapI64(parseCounter(held, key) + d);
         if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
       }
     });
@@ -301,7 +307,7 @@ export class RedisStore implements Store {
     return blockingCall<Uint8Array[]>(
       options,
       this.#timeoutMs,
-      (ms) => `${what} timeout after ${ms}ms, keys: ${keys.join(", ")}`,
+      keysTimeoutMessage(what, keys),
       (resolve, reject) => {
         fail = reject;
         this.#pending.add(reject);

@@ -26,11 +26,11 @@ import {
 } from "../../errors.js";
 import { type AsyncWaitLimits, AsyncWaitTable } from "./client-async-waits.js";
 import { RequestWriter } from "./client-encode.js";
-import { closedByServer, socketError } from "./client-errors.js";
+import { closedByServer, requestFailed, socketError } from "./client-errors.js";
 import { CancelAsyncResponse, type Dialect, type Request, WaitResponse } from "./protocol.js";
 import type { Reply, ReplyDecoder, ReplyShape } from "./reply-decoder.js";
 
-export { describeRequest, printable, socketError } from "./client-errors.js";
+export { describeRequest, printable, socketError, userKey } from "./client-errors.js";
 
 /** The value type of a reply of kind `K`. */
 export type ReplyValue<K extends ReplyShape["kind"]> = Extract<Reply, { kind: K }>["value"];
@@ -351,6 +351,10 @@ export class ClientConnection {
         }
         if (entry === undefined) throw this.#protocolError("a reply with no request pending");
         this.#shift();
+        if (reply.kind === "failed") {
+          entry.reject(requestFailed(entry.req, reply.value));
+          continue;
+        }
         // Every reply after TAGGED_REPLIES' acknowledgement is tagged.
         if (entry.req.type === "taggedReplies") this.#decoder.tagged = true;
         if (reply.kind === "u8" && reply.value === WaitResponse.WaitCanceled && this.#cancelFollows(entry)) {

@@ -1,6 +1,7 @@
 /** Error messages of the TCPStore client's connections: requests described, socket errors mapped. */
 
-import { RendezvousConnectionError, RendezvousError } from "../../errors.js";
+import { RendezvousConnectionError, RendezvousError, StoreError } from "../../errors.js";
+import { CounterValueError } from "../kv-engine.js";
 import type { Request } from "./protocol.js";
 
 /** Describes a request for error messages, keys shown as sent (with their `/`). */
@@ -13,6 +14,22 @@ export function describeRequest(req: Request): string {
 /** A byte-string key as readable text (UTF-8 decoded). */
 export function printable(key: string): string {
   return Buffer.from(key, "latin1").toString("utf8");
+}
+
+/** A key as sent (a "/"-key, byte string) as its user wrote it: "/" stripped, UTF-8 decoded. */
+export function userKey(key: string): string {
+  return printable(key.startsWith("/") ? key.slice(1) : key);
+}
+
+/**
+ * The error of a request that rdzv's server answered with a `Failed` frame (tagged connections): a
+ * `StoreError` (`RDZV_STORE`; for an add, the `CounterValueError` every store throws) naming the key as its user wrote it, worded as every store words it
+ * (`add "word": the stored value "hello" is not an integer`).
+ */
+export function requestFailed(req: Request, reason: string): RendezvousError {
+  if (req.type === "add") return new CounterValueError(userKey(req.key), reason);
+  const what = "key" in req ? `${req.type} ${JSON.stringify(userKey(req.key))}` : req.type;
+  return new StoreError(`${what}: ${reason}`);
 }
 
 /** Maps a Node socket error (ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, ...) to a connection error. */

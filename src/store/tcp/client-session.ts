@@ -12,10 +12,10 @@ import {
   RendezvousError,
   RendezvousTimeoutError,
 } from "../../errors.js";
-import { checkTimeoutMs, throwIfAborted } from "../deadline.js";
+import { checkTimeoutMs, keysTimeoutMessage, throwIfAborted } from "../deadline.js";
 import type { CallOptions } from "../store.js";
 import { type ConnectTarget, connectWithRetry, peerName, storeClosedError } from "./client-connect.js";
-import { type ClientConnection, printable, Shape } from "./client-connection.js";
+import { type ClientConnection, Shape, userKey } from "./client-connection.js";
 import { type ResolvedOptions, race } from "./client-options.js";
 import { WaitPool } from "./client-wait-pool.js";
 import { CheckResponse, type Request, WaitResponse } from "./protocol.js";
@@ -25,9 +25,12 @@ function unbounded(options: CallOptions | undefined): boolean {
   return options === undefined || (options.signal === undefined && options.timeoutMs === undefined);
 }
 
-/** The error message of a timed-out WAIT, as PyTorch's ("wait timeout after 100ms, keys: /a, /b"). */
-export function waitTimeoutMessage(keys: readonly string[]): (timeoutMs: number) => string {
-  return (ms) => `wait timeout after ${ms}ms, keys: ${keys.map(printable).join(", ")}`;
+/**
+ * The error message of call `op` whose wait on `keys` (as sent: "/"-keys, byte strings) timed out, in
+ * every store's form: "get timeout after 100ms, keys: a" (user keys, without the "/").
+ */
+export function waitTimeoutMessage(op: string, keys: readonly string[]): (timeoutMs: number) => string {
+  return keysTimeoutMessage(op, keys.map(userKey));
 }
 
 /**
@@ -119,14 +122,22 @@ export class ClientSession {
     return race(reply, Date.now() + timeoutMs, options?.signal, timeout);
   }
 
-  /** Waits for byte-string keys: CHECK on the main connection, then WAIT on a wait connection if needed. */
-  async waitKeys(keys: readonly string[], options: CallOptions | undefined, start: number): Promise<void> {
+  /**
+   * Waits for byte-string keys for call `op` (named by its timeout): CHECK on the main connection, then
+   * WAIT on a wait connection if needed.
+   */
+  async waitKeys(
+    op: string,
+    keys: readonly string[],
+    options: CallOptions | undefined,
+    start: number,
+  ): Promise<void> {
     // A WAIT_ASYNC of present keys completes at once: no CHECK needed.
     if (this.#main?.tagged)
-      return this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
-    const ready = await this.run(options, "wait", (c) => c.request({ type: "check", keys }, Shape.u8));
+      return this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(op, keys));
+    const ready = await this.run(options, op, (c) => c.request({ type: "check", keys }, Shape.u8));
     if (ready === CheckResponse.Ready) return;
-    await this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
+    await this.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(op, keys));
   }
 
   /**
@@ -218,7 +229,7 @@ export class ClientSession {
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     return main.getAsync(key, {
       deadlineAt: start + timeoutMs,
-      onTimeout: () => new RendezvousTimeoutError(waitTimeoutMessage([key])(timeoutMs)),
+      onTimeout: () => new RendezvousTimeoutError(waitTimeoutMessage("get", [key])(timeoutMs)),
       signal: options?.signal,
     });
   }

@@ -351,16 +351,50 @@ describe("TCPStore connection loss", () => {
     assert.equal(second.stats().dialects.v2, 1);
   });
 
-  it("reports add on a non-numeric value as the server closing the connection, then reconnects", async () => {
+  it("reports add on a non-numeric value as RDZV_STORE naming the key; the connection's other calls carry on", async () => {
     const srv = await server();
     const store = await client(srv);
+    const other = await client(srv);
     let disconnects = 0;
     store.on("disconnect", () => disconnects++);
     await store.set("word", "abc");
-    const err = await rejectsWithCode(store.add("word", 1), ErrorCode.Connection);
-    assert.match(err.message, /closed the connection/);
-    assert.equal(await store.add("n", 1), 1);
-    assert.equal(disconnects, 1);
+    await store.setOnDisconnect("gone", "1");
+    const waiting = store.get("later");
+    const [failed, added, set] = await Promise.allSettled([
+      store.add("word", 1),
+      store.add("n", 1),
+      store.set("x", "y"),
+    ]);
+    assert.equal(failed.status, "rejected");
+    const err = (failed as PromiseRejectedResult).reason as RendezvousError;
+    assert.equal(err.code, ErrorCode.Store, String(err));
+    assert.equal(err.message, 'add "word": the stored value "abc" is not an integer');
+    assert.deepEqual([added.status, set.status], ["fulfilled", "fulfilled"]);
+    assert.equal((added as PromiseFulfilledResult<number>).value, 1);
+    // The pending get, the on-disconnect key and the connection itself are untouched; the value too.
+    await other.set("later", "now");
+    assert.equal(text(await waiting), "now");
+    assert.equal(await other.check(["gone"]), false);
+    assert.equal(text(await other.get("word")), "abc");
+    assert.equal(disconnects, 0);
+    assert.equal(srv.stats().protocolErrors, 0);
+  });
+
+  it("without tagged replies (v1, asyncWaits: false) an add on a non-numeric value closes the connection, then reconnects", async () => {
+    const srv = await server();
+    for (const [i, options] of [{ dialect: "v1" as const }, { asyncWaits: false }].entries()) {
+      const store = await client(srv, options);
+      let disconnects = 0;
+      store.on("disconnect", () => disconnects++);
+      await store.set("word", "abc");
+      const err = await rejectsWithCode(store.add("word", 1), ErrorCode.Connection);
+      assert.match(
+        err.message,
+        /closed the connection while a reply to add \/word was pending \(likely because/,
+      );
+      assert.equal(await store.add(`n${i}`, 1), 1);
+      assert.equal(disconnects, 1);
+    }
   });
 
   it("a set resolves once the server handled it: one over the server's limit rejects", async () => {

@@ -68,8 +68,8 @@ const isReady = (v: number): boolean => v === 0;
  * A `QueueStore` over a TCPStore server. Create it with `connectTCPStore`; `new TCPStore(options)` makes
  * an unconnected handle that connects on its first call.
  *
- * Errors: `RendezvousTimeoutError` when a blocking call runs past its timeout (message as PyTorch's,
- * "wait timeout after {ms}ms, keys: /a, /b"); `AbortedError` on abort; `RendezvousConnectionError` when
+ * Errors: `RendezvousTimeoutError` when a blocking call runs past its timeout (message in every store's
+ * form, "get timeout after {ms}ms, keys: a": PyTorch's says "wait" and "/a"); `AbortedError` on abort; `RendezvousConnectionError` when
  * the server cannot be reached within the connect budget (`connectTimeoutMs`, and at most the call's
  * timeout) or the connection breaks (every pending call rejects at once; later calls reconnect);
  * `InvalidArgumentError` for a command the dialect lacks; `RendezvousAuthError` (`RDZV_AUTH`, never retried)
@@ -184,7 +184,7 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
   }
 
   async wait(keys: readonly string[], options?: CallOptions): Promise<void> {
-    await this.#session.waitKeys(keys.map(wireKey), options, Date.now());
+    await this.#session.waitKeys("wait", keys.map(wireKey), options, Date.now());
   }
 
   check(keys: readonly string[], options?: CallOptions): Promise<boolean> {
@@ -276,7 +276,12 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
       // A WAIT that returns while the queue is still empty (another client popped first, or a plain key
       // of the same name exists) would spin: back off a little from the second round on.
       if (round > 0) await sleep(Math.min(5 * 2 ** round, 100), options?.signal);
-      await this.#session.blocking({ type: "wait", keys: [k] }, options, start, waitTimeoutMessage([k]));
+      await this.#session.blocking(
+        { type: "wait", keys: [k] },
+        options,
+        start,
+        waitTimeoutMessage("queuePop", [k]),
+      );
     }
   }
 
@@ -363,14 +368,14 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
     start = Date.now(),
   ): Promise<T> {
     if (!this.hasExtensions) {
-      await this.#session.waitKeys(keys, options, start);
+      await this.#session.waitKeys(what, keys, options, start);
     } else {
       const check: Request = { type: "check", keys };
       const [ready, value] = await this.#session.run(options, what, (c) =>
         Promise.all([c.request(check, Shape.u8), read(c)]),
       );
       if (ready === CheckResponse.Ready) return value;
-      await this.#session.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(keys));
+      await this.#session.blocking({ type: "wait", keys }, options, start, waitTimeoutMessage(what, keys));
     }
     return this.#session.run(options, what, read);
   }

@@ -150,9 +150,14 @@ export const WatchResponse = {
  * Reply markers of a connection in tagged mode (after `TAGGED_REPLIES`): every reply the server writes is
  * preceded by one of them. `InOrder`: the next in-order reply follows, shaped as usual. `WaitDone`: a u32
  * id follows; the `WAIT_ASYNC` of that id is over (its keys all exist). `GetDone`: a u32 id and a value
- * (u64 length, bytes) follow; the `GET_ASYNC` of that id read it.
+ * (u64 length, bytes) follow; the `GET_ASYNC` of that id read it. `Failed`: the next in-order request
+ * failed and changed nothing (an ADD or BARRIER on a value that is not a 64-bit integer); its reason
+ * (u64 length, at most `MAX_FAILED_REASON_BYTES` of UTF-8) follows in place of its reply, and the
+ * connection stays open. PyTorch's servers, and rdzv's on an untagged connection, close it instead.
  */
-export const ReplyTag = { InOrder: 0, WaitDone: 1, GetDone: 2 } as const;
+export const ReplyTag = { InOrder: 0, WaitDone: 1, GetDone: 2, Failed: 3 } as const;
+/** The longest reason a `Failed` frame may carry; a longer one is a protocol error. */
+export const MAX_FAILED_REASON_BYTES = 4096;
 /** CANCEL_ASYNC replies: the wait was pending and is dropped, or nothing of that id was pending. */
 export const CancelAsyncResponse = { Canceled: 1, NotPending: 0 } as const;
 /** Acknowledgement byte of the rdzv extension commands. */

@@ -3,11 +3,16 @@
  * it asked, so it tells the decoder the shape of each reply it expects, in order. In tagged mode (rdzv's
  * `TAGGED_REPLIES` extension) each reply is preceded by a `ReplyTag` byte, and `WAIT_ASYNC` completions
  * (tag `WaitDone`, u32 id) and `GET_ASYNC` ones (tag `GetDone`, u32 id, value) arrive between the in-order
- * replies.
+ * replies; a request that failed on the server gets a `Failed` frame (its reason) instead of its reply.
  */
 
 import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";
-import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits, ReplyTag } from "./protocol.js";
+import {
+  DEFAULT_PROTOCOL_LIMITS,
+  MAX_FAILED_REASON_BYTES,
+  type ProtocolLimits,
+  ReplyTag,
+} from "./protocol.js";
 
 /** The shape of one expected reply. */
 export type ReplyShape =
@@ -31,7 +36,9 @@ export type Reply =
   /** Tagged mode only: the `WAIT_ASYNC` with this id is over. */
   | { readonly kind: "waitDone"; readonly value: number }
   /** Tagged mode only: the `GET_ASYNC` with this id read `value`. */
-  | { readonly kind: "getDone"; readonly value: number; readonly data: Uint8Array };
+  | { readonly kind: "getDone"; readonly value: number; readonly data: Uint8Array }
+  /** Tagged mode only: the expected in-order request failed (and changed nothing) for this reason. */
+  | { readonly kind: "failed"; readonly value: string };
 
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
@@ -82,9 +89,14 @@ export class ReplyDecoder {
       const data = id === undefined ? undefined : this.value(r);
       return data === undefined ? undefined : { kind: "getDone", value: id!, data };
     }
-    if (tag === ReplyTag.InOrder) {
+    if (tag === ReplyTag.InOrder || tag === ReplyTag.Failed) {
       if (shape === undefined) throw new ProtocolError("an in-order reply with no request pending");
-      return this.decode(r, shape);
+      if (tag === ReplyTag.InOrder) return this.decode(r, shape);
+      const n = r.length(MAX_FAILED_REASON_BYTES, "failure reason length");
+      const reason = n === undefined ? undefined : r.bytes(n);
+      return reason === undefined
+        ? undefined
+        : { kind: "failed", value: Buffer.from(reason).toString("utf8") };
     }
     if (tag === undefined) return undefined;
     throw new ProtocolError(`unknown reply tag ${tag}`);

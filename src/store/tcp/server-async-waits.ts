@@ -8,7 +8,7 @@
 
 import type { Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
-import { ReplyTag } from "./protocol.js";
+import { MAX_FAILED_REASON_BYTES, ReplyTag } from "./protocol.js";
 import { checkWaiterLimit } from "./server-registrations.js";
 import type { ServerState } from "./server-state.js";
 
@@ -28,6 +28,20 @@ export function encodeGetDone(id: number, value: Uint8Array): Buffer {
   buf.writeUInt32LE(value.byteLength >>> 0, 5);
   buf.writeUInt32LE(Math.floor(value.byteLength / 2 ** 32), 9);
   buf.set(value, 13);
+  return buf;
+}
+
+/**
+ * The tagged frame that answers a request which failed and changed nothing: tag, u64 length, the reason
+ * (UTF-8, cut to `MAX_FAILED_REASON_BYTES`).
+ */
+export function encodeFailed(reason: string): Buffer {
+  const text = Buffer.from(reason, "utf8").subarray(0, MAX_FAILED_REASON_BYTES);
+  const buf = Buffer.allocUnsafe(9 + text.byteLength);
+  buf[0] = ReplyTag.Failed;
+  buf.writeUInt32LE(text.byteLength, 1);
+  buf.writeUInt32LE(0, 5);
+  buf.set(text, 9);
   return buf;
 }
 

@@ -9,7 +9,7 @@
 
 import type { Socket } from "node:net";
 import { ErrorCode, RendezvousError } from "../../errors.js";
-import { StorageFailedError, type Waiter } from "../kv-engine.js";
+import { CounterValueError, StorageFailedError, type Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
 import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply } from "./encode.js";
 import {
@@ -27,7 +27,7 @@ import {
   WatchResponse,
 } from "./protocol.js";
 import { RequestDecoder } from "./request-decoder.js";
-import { AsyncWaits, encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
+import { AsyncWaits, encodeFailed, encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
 import { ConnectionRegistrations, checkWaiterLimit } from "./server-registrations.js";
 import { PendingReplies } from "./server-replies.js";
 import { StallClock } from "./server-stall.js";
@@ -277,9 +277,17 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     this.state.ops[req.type]++;
     this.#dispatching = true;
     const tagAt = this.#tagged ? this.#out.count : -1;
-    this.handle(req);
-    // The in-order reply this request produced, if any, gets its tag in front.
-    if (tagAt >= 0) this.#out.insertAt(tagAt, IN_ORDER);
+    try {
+      this.handle(req);
+      // The in-order reply this request produced, if any, gets its tag in front.
+      if (tagAt >= 0) this.#out.insertAt(tagAt, IN_ORDER);
+    } catch (err) {
+      // A tagged connection (rdzv's client) is told why its ADD failed, and keeps its other requests,
+      // waits and on-disconnect keys; the failing request wrote nothing and changed nothing. Untagged
+      // ones (PyTorch's clients) are closed, as PyTorch's servers do.
+      if (tagAt < 0 || !(err instanceof CounterValueError)) throw err;
+      this.reply(encodeFailed(err.reason));
+    }
     this.#dispatching = false;
     if (this.#deferred !== undefined) {
       for (const message of this.#deferred) this.reply(message);

@@ -9,10 +9,10 @@ import { connect, type Socket } from "node:net";
 import { afterEach, describe, it } from "node:test";
 import fc from "fast-check";
 import { encodeI64Reply, encodeRequest, encodeU8Reply, encodeU32Reply, encodeValueReply } from "./encode.js";
-import { ReplyTag, type Request, VALIDATION_MAGIC } from "./protocol.js";
+import { MAX_FAILED_REASON_BYTES, ReplyTag, type Request, VALIDATION_MAGIC } from "./protocol.js";
 import { type Reply, ReplyDecoder, type ReplyShape } from "./reply-decoder.js";
 import { createTCPStoreServer, type TCPStoreServer } from "./server.js";
-import { encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
+import { encodeFailed, encodeGetDone, encodeWaitDone } from "./server-async-waits.js";
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ""), "hex");
 
@@ -31,6 +31,8 @@ describe("async-wait extension: encoding", () => {
     );
     assert.deepEqual(encodeGetDone(3, Buffer.from("hi")), hex("02 03000000 0200000000000000 6869"));
     assert.deepEqual(encodeGetDone(4, new Uint8Array(0)), hex("02 04000000 0000000000000000"));
+    assert.deepEqual(encodeFailed("no"), hex("03 0200000000000000 6e6f"));
+    assert.equal(encodeFailed("x".repeat(5000)).length, 9 + MAX_FAILED_REASON_BYTES);
     assert.throws(() => encodeRequest("v1", { type: "getAsync", id: 1, key: "k" }), /v1 TCPStore protocol/);
     assert.throws(() => encodeRequest("v1", { type: "waitAsync", id: 1, keys: [] }), /v1 TCPStore protocol/);
   });
@@ -44,6 +46,21 @@ describe("async-wait extension: encoding", () => {
     e.tagged = true;
     e.push(hex("00 01"));
     assert.throws(() => e.next(undefined), /no request pending/);
+    const f = new ReplyDecoder();
+    f.tagged = true;
+    f.push(encodeFailed("why"));
+    assert.throws(() => f.next(undefined), /no request pending/);
+    const g = new ReplyDecoder();
+    g.tagged = true;
+    g.push(
+      hex(
+        `03 ${(MAX_FAILED_REASON_BYTES + 1)
+          .toString(16)
+          .padStart(4, "0")
+          .replace(/(..)(..)/, "$2$1")}000000000000`,
+      ),
+    );
+    assert.throws(() => g.next({ kind: "i64" }), /failure reason length/);
   });
 
   interface Item {
@@ -84,9 +101,14 @@ describe("async-wait extension: encoding", () => {
       shape: { kind: "value" },
       expected: { kind: "value", value: v },
     })),
+    fc.string({ maxLength: 24 }).map((reason) => ({
+      buf: encodeFailed(reason),
+      shape: { kind: "i64" },
+      expected: { kind: "failed", value: Buffer.from(reason, "utf8").toString("utf8") },
+    })),
   );
 
-  it("round trip: in-order replies, WaitDone and GetDone frames interleaved, split anywhere", () => {
+  it("round trip: in-order replies, Failed, WaitDone and GetDone frames interleaved, split anywhere", () => {
     fc.assert(
       fc.property(
         fc.array(item, { minLength: 1, maxLength: 12 }),
@@ -233,6 +255,28 @@ describe("async-wait extension: server", () => {
     untagged.send({ type: "getAsync", id: 1, key: "k" });
     await untagged.closed;
     assert.equal(server!.stats().protocolErrors, 2);
+  });
+
+  it("answers a failed ADD on a tagged connection with a Failed frame and keeps the connection", async () => {
+    const c = await open();
+    c.send(
+      { type: "set", key: "s", value: Buffer.from("abc") },
+      { type: "taggedReplies" },
+      { type: "waitAsync", id: 1, keys: ["later"] },
+      { type: "add", key: "s", delta: 1n },
+      { type: "add", key: "n", delta: 2n },
+    );
+    const reason = Buffer.from('the stored value "abc" is not an integer');
+    const failed = Buffer.concat([hex(`03 ${reason.length.toString(16)}00000000000000`), reason]);
+    assert.deepEqual(
+      await c.read(1 + failed.length + 9),
+      Buffer.concat([hex("00"), failed, hex("00 0200000000000000")]),
+    );
+    const other = await open();
+    other.send({ type: "set", key: "later", value: Buffer.from("1") }, { type: "get", key: "s" });
+    assert.deepEqual(await c.read(5), hex("01 01000000"), "the pending WAIT_ASYNC survived");
+    assert.deepEqual(await other.read(11), hex("0300000000000000 616263"), "the value is unchanged");
+    assert.equal(server!.stats().protocolErrors, 0);
   });
 
   it("keeps many waits outstanding on one connection and drops them when it closes", async () => {
