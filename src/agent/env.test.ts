@@ -109,24 +109,25 @@ describe("mergeWorkerEnv", () => {
       OMP_NUM_THREADS: "1",
       PYTHONUNBUFFERED: "1",
       TORCH_NCCL_ASYNC_ERROR_HANDLING: "1",
+      NCCL_ASYNC_ERROR_HANDLING: "1",
       TORCHELASTIC_SIGNALS_TO_HANDLE: "SIGTERM,SIGINT,SIGHUP,SIGQUIT",
     });
   });
 
-  it("gives every variable torchrun 2.x gives its workers", () => {
+  it("gives every variable torchrun gives its workers (2.x and 1.13)", () => {
     const env = mergeWorkerEnv(
       {},
       workerEnv({ ...spec, errorFileDir: "/tmp/e/attempt_2" }, 0),
       spec.nprocPerNode,
     );
-    // torchrun --standalone --nproc-per-node 2 of PyTorch 2.13, less HOME, PATH and LC_CTYPE. (1.13's adds
-    // NCCL_ASYNC_ERROR_HANDLING, which 2.x warns about: see mergeWorkerEnv.)
+    // torchrun --standalone --nproc-per-node 2 of PyTorch 2.13 and 1.13, less HOME, PATH and LC_CTYPE.
     const torch2 =
       "GROUP_RANK GROUP_WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT OMP_NUM_THREADS RANK " +
       "ROLE_NAME ROLE_RANK ROLE_WORLD_SIZE TORCHELASTIC_MAX_RESTARTS TORCHELASTIC_RESTART_COUNT " +
       "TORCHELASTIC_RUN_ID TORCHELASTIC_SIGNALS_TO_HANDLE TORCHELASTIC_USE_AGENT_STORE " +
       "TORCH_NCCL_ASYNC_ERROR_HANDLING WORLD_SIZE TORCHELASTIC_ERROR_FILE";
-    const missing = torch2.split(" ").filter((k) => env[k] === undefined);
+    const torch113 = "NCCL_ASYNC_ERROR_HANDLING";
+    const missing = `${torch2} ${torch113}`.split(" ").filter((k) => env[k] === undefined);
     assert.deepEqual(missing, []);
   });
 
@@ -146,12 +147,12 @@ describe("mergeWorkerEnv", () => {
     assert.equal(mergeWorkerEnv(agentEnv, workerEnv(spec, 0), 1).TORCHELASTIC_ERROR_FILE, undefined);
   });
 
-  it("sets TORCH_NCCL_ASYNC_ERROR_HANDLING only (PyTorch 2.x warns about the older name), or nothing when the user set either", () => {
+  it("sets both NCCL error handling variables, or neither when the user set one", () => {
     const set = (base: Record<string, string>): [string | undefined, string | undefined] => {
       const env = mergeWorkerEnv(base, {}, 1);
       return [env.TORCH_NCCL_ASYNC_ERROR_HANDLING, env.NCCL_ASYNC_ERROR_HANDLING];
     };
-    assert.deepEqual(set({}), ["1", undefined]);
+    assert.deepEqual(set({}), ["1", "1"]);
     assert.deepEqual(set({ TORCH_NCCL_ASYNC_ERROR_HANDLING: "0" }), ["0", undefined]);
     assert.deepEqual(set({ NCCL_ASYNC_ERROR_HANDLING: "3" }), [undefined, "3"]);
   });

@@ -149,15 +149,13 @@ const TORCHRUN_SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT";
  *   blocks, so a worker's lines would show only when it exits and a killed worker's last lines would be
  *   lost (torchrun's workers write to the terminal, line by line). Set `PYTHONUNBUFFERED=` (empty) to keep
  *   Python's buffering;
- * - torchrun 2.x's `TORCH_NCCL_ASYNC_ERROR_HANDLING=1`, and only it (as torchrun 2.x): PyTorch 2.2+
- *   reads the name through `getCvarInt({"TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"})`,
- *   which warns "Environment variable NCCL_ASYNC_ERROR_HANDLING is deprecated; use
- *   TORCH_NCCL_ASYNC_ERROR_HANDLING instead" whenever the older name is set at all, even beside the new one
- *   (which wins), in every process that creates an NCCL process group. PyTorch 1.13 (and 2.0, 2.1) read
- *   only `NCCL_ASYNC_ERROR_HANDLING`, which torchrun 1.13 set; rdzv cannot tell the workers' PyTorch apart,
- *   so 1.13 workers run with 1.13's own default (no async error handling) unless the user sets
- *   `NCCL_ASYNC_ERROR_HANDLING=1`, as torchrun 1.13 would have. Neither name is added when the user set
- *   one (2.x prefers the new name, so adding it could override the user's older one);
+ * - `TORCH_NCCL_ASYNC_ERROR_HANDLING=1` (torchrun 2.x's, read by PyTorch 2.2+) and
+ *   `NCCL_ASYNC_ERROR_HANDLING=1` (torchrun 1.13's, the only name PyTorch 1.13, 2.0 and 2.1 read), both
+ *   since rdzv cannot tell the workers' PyTorch apart, and neither when the user set one. PyTorch 2.2+ reads
+ *   them through `getCvarInt` (the new name wins) and warns once per NCCL process that the older name is
+ *   deprecated whenever it is set: a line in each worker's output is the price of keeping 1.13-2.1 jobs'
+ *   NCCL errors fatal (without it they hang until the collective's timeout). Setting
+ *   `TORCH_NCCL_ASYNC_ERROR_HANDLING` yourself avoids the warning;
  * - torchrun's `TORCHELASTIC_SIGNALS_TO_HANDLE` default (its `--signals-to-handle`, PyTorch 2.x), for
  *   parity: rdzv itself handles SIGINT, SIGTERM and SIGHUP.
  *
@@ -176,6 +174,7 @@ export function mergeWorkerEnv(
   if (env.PYTHONUNBUFFERED === undefined) env.PYTHONUNBUFFERED = "1";
   if (env.TORCH_NCCL_ASYNC_ERROR_HANDLING === undefined && env.NCCL_ASYNC_ERROR_HANDLING === undefined) {
     env.TORCH_NCCL_ASYNC_ERROR_HANDLING = "1";
+    env.NCCL_ASYNC_ERROR_HANDLING = "1";
   }
   env.TORCHELASTIC_SIGNALS_TO_HANDLE ??= TORCHRUN_SIGNALS_TO_HANDLE;
   return Object.assign(env, extra);
