@@ -152,3 +152,142 @@ describe("KeyspaceWaits across a reconnect of its subscriber", () => {
     }
   });
 });
+
+describe("RedisStore: keys another Redis client wrote", () => {
+  /** A store under a fresh prefix and a plain ioredis client beside it. */
+  async function withRaw<T>(
+    run: (store: RedisStore, raw: import("ioredis").Redis, prefix: string) => Promise<T>,
+  ): Promise<T> {
+    const { Redis } = await import("ioredis");
+    const prefix = `foreign:${counter++}:`;
+    const store = await connectRedisStore({ endpoint: redis.endpoint, prefix, timeoutMs: 5000 });
+    const raw = new Redis({ host: "127.0.0.1", port: redis.port });
+    try {
+      return await run(store, raw, prefix);
+    } finally {
+      raw.disconnect();
+      await store.close();
+    }
+  }
+
+  /** Rejects with RDZV_STORE naming `key` (not a timeout, not an unnamed WRONGTYPE). */
+  async function namesKey(call: Promise<unknown>, key: string): Promise<void> {
+    await assert.rejects(call, (err: { code?: string; message?: string }) => {
+      assert.equal(err.code, ErrorCode.Store, String(err.message));
+      assert.ok(err.message?.includes(JSON.stringify(key)), `the error does not name ${key}: ${err.message}`);
+      return true;
+    });
+  }
+
+  it("a key of another Redis type fails every call at once, naming the key; waits do not wait on it", async () => {
+    await withRaw(async (store, raw, prefix) => {
+      await raw.rpush(`${prefix}list`, "x");
+      await store.set("here", "1");
+      // MGET answered nil for a list: get and wait took it for missing and waited out their timeout.
+      await namesKey(store.get("list", { timeoutMs: 4000 }), "list");
+      await namesKey(store.wait(["here", "list"], { timeoutMs: 4000 }), "list");
+      await namesKey(store.multiGet(["here", "list"], { timeoutMs: 4000 }), "list");
+      await namesKey(store.add("list", 1), "list");
+      await namesKey(store.compareSet("list", "", "v"), "list");
+      await namesKey(store.append("list", "v"), "list");
+      // The waits' subscriptions were dropped: the store still serves.
+      assert.equal(Buffer.from(await store.get("here")).toString(), "1");
+    });
+  });
+
+  it("a counter that is not an integer fails add, naming the key", async () => {
+    await withRaw(async (store, raw, prefix) => {
+      await raw.set(`${prefix}counter`, "abc");
+      await namesKey(store.add("counter", 1), "counter");
+    });
+  });
+});
+
+describe("connectRedisStore: credentials, database and TLS", () => {
+  let server: RedisTestServer;
+  let tlsPort: number;
+  let cert: import("./helpers/tls-cert.js").TestCertificate;
+
+  before(async () => {
+    const { makeTestCertificate } = await import("./helpers/tls-cert.js");
+    const { pickFreePort } = await import("../src/rendezvous/free-port.js");
+    cert = makeTestCertificate();
+    tlsPort = await pickFreePort("127.0.0.1");
+    server = await RedisTestServer.start({
+      password: "default-pw",
+      args: ["--requirepass", "default-pw", "--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all"].concat(
+        ["--tls-port", String(tlsPort), "--tls-auth-clients", "no"],
+        ["--tls-cert-file", cert.certPath, "--tls-key-file", cert.keyPath],
+      ),
+    });
+  });
+
+  after(async () => {
+    await server?.stop();
+    cert?.remove();
+  });
+
+  it("a wrong or missing password fails with RDZV_AUTH at once, not RDZV_CONNECTION", async () => {
+    // ioredis's connect said only "Connection is closed" (RDZV_CONNECTION); the refusal came as an event.
+    for (const credentials of [
+      { password: "wrong" },
+      { username: "alice", password: "wrong" },
+      { username: "nobody", password: "alice-pw" },
+      {},
+    ]) {
+      await rejectsWithCode(
+        connectRedisStore({ endpoint: server.endpoint, connectTimeoutMs: 5000, ...credentials }),
+        ErrorCode.Auth,
+      );
+    }
+  });
+
+  it("an ACL user works in the database it names, waits included", async () => {
+    const open = () =>
+      connectRedisStore({
+        endpoint: server.endpoint,
+        username: "alice",
+        password: "alice-pw",
+        db: 3,
+        prefix: "acl:",
+        timeoutMs: 5000,
+      });
+    const [a, b] = [await open(), await open()];
+    const { Redis } = await import("ioredis");
+    const raw = new Redis({ host: "127.0.0.1", port: server.port, password: "default-pw", db: 3 });
+    try {
+      const waiting = a.get("k", { timeoutMs: 5000 });
+      await b.set("k", "v");
+      assert.equal(Buffer.from(await waiting).toString(), "v");
+      assert.equal(await raw.exists("acl:k"), 1, "the key is not in database 3");
+    } finally {
+      raw.disconnect();
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it("TLS: trusts the CA it is given; without it the certificate does not verify (RDZV_AUTH)", async () => {
+    const endpoint = `127.0.0.1:${tlsPort}`;
+    const store = await connectRedisStore({
+      endpoint,
+      password: "default-pw",
+      tls: { cacert: cert.certPath },
+      timeoutMs: 5000,
+    });
+    try {
+      const waiting = store.get("t", { timeoutMs: 5000 });
+      await store.set("t", "1");
+      assert.equal(Buffer.from(await waiting).toString(), "1");
+    } finally {
+      await store.close();
+    }
+    await assert.rejects(
+      connectRedisStore({ endpoint, password: "default-pw", tls: {}, connectTimeoutMs: 5000 }),
+      (err: { code?: string; message?: string }) => {
+        assert.equal(err.code, ErrorCode.Auth, String(err.message));
+        assert.match(String(err.message), /certificate/);
+        return true;
+      },
+    );
+  });
+});

@@ -3,7 +3,12 @@
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Redis, type RedisOptions } from "ioredis";
-import { InvalidArgumentError, RendezvousConnectionError, StoreError } from "../../errors.js";
+import {
+  InvalidArgumentError,
+  RendezvousConnectionError,
+  RendezvousError,
+  StoreError,
+} from "../../errors.js";
 import { parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
 import { checkTimeoutMs } from "../deadline.js";
 import { mapRedisError } from "./errors.js";
@@ -121,9 +126,15 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
   // ioredis's own option types do not type-check under exactOptionalPropertyTypes (`replyMapping`).
   const client = new Redis(clientOptions as never);
   const subscriber = client.duplicate();
-  // ioredis reports connection errors through these events as well as through the failing calls.
-  client.on("error", () => undefined);
-  subscriber.on("error", () => undefined);
+  // ioredis reports connection errors through these events as well as through the failing calls. While
+  // connecting, a failing call says only "Connection is closed": the event says why (refused credentials,
+  // an untrusted certificate, an unknown host), so the first one is what a failed connect reports.
+  let why: Error | undefined;
+  const remember = (err: Error): void => {
+    why ??= err;
+  };
+  client.on("error", remember);
+  subscriber.on("error", remember);
   const prefix = options.prefix ?? "";
   const epochKey = Buffer.concat([Buffer.from(prefix, "utf8"), Buffer.from(EPOCH_KEY, "utf8")]);
   let timer: NodeJS.Timeout | undefined;
@@ -161,8 +172,12 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
   } catch (err) {
     client.disconnect();
     subscriber.disconnect();
-    throw mapRedisError(err, "connect", address);
+    throw mapRedisError(err instanceof RendezvousError ? err : (why ?? err), "connect", address);
   } finally {
     clearTimeout(timer);
+    client.off("error", remember);
+    subscriber.off("error", remember);
+    client.on("error", () => undefined);
+    subscriber.on("error", () => undefined);
   }
 }

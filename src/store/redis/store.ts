@@ -18,7 +18,7 @@ import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
 import { mapRedisError } from "./errors.js";
-import { ADD_LUA, COMPARE_SET_LUA, SWAP_LUA } from "./scripts.js";
+import { ADD_LUA, COMPARE_SET_LUA, READ_LUA, SWAP_LUA } from "./scripts.js";
 import { KeyspaceWaits } from "./waits.js";
 
 /** What `RedisStore` is built from (see `connectRedisStore`). */
@@ -68,6 +68,7 @@ export class RedisStore implements Store {
     this.client.defineCommand("rdzvCompareSet", { numberOfKeys: 1, lua: COMPARE_SET_LUA });
     this.client.defineCommand("rdzvAdd", { numberOfKeys: 1, lua: ADD_LUA });
     this.client.defineCommand("rdzvSwap", { numberOfKeys: 1, lua: SWAP_LUA });
+    this.client.defineCommand("rdzvRead", { lua: READ_LUA });
     this.client.on("ready", () => {
       void this.#reconnected(parts);
     });
@@ -135,22 +136,27 @@ export class RedisStore implements Store {
     const d = toI64(delta);
     const k = this.key(key);
     const commands = this.client as unknown as RdzvCommands;
-    const sum = await this.call("add", options, async () => {
-      for (let attempt = 1; ; attempt++) {
-        if (attempt > MAX_ADD_ATTEMPTS) {
-          throw new StoreError(`add: ${key} changed under every one of ${MAX_ADD_ATTEMPTS} tries`);
+    const sum = await this.call(
+      "add",
+      options,
+      async () => {
+        for (let attempt = 1; ; attempt++) {
+          if (attempt > MAX_ADD_ATTEMPTS) {
+            throw new StoreError(`add: ${key} changed under every one of ${MAX_ADD_ATTEMPTS} tries`);
+          }
+          try {
+            return BigInt(await commands.rdzvAdd(k, d.toString()));
+          } catch (err) {
+            if (!(err instanceof Error && /RDZV_SLOW/.test(err.message))) throw err;
+          }
+          const held = await this.client.getBuffer(k);
+          if (held === null) continue; // deleted meanwhile: INCRBY creates it
+          const next = wrapI64(parseCounterOf(key, held) + d);
+          if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
         }
-        try {
-          return BigInt(await commands.rdzvAdd(k, d.toString()));
-        } catch (err) {
-          if (!(err instanceof Error && /RDZV_SLOW/.test(err.message))) throw err;
-        }
-        const held = await this.client.getBuffer(k);
-        if (held === null) continue; // deleted meanwhile: INCRBY creates it
-        const next = wrapI64(parseCounter(held) + d);
-        if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
-      }
-    });
+      },
+      [key],
+    );
     return Number(sum);
   }
 
@@ -160,12 +166,16 @@ export class RedisStore implements Store {
     desired: StoreValue,
     options?: CallOptions,
   ): Promise<Uint8Array> {
-    const held = await this.call("compareSet", options, () =>
-      (this.client as unknown as RdzvCommands).rdzvCompareSetBuffer(
-        this.key(key),
-        buf(expected),
-        buf(desired),
-      ),
+    const held = await this.call(
+      "compareSet",
+      options,
+      () =>
+        (this.client as unknown as RdzvCommands).rdzvCompareSetBuffer(
+          this.key(key),
+          buf(expected),
+          buf(desired),
+        ),
+      [key],
     );
     return new Uint8Array(held);
   }
@@ -209,7 +219,7 @@ export class RedisStore implements Store {
   }
 
   async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    await this.call("append", options, () => this.client.append(this.key(key), buf(value)));
+    await this.call("append", options, () => this.client.append(this.key(key), buf(value)), [key]);
   }
 
   /** Keys under the prefix (a SCAN: O(keys in the database)). */
@@ -243,8 +253,16 @@ export class RedisStore implements Store {
     return this.close();
   }
 
-  /** Runs a quick command within `options.timeoutMs` (or the store's), mapping errors. */
-  async call<T>(what: string, options: CallOptions | undefined, op: () => Promise<T>): Promise<T> {
+  /**
+   * Runs a quick command within `options.timeoutMs` (or the store's), mapping errors (`keys`, the store
+   * keys it works on, are named when one holds another Redis type).
+   */
+  async call<T>(
+    what: string,
+    options: CallOptions | undefined,
+    op: () => Promise<T>,
+    keys: readonly string[] = [],
+  ): Promise<T> {
     this.#usable(what, options);
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     let fail: ((err: Error) => void) | undefined;
@@ -256,7 +274,7 @@ export class RedisStore implements Store {
         (resolve, reject) => {
           fail = reject;
           this.#inFlight.add(reject);
-          op().then(resolve, (err: unknown) => reject(mapRedisError(err, what, this.address)));
+          op().then(resolve, (err: unknown) => reject(mapRedisError(err, what, this.address, keys)));
         },
         () => undefined,
       );
@@ -280,10 +298,12 @@ export class RedisStore implements Store {
     this.#usable(what, options);
     if (keys.length === 0) return [];
     const redisKeys = keys.map((k) => this.key(k));
-    const read = async (): Promise<(Buffer | null)[]> => this.client.mgetBuffer(...redisKeys);
+    // Not MGET: it answers nil for a key of another type, which would then be waited on until the timeout.
+    const read = (): Promise<(Buffer | null)[]> =>
+      (this.client as unknown as RdzvCommands).rdzvReadBuffer(redisKeys.length, ...redisKeys);
     // A read is idempotent: one lost to a dropped connection is simply made again once subscribed. It is
     // quick: it gets the store's timeout, not what may be a short wait's (and the wait's when longer).
-    const first = await this.call(what, firstReadOptions(options, this.#timeoutMs), read).catch(
+    const first = await this.call(what, firstReadOptions(options, this.#timeoutMs), read, keys).catch(
       (err: unknown) => {
         if (this.#lost === undefined && hasErrorCode(err, ErrorCode.Connection)) return undefined;
         throw err;
@@ -311,7 +331,7 @@ export class RedisStore implements Store {
               if (stopped || values.some((v) => v === null)) return;
               resolve(values.map((v) => new Uint8Array(v!)));
             },
-            (err: unknown) => reject(mapRedisError(err, what, this.address)),
+            (err: unknown) => reject(mapRedisError(err, what, this.address, keys)),
           );
         };
         const ids = redisKeys.map((k) => k.toString("latin1"));
@@ -333,6 +353,17 @@ interface RdzvCommands {
   rdzvAdd(key: Buffer, delta: string): Promise<string>;
   rdzvSwap(key: Buffer, expected: Buffer, desired: string): Promise<number>;
   rdzvCompareSetBuffer(key: Buffer, expected: Buffer, desired: Buffer): Promise<Buffer>;
+  rdzvReadBuffer(numKeys: number, ...keys: Buffer[]): Promise<(Buffer | null)[]>;
+}
+
+/** `parseCounter(value)`, its error naming store key `key`. */
+function parseCounterOf(key: string, value: Buffer): bigint {
+  try {
+    return parseCounter(value);
+  } catch (err) {
+    if (!(err instanceof StoreError)) throw err;
+    throw new StoreError(`${err.message} (key ${JSON.stringify(key)})`, err.code, { cause: err });
+  }
 }
 
 function buf(value: StoreValue): Buffer {
