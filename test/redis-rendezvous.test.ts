@@ -3,7 +3,10 @@
  * `RedisStore` (one Redis client pair per node; a node "crashes" by dropping its connections).
  */
 
-import { after, before } from "node:test";
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { StoreRendezvousBackend } from "../src/backends/store-backend.js";
+import { ErrorCode } from "../src/errors.js";
 import { connectRedisStore } from "../src/store/redis/connect.js";
 import type { RedisStore } from "../src/store/redis/store.js";
 import { RedisTestServer } from "./helpers/redis.js";
@@ -44,3 +47,76 @@ async function redisCluster(): Promise<TestCluster> {
 }
 
 defineRendezvousBehaviourSuite(redisCluster, "Redis");
+
+describe("redis backend: keys another Redis client wrote", () => {
+  const node = { id: "n0", addr: "127.0.0.1", pid: 1 };
+
+  /** A backend of run `run` on a fresh prefix, after `forge` wrote through a plain client. */
+  async function forged(
+    forge: (raw: import("ioredis").Redis, key: (path: string) => string) => Promise<unknown>,
+    check: (backend: StoreRendezvousBackend) => Promise<void>,
+  ): Promise<void> {
+    const { Redis } = await import("ioredis");
+    const prefix = `rdzv-forged:${runs++}:`;
+    const raw = new Redis({ host: "127.0.0.1", port: redis.port });
+    const store = await connectRedisStore({ endpoint: redis.endpoint, prefix, timeoutMs: 5000 });
+    try {
+      await forge(raw, (path) => `${prefix}rdzv/run/${path}`);
+      await check(new StoreRendezvousBackend(store, "run", { name: "redis" }));
+    } finally {
+      raw.disconnect();
+      await store.close();
+    }
+  }
+
+  it("an open-round hint that is no number, or no string, is searched past: the node joins the open round", async () => {
+    for (const forge of [
+      (raw: import("ioredis").Redis, key: (p: string) => string) => raw.set(key("open"), "abc"),
+      (raw: import("ioredis").Redis, key: (p: string) => string) => raw.rpush(key("open"), "1"),
+    ]) {
+      await forged(forge, async (backend) => {
+        // Before: add's parse error (or WRONGTYPE) failed every node's join.
+        assert.deepEqual(await backend.getState(), { openRound: 0 });
+        assert.deepEqual(await backend.enter(node), { round: 0, slot: 0 });
+      });
+    }
+  });
+
+  it("a negative ticket counter fails the join at once, naming the key, instead of a slot nobody counts", async () => {
+    await forged(
+      (raw, key) => raw.set(key("r0/tickets"), "-5"),
+      async (backend) => {
+        // Before: slot -5, in a round that never completed (the join timed out).
+        await assert.rejects(backend.enter(node), (err: { code?: string; message?: string }) => {
+          assert.equal(err.code, ErrorCode.State);
+          assert.match(String(err.message), /"rdzv\/run\/r0\/tickets"/);
+          return true;
+        });
+      },
+    );
+  });
+
+  it("an outcome that is a list, or not an outcome, fails at once naming its key", async () => {
+    await forged(
+      (raw, key) => raw.rpush(key("r0/outcome"), "x"),
+      async (backend) => {
+        // Before: MGET read the list as missing, and the read waited out the store's timeout.
+        await assert.rejects(backend.getState(), (err: { code?: string; message?: string }) => {
+          assert.equal(err.code, ErrorCode.Store);
+          assert.match(String(err.message), /"rdzv\/run\/r0\/outcome"/);
+          return true;
+        });
+      },
+    );
+    await forged(
+      (raw, key) => raw.set(key("r0/outcome"), "garbage"),
+      async (backend) => {
+        await assert.rejects(backend.getState(), (err: { code?: string; message?: string }) => {
+          assert.equal(err.code, ErrorCode.State);
+          assert.match(String(err.message), /"rdzv\/run\/r0\/outcome"/);
+          return true;
+        });
+      },
+    );
+  });
+});

@@ -159,11 +159,33 @@ export class StoreRendezvousBackend implements RendezvousBackend {
 
   /**
    * The open-round hint. Any store client can write it, so it is only a guess at where to start looking:
-   * one that is not a round number reads as 0 (then the open round is found galloping forward).
+   * one that is not a round number reads as 0 (then the open round is found galloping forward), also one
+   * the store cannot add to (not an integer, or a Redis key of another type: `RDZV_STORE`); the next
+   * decision's winner overwrites it.
    */
   async #readHint(options?: CallOptions): Promise<number> {
-    const hint = await this.store.add(this.key("open"), 0, options);
+    let hint: number;
+    try {
+      hint = await this.store.add(this.key("open"), 0, options);
+    } catch (err) {
+      if (!hasErrorCode(err, ErrorCode.Store)) throw err;
+      this.#warnHintUnreadable(err);
+      return 0;
+    }
     return Number.isSafeInteger(hint) && hint >= 0 ? hint : 0;
+  }
+
+  #warnedUnreadable = false;
+
+  #warnHintUnreadable(err: unknown): void {
+    if (this.#warnedUnreadable) return;
+    this.#warnedUnreadable = true;
+    this.logger.warn(
+      `the open-round hint ${JSON.stringify(this.key("open"))} cannot be read as a number ` +
+        `(${err instanceof Error ? err.message : String(err)}): a store client wrote it; searching for ` +
+        "the open round instead",
+      { runId: this.runId },
+    );
   }
 
   /**
@@ -227,7 +249,21 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       this.store.check([this.roundKey(round, "outcome")], options),
       this.store.add(this.roundKey(round, "tickets"), 1, options),
     ]);
-    return { decided, ticket };
+    // A decided round's ticket is left behind whatever it is; an open round's must be a slot.
+    return { decided, ticket: decided ? ticket : this.#checkTicket(round, ticket) };
+  }
+
+  /**
+   * `ticket`, taken in `round`, when it is a slot number + 1. A counter another store client set to a
+   * negative number (or past 2^53) would give slots no coordinator counts, and this node would wait in a
+   * round that never completes until its join timeout: it fails at once instead, naming the key.
+   */
+  #checkTicket(round: number, ticket: number): number {
+    if (Number.isSafeInteger(ticket) && ticket >= 1) return ticket;
+    throw new RendezvousStateError(
+      `the ticket counter ${JSON.stringify(this.roundKey(round, "tickets"))} of round ${round} gave ` +
+        `${ticket}, not a count of joins (1 or more): a store client wrote it`,
+    );
   }
 
   /** Descriptor writes of `enter()` still in flight, by `round/slot`; `keepAlive()` waits for them. */
@@ -240,7 +276,16 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   private parseOutcome(bytes: Uint8Array, round: number): RoundOutcome {
-    const outcome = decodeOutcome(bytesToText(bytes));
+    let outcome: RoundOutcome;
+    try {
+      outcome = decodeOutcome(bytesToText(bytes));
+    } catch (err) {
+      if (!(err instanceof RendezvousStateError)) throw err;
+      throw new RendezvousStateError(
+        `${err.message} at ${JSON.stringify(this.roundKey(round, "outcome"))}: a store client wrote it`,
+        { cause: err },
+      );
+    }
     if (outcome.round !== round) {
       throw new RendezvousStateError(`outcome stored for round ${round} names round ${outcome.round}`);
     }
@@ -297,7 +342,8 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   async join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number> {
-    const slot = (await this.store.add(this.roundKey(round, "tickets"), 1, options)) - 1;
+    const slot =
+      this.#checkTicket(round, await this.store.add(this.roundKey(round, "tickets"), 1, options)) - 1;
     await this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
     return slot;
   }
