@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { ErrorCode } from "../src/errors.js";
 import { connectRedisStore } from "../src/store/redis/connect.js";
 import type { RedisStore } from "../src/store/redis/store.js";
@@ -289,5 +290,62 @@ describe("connectRedisStore: credentials, database and TLS", () => {
         return true;
       },
     );
+  });
+});
+
+describe("RedisStore while its server is away", () => {
+  it("fails blocked waits with RDZV_CONNECTION once the server stays away past the grace, not at their timeout", async () => {
+    const server = await RedisTestServer.start();
+    const store = await connectRedisStore({
+      endpoint: server.endpoint,
+      timeoutMs: 30_000,
+      reconnectGraceMs: 500,
+    });
+    try {
+      const waiting = store.get("never", { timeoutMs: 30_000 });
+      waiting.catch(() => undefined);
+      // Blocked for real: subscribed to the key's events (a subscription cut short fails on its own).
+      for (let i = 0; i < 500; i++) {
+        const channels = (await store.client.pubsub("CHANNELS", "__keyspace@0__:never")) as unknown[];
+        if (channels.length > 0) break;
+        await delay(10);
+      }
+      await server.kill();
+      // Before: the wait waited out its 30 s and failed with RDZV_TIMEOUT.
+      await rejectsWithCode(waiting, ErrorCode.Connection);
+      // A wait started while the server is still away fails as well, once its first read has.
+      await rejectsWithCode(store.wait(["never"], { timeoutMs: 30_000 }), ErrorCode.Connection);
+    } finally {
+      await store.close();
+      await server.stop();
+    }
+  });
+
+  it("a call made while the connection is down is not failed as 'in flight' by a failed reconnect attempt", async () => {
+    const server = await RedisTestServer.start({ persistent: true });
+    const store = await connectRedisStore({ endpoint: server.endpoint, prefix: "gap:", timeoutMs: 10_000 });
+    try {
+      assert.equal(await store.add("n", 1), 1);
+      await server.kill();
+      // Wait until ioredis saw the drop, so the next call goes to its offline queue.
+      for (let i = 0; i < 200 && store.client.status === "ready"; i++) await delay(10);
+      const during = store.add("n", 1);
+      during.catch(() => undefined);
+      // Let the first reconnect attempts fail (each one emits 'close'), then bring the server back.
+      await delay(250);
+      await server.restart();
+      // Before: the first failed attempt rejected it as "dropped with the command in flight". Now it is
+      // sent once the server is back; on a machine so slow that ioredis's 5 attempts ran out first, it
+      // fails saying so.
+      const sum = await during.catch((err: { code?: string; message?: string }) => {
+        assert.equal(err.code, ErrorCode.Connection);
+        assert.doesNotMatch(String(err.message), /in flight/);
+        return undefined;
+      });
+      if (sum !== undefined) assert.equal(sum, 2);
+    } finally {
+      await store.close();
+      await server.stop();
+    }
   });
 });

@@ -33,6 +33,11 @@ export interface ConnectRedisOptions {
   timeoutMs?: number;
   /** How long connecting may take (default 10 000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * How long blocking waits ride out a lost connection before they fail with `RDZV_CONNECTION` (default
+   * 5 000 ms; see `RedisStore`).
+   */
+  reconnectGraceMs?: number;
 }
 
 /** Keyspace events the waits need: K (keyspace channel), $ (string commands), g (generic: rename, del). */
@@ -168,6 +173,7 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
       // A restarted server forgets CONFIG SET: switch the notifications on again after every reconnect.
       onReconnect: () => enableNotifications(client, address),
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ...(options.reconnectGraceMs === undefined ? {} : { reconnectGraceMs: options.reconnectGraceMs }),
     });
   } catch (err) {
     client.disconnect();
