@@ -5,8 +5,10 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { createRedisRendezvousHandler, redisConnectOptions } from "../src/backends/redis.js";
 import { StoreRendezvousBackend } from "../src/backends/store-backend.js";
 import { ErrorCode } from "../src/errors.js";
+import { resolveRendezvousSettings } from "../src/rendezvous/parameters.js";
 import { connectRedisStore } from "../src/store/redis/connect.js";
 import type { RedisStore } from "../src/store/redis/store.js";
 import { RedisTestServer } from "./helpers/redis.js";
@@ -118,5 +120,61 @@ describe("redis backend: keys another Redis client wrote", () => {
         });
       },
     );
+  });
+});
+
+describe("redis backend: a Redis URL as the endpoint", () => {
+  const settingsOf = (endpoint: string, config: Record<string, string> = {}) =>
+    resolveRendezvousSettings({ backend: "redis", endpoint, runId: "u", minNodes: 1, maxNodes: 1, config });
+
+  it("takes scheme, user, password (percent-decoded), host, port and db from it", () => {
+    const o = redisConnectOptions(settingsOf("rediss://alice:p%40ss@redis.example:6380/4"));
+    assert.equal(o.endpoint, "redis.example:6380");
+    assert.deepEqual([o.username, o.password, o.db, o.tls], ["alice", "p@ss", 4, {}]);
+    const plain = redisConnectOptions(settingsOf("redis://:secret@[::1]"));
+    assert.deepEqual(
+      [plain.endpoint, plain.username, plain.password, plain.db, plain.tls],
+      ["[::1]", undefined, "secret", undefined, undefined],
+    );
+    // host:port keeps working as before.
+    assert.equal(redisConnectOptions(settingsOf("10.0.0.1:7000")).endpoint, "10.0.0.1:7000");
+  });
+
+  it("refuses a bad db, a query, and config keys that contradict the URL, hiding the password", () => {
+    for (const [endpoint, config] of [
+      ["redis://h/x", {}],
+      ["redis://u:hunter2@h/0?timeout=5", {}],
+      ["redis://h/1", { db: "2" }],
+      ["rediss://h", { protocol: "redis" }],
+    ] as const) {
+      assert.throws(
+        () => redisConnectOptions(settingsOf(endpoint, config)),
+        (err: { code?: string; message?: string }) => {
+          assert.equal(err.code, ErrorCode.InvalidArgument);
+          assert.doesNotMatch(String(err.message), /hunter2/);
+          return true;
+        },
+      );
+    }
+  });
+
+  it("a handler rendezvous through redis://host:port/db, with its keys in that db", async () => {
+    const { Redis } = await import("ioredis");
+    const runId = `url-${runs++}`;
+    const handler = await createRedisRendezvousHandler({
+      backend: "redis",
+      endpoint: `redis://${redis.endpoint}/5`,
+      runId,
+      minNodes: 1,
+      maxNodes: 1,
+    });
+    const raw = new Redis({ host: "127.0.0.1", port: redis.port, db: 5 });
+    try {
+      assert.equal((await handler.nextRendezvous()).worldSize, 1);
+      assert.equal(await raw.exists(`rdzv/${runId}/r0/outcome`), 1, "the outcome is not in db 5");
+    } finally {
+      raw.disconnect();
+      await handler.shutdown();
+    }
   });
 });
