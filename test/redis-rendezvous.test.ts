@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { createRedisRendezvousHandler, redisConnectOptions } from "../src/backends/redis.js";
 import { StoreRendezvousBackend } from "../src/backends/store-backend.js";
 import { ErrorCode } from "../src/errors.js";
@@ -175,6 +176,43 @@ describe("redis backend: a Redis URL as the endpoint", () => {
     } finally {
       raw.disconnect();
       await handler.shutdown();
+    }
+  });
+});
+
+describe("redis backend: old rounds' keys", () => {
+  it("keeps only the outcome of a round once the round two after it completed", async () => {
+    const { Redis } = await import("ioredis");
+    const runId = `clean-${runs++}`;
+    const prefix = `rdzv-clean:${runs++}:`;
+    const create = (i: number) =>
+      createRedisRendezvousHandler({
+        backend: "redis",
+        endpoint: redis.endpoint,
+        runId,
+        minNodes: 2,
+        maxNodes: 2,
+        localAddr: `node-${i}`,
+        config: { key_prefix: prefix, last_call_timeout: 0.1, keep_alive_interval: 1 },
+      });
+    const handlers = [await create(0), await create(1)];
+    const raw = new Redis({ host: "127.0.0.1", port: redis.port });
+    const roundKeys = async (round: number): Promise<string[]> =>
+      (await raw.keys(`${prefix}rdzv/${runId}/r${round}/*`)).map((k) => k.slice(prefix.length)).sort();
+    try {
+      for (let r = 0; r < 6; r++) await Promise.all(handlers.map((h) => h.nextRendezvous()));
+      // The winner of round 5's decision deletes round 3's keys in the background.
+      for (let i = 0; i < 100 && (await roundKeys(3)).length > 1; i++) await delay(50);
+      for (let round = 0; round <= 3; round++) {
+        // Before: every key of every round stayed (12 per round of 2 nodes).
+        assert.deepEqual(await roundKeys(round), [`rdzv/${runId}/r${round}/outcome`], `round ${round}`);
+      }
+      // The last two rounds keep theirs: the members of round 5 use them.
+      assert.ok((await roundKeys(5)).includes(`rdzv/${runId}/r5/node/1`));
+      assert.ok((await roundKeys(4)).length > 1);
+    } finally {
+      raw.disconnect();
+      await Promise.all(handlers.map((h) => h.shutdown()));
     }
   });
 });

@@ -6,6 +6,9 @@
  * may also come from `RDZV_REDIS_PASSWORD`), `db`, `protocol` (`redis` or `rediss` for TLS), `cacert`,
  * `cert`, `key` (TLS files, as the etcd backend), `key_prefix` (default none).
  *
+ * A Redis server outlives the job: once round R completes, the keys of round R - 2 are deleted but for its
+ * outcome (one key of about 100 bytes per round stays; a run's last two rounds stay whole).
+ *
  * Redis keeps no replicas in sync for a single server: restarting it without persistence loses the
  * rendezvous, and every node then fails with `RDZV_CONNECTION` (see `RedisStore`) rather than rank anew.
  */
@@ -132,7 +135,12 @@ export async function createRedisRendezvousHandler(
   const settings = resolveRendezvousSettings(params);
   const store = await connectRedisStore(redisConnectOptions(settings));
   return createDynamicRendezvousHandler({
-    backend: new StoreRendezvousBackend(store, settings.runId, { name: "redis", logger }),
+    // A Redis server outlives the job: old rounds' keys are deleted, not left to pile up.
+    backend: new StoreRendezvousBackend(store, settings.runId, {
+      name: "redis",
+      logger,
+      cleanOldRounds: true,
+    }),
     runId: settings.runId,
     settings: {
       minNodes: settings.minNodes,

@@ -14,6 +14,9 @@
  * | `r<R>/ended`             | whoever marks a member gone         | the completed round lost a member         |
  * | `r<R>/lead`              | compare-and-set                     | slot of the round's coordinator           |
  * | `r<R>/store/...`         | the round's members                 | the store handed to the round             |
+ *
+ * With `cleanOldRounds` (the redis backend) the keys of round R - 2 but its outcome are deleted once round
+ * R completes; otherwise every round's keys stay (rdzv's TCP store lives only as long as the job).
  */
 
 import { ErrorCode, hasErrorCode, RendezvousStateError } from "../errors.js";
@@ -49,7 +52,20 @@ export interface StoreBackendOptions {
   /** Backend name reported by handlers (default "c10d"). */
   name?: string;
   logger?: Logger;
+  /**
+   * Delete the keys of round R - 2, all but its outcome, once round R completes (the decision's winner
+   * does it, in the background). For stores that outlive the job, such as a shared Redis, where they
+   * would otherwise pile up round after round (default false). See `#cleanRound`.
+   */
+  cleanOldRounds?: boolean;
 }
+
+/** Most slots of a round whose keys `#cleanRound` deletes (any store client can write the counter). */
+const MAX_CLEANED_SLOTS = 1 << 14;
+/** Deletes `#cleanRound` has in flight at once. */
+const CLEAN_BATCH = 256;
+/** The round store's keys (the dynamic handler's bootstrap info, PyTorch's `RendezvousStoreInfo`). */
+const ROUND_STORE_KEYS = ["store/MASTER_ADDR", "store/MASTER_PORT"];
 
 /** A `RendezvousBackend` over any `Store`. */
 export class StoreRendezvousBackend implements RendezvousBackend {
@@ -58,6 +74,7 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   readonly runId: string;
   private readonly base: string;
   private readonly logger: Logger;
+  readonly #cleanOldRounds: boolean;
 
   constructor(store: Store, runId: string, options: StoreBackendOptions = {}) {
     this.store = store;
@@ -65,6 +82,7 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     this.name = options.name ?? "c10d";
     this.base = `rdzv/${runId}`;
     this.logger = options.logger ?? silentLogger;
+    this.#cleanOldRounds = options.cleanOldRounds ?? false;
   }
 
   /** Key of `path` under this run. */
@@ -309,9 +327,39 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       this.store.set(this.key("open"), String(token + 1), options).catch((err: unknown) => {
         this.logger.debug("could not move the open-round hint", { round: token, error: String(err) });
       });
+      if (this.#cleanOldRounds && outcome.kind === "complete" && token >= 2) {
+        this.#cleanRound(token - 2).catch((err: unknown) => {
+          this.logger.debug("could not delete an old round's keys", { round: token - 2, error: String(err) });
+        });
+      }
       return outcome;
     }
     return this.parseOutcome(Buffer.from(held), token);
+  }
+
+  /**
+   * Deletes the keys of `round`, whose next round completed (so its members all left or were counted
+   * dead: round.ts's drain), and which the round after that no longer reads: the ticket counter, the
+   * coordinator claim, the end marker, each slot's descriptor, keep-alive counter and leave marker, and
+   * the round store's bootstrap keys. The outcome stays: joiners find the open round by the decided
+   * rounds' outcomes (a prefix of the rounds), and a node starting from round 0 steps past them. A node
+   * that stalled through two rounds may write a few of these keys again when it wakes (its keep-alive, a
+   * leave marker); they stay.
+   */
+  async #cleanRound(round: number): Promise<void> {
+    const tickets = await this.store.add(this.roundKey(round, "tickets"), 0);
+    const slots = Number.isSafeInteger(tickets) ? Math.min(Math.max(tickets, 0), MAX_CLEANED_SLOTS) : 0;
+    const keys = ["tickets", "lead", "ended", ...ROUND_STORE_KEYS].map((p) => this.roundKey(round, p));
+    for (let s = 0; s < slots; s++) {
+      keys.push(
+        this.roundKey(round, `node/${s}`),
+        this.roundKey(round, `hb/${s}`),
+        this.roundKey(round, `gone/${s}`),
+      );
+    }
+    for (let i = 0; i < keys.length; i += CLEAN_BATCH) {
+      await Promise.all(keys.slice(i, i + CLEAN_BATCH).map((k) => this.store.deleteKey(k)));
+    }
   }
 
   async waitOutcome(
