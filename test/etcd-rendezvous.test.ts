@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { createEtcdRendezvousHandler, leaseTtlS } from "../src/backends/etcd.js";
 import { EtcdRendezvousBackend } from "../src/backends/etcd-backend.js";
 import { GoneReason } from "../src/rendezvous/round.js";
 import { connectEtcdStore } from "../src/store/etcd/connect.js";
@@ -101,9 +102,9 @@ describe("etcd backend: the node's lease", () => {
       await store.set("rdzv/hint/open", "1000000000");
       assert.equal((await backend.enter({ id: "n2", addr: "127.0.0.1", pid: 3 }))?.round, 1);
       assert.deepEqual(await store.check(["rdzv/hint/r1000000000/tickets"]), false);
-      // Not a number at all: a clear error (it took a ticket in round NaN).
+      // Not a number at all (it took a ticket in round NaN): searched past as well, so the open round.
       await store.set("rdzv/hint/open", "abc");
-      await assert.rejects(backend.enter({ id: "n1", addr: "127.0.0.1", pid: 2 }), /"abc" is not an integer/);
+      assert.equal((await backend.enter({ id: "n1", addr: "127.0.0.1", pid: 2 }))?.round, 1);
     } finally {
       await backend.close();
       await store.close();
@@ -166,6 +167,59 @@ describe("etcd backend: the node's lease", () => {
     } finally {
       await Promise.all(nodes.map((n) => n.close()));
       await store.close();
+    }
+  });
+});
+
+describe("etcd backend: the lease's TTL against the keep-alive budget", () => {
+  it("is the budget up to 3 attempts, and past that long enough to survive the stalls the counters allow", () => {
+    assert.equal(leaseTtlS(5000, 3), 15); // PyTorch's defaults: unchanged
+    assert.equal(leaseTtlS(1000, 1), 1);
+    assert.equal(leaseTtlS(1000, 2), 2);
+    // 10 x 1 s: the counters survive a 9 s stall; a lease renewed every TTL / 3 needs TTL >= 13.5 s.
+    assert.equal(leaseTtlS(1000, 10), 14);
+    for (const [interval, attempts] of [
+      [1000, 10],
+      [2000, 7],
+      [500, 30],
+      [5000, 3],
+    ] as const) {
+      const ttlMs = leaseTtlS(interval, attempts) * 1000;
+      assert.ok(
+        (ttlMs * 2) / 3 >= interval * attempts - interval,
+        `${interval} ms x ${attempts}: TTL ${ttlMs} ms`,
+      );
+    }
+  });
+
+  it("a node of a handler with 10 keep-alive attempts holds a lease that long", async () => {
+    const { Etcd3 } = await import("etcd3");
+    const admin = new Etcd3({ hosts: etcd.endpoints.split(",").map((e) => `http://${e}`) });
+    const leases = async (): Promise<Set<string>> =>
+      new Set((await admin.leaseClient.leaseLeases()).leases.map((l) => String(l.ID)));
+    const handler = await createEtcdRendezvousHandler({
+      backend: "etcd",
+      endpoint: etcd.endpoints,
+      runId: `ttl-${runs++}`,
+      minNodes: 1,
+      maxNodes: 1,
+      config: {
+        key_prefix: `/rdzv-test/${process.pid}/ttl/`,
+        keep_alive_interval: 1,
+        keep_alive_max_attempt: 10,
+      },
+    });
+    try {
+      const before = await leases();
+      await handler.nextRendezvous();
+      const added = [...(await leases())].filter((id) => !before.has(id));
+      assert.equal(added.length, 1, `the node granted ${added.length} leases`);
+      const { grantedTTL } = await admin.leaseClient.leaseTimeToLive({ ID: added[0]! });
+      // Before: 10 (the budget), which lapsed in a 6.7 s stall that the keep-alive counters allow.
+      assert.equal(Number(grantedTTL), 14);
+    } finally {
+      await handler.shutdown();
+      admin.close();
     }
   });
 });

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { ErrorCode } from "../src/errors.js";
 import { connectRedisStore } from "../src/store/redis/connect.js";
 import type { RedisStore } from "../src/store/redis/store.js";
@@ -149,6 +150,202 @@ describe("KeyspaceWaits across a reconnect of its subscriber", () => {
     } finally {
       commands.disconnect();
       subscriber.disconnect();
+    }
+  });
+});
+
+describe("RedisStore: keys another Redis client wrote", () => {
+  /** A store under a fresh prefix and a plain ioredis client beside it. */
+  async function withRaw<T>(
+    run: (store: RedisStore, raw: import("ioredis").Redis, prefix: string) => Promise<T>,
+  ): Promise<T> {
+    const { Redis } = await import("ioredis");
+    const prefix = `foreign:${counter++}:`;
+    const store = await connectRedisStore({ endpoint: redis.endpoint, prefix, timeoutMs: 5000 });
+    const raw = new Redis({ host: "127.0.0.1", port: redis.port });
+    try {
+      return await run(store, raw, prefix);
+    } finally {
+      raw.disconnect();
+      await store.close();
+    }
+  }
+
+  /** Rejects with RDZV_STORE naming `key` (not a timeout, not an unnamed WRONGTYPE). */
+  async function namesKey(call: Promise<unknown>, key: string): Promise<void> {
+    await assert.rejects(call, (err: { code?: string; message?: string }) => {
+      assert.equal(err.code, ErrorCode.Store, String(err.message));
+      assert.ok(err.message?.includes(JSON.stringify(key)), `the error does not name ${key}: ${err.message}`);
+      return true;
+    });
+  }
+
+  it("a key of another Redis type fails every call at once, naming the key; waits do not wait on it", async () => {
+    await withRaw(async (store, raw, prefix) => {
+      await raw.rpush(`${prefix}list`, "x");
+      await store.set("here", "1");
+      // MGET answered nil for a list: get and wait took it for missing and waited out their timeout.
+      await namesKey(store.get("list", { timeoutMs: 4000 }), "list");
+      await namesKey(store.wait(["here", "list"], { timeoutMs: 4000 }), "list");
+      await namesKey(store.multiGet(["here", "list"], { timeoutMs: 4000 }), "list");
+      await namesKey(store.add("list", 1), "list");
+      await namesKey(store.compareSet("list", "", "v"), "list");
+      await namesKey(store.append("list", "v"), "list");
+      // The waits' subscriptions were dropped: the store still serves.
+      assert.equal(Buffer.from(await store.get("here")).toString(), "1");
+    });
+  });
+
+  it("a counter that is not an integer fails add, naming the key", async () => {
+    await withRaw(async (store, raw, prefix) => {
+      await raw.set(`${prefix}counter`, "abc");
+      await namesKey(store.add("counter", 1), "counter");
+    });
+  });
+});
+
+describe("connectRedisStore: credentials, database and TLS", () => {
+  let server: RedisTestServer;
+  let tlsPort: number;
+  let cert: import("./helpers/tls-cert.js").TestCertificate;
+
+  before(async () => {
+    const { makeTestCertificate } = await import("./helpers/tls-cert.js");
+    const { pickFreePort } = await import("../src/rendezvous/free-port.js");
+    cert = makeTestCertificate();
+    tlsPort = await pickFreePort("127.0.0.1");
+    server = await RedisTestServer.start({
+      password: "default-pw",
+      args: ["--requirepass", "default-pw", "--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all"].concat(
+        ["--tls-port", String(tlsPort), "--tls-auth-clients", "no"],
+        ["--tls-cert-file", cert.certPath, "--tls-key-file", cert.keyPath],
+      ),
+    });
+  });
+
+  after(async () => {
+    await server?.stop();
+    cert?.remove();
+  });
+
+  it("a wrong or missing password fails with RDZV_AUTH at once, not RDZV_CONNECTION", async () => {
+    // ioredis's connect said only "Connection is closed" (RDZV_CONNECTION); the refusal came as an event.
+    for (const credentials of [
+      { password: "wrong" },
+      { username: "alice", password: "wrong" },
+      { username: "nobody", password: "alice-pw" },
+      {},
+    ]) {
+      await rejectsWithCode(
+        connectRedisStore({ endpoint: server.endpoint, connectTimeoutMs: 5000, ...credentials }),
+        ErrorCode.Auth,
+      );
+    }
+  });
+
+  it("an ACL user works in the database it names, waits included", async () => {
+    const open = () =>
+      connectRedisStore({
+        endpoint: server.endpoint,
+        username: "alice",
+        password: "alice-pw",
+        db: 3,
+        prefix: "acl:",
+        timeoutMs: 5000,
+      });
+    const [a, b] = [await open(), await open()];
+    const { Redis } = await import("ioredis");
+    const raw = new Redis({ host: "127.0.0.1", port: server.port, password: "default-pw", db: 3 });
+    try {
+      const waiting = a.get("k", { timeoutMs: 5000 });
+      await b.set("k", "v");
+      assert.equal(Buffer.from(await waiting).toString(), "v");
+      assert.equal(await raw.exists("acl:k"), 1, "the key is not in database 3");
+    } finally {
+      raw.disconnect();
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it("TLS: trusts the CA it is given; without it the certificate does not verify (RDZV_AUTH)", async () => {
+    const endpoint = `127.0.0.1:${tlsPort}`;
+    const store = await connectRedisStore({
+      endpoint,
+      password: "default-pw",
+      tls: { cacert: cert.certPath },
+      timeoutMs: 5000,
+    });
+    try {
+      const waiting = store.get("t", { timeoutMs: 5000 });
+      await store.set("t", "1");
+      assert.equal(Buffer.from(await waiting).toString(), "1");
+    } finally {
+      await store.close();
+    }
+    await assert.rejects(
+      connectRedisStore({ endpoint, password: "default-pw", tls: {}, connectTimeoutMs: 5000 }),
+      (err: { code?: string; message?: string }) => {
+        assert.equal(err.code, ErrorCode.Auth, String(err.message));
+        assert.match(String(err.message), /certificate/);
+        return true;
+      },
+    );
+  });
+});
+
+describe("RedisStore while its server is away", () => {
+  it("fails blocked waits with RDZV_CONNECTION once the server stays away past the grace, not at their timeout", async () => {
+    const server = await RedisTestServer.start();
+    const store = await connectRedisStore({
+      endpoint: server.endpoint,
+      timeoutMs: 30_000,
+      reconnectGraceMs: 500,
+    });
+    try {
+      const waiting = store.get("never", { timeoutMs: 30_000 });
+      waiting.catch(() => undefined);
+      // Blocked for real: subscribed to the key's events (a subscription cut short fails on its own).
+      for (let i = 0; i < 500; i++) {
+        const channels = (await store.client.pubsub("CHANNELS", "__keyspace@0__:never")) as unknown[];
+        if (channels.length > 0) break;
+        await delay(10);
+      }
+      await server.kill();
+      // Before: the wait waited out its 30 s and failed with RDZV_TIMEOUT.
+      await rejectsWithCode(waiting, ErrorCode.Connection);
+      // A wait started while the server is still away fails as well, once its first read has.
+      await rejectsWithCode(store.wait(["never"], { timeoutMs: 30_000 }), ErrorCode.Connection);
+    } finally {
+      await store.close();
+      await server.stop();
+    }
+  });
+
+  it("a call made while the connection is down is not failed as 'in flight' by a failed reconnect attempt", async () => {
+    const server = await RedisTestServer.start({ persistent: true });
+    const store = await connectRedisStore({ endpoint: server.endpoint, prefix: "gap:", timeoutMs: 10_000 });
+    try {
+      assert.equal(await store.add("n", 1), 1);
+      await server.kill();
+      // Wait until ioredis saw the drop, so the next call goes to its offline queue.
+      for (let i = 0; i < 200 && store.client.status === "ready"; i++) await delay(10);
+      const during = store.add("n", 1);
+      during.catch(() => undefined);
+      // Let the first reconnect attempts fail (each one emits 'close'), then bring the server back.
+      await delay(250);
+      await server.restart();
+      // Before: the first failed attempt rejected it as "dropped with the command in flight". Now it is
+      // sent once the server is back; on a machine so slow that ioredis's 5 attempts ran out first, it
+      // fails saying so.
+      const sum = await during.catch((err: { code?: string; message?: string }) => {
+        assert.equal(err.code, ErrorCode.Connection);
+        assert.doesNotMatch(String(err.message), /in flight/);
+        return undefined;
+      });
+      if (sum !== undefined) assert.equal(sum, 2);
+    } finally {
+      await store.close();
+      await server.stop();
     }
   });
 });

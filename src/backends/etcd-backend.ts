@@ -8,14 +8,15 @@
  *   is still open. No compare-and-set loop, however many nodes join at once.
  * - **Decisions in one transaction**: `setState` creates `r<R>/outcome` only if it does not exist
  *   (compare on its create revision) and moves the `open` hint in the same transaction.
- * - **Liveness through a lease**: each backend holds one etcd lease (TTL = the keep-alive budget,
- *   kept alive by etcd3). A joiner publishes its descriptor together with `r<R>/live/<slot>` attached to
- *   that lease, and a member adds `r<R>/member/<slot>`. When the node dies its lease expires and etcd
- *   deletes those keys: a slot whose descriptor is there but whose `live` key is gone is dead (whoever
- *   reads its markers first marks it so), and members blocked in `waitEnded` are woken by the deletion of
- *   a `member` key, without watching each other. The keep-alive counters of the store-backed backend
- *   still run beside the lease, so a stalled node is seen within the configured budget even where that
- *   is shorter than etcd's lease granularity (whole seconds).
+ * - **Liveness through a lease**: each backend holds one etcd lease (TTL = the keep-alive budget, more
+ *   past 3 attempts: `leaseTtlS` in etcd.ts; kept alive by etcd3). A joiner publishes its descriptor
+ *   together with `r<R>/live/<slot>` attached to that lease, and a member adds `r<R>/member/<slot>`.
+ *   When the node dies its lease expires and etcd deletes those keys: a slot whose descriptor is there
+ *   but whose `live` key is gone is dead (whoever reads its markers first marks it so), and members
+ *   blocked in `waitEnded` are woken by the deletion of a `member` key, without watching each other. The
+ *   keep-alive counters of the store-backed backend still run beside the lease, so a stalled node is
+ *   seen within the configured budget even where that is shorter than etcd's lease granularity (whole
+ *   seconds).
  */
 
 import { EtcdLeaseInvalidError, type Lease } from "etcd3";

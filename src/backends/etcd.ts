@@ -58,6 +58,21 @@ export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOpt
   };
 }
 
+/**
+ * The TTL (whole seconds) of a node's lease for keep-alives every `intervalMs`, `maxAttempts` of which
+ * may be missed: never stricter than the keep-alive counters beside it (PyTorch's rule: dead once the last
+ * heartbeat is `intervalMs * maxAttempts` old), so a node survives through the lease every stall the
+ * counters let it survive. The counters survive any stall shorter than the budget less one interval (the
+ * stall may start just before a beat). etcd3 renews a lease every TTL / 3, so the lease survives any stall
+ * shorter than 2/3 of its TTL: the TTL is the larger of the budget and 1.5 x (budget - interval). A TTL of
+ * the budget alone, as before, made the lease the stricter signal past 3 attempts (10 x 1 s: a stall of
+ * 6.7 s lapsed the lease, which the counters allow up to 9 s).
+ */
+export function leaseTtlS(intervalMs: number, maxAttempts: number): number {
+  const budgetMs = intervalMs * maxAttempts;
+  return Math.ceil(Math.max(budgetMs, 1.5 * (budgetMs - intervalMs)) / 1000);
+}
+
 /** Creates a dynamic handler over etcd at `params.endpoint`. */
 export async function createEtcdRendezvousHandler(
   params: RendezvousParameters,
@@ -67,7 +82,7 @@ export async function createEtcdRendezvousHandler(
   const settings = resolveRendezvousSettings(params);
   const store = await connectEtcdStore(etcdConnectOptions(settings));
   const backend = new EtcdRendezvousBackend(store, settings.runId, {
-    leaseTtlS: Math.ceil((settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts) / 1000),
+    leaseTtlS: leaseTtlS(settings.keepAliveIntervalMs, settings.keepAliveMaxAttempts),
     logger,
   });
   return createDynamicRendezvousHandler({

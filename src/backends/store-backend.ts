@@ -14,6 +14,9 @@
  * | `r<R>/ended`             | whoever marks a member gone         | the completed round lost a member         |
  * | `r<R>/lead`              | compare-and-set                     | slot of the round's coordinator           |
  * | `r<R>/store/...`         | the round's members                 | the store handed to the round             |
+ *
+ * With `cleanOldRounds` (the redis backend) the keys of round R - 2 but its outcome are deleted once round
+ * R completes; otherwise every round's keys stay (rdzv's TCP store lives only as long as the job).
  */
 
 import { ErrorCode, hasErrorCode, RendezvousStateError } from "../errors.js";
@@ -49,7 +52,20 @@ export interface StoreBackendOptions {
   /** Backend name reported by handlers (default "c10d"). */
   name?: string;
   logger?: Logger;
+  /**
+   * Delete the keys of round R - 2, all but its outcome, once round R completes (the decision's winner
+   * does it, in the background). For stores that outlive the job, such as a shared Redis, where they
+   * would otherwise pile up round after round (default false). See `#cleanRound`.
+   */
+  cleanOldRounds?: boolean;
 }
+
+/** Most slots of a round whose keys `#cleanRound` deletes (any store client can write the counter). */
+const MAX_CLEANED_SLOTS = 1 << 14;
+/** Deletes `#cleanRound` has in flight at once. */
+const CLEAN_BATCH = 256;
+/** The round store's keys (the dynamic handler's bootstrap info, PyTorch's `RendezvousStoreInfo`). */
+const ROUND_STORE_KEYS = ["store/MASTER_ADDR", "store/MASTER_PORT"];
 
 /** A `RendezvousBackend` over any `Store`. */
 export class StoreRendezvousBackend implements RendezvousBackend {
@@ -58,6 +74,7 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   readonly runId: string;
   private readonly base: string;
   private readonly logger: Logger;
+  readonly #cleanOldRounds: boolean;
 
   constructor(store: Store, runId: string, options: StoreBackendOptions = {}) {
     this.store = store;
@@ -65,6 +82,7 @@ export class StoreRendezvousBackend implements RendezvousBackend {
     this.name = options.name ?? "c10d";
     this.base = `rdzv/${runId}`;
     this.logger = options.logger ?? silentLogger;
+    this.#cleanOldRounds = options.cleanOldRounds ?? false;
   }
 
   /** Key of `path` under this run. */
@@ -159,11 +177,33 @@ export class StoreRendezvousBackend implements RendezvousBackend {
 
   /**
    * The open-round hint. Any store client can write it, so it is only a guess at where to start looking:
-   * one that is not a round number reads as 0 (then the open round is found galloping forward).
+   * one that is not a round number reads as 0 (then the open round is found galloping forward), also one
+   * the store cannot add to (not an integer, or a Redis key of another type: `RDZV_STORE`); the next
+   * decision's winner overwrites it.
    */
   async #readHint(options?: CallOptions): Promise<number> {
-    const hint = await this.store.add(this.key("open"), 0, options);
+    let hint: number;
+    try {
+      hint = await this.store.add(this.key("open"), 0, options);
+    } catch (err) {
+      if (!hasErrorCode(err, ErrorCode.Store)) throw err;
+      this.#warnHintUnreadable(err);
+      return 0;
+    }
     return Number.isSafeInteger(hint) && hint >= 0 ? hint : 0;
+  }
+
+  #warnedUnreadable = false;
+
+  #warnHintUnreadable(err: unknown): void {
+    if (this.#warnedUnreadable) return;
+    this.#warnedUnreadable = true;
+    this.logger.warn(
+      `the open-round hint ${JSON.stringify(this.key("open"))} cannot be read as a number ` +
+        `(${err instanceof Error ? err.message : String(err)}): a store client wrote it; searching for ` +
+        "the open round instead",
+      { runId: this.runId },
+    );
   }
 
   /**
@@ -227,7 +267,21 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       this.store.check([this.roundKey(round, "outcome")], options),
       this.store.add(this.roundKey(round, "tickets"), 1, options),
     ]);
-    return { decided, ticket };
+    // A decided round's ticket is left behind whatever it is; an open round's must be a slot.
+    return { decided, ticket: decided ? ticket : this.#checkTicket(round, ticket) };
+  }
+
+  /**
+   * `ticket`, taken in `round`, when it is a slot number + 1. A counter another store client set to a
+   * negative number (or past 2^53) would give slots no coordinator counts, and this node would wait in a
+   * round that never completes until its join timeout: it fails at once instead, naming the key.
+   */
+  #checkTicket(round: number, ticket: number): number {
+    if (Number.isSafeInteger(ticket) && ticket >= 1) return ticket;
+    throw new RendezvousStateError(
+      `the ticket counter ${JSON.stringify(this.roundKey(round, "tickets"))} of round ${round} gave ` +
+        `${ticket}, not a count of joins (1 or more): a store client wrote it`,
+    );
   }
 
   /** Descriptor writes of `enter()` still in flight, by `round/slot`; `keepAlive()` waits for them. */
@@ -240,7 +294,16 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   private parseOutcome(bytes: Uint8Array, round: number): RoundOutcome {
-    const outcome = decodeOutcome(bytesToText(bytes));
+    let outcome: RoundOutcome;
+    try {
+      outcome = decodeOutcome(bytesToText(bytes));
+    } catch (err) {
+      if (!(err instanceof RendezvousStateError)) throw err;
+      throw new RendezvousStateError(
+        `${err.message} at ${JSON.stringify(this.roundKey(round, "outcome"))}: a store client wrote it`,
+        { cause: err },
+      );
+    }
     if (outcome.round !== round) {
       throw new RendezvousStateError(`outcome stored for round ${round} names round ${outcome.round}`);
     }
@@ -264,9 +327,39 @@ export class StoreRendezvousBackend implements RendezvousBackend {
       this.store.set(this.key("open"), String(token + 1), options).catch((err: unknown) => {
         this.logger.debug("could not move the open-round hint", { round: token, error: String(err) });
       });
+      if (this.#cleanOldRounds && outcome.kind === "complete" && token >= 2) {
+        this.#cleanRound(token - 2).catch((err: unknown) => {
+          this.logger.debug("could not delete an old round's keys", { round: token - 2, error: String(err) });
+        });
+      }
       return outcome;
     }
     return this.parseOutcome(Buffer.from(held), token);
+  }
+
+  /**
+   * Deletes the keys of `round`, whose next round completed (so its members all left or were counted
+   * dead: round.ts's drain), and which the round after that no longer reads: the ticket counter, the
+   * coordinator claim, the end marker, each slot's descriptor, keep-alive counter and leave marker, and
+   * the round store's bootstrap keys. The outcome stays: joiners find the open round by the decided
+   * rounds' outcomes (a prefix of the rounds), and a node starting from round 0 steps past them. A node
+   * that stalled through two rounds may write a few of these keys again when it wakes (its keep-alive, a
+   * leave marker); they stay.
+   */
+  async #cleanRound(round: number): Promise<void> {
+    const tickets = await this.store.add(this.roundKey(round, "tickets"), 0);
+    const slots = Number.isSafeInteger(tickets) ? Math.min(Math.max(tickets, 0), MAX_CLEANED_SLOTS) : 0;
+    const keys = ["tickets", "lead", "ended", ...ROUND_STORE_KEYS].map((p) => this.roundKey(round, p));
+    for (let s = 0; s < slots; s++) {
+      keys.push(
+        this.roundKey(round, `node/${s}`),
+        this.roundKey(round, `hb/${s}`),
+        this.roundKey(round, `gone/${s}`),
+      );
+    }
+    for (let i = 0; i < keys.length; i += CLEAN_BATCH) {
+      await Promise.all(keys.slice(i, i + CLEAN_BATCH).map((k) => this.store.deleteKey(k)));
+    }
   }
 
   async waitOutcome(
@@ -297,7 +390,8 @@ export class StoreRendezvousBackend implements RendezvousBackend {
   }
 
   async join(round: number, node: NodeDescriptor, options?: CallOptions): Promise<number> {
-    const slot = (await this.store.add(this.roundKey(round, "tickets"), 1, options)) - 1;
+    const slot =
+      this.#checkTicket(round, await this.store.add(this.roundKey(round, "tickets"), 1, options)) - 1;
     await this.store.set(this.roundKey(round, `node/${slot}`), JSON.stringify(node), options);
     return slot;
   }

@@ -37,6 +37,10 @@ process.once("exit", () => {
 export interface RedisTestOptions {
   /** Persist every write to an append-only file (fsync always), so a restart keeps the data. */
   persistent?: boolean;
+  /** More redis-server arguments (TLS ports, ACL users, `--requirepass`). */
+  args?: readonly string[];
+  /** The default user's password, for the helper's own probe when `args` sets `--requirepass`. */
+  password?: string;
 }
 
 /** redis-server exited before it served (typically: its port was taken meanwhile). */
@@ -47,12 +51,16 @@ export class RedisTestServer {
   readonly port: number;
   readonly #dir: string;
   readonly #persistent: boolean;
+  readonly #args: readonly string[];
+  readonly #password: string | undefined;
   #process: ChildProcess | undefined;
 
-  private constructor(port: number, dir: string, persistent: boolean) {
+  private constructor(port: number, dir: string, options: RedisTestOptions) {
     this.port = port;
     this.#dir = dir;
-    this.#persistent = persistent;
+    this.#persistent = options.persistent ?? false;
+    this.#args = options.args ?? [];
+    this.#password = options.password;
   }
 
   /**
@@ -64,7 +72,7 @@ export class RedisTestServer {
     redisBinary();
     for (let attempt = 1; ; attempt++) {
       const dir = await mkdtemp(join(tmpdir(), "rdzv-redis-"));
-      const server = new RedisTestServer(await pickFreePort("127.0.0.1"), dir, options.persistent ?? false);
+      const server = new RedisTestServer(await pickFreePort("127.0.0.1"), dir, options);
       try {
         await server.#spawn();
         return server;
@@ -85,7 +93,17 @@ export class RedisTestServer {
       : ["--appendonly", "no"];
     const child = spawn(
       redisBinary(),
-      ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.#dir, "--save", "", ...persistence],
+      [
+        "--port",
+        String(this.port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        this.#dir,
+        "--save",
+        "",
+        ...persistence,
+      ].concat(this.#args),
       { stdio: "ignore" },
     );
     let exited = false;
@@ -101,6 +119,7 @@ export class RedisTestServer {
       host: "127.0.0.1",
       lazyConnect: true,
       retryStrategy: () => null,
+      ...(this.#password === undefined ? {} : { password: this.#password }),
     });
     probe.on("error", () => undefined);
     try {

@@ -3,7 +3,12 @@
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Redis, type RedisOptions } from "ioredis";
-import { InvalidArgumentError, RendezvousConnectionError, StoreError } from "../../errors.js";
+import {
+  InvalidArgumentError,
+  RendezvousConnectionError,
+  RendezvousError,
+  StoreError,
+} from "../../errors.js";
 import { parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
 import { checkTimeoutMs } from "../deadline.js";
 import { mapRedisError } from "./errors.js";
@@ -28,6 +33,11 @@ export interface ConnectRedisOptions {
   timeoutMs?: number;
   /** How long connecting may take (default 10 000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * How long blocking waits ride out a lost connection before they fail with `RDZV_CONNECTION` (default
+   * 5 000 ms; see `RedisStore`).
+   */
+  reconnectGraceMs?: number;
 }
 
 /** Keyspace events the waits need: K (keyspace channel), $ (string commands), g (generic: rename, del). */
@@ -121,9 +131,15 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
   // ioredis's own option types do not type-check under exactOptionalPropertyTypes (`replyMapping`).
   const client = new Redis(clientOptions as never);
   const subscriber = client.duplicate();
-  // ioredis reports connection errors through these events as well as through the failing calls.
-  client.on("error", () => undefined);
-  subscriber.on("error", () => undefined);
+  // ioredis reports connection errors through these events as well as through the failing calls. While
+  // connecting, a failing call says only "Connection is closed": the event says why (refused credentials,
+  // an untrusted certificate, an unknown host), so the first one is what a failed connect reports.
+  let why: Error | undefined;
+  const remember = (err: Error): void => {
+    why ??= err;
+  };
+  client.on("error", remember);
+  subscriber.on("error", remember);
   const prefix = options.prefix ?? "";
   const epochKey = Buffer.concat([Buffer.from(prefix, "utf8"), Buffer.from(EPOCH_KEY, "utf8")]);
   let timer: NodeJS.Timeout | undefined;
@@ -157,12 +173,17 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
       // A restarted server forgets CONFIG SET: switch the notifications on again after every reconnect.
       onReconnect: () => enableNotifications(client, address),
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ...(options.reconnectGraceMs === undefined ? {} : { reconnectGraceMs: options.reconnectGraceMs }),
     });
   } catch (err) {
     client.disconnect();
     subscriber.disconnect();
-    throw mapRedisError(err, "connect", address);
+    throw mapRedisError(err instanceof RendezvousError ? err : (why ?? err), "connect", address);
   } finally {
     clearTimeout(timer);
+    client.off("error", remember);
+    subscriber.off("error", remember);
+    client.on("error", () => undefined);
+    subscriber.on("error", () => undefined);
   }
 }

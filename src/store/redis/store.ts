@@ -4,7 +4,8 @@
  * (waits.ts), which `connectRedisStore` switches on when the server allows `CONFIG SET`.
  *
  * Restarts: commands that were in flight when the connection dropped fail with `RDZV_CONNECTION` rather
- * than being sent again (a resent `add` could count twice); later commands wait for the reconnect. The
+ * than being sent again (a resent `add` could count twice); later commands wait for the reconnect (about
+ * 1.5 s, ioredis's 5 attempts, then `RDZV_CONNECTION`), and blocking waits for `reconnectGraceMs`. The
  * store writes an epoch key when it connects and checks it after every reconnect: when the server came
  * back without the store's data (no persistence), every call fails with `RDZV_CONNECTION` from then on
  * instead of serving a state that silently started over.
@@ -24,7 +25,7 @@ import { parseCounter, wrapI64 } from "../kv-engine.js";
 import { toI64 } from "../memory-store.js";
 import { type CallOptions, DEFAULT_STORE_TIMEOUT_MS, type Store, type StoreValue } from "../store.js";
 import { mapRedisError } from "./errors.js";
-import { ADD_LUA, COMPARE_SET_LUA, SWAP_LUA } from "./scripts.js";
+import { ADD_LUA, COMPARE_SET_LUA, READ_LUA, SWAP_LUA } from "./scripts.js";
 import { KeyspaceWaits } from "./waits.js";
 
 /** What `RedisStore` is built from (see `connectRedisStore`). */
@@ -40,7 +41,15 @@ export interface RedisStoreParts {
   readonly epoch: string;
   /** Runs after every reconnect of the command connection, before waiters look again. */
   readonly onReconnect?: () => Promise<void>;
+  /** How long blocking waits ride out a lost connection (default `DEFAULT_RECONNECT_GRACE_MS`). */
+  readonly reconnectGraceMs?: number;
 }
+
+/**
+ * How long blocking waits ride out a lost connection before they fail with `RDZV_CONNECTION` (quick calls
+ * issued meanwhile fail after ioredis's 5 reconnect attempts, about 1.5 s).
+ */
+export const DEFAULT_RECONNECT_GRACE_MS = 5_000;
 
 /** Name of the epoch key under the prefix; never listed or counted. */
 export const EPOCH_KEY = "\0rdzv-epoch";
@@ -61,7 +70,16 @@ export class RedisStore implements Store {
   #lost: RendezvousConnectionError | undefined;
   /** Rejects of blocking waits, and of quick calls (whose commands are lost when the connection drops). */
   readonly #pending = new Set<(err: Error) => void>();
-  readonly #inFlight = new Set<(err: Error) => void>();
+  /** Quick calls, each with the connection (count of 'ready's) its command goes out on. */
+  readonly #inFlight = new Map<(err: Error) => void, number>();
+  /** 'ready's of the command connection so far, and whether the last one is still up. */
+  #connection = 0;
+  #up = true;
+  readonly #reconnectGraceMs: number;
+  /** Connections (commands, subscriber) down now; past the grace the waits fail (`#unreachable`). */
+  readonly #down = new Set<Redis>();
+  #graceTimer: NodeJS.Timeout | undefined;
+  #unreachable: RendezvousConnectionError | undefined;
 
   constructor(parts: RedisStoreParts) {
     this.client = parts.client;
@@ -74,17 +92,63 @@ export class RedisStore implements Store {
     this.client.defineCommand("rdzvCompareSet", { numberOfKeys: 1, lua: COMPARE_SET_LUA });
     this.client.defineCommand("rdzvAdd", { numberOfKeys: 1, lua: ADD_LUA });
     this.client.defineCommand("rdzvSwap", { numberOfKeys: 1, lua: SWAP_LUA });
+    this.client.defineCommand("rdzvRead", { lua: READ_LUA });
+    this.#reconnectGraceMs = checkTimeoutMs(
+      parts.reconnectGraceMs ?? DEFAULT_RECONNECT_GRACE_MS,
+      "reconnectGraceMs",
+    );
     this.client.on("ready", () => {
+      this.#connection++;
+      this.#up = true;
       void this.#reconnected(parts);
     });
     // ioredis drops the replies of commands in flight when the connection closes (nothing is resent):
-    // their calls fail here, as applied or not. Commands issued from now on wait for the reconnect.
+    // their calls fail here, as applied or not. Commands issued while it is down wait in ioredis's
+    // offline queue for the reconnect (failing after its 5 attempts): 'close' comes again at every
+    // failed attempt, and must not fail them as sent.
     this.client.on("close", () => {
+      if (!this.#up) return;
+      this.#up = false;
       const lost = new RendezvousConnectionError(
         `the connection to Redis at ${this.address} dropped with the command in flight (applied or not)`,
       );
-      for (const reject of [...this.#inFlight]) reject(lost);
+      for (const [reject, connection] of [...this.#inFlight]) {
+        if (connection <= this.#connection) reject(lost);
+      }
     });
+    for (const connection of [this.client, this.#subscriber]) {
+      connection.on("close", () => this.#connectionDown(connection));
+      connection.on("ready", () => this.#connectionUp(connection));
+    }
+  }
+
+  /**
+   * A connection dropped: the waits ride it out (they look again after the reconnect), unless it stays
+   * down for the grace; then they fail with `RDZV_CONNECTION`, as do waits started until it is back,
+   * rather than wait blind until their timeouts.
+   */
+  #connectionDown(connection: Redis): void {
+    if (this.#closed) return;
+    this.#down.add(connection);
+    if (this.#graceTimer !== undefined || this.#unreachable !== undefined) return;
+    this.#graceTimer = setTimeout(() => {
+      this.#graceTimer = undefined;
+      const err = new RendezvousConnectionError(
+        `lost the connection to Redis at ${this.address} and could not connect again within ` +
+          `${this.#reconnectGraceMs} ms`,
+      );
+      this.#unreachable = err;
+      for (const reject of [...this.#pending]) reject(err);
+    }, this.#reconnectGraceMs);
+    this.#graceTimer.unref();
+  }
+
+  #connectionUp(connection: Redis): void {
+    this.#down.delete(connection);
+    if (this.#down.size > 0) return;
+    clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+    this.#unreachable = undefined;
   }
 
   /** After a reconnect: notifications back on, the epoch checked, every waiter looks again. */
@@ -120,7 +184,7 @@ export class RedisStore implements Store {
 
   #fail(err: RendezvousConnectionError): void {
     this.#lost = err;
-    for (const reject of [...this.#pending, ...this.#inFlight]) reject(err);
+    for (const reject of [...this.#pending, ...this.#inFlight.keys()]) reject(err);
   }
 
   async set(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
@@ -141,22 +205,27 @@ export class RedisStore implements Store {
     const d = toI64(delta);
     const k = this.key(key);
     const commands = this.client as unknown as RdzvCommands;
-    const sum = await this.call("add", options, async () => {
-      for (let attempt = 1; ; attempt++) {
-        if (attempt > MAX_ADD_ATTEMPTS) {
-          throw new StoreError(`add: ${key} changed under every one of ${MAX_ADD_ATTEMPTS} tries`);
+    const sum = await this.call(
+      "add",
+      options,
+      async () => {
+        for (let attempt = 1; ; attempt++) {
+          if (attempt > MAX_ADD_ATTEMPTS) {
+            throw new StoreError(`add: ${key} changed under every one of ${MAX_ADD_ATTEMPTS} tries`);
+          }
+          try {
+            return BigInt(await commands.rdzvAdd(k, d.toString()));
+          } catch (err) {
+            if (!(err instanceof Error && /RDZV_SLOW/.test(err.message))) throw err;
+          }
+          const held = await this.client.getBuffer(k);
+          if (held === null) continue; // deleted meanwhile: INCRBY creates it
+          const next = wrapI64(parseCounter(held, key) + d);
+          if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
         }
-        try {
-          return BigInt(await commands.rdzvAdd(k, d.toString()));
-        } catch (err) {
-          if (!(err instanceof Error && /RDZV_SLOW/.test(err.message))) throw err;
-        }
-        const held = await this.client.getBuffer(k);
-        if (held === null) continue; // deleted meanwhile: INCRBY creates it
-        const next = wrapI64(parseCounter(held, key) + d);
-        if ((await commands.rdzvSwap(k, held, next.toString())) === 1) return next;
-      }
-    });
+      },
+      [key],
+    );
     return Number(sum);
   }
 
@@ -166,12 +235,16 @@ export class RedisStore implements Store {
     desired: StoreValue,
     options?: CallOptions,
   ): Promise<Uint8Array> {
-    const held = await this.call("compareSet", options, () =>
-      (this.client as unknown as RdzvCommands).rdzvCompareSetBuffer(
-        this.key(key),
-        buf(expected),
-        buf(desired),
-      ),
+    const held = await this.call(
+      "compareSet",
+      options,
+      () =>
+        (this.client as unknown as RdzvCommands).rdzvCompareSetBuffer(
+          this.key(key),
+          buf(expected),
+          buf(desired),
+        ),
+      [key],
     );
     return new Uint8Array(held);
   }
@@ -215,7 +288,7 @@ export class RedisStore implements Store {
   }
 
   async append(key: string, value: StoreValue, options?: CallOptions): Promise<void> {
-    await this.call("append", options, () => this.client.append(this.key(key), buf(value)));
+    await this.call("append", options, () => this.client.append(this.key(key), buf(value)), [key]);
   }
 
   /** Keys under the prefix (a SCAN: O(keys in the database)). */
@@ -240,7 +313,8 @@ export class RedisStore implements Store {
     if (this.#closed) return;
     this.#closed = true;
     const closed = new StoreError("the store was closed", ErrorCode.ResourceClosed);
-    for (const reject of [...this.#pending, ...this.#inFlight]) reject(closed);
+    clearTimeout(this.#graceTimer);
+    for (const reject of [...this.#pending, ...this.#inFlight.keys()]) reject(closed);
     this.client.disconnect();
     this.#subscriber.disconnect();
   }
@@ -249,8 +323,16 @@ export class RedisStore implements Store {
     return this.close();
   }
 
-  /** Runs a quick command within `options.timeoutMs` (or the store's), mapping errors. */
-  async call<T>(what: string, options: CallOptions | undefined, op: () => Promise<T>): Promise<T> {
+  /**
+   * Runs a quick command within `options.timeoutMs` (or the store's), mapping errors (`keys`, the store
+   * keys it works on, are named when one holds another Redis type).
+   */
+  async call<T>(
+    what: string,
+    options: CallOptions | undefined,
+    op: () => Promise<T>,
+    keys: readonly string[] = [],
+  ): Promise<T> {
     this.#usable(what, options);
     const timeoutMs = checkTimeoutMs(options?.timeoutMs ?? this.#timeoutMs);
     let fail: ((err: Error) => void) | undefined;
@@ -261,8 +343,12 @@ export class RedisStore implements Store {
         (ms) => `${what}: Redis at ${this.address} did not answer within ${ms}ms`,
         (resolve, reject) => {
           fail = reject;
-          this.#inFlight.add(reject);
-          op().then(resolve, (err: unknown) => reject(mapRedisError(err, what, this.address)));
+          // Sent now on the connection that is up, or on the next one from the offline queue.
+          this.#inFlight.set(
+            reject,
+            this.client.status === "ready" ? this.#connection : this.#connection + 1,
+          );
+          op().then(resolve, (err: unknown) => reject(mapRedisError(err, what, this.address, keys)));
         },
         () => undefined,
       );
@@ -286,16 +372,19 @@ export class RedisStore implements Store {
     this.#usable(what, options);
     if (keys.length === 0) return [];
     const redisKeys = keys.map((k) => this.key(k));
-    const read = async (): Promise<(Buffer | null)[]> => this.client.mgetBuffer(...redisKeys);
+    // Not MGET: it answers nil for a key of another type, which would then be waited on until the timeout.
+    const read = (): Promise<(Buffer | null)[]> =>
+      (this.client as unknown as RdzvCommands).rdzvReadBuffer(redisKeys.length, ...redisKeys);
     // A read is idempotent: one lost to a dropped connection is simply made again once subscribed. It is
     // quick: it gets the store's timeout, not what may be a short wait's (and the wait's when longer).
-    const first = await this.call(what, firstReadOptions(options, this.#timeoutMs), read).catch(
+    const first = await this.call(what, firstReadOptions(options, this.#timeoutMs), read, keys).catch(
       (err: unknown) => {
         if (this.#lost === undefined && hasErrorCode(err, ErrorCode.Connection)) return undefined;
         throw err;
       },
     );
     if (first?.every((v) => v !== null)) return first.map((v) => new Uint8Array(v!));
+    if (this.#unreachable !== undefined) throw this.#unreachable;
     let unregister: (() => void) | undefined;
     let fail: ((err: Error) => void) | undefined;
     let stopped = false;
@@ -317,7 +406,7 @@ export class RedisStore implements Store {
               if (stopped || values.some((v) => v === null)) return;
               resolve(values.map((v) => new Uint8Array(v!)));
             },
-            (err: unknown) => reject(mapRedisError(err, what, this.address)),
+            (err: unknown) => reject(mapRedisError(err, what, this.address, keys)),
           );
         };
         const ids = redisKeys.map((k) => k.toString("latin1"));
@@ -339,6 +428,7 @@ interface RdzvCommands {
   rdzvAdd(key: Buffer, delta: string): Promise<string>;
   rdzvSwap(key: Buffer, expected: Buffer, desired: string): Promise<number>;
   rdzvCompareSetBuffer(key: Buffer, expected: Buffer, desired: Buffer): Promise<Buffer>;
+  rdzvReadBuffer(numKeys: number, ...keys: Buffer[]): Promise<(Buffer | null)[]>;
 }
 
 function buf(value: StoreValue): Buffer {
