@@ -188,6 +188,15 @@ describe("run keys", () => {
     assert.equal(parseRdzvKey("rdzv/job/r0/store/x/r1/hb/2"), undefined);
     assert.equal(parseRdzvKey("rdzv/job/r0/store/open"), undefined);
     assert.equal(parseRdzvKey("rdzv/job/r0/hb/x"), undefined);
+    // Numbers as the backend writes them: the monitor's timeline, views and the run list read the same keys.
+    assert.deepEqual(parseRdzvKey("rdzv/job/r0/gone/0"), { runId: "job", kind: "gone", round: 0, slot: 0 });
+    for (const odd of [
+      "rdzv/job/r01/gone/1",
+      "rdzv/job/r1/gone/01",
+      "rdzv/job/r00/outcome",
+      "rdzv/job/r1/node/007",
+    ])
+      assert.equal(parseRdzvKey(odd), undefined, odd);
     assert.equal(parseTorchKey("torch.rendezvous.job"), "job");
     assert.equal(parseTorchKey("torch.rendezvous.job.0/MASTER_ADDR"), undefined);
     assert.equal(parseTorchKey("torch.rendezvous."), undefined);

@@ -26,8 +26,10 @@ export type RdzvKey =
 export const MAX_DESCRIPTOR_BYTES = 4096;
 
 const RUN_KEY = /^rdzv\/(.+)\/(open|closed)$/;
-const ROUND_KEY = /^rdzv\/(.+)\/r(\d+)\/(outcome|tickets|lead|ended)$/;
-const SLOT_KEY = /^rdzv\/(.+)\/r(\d+)\/(node|hb|gone)\/(\d+)$/;
+// Round and slot numbers as the backend writes them: decimal without leading zeros ("r01" is not round 1,
+// whose keys views read as "r1").
+const ROUND_KEY = /^rdzv\/(.+)\/r(0|[1-9]\d*)\/(outcome|tickets|lead|ended)$/;
+const SLOT_KEY = /^rdzv\/(.+)\/r(0|[1-9]\d*)\/(node|hb|gone)\/(0|[1-9]\d*)$/;
 /** A run id that is really a path into some round's member store (`rdzv/<id>/r<R>/store/...`). */
 const INSIDE_ROUND_STORE = /\/r\d+\/store(\/|$)/;
 
@@ -102,10 +104,9 @@ export function runListKey(key: string): RunListKey | undefined {
     if (!key.endsWith("/open") && !key.includes("/gone/")) return undefined;
     const k = parseRdzvKey(key);
     if (k?.kind === "open") return { role: "rdzv", runId: k.runId };
-    // Views read `r<round>/gone/<slot>` as written here: "r01" or "gone/07" is not a marker (before, a
-    // listing counted it too, so a run's summary could count a leave twice and disagree with its view).
-    if (k?.kind === "gone" && key === rdzvRoundKey(k.runId, k.round, `gone/${k.slot}`))
-      return { role: "gone", runId: k.runId, round: k.round, slot: k.slot };
+    // parseRdzvKey takes no leading zeros: "r01" or "gone/07" is not a marker (before, a listing counted it,
+    // so a run's summary could count a leave twice and disagree with its view, which reads "r1/gone/7").
+    if (k?.kind === "gone") return { role: "gone", runId: k.runId, round: k.round, slot: k.slot };
     return undefined;
   }
   const id = parseTorchKey(key);
