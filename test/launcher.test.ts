@@ -436,6 +436,24 @@ describe("rdzv run", () => {
     for (const pid of pids) assert.equal(alive(pid), false, `worker ${pid} outlived the agent`);
   });
 
+  for (const [signal, code] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const) {
+    it(`${signal} reaches the workers as ${signal}, as torchrun passes it on (Ctrl-C: KeyboardInterrupt)`, async () => {
+      const dir = tempDir();
+      const agent = run(["--standalone", "--nproc-per-node", "2", "--", "node", PROBE], {
+        PROBE_DIR: dir,
+        PROBE_MODE: "signal",
+      });
+      await waitFor("2 workers", () => probes(dir).length === 2 || undefined);
+      agent.child.kill(signal);
+      const done = await agent.done;
+      assert.equal(done.code, code, done.stderr);
+      for (const rank of [0, 1]) assert.equal(readFileSync(join(dir, `signal-rank${rank}`), "utf8"), signal);
+    });
+  }
+
   it("a node whose workers finished leaves without restarting the others' running workers", async () => {
     const server = await storeServer();
     const dir = tempDir();

@@ -25,7 +25,7 @@
  */
 
 import { EventEmitter } from "node:events";
-import { hostname } from "node:os";
+import { hostname, constants as osConstants } from "node:os";
 import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
@@ -142,7 +142,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
           result = this.#stopped();
         } finally {
           // The attempt's workers are stopped (or succeeded on every node): its store has served.
-          await this.#group?.stop(this.#stopTimeoutMs);
+          await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
           await this.#closeAttemptStore();
         }
         if (result !== undefined) return result;
@@ -151,7 +151,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       thrown = err;
       throw err;
     } finally {
-      await this.#group?.stop(this.#stopTimeoutMs);
+      await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
       await this.#leave(result);
       this.#errorFiles.remove();
       this.#reaper?.removeOnDeath(undefined);
@@ -415,6 +415,17 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (summary !== undefined) return { kind: "failed", summary, local: false };
     const reason = await this.#launcher?.readCloseReason().catch(() => undefined);
     return reason === undefined ? { kind: "closed" } : { kind: "closed", reason };
+  }
+
+  /**
+   * The signal that stops the workers: the one that stopped the agent (`signal`'s reason, a signal name as
+   * `rdzv run` aborts it), as torchrun passes its own on (`_shutdown(death_sig)`); else SIGTERM.
+   */
+  #stopSignal(): NodeJS.Signals {
+    const reason: unknown = this.#signal.aborted ? this.#signal.reason : undefined;
+    return typeof reason === "string" && Object.hasOwn(osConstants.signals, reason)
+      ? (reason as NodeJS.Signals)
+      : "SIGTERM";
   }
 
   #stopped(): AgentResult {

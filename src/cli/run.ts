@@ -45,7 +45,8 @@ Rendezvous:
 Workers:
   --max-restarts N           failure restarts allowed for the whole job, across nodes (default 0)
   --monitor-interval SECS    how often the rank 0 node looks for nodes waiting to join (default 1)
-  --stop-timeout SECS        grace between SIGTERM and SIGKILL when stopping workers (default 30)
+  --stop-timeout SECS        grace before SIGKILL when stopping workers (after SIGTERM, or the signal
+                             that stopped rdzv run; default 30)
   --exit-barrier-timeout SECS  how long finished nodes wait for the others (default 300)
   --role NAME                role name (ROLE_NAME, default "default")
   --close-on-exit            close the rendezvous for every node when this one exits (also on a signal)
@@ -65,8 +66,9 @@ every node (the traceback cut to 32 KiB for the others). A file that is malforme
 and the stderr tail shown. rdzv run's own TORCHELASTIC_ERROR_FILE (a scheduler's) is not passed on: when
 the job fails, its root cause is written there in PyTorch's format.
 
-SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave
-the rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure,
+SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (the same signal, as torchrun passes it on, so Ctrl-C is a
+KeyboardInterrupt in Python workers; SIGKILL after --stop-timeout) and leave the rendezvous; a second one
+kills the workers at once and exits. Exit status: 0 success, 1 failure,
 128+N on signal N.
 `;
 
