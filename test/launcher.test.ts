@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, afterEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { pickFreePort } from "../src/rendezvous/free-port.js";
+import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
 import { waitFor } from "./helpers/wait-for.js";
@@ -436,6 +437,24 @@ describe("rdzv run", () => {
     for (const pid of pids) assert.equal(alive(pid), false, `worker ${pid} outlived the agent`);
   });
 
+  for (const [signal, code] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const) {
+    it(`${signal} reaches the workers as ${signal}, as torchrun passes it on (Ctrl-C: KeyboardInterrupt)`, async () => {
+      const dir = tempDir();
+      const agent = run(["--standalone", "--nproc-per-node", "2", "--", "node", PROBE], {
+        PROBE_DIR: dir,
+        PROBE_MODE: "signal",
+      });
+      await waitFor("2 workers", () => probes(dir).length === 2 || undefined);
+      agent.child.kill(signal);
+      const done = await agent.done;
+      assert.equal(done.code, code, done.stderr);
+      for (const rank of [0, 1]) assert.equal(readFileSync(join(dir, `signal-rank${rank}`), "utf8"), signal);
+    });
+  }
+
   it("a node whose workers finished leaves without restarting the others' running workers", async () => {
     const server = await storeServer();
     const dir = tempDir();
@@ -555,6 +574,33 @@ describe("rdzv run", () => {
     const next = await run([...args, "--", "true"]).done;
     assert.equal(next.code, 1, next.stderr);
     assert.match(next.stderr, /run "was-failed" is closed: .*earlier job under this --rdzv-id ended/);
+  });
+
+  it("a node whose run id torchrun agents joined on the same store says why the round never completes", async () => {
+    const server = await storeServer();
+    // What a torchrun agent's c10d rendezvous leaves on the store: its pickled state under this key.
+    const torchrun = await connectTCPStore({ host: "127.0.0.1", port: server.port });
+    await torchrun.set("torch.rendezvous.mixed", "state");
+    await torchrun.close();
+    const agent = run([
+      "--nnodes",
+      "2",
+      "--rdzv-endpoint",
+      `127.0.0.1:${server.port}`,
+      "--rdzv-id",
+      "mixed",
+      "--rdzv-conf",
+      "join_timeout=1",
+      "--",
+      "node",
+      PROBE,
+    ]);
+    const { code, stderr } = await agent.done;
+    assert.equal(code, 1, stderr);
+    assert.match(
+      stderr,
+      /did not complete within 1 s: .*torchrun agents .* joined run "mixed" .* cannot form one job/,
+    );
   });
 
   it("warns once of --rdzv-conf keys the backend does not read, naming the nearest known key, and runs", async () => {

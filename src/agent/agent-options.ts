@@ -34,7 +34,10 @@ export interface ElasticAgentOptions {
   readonly output?: WorkerOutput;
   /** This node's name in failure reports (default: the hostname). */
   readonly localAddr?: string;
-  /** Stops the agent (workers stopped, rendezvous left); a string reason is reported as the signal name. */
+  /**
+   * Stops the agent (workers stopped, rendezvous left); a string reason is reported as the signal name,
+   * and a signal name (`"SIGINT"`) is the signal the workers get, as from torchrun (else SIGTERM).
+   */
   readonly signal?: AbortSignal;
   readonly logger?: Logger;
   /** Start a reaper process so workers die with a SIGKILLed agent (default true). */

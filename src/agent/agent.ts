@@ -14,6 +14,10 @@
  *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are
  *   (see agent-monitor.ts).
  *
+ * - With `use_agent_store` (the static backend's default) every attempt's workers bootstrap from a new
+ *   store that the group rank 0 agent serves (attempt-store.ts): PyTorch 2.x's `env://` no longer keeps
+ *   attempts apart in one store, and torchrun 2.x's restarted workers read the failed attempt's keys.
+ *
  * As torchrun, each worker gets an error file of its own (`TORCHELASTIC_ERROR_FILE`, see
  * agent-error-files.ts and error-file-dir.ts), and a failure is reported with the error a worker decorated
  * with PyTorch's `@record` wrote there; unlike torchrun, the folder is removed when the agent exits (the
@@ -21,13 +25,15 @@
  */
 
 import { EventEmitter } from "node:events";
-import { hostname } from "node:os";
+import { hostname, constants as osConstants } from "node:os";
 import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
-import type { RendezvousHandler, RendezvousInfo } from "../rendezvous/api.js";
+import type { RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
+import type { TCPStoreServer } from "../store/tcp/server.js";
 import { AgentErrorFiles } from "./agent-error-files.js";
 import { type MonitorContext, monitorAttempt, roundEndWaiter, watchRoundEnd } from "./agent-monitor.js";
 import { checkAgentOptions, type ElasticAgentOptions } from "./agent-options.js";
+import { startAttemptStore } from "./attempt-store.js";
 import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
 import type { WorkerError } from "./error-file.js";
 import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
@@ -84,6 +90,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   #group: WorkerGroup | undefined;
   #reaper: Reaper | undefined;
   #launcher: LauncherStore | undefined;
+  /** The attempt's bootstrap store, on the group rank 0 agent with `useAgentStore` (attempt-store.ts). */
+  #attemptStore: TCPStoreServer | undefined;
   readonly #errorFiles: AgentErrorFiles;
   #restarts = 0;
   #ran = false;
@@ -132,6 +140,10 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
           // A stop request aborts whatever store call was in flight: that is a stop, not a failure.
           if (!this.#signal.aborted) throw err;
           result = this.#stopped();
+        } finally {
+          // The attempt's workers are stopped (or succeeded on every node): its store has served.
+          await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
+          await this.#closeAttemptStore();
         }
         if (result !== undefined) return result;
       }
@@ -139,7 +151,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       thrown = err;
       throw err;
     } finally {
-      await this.#group?.stop(this.#stopTimeoutMs);
+      await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
       await this.#leave(result);
       this.#errorFiles.remove();
       this.#reaper?.removeOnDeath(undefined);
@@ -165,7 +177,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     this.#launcher = launcher;
     const restarts = await launcher.restartCount({ signal: this.#signal });
     this.#restarts = restarts;
-    const spec = this.#spec(info, restarts);
+    const bootstrap = await this.#bootstrap(info, launcher, attemptId(info.round, restarts));
+    const spec = this.#spec(info, restarts, bootstrap);
     await this.#checkNproc(launcher, info, attemptId(info.round, restarts), spec.nprocPerNode);
     const group = this.#startGroup(spec);
     this.emit("started", {
@@ -230,7 +243,36 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     );
   }
 
-  #spec(info: RendezvousInfo, restarts: number): WorkerGroupSpec {
+  /**
+   * Where this attempt's workers bootstrap: the rendezvous's answer, except with `useAgentStore`, where
+   * the group rank 0 agent starts a new store for the attempt and the others read its address (see
+   * attempt-store.ts). A static rendezvous's bootstrap host is node 0's address; a dynamic one's agent
+   * store may be elsewhere (`rdzv serve`), so its rank 0 agent offers its own address.
+   */
+  async #bootstrap(
+    info: RendezvousInfo,
+    launcher: LauncherStore,
+    attempt: string,
+  ): Promise<RendezvousStoreInfo> {
+    if (!this.#handler.useAgentStore) return info.bootstrapStoreInfo;
+    if (info.rank !== 0) return launcher.readBootstrap(attempt, { signal: this.#signal });
+    const host =
+      this.#handler.getBackend() === "static" ? info.bootstrapStoreInfo.masterAddr : this.#localAddr;
+    this.#attemptStore = await startAttemptStore(host, this.#logger);
+    const bootstrap = { masterAddr: host, masterPort: this.#attemptStore.port };
+    await launcher.publishBootstrap(attempt, bootstrap, { signal: this.#signal });
+    return bootstrap;
+  }
+
+  async #closeAttemptStore(): Promise<void> {
+    const server = this.#attemptStore;
+    this.#attemptStore = undefined;
+    await server?.close().catch((err: unknown) => {
+      this.#logger.warn("could not close the attempt's bootstrap store", { error: String(err) });
+    });
+  }
+
+  #spec(info: RendezvousInfo, restarts: number, bootstrap: RendezvousStoreInfo): WorkerGroupSpec {
     const endpoint = this.#o.storeEndpoint;
     // A static rendezvous hands out the same store on every restart: give each attempt a fresh namespace.
     const attempt = this.#handler.getBackend() === "static" ? `/attempt_${restarts}` : "";
@@ -243,8 +285,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       restartCount: restarts,
       maxRestarts: this.#maxRestarts,
       runId: this.#handler.getRunId(),
-      masterAddr: info.bootstrapStoreInfo.masterAddr,
-      masterPort: info.bootstrapStoreInfo.masterPort,
+      masterAddr: bootstrap.masterAddr,
+      masterPort: bootstrap.masterPort,
       useAgentStore: this.#handler.useAgentStore,
       ...(endpoint === undefined
         ? {}
@@ -373,6 +415,17 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     if (summary !== undefined) return { kind: "failed", summary, local: false };
     const reason = await this.#launcher?.readCloseReason().catch(() => undefined);
     return reason === undefined ? { kind: "closed" } : { kind: "closed", reason };
+  }
+
+  /**
+   * The signal that stops the workers: the one that stopped the agent (`signal`'s reason, a signal name as
+   * `rdzv run` aborts it), as torchrun passes its own on (`_shutdown(death_sig)`); else SIGTERM.
+   */
+  #stopSignal(): NodeJS.Signals {
+    const reason: unknown = this.#signal.aborted ? this.#signal.reason : undefined;
+    return typeof reason === "string" && Object.hasOwn(osConstants.signals, reason)
+      ? (reason as NodeJS.Signals)
+      : "SIGTERM";
   }
 
   #stopped(): AgentResult {

@@ -89,8 +89,9 @@ export function workerRanks(spec: WorkerGroupSpec, localRank: number): WorkerRan
  * The variables rdzv sets for local worker `localRank` (layered over the agent's own environment by the
  * caller). torchrun's names come first; `TORCHELASTIC_USE_AGENT_STORE` is Python's `str(bool)` ("True" /
  * "False") because that is what `torch.distributed`'s `env://` compares against. It is "True" only when
- * `MASTER_ADDR`/`MASTER_PORT` are the agent's store (`use_agent_store`): `env://` then connects as a client
- * under `/worker/attempt_<N>` instead of having rank 0 start a server. PyTorch 2.x's c10d torchrun shares
+ * `MASTER_ADDR`/`MASTER_PORT` are an agent's store (`use_agent_store`): `env://` then connects as a client
+ * (PyTorch 1.13 under `/worker/attempt_<N>`, 2.x unprefixed, hence a new store per attempt: see
+ * attempt-store.ts) instead of having rank 0 start a server. PyTorch 2.x's c10d torchrun shares
  * its rendezvous store so and says "True"; rdzv's c10d gives the workers a free port of their own unless
  * `--rdzv-conf use_agent_store=true`. `TORCHELASTIC_ERROR_FILE` is the worker's own file in
  * `spec.errorFileDir` (torchrun's layout, see `errorFilePath`): a worker whose entry point is decorated

@@ -11,6 +11,7 @@
  * | `<attempt>/done`          | agents whose workers all exited 0 | exit barrier counter                      |
  * | `<attempt>/all-done`      | the agent completing the barrier  | every node's workers succeeded            |
  * | `<attempt>/nproc`         | the first node of the attempt     | workers per node, which all nodes match   |
+ * | `<attempt>/bootstrap`     | the group rank 0 agent            | its attempt store, with `use_agent_store` |
  *
  * An attempt is one (round, restart count) pair: `r<round>.c<restarts>`. Every member of a round reads
  * the same restart count, because a round completes only after the previous one drained, and a failing
@@ -18,10 +19,11 @@
  */
 
 import { RendezvousStateError } from "../errors.js";
-import type { RendezvousInfo } from "../rendezvous/api.js";
+import type { RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
 import { bytesToText } from "../store/bytes.js";
 import { PrefixStore } from "../store/prefix-store.js";
 import type { CallOptions, Store } from "../store/store.js";
+import { formatBootstrap, parseBootstrap } from "./attempt-store.js";
 import { boundForStore, type FailureClaim, type FailureSummary } from "./policy.js";
 
 /** The launcher's shared keys of one run; see the module comment. */
@@ -129,6 +131,20 @@ export class LauncherStore {
       options,
     );
     return Number(bytesToText(held));
+  }
+
+  /** Publishes where the workers of `attempt` bootstrap (the rank 0 agent's attempt store, attempt-store.ts). */
+  async publishBootstrap(attempt: string, info: RendezvousStoreInfo, options?: CallOptions): Promise<void> {
+    await this.store.set(this.#key(`${attempt}/bootstrap`), formatBootstrap(info), options);
+  }
+
+  /** Where the workers of `attempt` bootstrap; waits until the rank 0 agent published it (the store's timeout). */
+  async readBootstrap(attempt: string, options?: CallOptions): Promise<RendezvousStoreInfo> {
+    const text = bytesToText(await this.store.get(this.#key(`${attempt}/bootstrap`), options));
+    const info = parseBootstrap(text);
+    if (info === undefined)
+      throw new RendezvousStateError(`corrupt bootstrap record ${JSON.stringify(text.slice(0, 80))}`);
+    return info;
   }
 
   /** How many nodes arrived at the exit barrier of `attempt` (their workers all succeeded). */

@@ -1,7 +1,7 @@
 /**
  * A node's worker processes: started together, each in a process group of its own (so stopping a worker
- * also stops whatever it started), watched until one fails or all succeed, stopped with SIGTERM and, after
- * a grace period, SIGKILL. PyTorch's counterpart is `torch.distributed.elastic.multiprocessing`'s
+ * also stops whatever it started), watched until one fails or all succeed, stopped with SIGTERM (or the
+ * signal that stopped the agent) and, after a grace period, SIGKILL. PyTorch's counterpart is `torch.distributed.elastic.multiprocessing`'s
  * `PContext`.
  */
 
@@ -95,13 +95,15 @@ export class WorkerGroup {
   }
 
   /**
-   * Stops every worker: SIGTERM to each process group, SIGKILL to those still running after `graceMs`
-   * (and to the groups of workers that already exited, for stragglers they left behind). Idempotent;
-   * exits recorded from now on count as stopped by the agent, not as failures.
+   * Stops every worker: `signal` (default SIGTERM; torchrun passes on the signal that stops it, so that
+   * Ctrl-C is a KeyboardInterrupt in Python workers) to each process group, SIGKILL to those still running
+   * after `graceMs` (and to the groups of workers that already exited, for stragglers they left behind).
+   * Idempotent (the first call's signal counts); exits recorded from now on count as stopped by the
+   * agent, not as failures.
    */
-  stop(graceMs: number): Promise<void> {
+  stop(graceMs: number, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     this.#stopping = true;
-    this.#stopped ??= this.#stop(graceMs);
+    this.#stopped ??= this.#stop(graceMs, signal);
     return this.#stopped;
   }
 
@@ -111,9 +113,9 @@ export class WorkerGroup {
     for (const w of this.#workers) signalGroup(w.child, "SIGKILL");
   }
 
-  async #stop(graceMs: number): Promise<void> {
+  async #stop(graceMs: number, signal: NodeJS.Signals): Promise<void> {
     const running = this.#workers.filter((w) => w.exit === undefined);
-    for (const w of running) signalGroup(w.child, "SIGTERM");
+    for (const w of running) signalGroup(w.child, signal);
     const all = Promise.all(this.#workers.map((w) => w.exited));
     const stop = new AbortController();
     const timedOut = await Promise.race([

@@ -11,6 +11,7 @@ import { type AgentResult, describeExit, exitCodeOf, formatFailure } from "../ag
 import { formatStatus, StatusLine } from "../agent/status-line.js";
 import { createConsoleLogger, LogLevel } from "../log.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
+import { DynamicRendezvousHandler, pytorchAgentsNote } from "../rendezvous/dynamic-handler.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
 import { formatUnreadConfigKey, parseRendezvousConfig, unreadConfigKeys } from "../rendezvous/parameters.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
@@ -45,7 +46,8 @@ Rendezvous:
 Workers:
   --max-restarts N           failure restarts allowed for the whole job, across nodes (default 0)
   --monitor-interval SECS    how often the rank 0 node looks for nodes waiting to join (default 1)
-  --stop-timeout SECS        grace between SIGTERM and SIGKILL when stopping workers (default 30)
+  --stop-timeout SECS        grace before SIGKILL when stopping workers (after SIGTERM, or the signal
+                             that stopped rdzv run; default 30)
   --exit-barrier-timeout SECS  how long finished nodes wait for the others (default 300)
   --role NAME                role name (ROLE_NAME, default "default")
   --close-on-exit            close the rendezvous for every node when this one exits (also on a signal)
@@ -65,8 +67,9 @@ every node (the traceback cut to 32 KiB for the others). A file that is malforme
 and the stderr tail shown. rdzv run's own TORCHELASTIC_ERROR_FILE (a scheduler's) is not passed on: when
 the job fails, its root cause is written there in PyTorch's format.
 
-SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (SIGTERM, then SIGKILL after --stop-timeout) and leave
-the rendezvous; a second one kills the workers at once and exits. Exit status: 0 success, 1 failure,
+SIGINT/SIGTERM/SIGHUP/SIGQUIT stop the workers (the same signal, as torchrun passes it on, so Ctrl-C is a
+KeyboardInterrupt in Python workers; SIGKILL after --stop-timeout) and leave the rendezvous; a second one
+kills the workers at once and exits. Exit status: 0 success, 1 failure,
 128+N on signal N.
 `;
 
@@ -414,7 +417,11 @@ async function launch(
     signal: stop.signal,
     logger,
   });
-  const stopReporting = reportProgress(agent, a, status, say);
+  const torchrunJoined = (): Promise<boolean> =>
+    handler instanceof DynamicRendezvousHandler
+      ? handler.pytorchAgentsPresent({ timeoutMs: 2000 })
+      : Promise.resolve(false);
+  const stopReporting = reportProgress(agent, { ...a, runId }, status, say, torchrunJoined);
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stop.signal.aborted) {
       say("warn", `${signal} again: killing the workers and exiting`);
@@ -443,25 +450,33 @@ function reportProgress(
   a: RunArgs,
   status: StatusLine,
   say: (level: LogLevel, text: string) => void,
+  torchrunJoined: () => Promise<boolean>,
 ): () => void {
   const base = { minNodes: a.minNodes, maxNodes: a.maxNodes, maxRestarts: a.maxRestarts };
   // A node that joins a run whose round is already complete (another job under the same run id and
   // endpoint, such as two jobs left at the default --rdzv-id "none") waits for the next round: say so.
   let waiting: NodeJS.Timeout | undefined;
+  // Counts joins and starts: a note whose store check outlived its join is not said.
+  let joins = 0;
   agent.on("joining", ({ restarts }) => {
     status.set(formatStatus({ ...base, phase: "joining", restarts }));
     clearTimeout(waiting);
-    waiting = setTimeout(() => {
+    const join = ++joins;
+    waiting = setTimeout(async () => {
+      const still = `still waiting for a round of run ${JSON.stringify(a.runId)} to complete (${a.minNodes}:${a.maxNodes} nodes)`;
+      const torchrun = await torchrunJoined();
+      if (join !== joins) return;
+      if (torchrun) return say("warn", `${still}: ${pytorchAgentsNote(a.runId)}`);
       say(
         "info",
-        `still waiting for a round of run ${JSON.stringify(a.runId)} to complete (${a.minNodes}:${a.maxNodes} nodes); ` +
-          "if another job is running under this run id on this endpoint, this node waits for it: give each job its own --rdzv-id",
+        `${still}; if another job is running under this run id on this endpoint, this node waits for it: give each job its own --rdzv-id`,
       );
     }, WAITING_NOTE_MS);
     waiting.unref();
   });
   agent.on("started", (e) => {
     clearTimeout(waiting);
+    joins++;
     const first = e.groupRank * a.nprocPerNode;
     say(
       "info",

@@ -95,6 +95,18 @@ interface Membership {
 
 let localCounter = 0;
 
+/** Where PyTorch's `C10dRendezvousBackend` keeps a run's state: `torch.rendezvous.<run id>`. */
+const PYTORCH_STATE_PREFIX = "torch.rendezvous.";
+
+/** What to tell a node of run `runId` that torchrun agents joined too (see `pytorchAgentsPresent`). */
+export function pytorchAgentsNote(runId: string): string {
+  return (
+    `torchrun agents (PyTorch's own c10d rendezvous) joined run ${JSON.stringify(runId)} on this endpoint too: ` +
+    "rdzv run and torchrun keep different rendezvous state and cannot form one job; start every node of a job " +
+    "with the same launcher (torchrun nodes can share rdzv serve as their store, under another --rdzv-id)"
+  );
+}
+
 /** Keys of the bootstrap address in a round's store (PyTorch's `RendezvousStoreInfo`). */
 const BOOTSTRAP_KEYS = ["MASTER_ADDR", "MASTER_PORT"] as const;
 
@@ -493,11 +505,27 @@ export class DynamicRendezvousHandler extends EventEmitter<RendezvousEvents> imp
     const nodes = await this.#backend.nodes(round, live, { timeoutMs: 1000 }).catch(() => []);
     const names = [this.node.id, ...nodes.map((n) => n.id)];
     const more = tickets > slots.length ? ` and ${tickets - slots.length} more tickets` : "";
+    const torchrun = (await this.pytorchAgentsPresent({ timeoutMs: 1000 }))
+      ? `; ${pytorchAgentsNote(this.#runId)}`
+      : "";
     return new RendezvousTimeoutError(
       `round ${round} of run ${JSON.stringify(this.#runId)} did not complete within ` +
         `${this.settings.joinTimeoutMs / 1000} s: ${names.length} of at least ${this.settings.minNodes} ` +
-        `nodes joined (${names.join(", ")}${more})`,
+        `nodes joined (${names.join(", ")}${more})${torchrun}`,
     );
+  }
+
+  /**
+   * Whether PyTorch's own dynamic rendezvous (torchrun's `c10d` backend) keeps a state for this run id on
+   * this handler's store (key `torch.rendezvous.<run id>`): torchrun agents joined the same endpoint and
+   * run id. The two keep different state (docs/rendezvous.md), so their nodes never meet rdzv's and the
+   * round waits for nodes that are there. `false` for a backend other than c10d, or when the store cannot
+   * say.
+   */
+  async pytorchAgentsPresent(options: CallOptions = {}): Promise<boolean> {
+    const store = (this.#backend as { store?: Store }).store;
+    if (this.#backend.name !== "c10d" || store === undefined) return false;
+    return store.check([`${PYTORCH_STATE_PREFIX}${this.#runId}`], options).catch(() => false);
   }
 
   async isClosed(options: RendezvousCallOptions = {}): Promise<boolean> {
