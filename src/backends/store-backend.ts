@@ -16,7 +16,8 @@
  * | `r<R>/store/...`         | the round's members                 | the store handed to the round             |
  *
  * With `cleanOldRounds` (the redis backend) the keys of round R - 2 but its outcome are deleted once round
- * R completes; otherwise every round's keys stay (rdzv's TCP store lives only as long as the job).
+ * R completes; otherwise every round's keys stay (rdzv's TCP store lives only as long as the job). The
+ * etcd backend, which decides rounds in its own transaction, deletes its old rounds itself (etcd-backend.ts).
  */
 
 import { ErrorCode, hasErrorCode, RendezvousStateError } from "../errors.js";
