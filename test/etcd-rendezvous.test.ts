@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { createEtcdRendezvousHandler, leaseTtlS } from "../src/backends/etcd.js";
 import { EtcdRendezvousBackend } from "../src/backends/etcd-backend.js";
 import { GoneReason } from "../src/rendezvous/round.js";
@@ -219,6 +220,54 @@ describe("etcd backend: the lease's TTL against the keep-alive budget", () => {
       assert.equal(Number(grantedTTL), 14);
     } finally {
       await handler.shutdown();
+      admin.close();
+    }
+  });
+});
+
+describe("etcd backend: old rounds' keys", () => {
+  it("keeps only the outcome of a round once the round two after it completed, its store's keys gone too", async () => {
+    const { Etcd3 } = await import("etcd3");
+    const admin = new Etcd3({ hosts: etcd.endpoints.split(",").map((e) => `http://${e}`) });
+    const runId = `clean-${runs++}`;
+    const prefix = `/rdzv-test/${process.pid}/clean-${runs++}/`;
+    const create = (i: number) =>
+      createEtcdRendezvousHandler({
+        backend: "etcd",
+        endpoint: etcd.endpoints,
+        runId,
+        minNodes: 2,
+        maxNodes: 2,
+        localAddr: `node-${i}`,
+        config: { key_prefix: prefix, last_call_timeout: 0.1, keep_alive_interval: 1 },
+      });
+    const handlers = [await create(0), await create(1)];
+    const roundKeys = async (round: number): Promise<string[]> =>
+      (await admin.getAll().prefix(`${prefix}rdzv/${runId}/r${round}/`).keys())
+        .map((k) => k.slice(prefix.length))
+        .sort();
+    try {
+      for (let r = 0; r < 6; r++) {
+        const [info] = await Promise.all(handlers.map((h) => h.nextRendezvous()));
+        // A worker's key in the round's store.
+        await info!.store.set(`worker/${r}`, "x");
+      }
+      // The winner of round 5's decision deletes round 3's keys in the background.
+      for (let i = 0; i < 100 && (await roundKeys(3)).length > 1; i++) await delay(50);
+      for (let round = 0; round <= 3; round++) {
+        // Before: every key of every round stayed (the lease keys too: the lease is the node's, not the round's).
+        assert.deepEqual(await roundKeys(round), [`rdzv/${runId}/r${round}/outcome`], `round ${round}`);
+      }
+      // The last two rounds keep theirs: the members of round 5 use them.
+      const last = await roundKeys(5);
+      for (const path of ["node/1", "live/1", "member/1", "store/worker/5", "tickets"]) {
+        assert.ok(last.includes(`rdzv/${runId}/r5/${path}`), `round 5 lacks ${path}: ${last.join(", ")}`);
+      }
+      assert.ok((await roundKeys(4)).includes(`rdzv/${runId}/r4/store/worker/4`));
+      // The run's own keys stay.
+      assert.equal((await admin.getAll().prefix(`${prefix}rdzv/${runId}/open`).keys()).length, 1);
+    } finally {
+      await Promise.all(handlers.map((h) => h.shutdown()));
       admin.close();
     }
   });

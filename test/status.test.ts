@@ -8,7 +8,9 @@ import { execFile, spawn } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
+import { createRendezvousHandler } from "../src/index.js";
 import type { RunView } from "../src/server/run-view.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
@@ -298,6 +300,57 @@ describe("rdzv status --http", () => {
       assert.match(one.stdout, /^run ünï \(rdzv\)/m);
     } finally {
       await Promise.all(nodes.map((n) => n.kill()));
+    }
+  });
+});
+
+describe("rdzv status and the dashboard once old rounds' keys are deleted", () => {
+  it("show the last round whole and the timeline of every round", async () => {
+    await using serve = await startServe(["--http-port", "0"]);
+    const url = await waitForUrl(serve.output);
+    const endpoint = `127.0.0.1:${serve.port}`;
+    const params = {
+      backend: "c10d",
+      endpoint,
+      runId: "rounds",
+      minNodes: 2,
+      maxNodes: 2,
+      localAddr: "127.0.0.1",
+      config: { is_host: false, read_timeout: 10, keep_alive_interval: 1, last_call_timeout: 0.1 },
+    };
+    const handlers = [await createRendezvousHandler(params), await createRendezvousHandler(params)];
+    await using c = await connectTCPStore({ host: "127.0.0.1", port: serve.port });
+    const roundKeys = async (round: number) =>
+      (await c.listKeys()).filter((k) => k.startsWith(`rdzv/rounds/r${round}/`));
+    try {
+      for (let r = 0; r < 6; r++) await Promise.all(handlers.map((h) => h.nextRendezvous()));
+      for (let i = 0; i < 100 && (await roundKeys(3)).length > 1; i++) await delay(50);
+      // The rounds the views read (the open round and the last decided) are whole; those before, cleaned.
+      assert.deepEqual(await roundKeys(3), ["rdzv/rounds/r3/outcome"]);
+      for (const args of [
+        ["--endpoint", endpoint],
+        ["--http", url],
+      ]) {
+        const { code, stdout } = await status([...args, "--json"]);
+        assert.equal(code, 0, stdout);
+        const [view] = (JSON.parse(stdout) as StatusJson).runs;
+        assert.equal(view?.state, "complete", args[0]);
+        assert.equal(view?.round, 5, args[0]);
+        assert.deepEqual(view?.participants.map((p) => [p.rank, p.status]).sort(), [
+          [0, "alive"],
+          [1, "alive"],
+        ]);
+        const text = await status(args);
+        assert.match(text.stdout, /^run rounds \(rdzv\) {2}complete {2}round 5 {2}2 participants/m, args[0]);
+      }
+      const doc = JSON.parse((await status(["--http", url, "--json"])).stdout) as {
+        timelines: Record<string, { type: string; round: number }[]>;
+      };
+      const completed = doc.timelines.rounds?.filter((e) => e.type === "completed").map((e) => e.round);
+      assert.deepEqual(completed, [0, 1, 2, 3, 4, 5]);
+    } finally {
+      await handlers[1]!.shutdown();
+      await handlers[0]!.shutdown();
     }
   });
 });

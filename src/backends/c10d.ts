@@ -3,6 +3,10 @@
  * `C10dRendezvousBackend` + `create_handler` counterpart). The node whose address matches the endpoint host
  * (or that is told `is_host=true`) hosts the store server in-process; when the port is taken (another agent
  * on this machine hosts it, or `rdzv serve` runs there) it connects as a client, as PyTorch does.
+ *
+ * `rdzv serve` can keep a store for weeks across many jobs: once round R completes, rdzv's own keys of
+ * round R - 2 are deleted but for its outcome (store-backend.ts, `cleanOldRounds`). Keys that workers
+ * wrote into a round's store stay; they are not rdzv's to name.
  */
 
 import { RendezvousConnectionError } from "../errors.js";
@@ -51,7 +55,12 @@ export async function createC10dRendezvousHandler(
     await server?.close();
     throw err;
   }
-  const backend = new StoreRendezvousBackend(store, settings.runId, { name: "c10d", logger });
+  // `rdzv serve` may hold the store for weeks, across jobs and restarts: old rounds' keys are deleted.
+  const backend = new StoreRendezvousBackend(store, settings.runId, {
+    name: "c10d",
+    logger,
+    cleanOldRounds: true,
+  });
   return createDynamicRendezvousHandler({
     backend,
     runId: settings.runId,

@@ -17,6 +17,9 @@
  *   keep-alive counters of the store-backed backend still run beside the lease, so a stalled node is
  *   seen within the configured budget even where that is shorter than etcd's lease granularity (whole
  *   seconds).
+ * - **Old rounds deleted in one transaction**: once round R completes, the decision's winner deletes every
+ *   key of round R - 2 but its outcome (two range deletes, whatever the round's size: its round store's
+ *   keys and the lease keys included). An etcd cluster outlives the job.
  */
 
 import { EtcdLeaseInvalidError, type Lease } from "etcd3";
@@ -107,10 +110,49 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
         .options(o)
         .commit(),
     );
-    if (res.succeeded) return outcome;
+    if (res.succeeded) {
+      if (outcome.kind === "complete" && token >= 2) {
+        this.#cleanRound(token - 2).catch((err: unknown) => {
+          this.#logger.debug("could not delete an old round's keys", {
+            round: token - 2,
+            error: String(err),
+          });
+        });
+      }
+      return outcome;
+    }
     const held = rangeKvs(res, 0)[0];
     if (held === undefined) throw new RendezvousStateError(`round ${token} has neither an outcome nor none`);
     return parseOutcome(held.value.toString("utf8"), token);
+  }
+
+  /**
+   * Deletes every key of `round` but its outcome, in one transaction of two range deletes (whatever the
+   * round's size): the keys of the store-backed layout, the `live` and `member` keys (their lease is the
+   * node's, which outlives the round), and whatever the round's store holds. Called by the winner of the
+   * decision of round `round + 2`, once complete: round `round + 1` completing means `round` drained
+   * (round.ts: every member left or was counted dead), and nobody reads it again but for its outcome, by
+   * which joiners find the open round. A node that stalled through two rounds may write a few of its old
+   * round's keys again when it wakes (a ticket, its keep-alive, a leave marker); they stay.
+   */
+  async #cleanRound(round: number): Promise<void> {
+    const prefix = this.#roundKey(round, "");
+    const outcome = this.#roundKey(round, "outcome");
+    const afterOutcome = Buffer.concat([outcome, Buffer.from([0])]);
+    // The prefix ends in "/": the key after every key under it ends in "0" ("r1/" does not cover "r10/").
+    const end = Buffer.from(prefix);
+    end[end.length - 1] = end[end.length - 1]! + 1;
+    const { client } = this.etcd;
+    await this.etcd.call("cleanRound", undefined, (o) =>
+      client
+        .if(outcome, "Version", ">", -1)
+        .then(
+          { request_delete_range: { key: prefix, range_end: outcome } },
+          { request_delete_range: { key: afterOutcome, range_end: end } },
+        )
+        .options(o)
+        .commit(),
+    );
   }
 
   waitOutcome(

@@ -15,8 +15,10 @@
  * | `r<R>/lead`              | compare-and-set                     | slot of the round's coordinator           |
  * | `r<R>/store/...`         | the round's members                 | the store handed to the round             |
  *
- * With `cleanOldRounds` (the redis backend) the keys of round R - 2 but its outcome are deleted once round
- * R completes; otherwise every round's keys stay (rdzv's TCP store lives only as long as the job).
+ * With `cleanOldRounds` (the c10d and redis backends: `rdzv serve` and Redis servers outlive jobs) the keys
+ * of round R - 2 but its outcome are deleted once round R completes; otherwise every round's keys stay.
+ * Keys that members wrote into `r<R>/store/` stay but the bootstrap keys. The etcd backend, which decides
+ * rounds in its own transaction, deletes its old rounds itself, round store included (etcd-backend.ts).
  */
 
 import { ErrorCode, hasErrorCode, RendezvousStateError } from "../errors.js";
@@ -54,7 +56,7 @@ export interface StoreBackendOptions {
   logger?: Logger;
   /**
    * Delete the keys of round R - 2, all but its outcome, once round R completes (the decision's winner
-   * does it, in the background). For stores that outlive the job, such as a shared Redis, where they
+   * does it, in the background). For stores that outlive the job, such as `rdzv serve` or Redis, where they
    * would otherwise pile up round after round (default false). See `#cleanRound`.
    */
   cleanOldRounds?: boolean;
