@@ -35,7 +35,7 @@ import { checkAgentOptions, type ElasticAgentOptions } from "./agent-options.js"
 import { AttemptBootstrap } from "./attempt-store.js";
 import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
 import type { WorkerError } from "./error-file.js";
-import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
+import { attemptId, LauncherStore, noteAttemptStarted, storeKeyPrefix } from "./launcher-store.js";
 import { discardWorkerOutput } from "./output.js";
 import {
   type AgentResult,
@@ -92,6 +92,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   /** Where attempts bootstrap, and the attempt store with `useAgentStore` (attempt-store.ts). */
   readonly #bootstrap: AttemptBootstrap;
   readonly #errorFiles: AgentErrorFiles;
+  /** Recording this attempt's start and deleting old attempts' keys (`LauncherStore.noteStarted`). */
+  #noting: Promise<void> | undefined;
   #restarts = 0;
   #ran = false;
 
@@ -144,6 +146,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
           // The attempt's workers are stopped (or succeeded on every node): its store has served.
           await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
           await this.#bootstrap.close();
+          await this.#noting;
         }
         if (result !== undefined) return result;
       }
@@ -177,6 +180,11 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     this.#launcher = launcher;
     const restarts = await launcher.restartCount({ signal: this.#signal });
     this.#restarts = restarts;
+    // In the background; the attempt's end waits for it.
+    this.#noting = noteAttemptStarted(launcher, attemptId(info.round, restarts), info.worldSize, {
+      logger: this.#logger,
+      signal: this.#signal,
+    });
     const bootstrap = await this.#bootstrap.open(
       info,
       launcher,
