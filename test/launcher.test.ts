@@ -561,6 +561,37 @@ describe("rdzv run", () => {
     );
   });
 
+  it("a job that restarted several times keeps the launcher keys of its last 2 attempts only", async () => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const args = [
+      "--nnodes",
+      "2",
+      "--max-restarts",
+      "4",
+      ...rendezvous(server, "pruned"),
+      "--",
+      "node",
+      PROBE,
+    ];
+    const env = { PROBE_DIR: dir, PROBE_MODE: "crash-until", PROBE_CRASHES: "4", PROBE_RANKS: "1" };
+    const results = await Promise.all([run(args, env).done, run(args, env).done]);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    assert.ok(probes(dir).some((p) => p.TORCHELASTIC_RESTART_COUNT === "4"));
+    const prefix = "/rdzv/pruned/launcher/";
+    const keys = [...server.engine.keys()]
+      .filter((k) => k.startsWith(prefix))
+      .map((k) => k.slice(prefix.length));
+    // 5 attempts or more (restart counts 0 to 4; a round may also end without a failure): the keys of
+    // the last two stay, the last one's among them.
+    const attempts = [...new Set(keys.flatMap((k) => /r\d+\.c\d+/.exec(k) ?? []))];
+    assert.ok(attempts.length <= 2, keys.join("\n"));
+    assert.ok(
+      attempts.some((a) => a.endsWith(".c4")),
+      keys.join("\n"),
+    );
+  });
+
   it("a job under the run id of a job that failed is told that run is closed and why it may be", async () => {
     const server = await storeServer();
     const dir = tempDir();

@@ -29,14 +29,13 @@ import { hostname, constants as osConstants } from "node:os";
 import { ErrorCode, hasErrorCode, InvalidArgumentError, RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
-import type { TCPStoreServer } from "../store/tcp/server.js";
 import { AgentErrorFiles } from "./agent-error-files.js";
 import { type MonitorContext, monitorAttempt, roundEndWaiter, watchRoundEnd } from "./agent-monitor.js";
 import { checkAgentOptions, type ElasticAgentOptions } from "./agent-options.js";
-import { startAttemptStore } from "./attempt-store.js";
+import { AttemptBootstrap } from "./attempt-store.js";
 import { mergeWorkerEnv, type WorkerGroupSpec, workerEnv, workerRanks } from "./env.js";
 import type { WorkerError } from "./error-file.js";
-import { attemptId, LauncherStore, storeKeyPrefix } from "./launcher-store.js";
+import { attemptId, LauncherStore, noteAttemptStarted, storeKeyPrefix } from "./launcher-store.js";
 import { discardWorkerOutput } from "./output.js";
 import {
   type AgentResult,
@@ -90,9 +89,11 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
   #group: WorkerGroup | undefined;
   #reaper: Reaper | undefined;
   #launcher: LauncherStore | undefined;
-  /** The attempt's bootstrap store, on the group rank 0 agent with `useAgentStore` (attempt-store.ts). */
-  #attemptStore: TCPStoreServer | undefined;
+  /** Where attempts bootstrap, and the attempt store with `useAgentStore` (attempt-store.ts). */
+  readonly #bootstrap: AttemptBootstrap;
   readonly #errorFiles: AgentErrorFiles;
+  /** Recording this attempt's start and deleting old attempts' keys (`LauncherStore.noteStarted`). */
+  #noting: Promise<void> | undefined;
   #restarts = 0;
   #ran = false;
 
@@ -112,6 +113,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     this.#stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
     this.#localAddr = options.localAddr ?? hostname();
     this.#errorFiles = new AgentErrorFiles(this.#logger);
+    this.#bootstrap = new AttemptBootstrap(this.#handler, this.#localAddr, this.#logger);
     this.nodeId = `${this.#localAddr}_${process.pid}_${Math.random().toString(36).slice(2, 10)}`;
   }
 
@@ -143,7 +145,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
         } finally {
           // The attempt's workers are stopped (or succeeded on every node): its store has served.
           await this.#group?.stop(this.#stopTimeoutMs, this.#stopSignal());
-          await this.#closeAttemptStore();
+          await this.#bootstrap.close();
+          await this.#noting;
         }
         if (result !== undefined) return result;
       }
@@ -177,7 +180,17 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     this.#launcher = launcher;
     const restarts = await launcher.restartCount({ signal: this.#signal });
     this.#restarts = restarts;
-    const bootstrap = await this.#bootstrap(info, launcher, attemptId(info.round, restarts));
+    // In the background; the attempt's end waits for it.
+    this.#noting = noteAttemptStarted(launcher, attemptId(info.round, restarts), info.worldSize, {
+      logger: this.#logger,
+      signal: this.#signal,
+    });
+    const bootstrap = await this.#bootstrap.open(
+      info,
+      launcher,
+      attemptId(info.round, restarts),
+      this.#signal,
+    );
     const spec = this.#spec(info, restarts, bootstrap);
     await this.#checkNproc(launcher, info, attemptId(info.round, restarts), spec.nprocPerNode);
     const group = this.#startGroup(spec);
@@ -241,35 +254,6 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     throw new InvalidArgumentError(
       `this node starts ${workers(nprocPerNode)} (--nproc-per-node) but another node of the job starts ${agreed}: ${rule}`,
     );
-  }
-
-  /**
-   * Where this attempt's workers bootstrap: the rendezvous's answer, except with `useAgentStore`, where
-   * the group rank 0 agent starts a new store for the attempt and the others read its address (see
-   * attempt-store.ts). A static rendezvous's bootstrap host is node 0's address; a dynamic one's agent
-   * store may be elsewhere (`rdzv serve`), so its rank 0 agent offers its own address.
-   */
-  async #bootstrap(
-    info: RendezvousInfo,
-    launcher: LauncherStore,
-    attempt: string,
-  ): Promise<RendezvousStoreInfo> {
-    if (!this.#handler.useAgentStore) return info.bootstrapStoreInfo;
-    if (info.rank !== 0) return launcher.readBootstrap(attempt, { signal: this.#signal });
-    const host =
-      this.#handler.getBackend() === "static" ? info.bootstrapStoreInfo.masterAddr : this.#localAddr;
-    this.#attemptStore = await startAttemptStore(host, this.#logger);
-    const bootstrap = { masterAddr: host, masterPort: this.#attemptStore.port };
-    await launcher.publishBootstrap(attempt, bootstrap, { signal: this.#signal });
-    return bootstrap;
-  }
-
-  async #closeAttemptStore(): Promise<void> {
-    const server = this.#attemptStore;
-    this.#attemptStore = undefined;
-    await server?.close().catch((err: unknown) => {
-      this.#logger.warn("could not close the attempt's bootstrap store", { error: String(err) });
-    });
   }
 
   #spec(info: RendezvousInfo, restarts: number, bootstrap: RendezvousStoreInfo): WorkerGroupSpec {

@@ -10,9 +10,59 @@
  */
 
 import type { Logger } from "../log.js";
-import type { RendezvousStoreInfo } from "../rendezvous/api.js";
+import type { RendezvousHandler, RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
 import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import type { LauncherStore } from "./launcher-store.js";
+
+/**
+ * Where an agent's attempts bootstrap, and the attempt store it serves meanwhile (on the group rank 0
+ * agent with `useAgentStore`). One per agent: `open` for each attempt, `close` once its workers stopped.
+ */
+export class AttemptBootstrap {
+  readonly #handler: RendezvousHandler;
+  readonly #localAddr: string;
+  readonly #logger: Logger;
+  /** The attempt's bootstrap store, on the group rank 0 agent with `useAgentStore`. */
+  #attemptStore: TCPStoreServer | undefined;
+
+  constructor(handler: RendezvousHandler, localAddr: string, logger: Logger) {
+    this.#handler = handler;
+    this.#localAddr = localAddr;
+    this.#logger = logger;
+  }
+
+  /**
+   * Where this attempt's workers bootstrap: the rendezvous's answer, except with `useAgentStore`, where
+   * the group rank 0 agent starts a new store for the attempt and the others read its address (see the
+   * module comment). A static rendezvous's bootstrap host is node 0's address; a dynamic one's agent
+   * store may be elsewhere (`rdzv serve`), so its rank 0 agent offers its own address.
+   */
+  async open(
+    info: RendezvousInfo,
+    launcher: LauncherStore,
+    attempt: string,
+    signal: AbortSignal,
+  ): Promise<RendezvousStoreInfo> {
+    if (!this.#handler.useAgentStore) return info.bootstrapStoreInfo;
+    if (info.rank !== 0) return launcher.readBootstrap(attempt, { signal });
+    const host =
+      this.#handler.getBackend() === "static" ? info.bootstrapStoreInfo.masterAddr : this.#localAddr;
+    this.#attemptStore = await startAttemptStore(host, this.#logger);
+    const bootstrap = { masterAddr: host, masterPort: this.#attemptStore.port };
+    await launcher.publishBootstrap(attempt, bootstrap, { signal });
+    return bootstrap;
+  }
+
+  /** Closes the attempt's store, if this agent serves one (a warning when it cannot). */
+  async close(): Promise<void> {
+    const server = this.#attemptStore;
+    this.#attemptStore = undefined;
+    await server?.close().catch((err: unknown) => {
+      this.#logger.warn("could not close the attempt's bootstrap store", { error: String(err) });
+    });
+  }
+}
 
 /**
  * Starts an empty store server on a free port for workers that reach it at `host`: a loopback host binds

@@ -1,9 +1,17 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { RendezvousInfo } from "../rendezvous/api.js";
+import { bytesToText } from "../store/bytes.js";
 import { MemoryStore } from "../store/memory-store.js";
 import { PrefixStore } from "../store/prefix-store.js";
-import { attemptId, LauncherStore, MAX_CLOSE_REASON_CHARS, storeKeyPrefix } from "./launcher-store.js";
+import {
+  attemptId,
+  keptAttempts,
+  LauncherStore,
+  MAX_CLOSE_REASON_CHARS,
+  parseAttemptId,
+  storeKeyPrefix,
+} from "./launcher-store.js";
 import type { FailureSummary } from "./policy.js";
 
 const info = (store: MemoryStore, round: number): RendezvousInfo => ({
@@ -113,5 +121,83 @@ describe("storeKeyPrefix", () => {
     assert.deepEqual(await store.listKeys(), ["outer/inner/k"]);
     assert.equal(storeKeyPrefix(nested), "outer/inner");
     assert.equal(storeKeyPrefix(store), "");
+  });
+
+  describe("noteStarted", () => {
+    /** The attempt ids that keys under the launcher's prefix name. */
+    function attemptsWithKeys(store: MemoryStore): string[] {
+      const ids = [...store.engine.keys()].flatMap((k) => /r\d+\.c\d+/.exec(k) ?? []);
+      return [...new Set(ids)].sort();
+    }
+
+    /** What every one of `nodes` agents writes in `attempt` when one of its workers fails there. */
+    async function failedAttempt(nodes: LauncherStore[], attempt: string): Promise<void> {
+      for (const l of nodes) await l.noteStarted(attempt, nodes.length);
+      await nodes[0]!.agreeNproc(attempt, 2);
+      await nodes[0]!.publishBootstrap(attempt, { masterAddr: "a", masterPort: 1 });
+      await nodes[1]!.arrive(attempt, 2);
+      for (const [i, l] of nodes.entries()) await l.claimFailure(attempt, `n${i}`);
+    }
+
+    it("deletes an attempt's keys once every node started the attempt two on, and keeps the job's", async () => {
+      const store = new MemoryStore();
+      const nodes = [new LauncherStore(store, "run"), new LauncherStore(store, "run")];
+      for (let c = 0; c < 6; c++) await failedAttempt(nodes, attemptId(0, c));
+      assert.deepEqual(attemptsWithKeys(store), ["r0.c4", "r0.c5"]);
+      assert.equal(await nodes[0]!.restartCount(), 6);
+      // The failure claims of the attempts kept still hold: a late claim counts nothing again.
+      assert.deepEqual(await nodes[0]!.claimFailure(attemptId(0, 4), "late"), { won: false, restarts: 6 });
+    });
+
+    it("keeps every attempt's keys until its last node started the next attempt but one", async () => {
+      const store = new MemoryStore();
+      const [a, b] = [new LauncherStore(store, "run"), new LauncherStore(store, "run")];
+      await failedAttempt([a, b], attemptId(1, 0));
+      await failedAttempt([a, b], attemptId(2, 1));
+      // Node b is slow: node a alone started round 3's attempt.
+      assert.deepEqual(await a.noteStarted(attemptId(3, 2), 2), []);
+      assert.deepEqual(attemptsWithKeys(store), ["r1.c0", "r2.c1", "r3.c2"]);
+      assert.deepEqual(await b.noteStarted(attemptId(3, 2), 2), ["r1.c0"]);
+      assert.deepEqual(attemptsWithKeys(store), ["r2.c1", "r3.c2"]);
+    });
+
+    it("a node slow to record an attempt deletes nothing newer", async () => {
+      const store = new MemoryStore();
+      const l = new LauncherStore(store, "run");
+      for (const r of [4, 5, 6]) await l.noteStarted(attemptId(r, 0), 1);
+      // A record of round 3's attempt that comes late (its node stalled) keeps the newer ones; the next
+      // attempt's start deletes it.
+      assert.deepEqual(await l.noteStarted(attemptId(3, 0), 1), []);
+      assert.equal(bytesToText(await store.get("rdzv/run/launcher/attempts")), "r3.c0 r5.c0 r6.c0");
+      assert.deepEqual(await l.noteStarted(attemptId(7, 0), 1), ["r3.c0", "r5.c0"]);
+      assert.deepEqual(attemptsWithKeys(store), ["r6.c0", "r7.c0"]);
+    });
+  });
+
+  describe("keptAttempts", () => {
+    it("orders attempts by round, then restart count, and drops all before the one before", () => {
+      assert.deepEqual(keptAttempts("", "r0.c0", false), { kept: "r0.c0", dropped: [] });
+      assert.deepEqual(keptAttempts("r2.c1 r10.c1", "r11.c2", false), {
+        kept: "r2.c1 r10.c1 r11.c2",
+        dropped: [],
+      });
+      assert.deepEqual(keptAttempts("r0.c9 r0.c10 r0.c2", "r0.c11", true), {
+        kept: "r0.c10 r0.c11",
+        dropped: ["r0.c2", "r0.c9"],
+      });
+      assert.deepEqual(keptAttempts("r7.c0 r9.c1", "r8.c0", true), {
+        kept: "r7.c0 r8.c0 r9.c1",
+        dropped: [],
+      });
+    });
+
+    it("drops text that is no attempt id from the record", () => {
+      assert.deepEqual(keptAttempts("junk r1.c0  r2.c0", "r3.c0", true), {
+        kept: "r2.c0 r3.c0",
+        dropped: ["r1.c0"],
+      });
+      assert.equal(parseAttemptId("r1.c"), undefined);
+      assert.deepEqual(parseAttemptId("r12.c3"), { round: 12, restarts: 3 });
+    });
   });
 });

@@ -12,13 +12,24 @@
  * | `<attempt>/all-done`      | the agent completing the barrier  | every node's workers succeeded            |
  * | `<attempt>/nproc`         | the first node of the attempt     | workers per node, which all nodes match   |
  * | `<attempt>/bootstrap`     | the group rank 0 agent            | its attempt store, with `use_agent_store` |
+ * | `<attempt>/started`       | every agent starting the attempt  | how many nodes started it                 |
+ * | `attempts`                | first and last agent to start one | the attempts whose keys are kept (ids)    |
  *
  * An attempt is one (round, restart count) pair: `r<round>.c<restarts>`. Every member of a round reads
  * the same restart count, because a round completes only after the previous one drained, and a failing
  * agent claims before it leaves its round.
+ *
+ * The per-attempt keys would grow by a few every attempt, on a long-lived `rdzv serve` too, so they are
+ * deleted two attempts on (`noteStarted`): once every node of attempt N started it, each of them is past
+ * the attempts before N for good (an agent reads only its current attempt's keys, and a static world's
+ * nodes are all members of every attempt; a dynamic round completes only once the round before drained).
+ * The attempt before N is kept all the same, for a node counted dead in it that wakes (its failure claim
+ * would otherwise count a restart again), as the backends keep the round before (`#cleanRound`). What
+ * outlives the attempts stays: `restarts`, `failed` (the failure report) and `closed-because`.
  */
 
 import { RendezvousStateError } from "../errors.js";
+import type { Logger } from "../log.js";
 import type { RendezvousInfo, RendezvousStoreInfo } from "../rendezvous/api.js";
 import { bytesToText } from "../store/bytes.js";
 import { PrefixStore } from "../store/prefix-store.js";
@@ -147,6 +158,35 @@ export class LauncherStore {
     return info;
   }
 
+  /**
+   * Counts this node's start of `attempt` (called once it read the restart count: it reads no earlier
+   * attempt's keys any more) out of the attempt's `worldSize` nodes. The first node to start it records
+   * it in `attempts`; the last one, once every node started it, also deletes the keys of the recorded
+   * attempts before the one before it (see the module comment). Resolves to the ids of the attempts whose
+   * keys it deleted. `attempts` is updated by compare-and-set, so nodes of attempts that overlap (a node
+   * slow to record) never drop each other's ids, and only attempts older than one that every node
+   * started are deleted.
+   */
+  async noteStarted(attempt: string, worldSize: number, options?: CallOptions): Promise<string[]> {
+    const started = await this.store.add(this.#key(`${attempt}/started`), 1, options);
+    if (started !== 1 && started < worldSize) return [];
+    const key = this.#key("attempts");
+    let held = "";
+    for (let tries = 0; tries < MAX_RECORD_TRIES; tries++) {
+      const { kept, dropped } = keptAttempts(held, attempt, started >= worldSize);
+      if (kept === held) return [];
+      const now = bytesToText(await this.store.compareSet(key, held, kept, options));
+      if (now === kept) {
+        await Promise.all(
+          dropped.flatMap((a) => attemptKeys(a)).map((k) => this.store.deleteKey(this.#key(k), options)),
+        );
+        return dropped;
+      }
+      held = now;
+    }
+    throw new RendezvousStateError(`could not record attempt ${attempt}: ${key} kept changing`);
+  }
+
   /** How many nodes arrived at the exit barrier of `attempt` (their workers all succeeded). */
   arrivals(attempt: string, options?: CallOptions): Promise<number> {
     return this.store.add(this.#key(`${attempt}/done`), 0, options);
@@ -165,6 +205,69 @@ export class LauncherStore {
 
 /** The longest close reason recorded: a line or two of text, never a store value's worth. */
 export const MAX_CLOSE_REASON_CHARS = 4096;
+
+/** How long each store call of `noteAttemptStarted` may take. */
+const NOTE_STARTED_MS = 5000;
+
+/**
+ * `launcher.noteStarted` as the agent calls it: best effort, as old attempts' keys only take room (a
+ * failure is logged at debug), and each store call takes `NOTE_STARTED_MS` at most. Never rejects.
+ */
+export async function noteAttemptStarted(
+  launcher: LauncherStore,
+  attempt: string,
+  worldSize: number,
+  { logger, signal }: { logger: Logger; signal: AbortSignal },
+): Promise<void> {
+  try {
+    const deleted = await launcher.noteStarted(attempt, worldSize, { signal, timeoutMs: NOTE_STARTED_MS });
+    if (deleted.length > 0) logger.debug("deleted old attempts' launcher keys", { attempts: deleted });
+  } catch (err) {
+    logger.debug("could not record the attempt's start", { attempt, error: String(err) });
+  }
+}
+
+/** Compare-and-set tries of `noteStarted` (each loses only to another node's record). */
+const MAX_RECORD_TRIES = 16;
+
+/** The keys of `attempt` (under the launcher's prefix); see the module comment. */
+function attemptKeys(attempt: string): string[] {
+  return ["done", "all-done", "nproc", "bootstrap", "started"]
+    .map((k) => `${attempt}/${k}`)
+    .concat(`failure/${attempt}`);
+}
+
+/**
+ * The `attempts` record with `attempt` added (`held` is the current one), in attempt order; with `prune`
+ * (every node started `attempt`), without the attempts before the one before `attempt`, which are
+ * `dropped`. Text that is no attempt id is dropped from the record, and its keys are left alone.
+ */
+export function keptAttempts(
+  held: string,
+  attempt: string,
+  prune: boolean,
+): { kept: string; dropped: string[] } {
+  const ids = new Set(held.split(" ").filter((a) => parseAttemptId(a) !== undefined));
+  ids.add(attempt);
+  const sorted = [...ids].sort(compareAttempts);
+  const at = sorted.indexOf(attempt);
+  const from = prune ? Math.max(0, at - 1) : 0;
+  return { kept: sorted.slice(from).join(" "), dropped: sorted.slice(0, from) };
+}
+
+/** The (round, restart count) of an attempt id; `undefined` for other text. */
+export function parseAttemptId(id: string): { round: number; restarts: number } | undefined {
+  const m = /^r(\d+)\.c(\d+)$/.exec(id);
+  return m === null ? undefined : { round: Number(m[1]), restarts: Number(m[2]) };
+}
+
+/** Attempt order: by round, then restart count (a static rendezvous has round 0 only). */
+function compareAttempts(a: string, b: string): number {
+  const x = parseAttemptId(a);
+  const y = parseAttemptId(b);
+  if (x === undefined || y === undefined) return 0;
+  return x.round - y.round || x.restarts - y.restarts;
+}
 
 /** The attempt id of a round: `r<round>.c<restartCount>` (see the module comment). */
 export function attemptId(round: number, restartCount: number): string {
