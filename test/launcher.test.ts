@@ -347,6 +347,25 @@ describe("rdzv run", () => {
     assert.doesNotMatch(o.stderr, /restarting the workers/);
   });
 
+  it("a SIGKILLed agent hosting the store (c10d): the other node fails at once, naming the cause", async () => {
+    const port = await pickFreePort("127.0.0.1");
+    const dir = tempDir();
+    const common = ["--nnodes", "2", "--rdzv-endpoint", `127.0.0.1:${port}`, "--rdzv-id", "host-dies"];
+    const tail = ["--stop-timeout", "2", "--", "node", PROBE];
+    const env = { PROBE_DIR: dir, PROBE_MODE: "sleep" };
+    const host = run([...common, "--rdzv-conf", `${FAST},is_host=true`, ...tail], env);
+    const other = run([...common, "--rdzv-conf", `${FAST},is_host=false`, ...tail], env);
+    await waitFor("both workers", () => probes(dir).length === 2 || undefined);
+    host.child.kill("SIGKILL");
+    // Before: the other node retried the dead store for good (killed here after 30 s); its message
+    // then said only that no connect succeeded within read_timeout (60 s).
+    const o = await other.done;
+    assert.equal(o.code, 1, o.stderr);
+    assert.match(o.stderr, /the rendezvous store at 127\.0\.0\.1:\d+, hosted by node .*'s agent .*, is gone/);
+    assert.match(o.stderr, /use rdzv serve \(or etcd\/redis\)/);
+    assert.doesNotMatch(o.stderr, /restarting the workers/);
+  });
+
   it("a node that joins late is admitted by a restart (--nnodes 1:2)", async () => {
     const server = await storeServer();
     const dir = tempDir();

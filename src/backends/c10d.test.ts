@@ -6,6 +6,9 @@ import { createRendezvousHandler } from "../index.js";
 import { pickFreePort } from "../rendezvous/free-port.js";
 import { bytesToText } from "../store/bytes.js";
 import { connectTCPStore } from "../store/tcp/client.js";
+import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import { createC10dRendezvousHandler } from "./c10d.js";
+import { hostedEngine, readStoreHost } from "./c10d-host.js";
 
 describe("c10d backend", () => {
   it("hosts the store on the node matching the endpoint and forms a round through the registry", async () => {
@@ -85,6 +88,81 @@ describe("c10d backend: old rounds' keys", () => {
       await raw.close();
       await handlers[1]!.shutdown();
       await handlers[0]!.shutdown();
+    }
+  });
+});
+
+describe("c10d backend: a store hosted by another node's agent", () => {
+  const params = (port: number) => ({
+    backend: "c10d",
+    endpoint: `127.0.0.1:${port}`,
+    runId: "hosted",
+    minNodes: 1,
+    maxNodes: 1,
+    localAddr: "127.0.0.1",
+    config: { is_host: false, read_timeout: 20, keep_alive_interval: 0.1, keep_alive_max_attempt: 3 },
+  });
+
+  /** A store server on `port` (0: a free one) that, when `hostedBy` is given, says an agent hosts it. */
+  async function storeAt(port: number, hostedBy?: string): Promise<TCPStoreServer> {
+    const engine = hostedBy === undefined ? undefined : hostedEngine({ addr: hostedBy, pid: 4242 });
+    return createTCPStoreServer({ host: "127.0.0.1", port, ...(engine === undefined ? {} : { engine }) });
+  }
+
+  it("the hosting node records itself in its store", async () => {
+    const port = await pickFreePort("127.0.0.1");
+    const host = await createC10dRendezvousHandler({ ...params(port), config: { read_timeout: 10 } });
+    const raw = await connectTCPStore({ host: "127.0.0.1", port, timeoutMs: 2000 });
+    try {
+      assert.deepEqual(await readStoreHost(raw, { timeoutMs: 2000 }), {
+        addr: "127.0.0.1",
+        pid: process.pid,
+      });
+    } finally {
+      await raw.close();
+      await host.shutdown();
+    }
+  });
+
+  it("once the host stops answering (connection refused), ends the round and fails naming the cause", async () => {
+    const server = await storeAt(0, "node-a");
+    const handler = await createC10dRendezvousHandler(params(server.port));
+    try {
+      await handler.nextRendezvous();
+      // The hosting agent dies: nothing listens on the port any more.
+      await server.close();
+      // Before: each watch failed with a connection error and the agent retried for good; now the round
+      // ends, the rendezvous counts as closed and the next one says why, within a keep-alive budget.
+      assert.equal(await handler.waitForRoundEnd({ timeoutMs: 15_000 }), true);
+      assert.equal(await handler.isClosed(), true);
+      await assert.rejects(handler.nextRendezvous(), (err: Error & { code: string }) => {
+        assert.equal(err.code, ErrorCode.Connection);
+        assert.match(
+          err.message,
+          /store at 127\.0\.0\.1:\d+, hosted by node node-a's agent \(pid 4242\), is gone/,
+        );
+        assert.match(err.message, /connection refused since .*use rdzv serve/);
+        return true;
+      });
+    } finally {
+      await handler.shutdown().catch(() => undefined);
+    }
+  });
+
+  it("a store no agent hosts (rdzv serve) that comes back after the budget is reconnected to", async () => {
+    const first = await storeAt(0);
+    const port = first.port;
+    const handler = await createC10dRendezvousHandler(params(port));
+    let second: TCPStoreServer | undefined;
+    try {
+      await handler.nextRendezvous();
+      await first.close();
+      await delay(1000); // more than the 0.3 s budget that ends a hosted store
+      second = await storeAt(port);
+      assert.equal(await handler.isClosed({ signal: AbortSignal.timeout(10_000) }), false);
+    } finally {
+      await handler.shutdown().catch(() => undefined);
+      await second?.close();
     }
   });
 });

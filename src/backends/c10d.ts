@@ -2,7 +2,8 @@
  * The `c10d` rendezvous backend: the dynamic handler over rdzv's TCP store (PyTorch's
  * `C10dRendezvousBackend` + `create_handler` counterpart). The node whose address matches the endpoint host
  * (or that is told `is_host=true`) hosts the store server in-process; when the port is taken (another agent
- * on this machine hosts it, or `rdzv serve` runs there) it connects as a client, as PyTorch does.
+ * on this machine hosts it, or `rdzv serve` runs there) it connects as a client, as PyTorch does. The
+ * store dies with its agent: the other nodes then fail within a keep-alive budget, saying so (c10d-host.ts).
  *
  * `rdzv serve` can keep a store for weeks across many jobs: once round R completes, rdzv's own keys of
  * round R - 2 are deleted but for its outcome (store-backend.ts, `cleanOldRounds`). Keys that workers
@@ -23,8 +24,16 @@ import {
   parseRendezvousEndpoint,
 } from "../rendezvous/endpoint.js";
 import { resolveRendezvousSettings } from "../rendezvous/parameters.js";
+import type { KvEngine } from "../store/kv-engine.js";
 import { connectTCPStore, type TCPStore } from "../store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
+import {
+  failingWhenGone,
+  HostedStoreBackend,
+  hostedEngine,
+  readStoreHost,
+  StoreHostWatch,
+} from "./c10d-host.js";
 import { StoreRendezvousBackend } from "./store-backend.js";
 
 /** Options of `createC10dRendezvousHandler` beyond the parameters. */
@@ -41,7 +50,8 @@ export async function createC10dRendezvousHandler(
   const settings = resolveRendezvousSettings(params);
   const { host, port } = parseRendezvousEndpoint(settings.endpoint);
   const isHost = settings.isHost ?? (await matchesMachineHostname(host));
-  const server = isHost ? await hostStore(host, port, logger) : undefined;
+  const storeHost = { addr: settings.localAddr, pid: process.pid };
+  const server = isHost ? await hostStore(host, port, hostedEngine(storeHost), logger) : undefined;
   let store: TCPStore;
   try {
     store = await connectTCPStore({
@@ -55,12 +65,20 @@ export async function createC10dRendezvousHandler(
     await server?.close();
     throw err;
   }
+  let watch: StoreHostWatch | undefined;
+  try {
+    watch = await watchHost(store, server, settings, { host, port }, logger);
+  } catch (err) {
+    await store.close();
+    await server?.close();
+    throw err;
+  }
   // `rdzv serve` may hold the store for weeks, across jobs and restarts: old rounds' keys are deleted.
-  const backend = new StoreRendezvousBackend(store, settings.runId, {
-    name: "c10d",
-    logger,
-    cleanOldRounds: true,
-  });
+  const backendOptions = { name: "c10d", logger, cleanOldRounds: true };
+  const backend =
+    watch === undefined
+      ? new StoreRendezvousBackend(store, settings.runId, backendOptions)
+      : new HostedStoreBackend(failingWhenGone(store, watch), settings.runId, watch, backendOptions);
   return createDynamicRendezvousHandler({
     backend,
     runId: settings.runId,
@@ -80,6 +98,7 @@ export async function createC10dRendezvousHandler(
     onShutdown: async () => {
       // A closed rendezvous (the job failed or ended for good): the other nodes still have to see it
       // (and read why) through this store before they stop their workers.
+      watch?.stop();
       const closed = server !== undefined && (await backend.isClosed({ timeoutMs: 2000 }).catch(() => false));
       await store.close();
       if (server === undefined) return;
@@ -93,14 +112,44 @@ export async function createC10dRendezvousHandler(
 }
 
 /**
+ * The nodes that do not host read who hosts the store (the host's server starts with its record) and,
+ * when an agent does, watch for the store's end (c10d-host.ts). `undefined` for the host and for stores
+ * no agent hosts.
+ */
+async function watchHost(
+  store: TCPStore,
+  server: TCPStoreServer | undefined,
+  settings: ReturnType<typeof resolveRendezvousSettings>,
+  endpoint: { host: string; port: number },
+  logger: Logger,
+): Promise<StoreHostWatch | undefined> {
+  if (server !== undefined) return undefined;
+  const storeHost = await readStoreHost(store, { timeoutMs: settings.readTimeoutMs });
+  if (storeHost === undefined) return undefined;
+  logger.debug("the rendezvous store is hosted by another node's agent", { ...storeHost });
+  return new StoreHostWatch(store, {
+    ...endpoint,
+    storeHost,
+    refusedForMs: settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts,
+    probeIntervalMs: settings.keepAliveIntervalMs,
+    logger,
+  });
+}
+
+/**
  * Starts the store server for the endpoint, or returns undefined when the port is already served (then
  * this node is a client like the others). Binds loopback endpoints to that address only, anything else
  * to every interface, as the other nodes must reach it.
  */
-async function hostStore(host: string, port: number, logger: Logger): Promise<TCPStoreServer | undefined> {
+async function hostStore(
+  host: string,
+  port: number,
+  engine: KvEngine,
+  logger: Logger,
+): Promise<TCPStoreServer | undefined> {
   const bindHost = isLoopbackHost(host) ? host : "::";
   try {
-    return await createTCPStoreServer({ host: bindHost, port, logger });
+    return await createTCPStoreServer({ host: bindHost, port, engine, logger });
   } catch (err) {
     if (err instanceof RendezvousConnectionError) {
       logger.info("the rendezvous store port is taken; joining as a client", { host, port });
