@@ -153,3 +153,78 @@ describe("EtcdStore specifics", () => {
     assert.throws(() => parseEtcdEndpoints("h", "grpc"), { code: ErrorCode.InvalidArgument });
   });
 });
+
+describe("EtcdStore: connections", () => {
+  /** A single-member etcd serving TLS only, with a throwaway certificate; stopped by `stop()`. */
+  async function tlsEtcd(): Promise<{ endpoint: string; cacert: string; stop: () => Promise<void> }> {
+    const { spawn } = await import("node:child_process");
+    const { mkdtemp, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { makeTestCertificate } = await import("./helpers/tls-cert.js");
+    const { pickFreePort } = await import("../src/rendezvous/free-port.js");
+    const cert = makeTestCertificate();
+    const dir = await mkdtemp(join(tmpdir(), "rdzv-etcd-tls-"));
+    const [client, peer] = [await pickFreePort("127.0.0.1"), await pickFreePort("127.0.0.1")];
+    const url = `https://127.0.0.1:${client}`;
+    const child = spawn(
+      "etcd",
+      [`--data-dir=${dir}`, `--listen-client-urls=${url}`, `--advertise-client-urls=${url}`].concat(
+        [
+          `--listen-peer-urls=http://127.0.0.1:${peer}`,
+          `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+        ],
+        [`--initial-cluster=default=http://127.0.0.1:${peer}`, "--log-level=error", "--logger=zap"],
+        [`--cert-file=${cert.certPath}`, `--key-file=${cert.keyPath}`],
+      ),
+      { stdio: "ignore" },
+    );
+    const stop = async (): Promise<void> => {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        child.kill("SIGKILL");
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+      cert.remove();
+    };
+    return { endpoint: url, cacert: cert.certPath, stop };
+  }
+
+  it("adds over the connection the store already has, not a second one to each member (TLS)", async () => {
+    const etcdTls = await tlsEtcd();
+    // grpc-js opens each connection with http2.connect (read at call time): count them.
+    const http2 = (await import("node:http2")).default;
+    const connect = http2.connect;
+    let sessions = 0;
+    http2.connect = ((...args: Parameters<typeof connect>) => {
+      sessions++;
+      return connect(...args);
+    }) as typeof connect;
+    let store: EtcdStore | undefined;
+    try {
+      for (let i = 0; store === undefined; i++) {
+        store = await connectEtcdStore({
+          endpoints: etcdTls.endpoint,
+          tls: { cacert: etcdTls.cacert },
+          timeoutMs: 5000,
+          connectTimeoutMs: 1000,
+        }).catch((err: unknown) => {
+          if (i >= 20) throw err;
+          return undefined;
+        });
+      }
+      await store.set("k", "v");
+      const before = sessions;
+      assert.equal(await store.add("n", 1), 1);
+      assert.equal(await store.add("n", 2), 3);
+      // Before: add's compare-and-set went through a second etcd3 client, whose TLS credentials grpc-js
+      // does not take for the first one's: a second TLS connection to the member.
+      assert.equal(sessions, before, "add opened a connection of its own");
+    } finally {
+      http2.connect = connect;
+      await store?.close();
+      await etcdTls.stop();
+    }
+  });
+});

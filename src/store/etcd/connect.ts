@@ -13,7 +13,7 @@ import {
   noop,
   retry,
 } from "cockatiel";
-import { Etcd3, type IOptions } from "etcd3";
+import { Etcd3, type IOptions, Namespace } from "etcd3";
 import { ErrorCode, InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../../rendezvous/endpoint.js";
 import { checkTimeoutMs } from "../deadline.js";
@@ -151,6 +151,22 @@ export function etcdClientOptions(options: ConnectEtcdOptions): { hosts: string[
 }
 
 /**
+ * A client over `client`'s own gRPC connections whose calls etcd3 never runs again itself: etcd3's
+ * pool runs every call through its `globalPolicy` (a retry, 3 tries), and this view of the pool has a
+ * no-op one; hosts, their circuits and the authenticator are the pool's. (A second `Etcd3` with that
+ * policy, as before, had circuits and an etcd auth token of its own, and over TLS a second connection to
+ * every member: grpc-js shares a connection only between equal credentials, and each `Etcd3` makes its
+ * own.)
+ */
+export function onceView(client: Etcd3): Namespace {
+  const pool = (client as unknown as { pool: object }).pool;
+  const view = Object.create(pool, { globalPolicy: { value: noop } }) as object;
+  // Namespace's constructor is internal to etcd3: (prefix, pool, options), as Etcd3.namespace() calls it.
+  const make = Namespace as unknown as new (prefix: Buffer, pool: object, options: IOptions) => Namespace;
+  return new make(Buffer.alloc(0), view, (client as unknown as { options: IOptions }).options);
+}
+
+/**
  * Connects to etcd and returns an `EtcdStore` under `options.prefix`, after one round trip that proves
  * the cluster answers (and accepts the credentials). Rejects with `RendezvousConnectionError` when no
  * member answers within `connectTimeoutMs`, `RendezvousAuthError` for refused credentials.
@@ -161,10 +177,9 @@ export async function connectEtcdStore(options: ConnectEtcdOptions): Promise<Etc
   const client = new Etcd3(clientOptions);
   const store = new EtcdStore(client, {
     hosts,
-    // For writes that must not happen twice: the same members and policies, but no call is run again by
-    // etcd3 itself (see EtcdStore's `add`).
-    onceClient: () =>
-      new Etcd3({ ...clientOptions, faultHandling: { ...clientOptions.faultHandling, global: noop } }),
+    // For writes that must not happen twice: the same connections and member circuits, but no call is
+    // run again by etcd3 itself (see EtcdStore's `add`).
+    onceClient: () => onceView(client),
     ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
     ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
   });

@@ -7,7 +7,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BrokenCircuitError } from "cockatiel";
-import { type Etcd3, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError } from "etcd3";
+import {
+  type Etcd3,
+  GRPCDeadlineExceededError,
+  GRPCInvalidArgumentError,
+  GRPCUnavailableError,
+  type Namespace,
+} from "etcd3";
 import { ErrorCode } from "../../errors.js";
 import { isLeaderChange, isMemberFailure, isUnsent, mapEtcdError } from "./errors.js";
 import { EtcdStore } from "./store.js";
@@ -170,7 +176,7 @@ function oneKeyStore(fates: ("ok" | "lost" | "unsent")[]) {
     ownsClient: false,
     hosts: ["http://127.0.0.1:1"],
     // The same one-key etcd behind the store's reads and its adds' writes.
-    onceClient: () => client as unknown as Etcd3,
+    onceClient: () => client as unknown as Namespace,
   });
   return { store, state };
 }

@@ -12,7 +12,7 @@
  * that does not retry (see `#once`).
  */
 
-import type { Etcd3, IKeyValue, ITxnResponse, Watcher } from "etcd3";
+import type { Etcd3, IKeyValue, ITxnResponse, Namespace, Watcher } from "etcd3";
 import { AbortedError, ErrorCode, RendezvousConnectionError, StoreError } from "../../errors.js";
 import { checkKey, concatBytes, toBytes } from "../bytes.js";
 import {
@@ -39,10 +39,11 @@ export interface EtcdStoreOptions {
   hosts?: readonly string[];
   /**
    * Makes the client that `add`'s compare-and-set goes through: one that never runs a call again on its
-   * own (connect.ts), made at the first `add`. Without it, `add` uses `client`, whose own repetition of a
-   * write that etcd applied but could not confirm adds twice.
+   * own (connect.ts: a view of `client`'s own connections), made at the first `add`. Without it, `add`
+   * uses `client`, whose own repetition of a write that etcd applied but could not confirm adds twice.
+   * The store does not close it (closing `client` closes its connections).
    */
-  onceClient?: () => Etcd3;
+  onceClient?: () => Namespace;
 }
 
 const utf8 = new TextEncoder();
@@ -62,8 +63,8 @@ export class EtcdStore implements Store {
   readonly #ownsClient: boolean;
   /** Cancels the blocking calls in flight (on close). */
   readonly #pending = new Set<() => void>();
-  readonly #makeOnceClient: (() => Etcd3) | undefined;
-  #onceClient: Etcd3 | undefined;
+  readonly #makeOnceClient: (() => Namespace) | undefined;
+  #onceClient: Namespace | undefined;
 
   constructor(client: Etcd3, options: EtcdStoreOptions = {}) {
     this.client = client;
@@ -147,11 +148,10 @@ export class EtcdStore implements Store {
    * compare-and-set that fails the compare, and the loop read the sum it wrote and added again (a
    * counter one above the adds that succeeded, on a 3-member cluster whose leader was killed).
    */
-  #once(): Etcd3 {
+  #once(): Namespace {
     if (this.#makeOnceClient === undefined) return this.client;
     if (this.#onceClient === undefined) {
       this.#onceClient = this.#makeOnceClient();
-      ignoreOwnCancels(this.#onceClient);
     }
     return this.#onceClient;
   }
@@ -329,7 +329,6 @@ export class EtcdStore implements Store {
     if (this.#ownsClient) {
       this.client.close();
       stopWatchRetries(this.client);
-      this.#onceClient?.close();
     }
   }
 
