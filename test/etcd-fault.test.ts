@@ -96,8 +96,19 @@ describe("etcd backend on a 3-member cluster", () => {
       assert.equal(Object.keys(published).length, taken, "a ticket nobody published");
       const ids = Object.values(published).map((v) => (JSON.parse(v) as { id: string }).id);
       assert.equal(new Set(ids).size, NODES, "nodes that published");
-      const gone = await observer.client.getAll().prefix("rdzv/fault-run/r0/gone/").keys();
-      assert.equal(taken - gone.length, NODES, `tickets taken (${taken}), less those counted out`);
+      const goneMarkers = await observer.client.getAll().prefix("rdzv/fault-run/r0/gone/").strings();
+      const gone = Object.keys(goneMarkers);
+      // What a failure needs to be read (seen in some full-suite runs): which slots were counted out and
+      // why, whether the completed round was ended afterwards, and which node held each gone slot.
+      const ended = await observer.client.get("rdzv/fault-run/r0/ended").string();
+      const holders = gone.map(
+        (k) => `${k}=${goneMarkers[k]} (node ${published[k.replace("/gone/", "/node/")]})`,
+      );
+      assert.equal(
+        taken - gone.length,
+        NODES,
+        `tickets taken (${taken}), less those counted out: gone ${holders.join("; ")}; r0/ended ${ended}`,
+      );
     } finally {
       await Promise.all(handlers.map((h) => h.shutdown()));
       await observer.close();
