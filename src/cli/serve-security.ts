@@ -4,8 +4,9 @@
  */
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
+import { modeOpenToOthers } from "../file-mode.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { ServerTimeouts, TCPStoreServerOptions } from "../store/tcp/server.js";
 import { DEFAULT_SERVER_TIMEOUTS } from "../store/tcp/server.js";
@@ -124,13 +125,8 @@ function checkedTls(certPath: string, keyPath: string): { cert: string; key: str
  */
 function warnIfShared(what: string, path: string, logger: Logger): void {
   if (process.platform === "win32") return; // no POSIX modes
-  let mode: number;
-  try {
-    mode = statSync(path).mode & 0o777;
-  } catch {
-    return;
-  }
-  if ((mode & 0o077) === 0) return;
+  const mode = modeOpenToOthers(path);
+  if (mode === undefined) return;
   logger.warn(
     `${what} ${path} is open to other users (mode ${mode.toString(8)}): anyone on this machine who reads ` +
       `it has the secret; chmod 600 it`,

@@ -22,9 +22,10 @@
  * registrations belong to connections and are not kept.
  */
 
-import { closeSync, fdatasyncSync, openSync, statSync } from "node:fs";
+import { closeSync, fdatasyncSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../errors.js";
+import { modeOpenToOthers } from "../file-mode.js";
 import { type Logger, silentLogger } from "../log.js";
 import { encodeHeader, encodeMutation, HEADER_BYTES, JOURNAL_MAGIC } from "./journal-codec.js";
 import { type Loaded, loadDataDir, removeGeneration, snapshotChunks } from "./journal-files.js";
@@ -307,13 +308,8 @@ export function openJournal(engine: KvEngine, options: JournalOptions): Journal 
  * rdzv creates it 700, but one that existed keeps its mode.
  */
 function warnIfShared(dir: string, logger: Logger): void {
-  let mode: number;
-  try {
-    mode = statSync(dir).mode & 0o777;
-  } catch {
-    return; // lockDataDir names what is wrong with it
-  }
-  if ((mode & 0o077) === 0) return;
+  const mode = modeOpenToOthers(dir); // undefined also when it cannot be stat'ed: lockDataDir names why
+  if (mode === undefined) return;
   logger.warn(
     `data directory ${dir} is open to other users (mode ${mode.toString(8)}): it holds every key and value; chmod 700 it`,
     { dir, mode: mode.toString(8) },
