@@ -170,6 +170,47 @@ describe("etcd backend: the node's lease", () => {
       await store.close();
     }
   });
+  it("never counts a node dead that publishes while goneSlots reads many slots (one revision for all)", async () => {
+    const store = await freshStore("gone-race");
+    const nodes = Array.from(
+      { length: 21 },
+      () => new EtcdRendezvousBackend(store, "gone-race", { leaseTtlS: 15 }),
+    );
+    try {
+      for (const [i, backend] of nodes.slice(0, 20).entries()) {
+        await backend.enter({ id: `n${i}`, addr: "127.0.0.1", pid: i });
+      }
+      // etcd answers a backend's reads in whatever order it serves them (a read retried through a leader
+      // election comes last). Hold the reads goneSlots makes and answer them in reverse order, node 20
+      // publishing (descriptor and live key, together) after the first answer.
+      const read = store.read.bind(store);
+      const held: (() => Promise<void>)[] = [];
+      store.read = ((what, options, op) =>
+        new Promise((resolve, reject) => {
+          held.push(() => read(what, options, op).then(resolve, reject));
+          if (held.length === 1) {
+            setImmediate(async () => {
+              store.read = read;
+              const [last, ...rest] = held.reverse();
+              await last!();
+              await nodes[20]!.enter({ id: "n20", addr: "127.0.0.1", pid: 20 });
+              for (const call of rest) await call();
+            });
+          }
+        })) as typeof store.read;
+      const observer = new EtcdRendezvousBackend(store, "gone-race");
+      const all = Array.from({ length: 21 }, (_, i) => i);
+      assert.deepEqual(
+        await observer.goneSlots(0, all),
+        all.map(() => undefined),
+      );
+      assert.equal(store.read, read);
+      assert.deepEqual(await observer.goneSlots(0, [20]), [undefined], "node 20 published and is live");
+    } finally {
+      await Promise.all(nodes.map((n) => n.close()));
+      await store.close();
+    }
+  });
 });
 
 describe("etcd backend: the lease's TTL against the keep-alive budget", () => {

@@ -22,7 +22,7 @@
  *   keys and the lease keys included). An etcd cluster outlives the job.
  */
 
-import { EtcdLeaseInvalidError, type Lease } from "etcd3";
+import { EtcdLeaseInvalidError, type IKeyValue, type Lease } from "etcd3";
 import { RendezvousStateError } from "../errors.js";
 import { type Logger, silentLogger } from "../log.js";
 import type { NodeDescriptor, RendezvousBackend, RendezvousState, SlotLease } from "../rendezvous/backend.js";
@@ -386,14 +386,30 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
     slots: readonly number[],
     options?: CallOptions,
   ): Promise<{ published: Set<number>; live: Set<number> }> {
-    if (slots.length > FEW_SLOTS) {
-      const [published, live] = await Promise.all([
-        this.#presentSlots(round, "node", options),
-        this.#presentSlots(round, "live", options),
-      ]);
-      return { published, live };
-    }
     const { client } = this.etcd;
+    if (slots.length > FEW_SLOTS) {
+      // Both ranges in one transaction, so at one revision. Read apart, a node that published between
+      // the two reads (its descriptor and its `live` key go in together) could be seen published but not
+      // live, and counted dead while it joins: a leader election, which makes etcd answer one read after
+      // the other was retried, did that (a 50-node test: a slot marked gone that no node had left).
+      const ranges = await Promise.all(
+        (["node", "live"] as const).map(async (kind) => {
+          const op = await client
+            .getAll()
+            .prefix(this.#roundKey(round, `${kind}/`))
+            .op();
+          return { request_range: { ...op.request_range, keys_only: true } };
+        }),
+      );
+      const res = await this.etcd.read("read", options, (o) =>
+        client
+          .if(this.#roundKey(round, "tickets"), "Version", ">", -1)
+          .then(...ranges)
+          .options(o)
+          .commit(),
+      );
+      return { published: slotsOf(rangeKvs(res, 0)), live: slotsOf(rangeKvs(res, 1)) };
+    }
     const keys = slots.flatMap((slot) => [
       this.#roundKey(round, `node/${slot}`),
       this.#roundKey(round, `live/${slot}`),
@@ -412,15 +428,6 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
       if (rangeKvs(res, 2 * i + 1).length > 0) live.add(slot);
     });
     return { published, live };
-  }
-
-  /** Slots of `round` that have a `<kind>/<slot>` key (one range read, keys only). */
-  async #presentSlots(round: number, kind: "live" | "node", options?: CallOptions): Promise<Set<number>> {
-    const prefix = this.#roundKey(round, `${kind}/`);
-    const keys = await this.etcd.read("read", options, (o) =>
-      this.etcd.client.getAll().prefix(prefix).options(o).keyBuffers(),
-    );
-    return new Set(keys.map((k) => Number(k.subarray(prefix.length).toString("latin1"))));
   }
 
   waitAllGone(
@@ -474,4 +481,14 @@ function parseOutcome(text: string, round: number): RoundOutcome {
     throw new RendezvousStateError(`outcome stored for round ${round} names round ${outcome.round}`);
   }
   return outcome;
+}
+
+/** The slot numbers of a range of `.../<kind>/<slot>` keys (the key's last segment). */
+function slotsOf(kvs: readonly IKeyValue[]): Set<number> {
+  return new Set(
+    kvs.map((kv) => {
+      const key = Buffer.from(kv.key);
+      return Number(key.subarray(key.lastIndexOf(0x2f) + 1).toString("latin1"));
+    }),
+  );
 }
