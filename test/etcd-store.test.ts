@@ -191,6 +191,49 @@ describe("EtcdStore: connections", () => {
     return { endpoint: url, cacert: cert.certPath, stop };
   }
 
+  it("takes torchrun's etcd-v2 backend name and TLS keys (ca_cert, ssl_cert, ssl_cert_key)", async () => {
+    const { registerBuiltinRendezvousHandlers } = await import("../src/rendezvous/builtins.js");
+    const { createRendezvousHandler } = await import("../src/rendezvous/registry.js");
+    registerBuiltinRendezvousHandlers();
+    const etcdTls = await tlsEtcd();
+    const params = (config: Record<string, string | number>) => ({
+      backend: "etcd-v2",
+      endpoint: etcdTls.endpoint.slice("https://".length),
+      runId: "v2-names",
+      minNodes: 1,
+      maxNodes: 1,
+      config: { last_call_timeout: 0.1, read_timeout: 10, ...config },
+    });
+    try {
+      // Both names of one file must agree.
+      await assert.rejects(
+        createRendezvousHandler(params({ protocol: "https", ca_cert: etcdTls.cacert, cacert: "/other.pem" })),
+        {
+          code: ErrorCode.InvalidArgument,
+          message: /'cacert' and 'ca_cert' name the same file and disagree/,
+        },
+      );
+      // Without the CA the server's certificate is not trusted: ca_cert is what made the join work.
+      let handler: Awaited<ReturnType<typeof createRendezvousHandler>> | undefined;
+      for (let i = 0; handler === undefined; i++) {
+        handler = await createRendezvousHandler(params({ protocol: "https", ca_cert: etcdTls.cacert })).catch(
+          (err: unknown) => {
+            if (i >= 20) throw err;
+            return undefined;
+          },
+        );
+      }
+      try {
+        const info = await handler.nextRendezvous();
+        assert.equal(info.worldSize, 1);
+      } finally {
+        await handler.shutdown();
+      }
+    } finally {
+      await etcdTls.stop();
+    }
+  });
+
   it("adds over the connection the store already has, not a second one to each member (TLS)", async () => {
     const etcdTls = await tlsEtcd();
     // grpc-js opens each connection with http2.connect (read at call time): count them.

@@ -43,6 +43,8 @@ export interface EtcdBackendOptions {
    * can simulate a crash.
    */
   kv?: Store;
+  /** The backend's name, as handlers report it (default "etcd"; "etcd-v2" when created under PyTorch's name). */
+  name?: "etcd" | "etcd-v2";
 }
 
 /** Up to this many slots, `goneSlots` reads their keys by name (2 per slot, in one transaction). */
@@ -50,7 +52,7 @@ const FEW_SLOTS = 16;
 
 /** A `RendezvousBackend` on etcd v3. */
 export class EtcdRendezvousBackend implements RendezvousBackend {
-  readonly name = "etcd";
+  readonly name: "etcd" | "etcd-v2";
   readonly store: Store;
   readonly etcd: EtcdStore;
   readonly runId: string;
@@ -60,6 +62,7 @@ export class EtcdRendezvousBackend implements RendezvousBackend {
   #lease: Lease | undefined;
 
   constructor(etcd: EtcdStore, runId: string, options: EtcdBackendOptions = {}) {
+    this.name = options.name ?? "etcd";
     this.etcd = etcd;
     this.runId = runId;
     this.store = options.kv ?? etcd;

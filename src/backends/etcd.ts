@@ -1,8 +1,10 @@
 /**
  * The `etcd` rendezvous backend: the dynamic handler over an etcd v3 cluster (PyTorch's
- * `EtcdRendezvousBackend` + `create_handler` counterpart). The endpoint lists one or more members
- * (`host1:2379,host2:2379`, port 2379 when left out). Config keys, as PyTorch's etcd backend where it has
- * them: `protocol` (`http`/`https`), `cacert`, `cert`, `key` (TLS files), plus `username` / `password`
+ * `EtcdRendezvousBackend` + `create_handler` counterpart), also registered as `etcd-v2`, PyTorch's name
+ * for that handler. The endpoint lists one or more members (`host1:2379,host2:2379`, port 2379 when left
+ * out). Config keys, as PyTorch's etcd backend where it has them: `protocol` (`http`/`https`), `cacert`,
+ * `cert`, `key` (TLS files; `ca_cert`, `ssl_cert`, `ssl_cert_key` as PyTorch's `etcd-v2` names them), plus
+ * `username` / `password`
  * (etcd authentication; the password may also come from `RDZV_ETCD_PASSWORD`) and `key_prefix` (default
  * none: keys start with `rdzv/<run_id>/`).
  */
@@ -36,10 +38,13 @@ export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOpt
       `config option 'protocol' must be "http" or "https", got ${JSON.stringify(protocol)}`,
     );
   }
+  const cacert = tlsFile(raw, "cacert", "ca_cert");
+  const cert = tlsFile(raw, "cert", "ssl_cert");
+  const key = tlsFile(raw, "key", "ssl_cert_key");
   const tls = {
-    ...(configString(raw, "cacert") === undefined ? {} : { cacert: configString(raw, "cacert")! }),
-    ...(configString(raw, "cert") === undefined ? {} : { cert: configString(raw, "cert")! }),
-    ...(configString(raw, "key") === undefined ? {} : { key: configString(raw, "key")! }),
+    ...(cacert === undefined ? {} : { cacert }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
   };
   const username = configString(raw, "username");
   const password = configString(raw, "password") ?? process.env.RDZV_ETCD_PASSWORD;
@@ -56,6 +61,21 @@ export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOpt
     timeoutMs: settings.readTimeoutMs,
     connectTimeoutMs: Math.min(settings.readTimeoutMs, 30_000),
   };
+}
+
+/**
+ * A TLS file's path under rdzv's key (PyTorch's `etcd` backend's name) or PyTorch `etcd-v2`'s name for it,
+ * so that a torchrun `--rdzv-conf` works unchanged; both at once must agree.
+ */
+function tlsFile(raw: RendezvousSettings["raw"], key: string, alias: string): string | undefined {
+  const own = configString(raw, key);
+  const other = configString(raw, alias);
+  if (own !== undefined && other !== undefined && own !== other) {
+    throw new InvalidArgumentError(
+      `config options '${key}' and '${alias}' name the same file and disagree (${JSON.stringify(own)}, ${JSON.stringify(other)}): give one`,
+    );
+  }
+  return own ?? other;
 }
 
 /**
@@ -84,6 +104,7 @@ export async function createEtcdRendezvousHandler(
   const backend = new EtcdRendezvousBackend(store, settings.runId, {
     leaseTtlS: leaseTtlS(settings.keepAliveIntervalMs, settings.keepAliveMaxAttempts),
     logger,
+    name: params.backend === "etcd-v2" ? "etcd-v2" : "etcd",
   });
   return createDynamicRendezvousHandler({
     backend,

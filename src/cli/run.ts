@@ -31,7 +31,7 @@ Rendezvous:
   --nnodes MIN:MAX|N         nodes of the job (default 1:1)
   --nproc-per-node N         workers on this node (default 1): a number, cpu (one per CPU), gpu (one
                              per NVIDIA GPU) or auto (per GPU when there are any, else per CPU)
-  --rdzv-backend NAME        c10d (default), etcd, redis, static, or another registered one
+  --rdzv-backend NAME        c10d (default), etcd (or etcd-v2), redis, static, or another registered one
   --rdzv-endpoint HOST:PORT  the rendezvous store (default localhost:29400); with c10d, the node whose
                              address matches HOST hosts it unless 'rdzv serve' already does
   --rdzv-id ID               run id shared by the job's nodes (default "none")

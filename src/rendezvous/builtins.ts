@@ -1,9 +1,10 @@
 /**
- * Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store), `etcd` (dynamic, over
+ * Registers the handlers that ship with rdzv: `c10d` (dynamic, over the TCP store), `etcd` (and `etcd-v2`; dynamic, over
  * an etcd v3 cluster), `redis` (dynamic, over Redis) and `static`.
  */
 
 import { createC10dRendezvousHandler } from "../backends/c10d.js";
+import type { RendezvousParameters } from "./api.js";
 import { registerRendezvousHandler } from "./registry.js";
 import { createStaticRendezvousHandler } from "./static-handler.js";
 
@@ -15,9 +16,12 @@ export function registerBuiltinRendezvousHandlers(): void {
   registered = true;
   registerRendezvousHandler("c10d", (params) => createC10dRendezvousHandler(params));
   // Loaded on first use: the etcd (gRPC) and Redis clients cost start-up time that other backends need not pay.
-  registerRendezvousHandler("etcd", async (params) =>
-    (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params),
-  );
+  const etcd = async (params: RendezvousParameters) =>
+    (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params);
+  registerRendezvousHandler("etcd", etcd);
+  // PyTorch's name for its dynamic handler over etcd (its `etcd` is the older, non-dynamic one), so that
+  // torchrun's `--rdzv-backend etcd-v2` works as given. Both are rdzv's etcd v3 backend.
+  registerRendezvousHandler("etcd-v2", etcd);
   registerRendezvousHandler("redis", async (params) =>
     (await import("../backends/redis.js")).createRedisRendezvousHandler(params),
   );

@@ -217,7 +217,7 @@ describe("unreadConfigKeys", () => {
   });
 
   it("finds none among the keys each built-in backend reads", () => {
-    for (const backend of ["c10d", "static", "etcd", "redis"] as const) {
+    for (const backend of ["c10d", "static", "etcd", "etcd-v2", "redis"] as const) {
       const keys = [...RENDEZVOUS_CONFIG_KEYS.common, ...RENDEZVOUS_CONFIG_KEYS[backend]];
       assert.deepEqual(unreadConfigKeys(backend, keys), [], backend);
     }
@@ -229,11 +229,13 @@ describe("unreadConfigKeys", () => {
       ["store_type", "rdzv's c10d backend always uses a TCP store"],
       ["ssl_cert", null],
     ]);
-    assert.deepEqual(hints("etcd", ["ssl_cert", "ca_cert", "db"]), [
-      ["ssl_cert", "rdzv's etcd backend takes the client certificate as 'cert'"],
-      ["ca_cert", "rdzv's etcd backend takes the CA certificate as 'cacert'"],
-      ["db", null],
-    ]);
+    // PyTorch etcd-v2's TLS names are read (ca_cert, ssl_cert, ssl_cert_key), its legacy etcd's prefix is not.
+    for (const backend of ["etcd", "etcd-v2"]) {
+      assert.deepEqual(hints(backend, ["ssl_cert", "ca_cert", "etcd_prefix", "db"]), [
+        ["etcd_prefix", "rdzv's etcd backend takes a key prefix as 'key_prefix'"],
+        ["db", null],
+      ]);
+    }
   });
 
   it("finds none for a backend that is not built in, whose keys are unknown", () => {

@@ -324,6 +324,20 @@ function show(value: unknown): string {
   return String(value);
 }
 
+/** The etcd backend's keys, under PyTorch's `etcd` names and its `etcd-v2` names for the TLS files. */
+const ETCD_KEYS = [
+  "protocol",
+  "cacert",
+  "cert",
+  "key",
+  "ca_cert",
+  "ssl_cert",
+  "ssl_cert_key",
+  "username",
+  "password",
+  "key_prefix",
+] as const;
+
 /**
  * The config keys rdzv reads, by built-in backend. `common` are those `resolveRendezvousSettings` reads
  * for every backend; the others are read by the backend's own module (`backends/etcd.ts`,
@@ -349,22 +363,18 @@ export const RENDEZVOUS_CONFIG_KEYS = {
   ],
   c10d: [],
   static: [],
-  etcd: ["protocol", "cacert", "cert", "key", "username", "password", "key_prefix"],
+  etcd: ETCD_KEYS,
+  "etcd-v2": ETCD_KEYS,
   redis: ["protocol", "cacert", "cert", "key", "username", "password", "db", "key_prefix"],
 } as const satisfies Record<string, readonly string[]>;
 
 /**
- * Keys PyTorch's backends read that rdzv's do not, with what to write instead: PyTorch's `etcd-v2`
- * backend (`etcd_rendezvous_backend.py`) names its TLS files differently from its `etcd` one, whose names
- * rdzv's etcd backend takes; `store_type` picks PyTorch c10d's `FileStore`.
+ * Keys PyTorch's backends read that rdzv's do not, with what to write instead: PyTorch's legacy `etcd`
+ * backend's `etcd_prefix`; `store_type` picks PyTorch c10d's `FileStore`.
  */
 const PYTORCH_ONLY_KEYS: Readonly<Record<string, Readonly<Record<string, string>>>> = {
-  etcd: {
-    ssl_cert: "rdzv's etcd backend takes the client certificate as 'cert'",
-    ssl_cert_key: "rdzv's etcd backend takes the client key as 'key'",
-    ca_cert: "rdzv's etcd backend takes the CA certificate as 'cacert'",
-    etcd_prefix: "rdzv's etcd backend takes a key prefix as 'key_prefix'",
-  },
+  etcd: { etcd_prefix: "rdzv's etcd backend takes a key prefix as 'key_prefix'" },
+  "etcd-v2": { etcd_prefix: "rdzv's etcd backend takes a key prefix as 'key_prefix'" },
   c10d: { store_type: "rdzv's c10d backend always uses a TCP store" },
 };
 
