@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import fc from "fast-check";
 import type { RendezvousInfo } from "../rendezvous/api.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
 import type { DynamicRendezvousHandler } from "../rendezvous/dynamic-handler.js";
@@ -140,6 +141,22 @@ describe("run inspector over rdzv's dynamic rendezvous", () => {
     assert.ok(types.indexOf("completed") > types.indexOf("joined"));
     assert.ok(types.includes("left"));
     assert.equal(types.filter((t) => t === "closed").length, 1, types.join());
+  });
+
+  it("lists both layouts' runs by id (code units), PyTorch's first where an id is in both", async () => {
+    const id = fc.stringMatching(/^[a-cA-C0-9.-]{1,4}$/);
+    await fc.assert(
+      fc.asyncProperty(fc.uniqueArray(id), fc.uniqueArray(id), async (rdzv, pytorch) => {
+        const engine = new KvEngine();
+        for (const runId of rdzv) engine.set(`rdzv/${runId}/open`, new Uint8Array([48]));
+        for (const runId of pytorch) engine.set(`torch.rendezvous.${runId}`, new Uint8Array([48]));
+        const expected = [
+          ...pytorch.map((runId) => ({ runId, source: "pytorch" as const })),
+          ...rdzv.map((runId) => ({ runId, source: "rdzv" as const })),
+        ].sort((a, b) => (a.runId < b.runId ? -1 : a.runId > b.runId ? 1 : a.source < b.source ? -1 : 1));
+        assert.deepEqual(await listRunRefs(engineKeyReader(engine, "", { byteKeys: false })), expected);
+      }),
+    );
   });
 
   it("reads non-ASCII run ids from the engine as the TCPStore client names them (rdzv's and PyTorch's layout)", async () => {
