@@ -293,7 +293,7 @@ describe("rdzv status --http", () => {
       const all = JSON.parse((await status(["--http", url, "--json"])).stdout) as StatusJson;
       assert.deepEqual(
         all.runs.map((r) => r.runId),
-        ["ünï", "web"], // localeCompare order
+        ["web", "ünï"], // by UTF-16 code units, whatever the server's locale: "ü" (U+00FC) after "w"
       );
       const one = await status(["--http", url, "--run-id", "ünï"]);
       assert.equal(one.code, 0, one.stderr);

@@ -38,9 +38,9 @@ export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOpt
       `config option 'protocol' must be "http" or "https", got ${JSON.stringify(protocol)}`,
     );
   }
-  const cacert = tlsFile(raw, "cacert", "ca_cert");
-  const cert = tlsFile(raw, "cert", "ssl_cert");
-  const key = tlsFile(raw, "key", "ssl_cert_key");
+  const cacert = tlsFile(["cacert", configString(raw, "cacert")], ["ca_cert", configString(raw, "ca_cert")]);
+  const cert = tlsFile(["cert", configString(raw, "cert")], ["ssl_cert", configString(raw, "ssl_cert")]);
+  const key = tlsFile(["key", configString(raw, "key")], ["ssl_cert_key", configString(raw, "ssl_cert_key")]);
   const tls = {
     ...(cacert === undefined ? {} : { cacert }),
     ...(cert === undefined ? {} : { cert }),
@@ -67,9 +67,10 @@ export function etcdConnectOptions(settings: RendezvousSettings): ConnectEtcdOpt
  * A TLS file's path under rdzv's key (PyTorch's `etcd` backend's name) or PyTorch `etcd-v2`'s name for it,
  * so that a torchrun `--rdzv-conf` works unchanged; both at once must agree.
  */
-function tlsFile(raw: RendezvousSettings["raw"], key: string, alias: string): string | undefined {
-  const own = configString(raw, key);
-  const other = configString(raw, alias);
+function tlsFile(
+  [key, own]: [string, string | undefined],
+  [alias, other]: [string, string | undefined],
+): string | undefined {
   if (own !== undefined && other !== undefined && own !== other) {
     throw new InvalidArgumentError(
       `config options '${key}' and '${alias}' name the same file and disagree (${JSON.stringify(own)}, ${JSON.stringify(other)}): give one`,
