@@ -78,6 +78,25 @@ export class RendezvousConnectionError extends RendezvousError {
   }
 }
 
+/**
+ * The store server is gone for good, not just unreachable for a while: a client's give-up rule decided so
+ * (a TCP store refused connections for its whole `giveUp` budget, client-give-up.ts) or an agent found the
+ * store unreachable past its bound (agent-monitor.ts). Its code stays `RDZV_CONNECTION`; callers that
+ * retry connection errors branch on this class (`findStoreGone`) to stop retrying.
+ */
+export class RendezvousStoreGoneError extends RendezvousConnectionError {}
+
+/**
+ * The `RendezvousStoreGoneError` that `err` is or was caused by (its `cause` chain, 8 deep at most: callers
+ * may wrap it), else `undefined`.
+ */
+export function findStoreGone(err: unknown): RendezvousStoreGoneError | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof RendezvousStoreGoneError) return e;
+  }
+  return undefined;
+}
+
 /** The rendezvous state is corrupt, or a state transition is invalid. */
 export class RendezvousStateError extends RendezvousError {
   constructor(message: string, options?: RendezvousErrorOptions) {

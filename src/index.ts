@@ -12,6 +12,7 @@ export { type StoreBackendOptions, StoreRendezvousBackend } from "./backends/sto
 export {
   AbortedError,
   ErrorCode,
+  findStoreGone,
   hasErrorCode,
   InvalidArgumentError,
   RendezvousAuthError,
@@ -21,6 +22,7 @@ export {
   type RendezvousErrorOptions,
   RendezvousGracefulExitError,
   RendezvousStateError,
+  RendezvousStoreGoneError,
   RendezvousTimeoutError,
   StoreError,
 } from "./errors.js";
@@ -148,7 +150,14 @@ export {
   type Store,
   type StoreValue,
 } from "./store/store.js";
-export { connectTCPStore, TCPStore, type TCPStoreEvents, type TCPStoreOptions } from "./store/tcp/client.js";
+export {
+  connectTCPStore,
+  type GiveUpRule,
+  type Refusal,
+  TCPStore,
+  type TCPStoreEvents,
+  type TCPStoreOptions,
+} from "./store/tcp/client.js";
 export { DEFAULT_PROTOCOL_LIMITS, Dialect, type ProtocolLimits } from "./store/tcp/protocol.js";
 export {
   type ConnectionEvent,

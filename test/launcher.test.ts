@@ -366,6 +366,33 @@ describe("rdzv run", () => {
     assert.doesNotMatch(o.stderr, /restarting the workers/);
   });
 
+  it("a store that stops for good (rdzv serve, torchrun's): the node stops its workers and fails after store_unreachable_timeout", async (t) => {
+    const server = await storeServer();
+    const dir = tempDir();
+    const conf = `${FAST},store_unreachable_timeout=2,read_timeout=1`;
+    const agent = run(
+      ["--rdzv-endpoint", `127.0.0.1:${server.port}`, "--rdzv-id", "store-stops", "--rdzv-conf", conf].concat(
+        ["--stop-timeout", "2", "--", "node", PROBE],
+      ),
+      { PROBE_DIR: dir, PROBE_MODE: "sleep" },
+    );
+    const [probe] = await waitFor("the worker", () => (probes(dir).length === 1 ? probes(dir) : undefined));
+    const stoppedAt = Date.now();
+    await server.close();
+    // Before: the agent warned "watching the round failed; retrying" for good (killed here after 30 s).
+    const r = await agent.done;
+    const tookMs = Date.now() - stoppedAt;
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      /could not reach the rendezvous store \(c10d at 127\.0\.0\.1:\d+\) for [\d.]+ s \(since .*\), longer than store_unreachable_timeout \(2 s\)/,
+    );
+    assert.match(r.stderr, /raise store_unreachable_timeout \(seconds\) in --rdzv-conf/);
+    assert.equal(alive(pidOf(probe!)), false);
+    // Within the bound plus stopping the worker and leaving: measured, not asserted (a noisy machine).
+    t.diagnostic(`store stopped for good: rdzv run exited ${tookMs} ms later (bound 2000 ms)`);
+  });
+
   it("a node that joins late is admitted by a restart (--nnodes 1:2)", async () => {
     const server = await storeServer();
     const dir = tempDir();

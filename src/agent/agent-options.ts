@@ -21,6 +21,15 @@ export interface ElasticAgentOptions {
   readonly stopTimeoutMs?: number;
   /** How long a node whose workers succeeded waits for the others (default 300 000, as torchrun). */
   readonly exitBarrierTimeoutMs?: number;
+  /**
+   * How long the rendezvous store may stay unreachable while workers run before the agent stops them and
+   * fails (`run()` rejects with a `RendezvousStoreGoneError`); default 600 000 (10 min). `rdzv run` passes
+   * rdzv-conf `store_unreachable_timeout` (default: the larger of 5 min and `join_timeout`). See
+   * store-outage.ts.
+   */
+  readonly storeUnreachableTimeoutMs?: number;
+  /** The rendezvous store as messages name it (default: the backend's name; `rdzv run`: "c10d at HOST:PORT"). */
+  readonly storeName?: string;
   /** Role name (torchrun `--role`, default "default"). */
   readonly role?: string;
   /** Close the rendezvous when this agent exits, for every node (default false). */
@@ -70,5 +79,6 @@ export function checkAgentOptions(o: ElasticAgentOptions): void {
   int("monitorIntervalMs", o.monitorIntervalMs, 1);
   int("stopTimeoutMs", o.stopTimeoutMs, 0);
   int("exitBarrierTimeoutMs", o.exitBarrierTimeoutMs, 1);
+  int("storeUnreachableTimeoutMs", o.storeUnreachableTimeoutMs, 1);
   if (problems.length > 0) throw new InvalidArgumentError(`invalid agent options: ${problems.join("; ")}`);
 }

@@ -14,6 +14,10 @@
  *   `numNodesWaiting`, so monitoring costs O(1) store requests per interval however many nodes there are
  *   (see agent-monitor.ts).
  *
+ * - A rendezvous store that stays unreachable while the workers run is retried (a `rdzv serve --data-dir`
+ *   restart, an etcd election) up to `storeUnreachableTimeoutMs`; then the agent stops its workers and
+ *   fails (store-outage.ts). torchrun fails at the first store error of its monitor loop.
+ *
  * - With `use_agent_store` (the static backend's default) every attempt's workers bootstrap from a new
  *   store that the group rank 0 agent serves (attempt-store.ts): PyTorch 2.x's `env://` no longer keeps
  *   attempts apart in one store, and torchrun 2.x's restarted workers read the failed attempt's keys.
@@ -45,6 +49,7 @@ import {
   type WorkerExit,
 } from "./policy.js";
 import { type Reaper, startReaper } from "./reaper.js";
+import { DEFAULT_STORE_UNREACHABLE_TIMEOUT_MS } from "./store-outage.js";
 import { startWorkerGroup, type WorkerGroup } from "./worker-group.js";
 
 /** How long a round's end may take to tell whether the run was closed (else it is a restart). */
@@ -109,6 +114,8 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
       handler: this.#handler,
       logger: this.#logger,
       monitorIntervalMs: options.monitorIntervalMs ?? 1000,
+      storeUnreachableTimeoutMs: options.storeUnreachableTimeoutMs ?? DEFAULT_STORE_UNREACHABLE_TIMEOUT_MS,
+      storeName: options.storeName ?? this.#handler.getBackend(),
     };
     this.#stopTimeoutMs = options.stopTimeoutMs ?? 30_000;
     this.#localAddr = options.localAddr ?? hostname();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { ErrorCode } from "../errors.js";
+import { ErrorCode, findStoreGone } from "../errors.js";
 import { createRendezvousHandler } from "../index.js";
 import { pickFreePort } from "../rendezvous/free-port.js";
 import { bytesToText } from "../store/bytes.js";
@@ -124,26 +124,29 @@ describe("c10d backend: a store hosted by another node's agent", () => {
     }
   });
 
-  it("once the host stops answering (connection refused), ends the round and fails naming the cause", async () => {
+  it("once the host stops answering (connection refused), every call fails at once, naming the cause", async () => {
     const server = await storeAt(0, "node-a");
     const handler = await createC10dRendezvousHandler(params(server.port));
+    const gone = (err: Error & { code: string }): boolean => {
+      assert.ok(findStoreGone(err) !== undefined, String(err));
+      assert.equal(err.code, ErrorCode.Connection);
+      assert.match(
+        err.message,
+        /store at 127\.0\.0\.1:\d+, hosted by node node-a's agent \(pid 4242\), is gone/,
+      );
+      assert.match(err.message, /connection refused since .*use rdzv serve/);
+      return true;
+    };
     try {
       await handler.nextRendezvous();
       // The hosting agent dies: nothing listens on the port any more.
       await server.close();
-      // Before: each watch failed with a connection error and the agent retried for good; now the round
-      // ends, the rendezvous counts as closed and the next one says why, within a keep-alive budget.
-      assert.equal(await handler.waitForRoundEnd({ timeoutMs: 15_000 }), true);
-      assert.equal(await handler.isClosed(), true);
-      await assert.rejects(handler.nextRendezvous(), (err: Error & { code: string }) => {
-        assert.equal(err.code, ErrorCode.Connection);
-        assert.match(
-          err.message,
-          /store at 127\.0\.0\.1:\d+, hosted by node node-a's agent \(pid 4242\), is gone/,
-        );
-        assert.match(err.message, /connection refused since .*use rdzv serve/);
-        return true;
-      });
+      // Before: each watch failed with a plain connection error after its connect budget (here the
+      // 20 s read timeout) and the agent retried for good; now the watch fails within a keep-alive budget
+      // (0.3 s) with the error that says why, which stops the agent (agent-monitor.ts).
+      await assert.rejects(handler.waitForRoundEnd({ timeoutMs: 15_000 }), gone);
+      await assert.rejects(handler.isClosed(), gone);
+      await assert.rejects(handler.nextRendezvous(), gone);
     } finally {
       await handler.shutdown().catch(() => undefined);
     }

@@ -3,7 +3,8 @@
  * `C10dRendezvousBackend` + `create_handler` counterpart). The node whose address matches the endpoint host
  * (or that is told `is_host=true`) hosts the store server in-process; when the port is taken (another agent
  * on this machine hosts it, or `rdzv serve` runs there) it connects as a client, as PyTorch does. The
- * store dies with its agent: the other nodes then fail within a keep-alive budget, saying so (c10d-host.ts).
+ * store dies with its agent: the other nodes' store clients then give up on it within a keep-alive budget,
+ * saying so (c10d-host.ts), and their agents stop.
  *
  * `rdzv serve` can keep a store for weeks across many jobs: once round R completes, rdzv's own keys of
  * round R - 2 are deleted but for its outcome (store-backend.ts, `cleanOldRounds`). Keys that workers
@@ -27,13 +28,7 @@ import { resolveRendezvousSettings } from "../rendezvous/parameters.js";
 import type { KvEngine } from "../store/kv-engine.js";
 import { connectTCPStore, type TCPStore } from "../store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
-import {
-  failingWhenGone,
-  HostedStoreBackend,
-  hostedEngine,
-  readStoreHost,
-  StoreHostWatch,
-} from "./c10d-host.js";
+import { hostedEngine, hostedStoreGiveUp, readStoreHost } from "./c10d-host.js";
 import { StoreRendezvousBackend } from "./store-backend.js";
 
 /** Options of `createC10dRendezvousHandler` beyond the parameters. */
@@ -65,9 +60,8 @@ export async function createC10dRendezvousHandler(
     await server?.close();
     throw err;
   }
-  let watch: StoreHostWatch | undefined;
   try {
-    watch = await watchHost(store, server, settings, { host, port }, logger);
+    if (server === undefined) await giveUpWithHost(store, settings, logger);
   } catch (err) {
     await store.close();
     await server?.close();
@@ -75,10 +69,7 @@ export async function createC10dRendezvousHandler(
   }
   // `rdzv serve` may hold the store for weeks, across jobs and restarts: old rounds' keys are deleted.
   const backendOptions = { name: "c10d", logger, cleanOldRounds: true };
-  const backend =
-    watch === undefined
-      ? new StoreRendezvousBackend(store, settings.runId, backendOptions)
-      : new HostedStoreBackend(failingWhenGone(store, watch), settings.runId, watch, backendOptions);
+  const backend = new StoreRendezvousBackend(store, settings.runId, backendOptions);
   return createDynamicRendezvousHandler({
     backend,
     runId: settings.runId,
@@ -98,7 +89,6 @@ export async function createC10dRendezvousHandler(
     onShutdown: async () => {
       // A closed rendezvous (the job failed or ended for good): the other nodes still have to see it
       // (and read why) through this store before they stop their workers.
-      watch?.stop();
       const closed = server !== undefined && (await backend.isClosed({ timeoutMs: 2000 }).catch(() => false));
       await store.close();
       if (server === undefined) return;
@@ -112,28 +102,20 @@ export async function createC10dRendezvousHandler(
 }
 
 /**
- * The nodes that do not host read who hosts the store (the host's server starts with its record) and,
- * when an agent does, watch for the store's end (c10d-host.ts). `undefined` for the host and for stores
- * no agent hosts.
+ * A node that does not host reads who hosts the store (the host's server starts with its record) and,
+ * when an agent does, gives its client the rule that gives up on that store once connections to it have
+ * been refused for a keep-alive budget (c10d-host.ts): as long as the others take to count a node dead.
+ * Stores no agent hosts (`rdzv serve`, torchrun's) keep the client's plain reconnect rules.
  */
-async function watchHost(
+async function giveUpWithHost(
   store: TCPStore,
-  server: TCPStoreServer | undefined,
   settings: ReturnType<typeof resolveRendezvousSettings>,
-  endpoint: { host: string; port: number },
   logger: Logger,
-): Promise<StoreHostWatch | undefined> {
-  if (server !== undefined) return undefined;
+): Promise<void> {
   const storeHost = await readStoreHost(store, { timeoutMs: settings.readTimeoutMs });
-  if (storeHost === undefined) return undefined;
+  if (storeHost === undefined) return;
   logger.debug("the rendezvous store is hosted by another node's agent", { ...storeHost });
-  return new StoreHostWatch(store, {
-    ...endpoint,
-    storeHost,
-    refusedForMs: settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts,
-    probeIntervalMs: settings.keepAliveIntervalMs,
-    logger,
-  });
+  store.giveUp = hostedStoreGiveUp(storeHost, settings.keepAliveIntervalMs * settings.keepAliveMaxAttempts);
 }
 
 /**

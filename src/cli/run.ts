@@ -13,7 +13,12 @@ import { createConsoleLogger, LogLevel } from "../log.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
 import { DynamicRendezvousHandler, pytorchAgentsNote } from "../rendezvous/dynamic-handler.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
-import { formatUnreadConfigKey, parseRendezvousConfig, unreadConfigKeys } from "../rendezvous/parameters.js";
+import {
+  formatUnreadConfigKey,
+  parseRendezvousConfig,
+  resolveRendezvousSettings,
+  unreadConfigKeys,
+} from "../rendezvous/parameters.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -37,7 +42,10 @@ Rendezvous:
   --rdzv-id ID               run id shared by the job's nodes (default "none")
   --rdzv-conf K=V,...        rendezvous settings: join_timeout, last_call_timeout, close_timeout,
                              keep_alive_interval, keep_alive_max_attempt, read_timeout, is_host, ...
-                             (a key the backend does not read is ignored, with a warning)
+                             (a key the backend does not read is ignored, with a warning);
+                             store_unreachable_timeout: how long workers run on while the store
+                             cannot be reached before rdzv run stops them and exits 1 (default: the
+                             larger of 300 and join_timeout)
   --node-rank N              this node's rank (static backend)
   --local-addr ADDR          the address other nodes reach this node at (default: the hostname)
   --standalone               one machine, no set-up: an embedded store on a free loopback port, a random
@@ -379,7 +387,7 @@ async function launch(
     "info",
     `joining run ${JSON.stringify(runId)} (${a.backend} at ${endpoint || "localhost"}, ${a.minNodes}:${a.maxNodes} nodes)`,
   );
-  const handler = await createRendezvousHandler({
+  const params = {
     backend: a.backend,
     endpoint,
     runId,
@@ -387,7 +395,8 @@ async function launch(
     maxNodes: a.maxNodes,
     ...(a.localAddr === undefined ? {} : { localAddr: a.localAddr }),
     config,
-  });
+  };
+  const handler = await createRendezvousHandler(params);
   const stop = new AbortController();
   const logger = createConsoleLogger(a.logLevel, (line) => {
     status.hide();
@@ -403,6 +412,8 @@ async function launch(
     monitorIntervalMs: a.monitorIntervalMs,
     stopTimeoutMs: a.stopTimeoutMs,
     exitBarrierTimeoutMs: a.exitBarrierTimeoutMs,
+    storeUnreachableTimeoutMs: resolveRendezvousSettings(params).storeUnreachableTimeoutMs,
+    storeName: `${a.backend} at ${endpoint || "localhost"}`,
     role: a.role,
     closeOnExit: a.closeOnExit,
     ...(tcpBackend ? { storeEndpoint: parseRendezvousEndpoint(endpoint) } : {}),

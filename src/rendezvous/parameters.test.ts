@@ -105,6 +105,7 @@ describe("resolveRendezvousSettings", () => {
     assert.equal(s.keepAliveMaxAttempts, 3);
     assert.equal(s.readTimeoutMs, 60_000);
     assert.equal(s.storeTimeoutMs, DEFAULT_RENDEZVOUS_TIMEOUTS.storeTimeoutMs);
+    assert.equal(s.storeUnreachableTimeoutMs, 600_000); // join_timeout's default, above 5 min
     assert.equal(s.isHost, undefined);
     assert.equal(s.localAddr, hostname());
     assert.equal(s.stickyRanks, false);
@@ -136,6 +137,18 @@ describe("resolveRendezvousSettings", () => {
     assert.equal(s.rank, 2);
     assert.equal(s.worldSize, 4);
     assert.equal(s.raw.protocol, "https");
+    // Without a store_unreachable_timeout of its own: 5 min, above a join_timeout of 60 s.
+    assert.equal(s.storeUnreachableTimeoutMs, 300_000);
+  });
+
+  it("store_unreachable_timeout: the larger of 5 min and join_timeout, unless given", () => {
+    assert.equal(
+      resolveRendezvousSettings(withConfig({ join_timeout: 900 })).storeUnreachableTimeoutMs,
+      900_000,
+    );
+    const given = withConfig({ join_timeout: 900, store_unreachable_timeout: "2.5" });
+    assert.equal(resolveRendezvousSettings(given).storeUnreachableTimeoutMs, 2500);
+    assert.throws(() => resolveRendezvousSettings(withConfig({ store_unreachable_timeout: 0 })), invalid);
   });
 
   it("takes numbers and booleans from code", () => {

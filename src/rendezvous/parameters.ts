@@ -42,6 +42,13 @@ export interface RendezvousSettings {
    * `readTimeoutMs` instead, as PyTorch does.
    */
   readonly storeTimeoutMs: number;
+  /**
+   * Config `store_unreachable_timeout` (seconds; default the larger of 300 and `join_timeout`): how long
+   * `rdzv run`'s agent keeps its workers running while the rendezvous store cannot be reached, before it
+   * stops them and exits 1 (agent/store-outage.ts). Long enough by default for a `rdzv serve --data-dir`
+   * restart or an etcd election (seconds) and for a store that comes back as fast as nodes may join.
+   */
+  readonly storeUnreachableTimeoutMs: number;
   /** Config `is_host`: whether this node hosts the store; `undefined` means "work it out" (default). */
   readonly isHost: boolean | undefined;
   /** `params.localAddr`, else config `local_addr`, else this machine's hostname (`defaultLocalAddr()`). */
@@ -68,6 +75,9 @@ export const DEFAULT_RENDEZVOUS_TIMEOUTS = {
   readTimeoutMs: 60_000,
   storeTimeoutMs: 600_000,
 } as const;
+
+/** The least default of `store_unreachable_timeout` (the default is this or `join_timeout`, the larger). */
+export const MIN_DEFAULT_STORE_UNREACHABLE_TIMEOUT_MS = 300_000;
 
 /** Default of `keep_alive_max_attempt`. */
 export const DEFAULT_KEEP_ALIVE_MAX_ATTEMPTS = 3;
@@ -197,13 +207,15 @@ export function resolveRendezvousSettings(params: RendezvousParameters): Rendezv
   const seconds = (key: string, fallbackMs: number): number =>
     read(() => configDurationMs(config, key) ?? fallbackMs, fallbackMs);
   const d = DEFAULT_RENDEZVOUS_TIMEOUTS;
+  const joinTimeoutMs = seconds("join_timeout", d.joinTimeoutMs);
+  const unreachableMs = Math.max(MIN_DEFAULT_STORE_UNREACHABLE_TIMEOUT_MS, joinTimeoutMs);
   const settings: RendezvousSettings = {
     backend: valid.backend,
     endpoint: valid.endpoint,
     runId: valid.runId,
     minNodes: valid.minNodes,
     maxNodes: valid.maxNodes,
-    joinTimeoutMs: seconds("join_timeout", d.joinTimeoutMs),
+    joinTimeoutMs,
     lastCallTimeoutMs: seconds("last_call_timeout", d.lastCallTimeoutMs),
     closeTimeoutMs: seconds("close_timeout", d.closeTimeoutMs),
     heartbeatTimeoutMs: seconds("heartbeat_timeout", d.heartbeatTimeoutMs),
@@ -214,6 +226,7 @@ export function resolveRendezvousSettings(params: RendezvousParameters): Rendezv
     ),
     readTimeoutMs: seconds("read_timeout", d.readTimeoutMs),
     storeTimeoutMs: seconds("timeout", d.storeTimeoutMs),
+    storeUnreachableTimeoutMs: seconds("store_unreachable_timeout", unreachableMs),
     isHost: read(() => configBool(config, "is_host"), undefined),
     localAddr: read(() => resolveLocalAddr(valid, config), ""),
     stickyRanks: read(() => configBool(config, "sticky_ranks") ?? false, false),
@@ -354,6 +367,7 @@ export const RENDEZVOUS_CONFIG_KEYS = {
     "keep_alive_max_attempt",
     "read_timeout",
     "timeout",
+    "store_unreachable_timeout",
     "is_host",
     "local_addr",
     "sticky_ranks",

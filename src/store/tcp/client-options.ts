@@ -6,6 +6,7 @@ import { AbortedError, InvalidArgumentError, type RendezvousError } from "../../
 import { type Logger, silentLogger } from "../../log.js";
 import { checkTimeoutMs } from "../deadline.js";
 import { DEFAULT_STORE_TIMEOUT_MS } from "../store.js";
+import { checkGiveUpRule, type GiveUpRule } from "./client-give-up.js";
 import type { Dialect, ProtocolLimits } from "./protocol.js";
 
 /** Options of `connectTCPStore` / `new TCPStore`. */
@@ -55,6 +56,14 @@ export interface TCPStoreOptions {
    * always get wait connections.
    */
   asyncWaits?: boolean;
+  /**
+   * When to stop retrying a server for good (client-give-up.ts): once every connect attempt has been refused
+   * for `giveUp.afterRefusedMs` (nothing listens there, or its host is unreachable; timeouts do not count),
+   * every pending and later call fails at once with a `RendezvousStoreGoneError` (`RDZV_CONNECTION`) whose
+   * message `giveUp.message` writes. Default: none, every call retries within its own connect budget.
+   * Settable later as `giveUp`.
+   */
+  giveUp?: GiveUpRule | undefined;
   logger?: Logger;
 }
 
@@ -76,6 +85,7 @@ export interface ResolvedOptions {
   readonly authToken: string | undefined;
   readonly tls: ConnectionOptions | undefined;
   readonly asyncWaits: boolean;
+  readonly giveUp: GiveUpRule | undefined;
   readonly logger: Logger;
 }
 
@@ -110,6 +120,7 @@ export function resolveOptions(options: TCPStoreOptions): ResolvedOptions {
     authToken: resolveToken(options.authToken, dialect),
     tls: resolveTls(options.tls),
     asyncWaits: options.asyncWaits ?? true,
+    giveUp: checkGiveUpRule(options.giveUp),
     logger: options.logger ?? silentLogger,
   };
 }

@@ -10,12 +10,23 @@ import {
   ErrorCode,
   RendezvousConnectionError,
   RendezvousError,
+  type RendezvousStoreGoneError,
   RendezvousTimeoutError,
 } from "../../errors.js";
 import { checkTimeoutMs, keysTimeoutMessage, throwIfAborted } from "../deadline.js";
 import type { CallOptions } from "../store.js";
 import { type ConnectTarget, connectWithRetry, peerName, storeClosedError } from "./client-connect.js";
 import { type ClientConnection, Shape, userKey } from "./client-connection.js";
+import {
+  type ConnectOutcome,
+  checkGiveUpRule,
+  classifyConnectFailure,
+  type GiveUpRule,
+  givesUp,
+  goneError,
+  nextStreak,
+  type RefusalStreak,
+} from "./client-give-up.js";
 import { type ResolvedOptions, race } from "./client-options.js";
 import { WaitPool } from "./client-wait-pool.js";
 import { CheckResponse, type Request, WaitResponse } from "./protocol.js";
@@ -37,6 +48,8 @@ export function waitTimeoutMessage(op: string, keys: readonly string[]): (timeou
  * Owns a `TCPStore`'s connections and the rules of its calls (used by `TCPStore` only): non-blocking
  * requests on the main connection, reconnected on demand by the next call, which waits at most its
  * connect budget; blocking requests on wait connections; `onDisconnect` when the main connection drops.
+ * Every connect attempt's outcome feeds the give-up rule (client-give-up.ts): once it gives up, the session
+ * fails every pending and later call with its error, as if closed.
  */
 export class ClientSession {
   readonly peer: string;
@@ -52,6 +65,9 @@ export class ClientSession {
   #lastConnectError: unknown;
   #hasExtensions = false;
   #closed = false;
+  #giveUp: GiveUpRule | undefined;
+  #streak: RefusalStreak;
+  #gone: RendezvousStoreGoneError | undefined;
 
   constructor(options: ResolvedOptions, onDisconnect: (err: RendezvousError) => void) {
     const { host, port, dialect, limits, logger, authToken, tls } = options;
@@ -60,6 +76,7 @@ export class ClientSession {
     this.#target = { host, port, dialect, limits, logger, authToken, tls };
     this.#onDisconnect = onDisconnect;
     this.#timeoutMs = options.timeoutMs;
+    this.#giveUp = options.giveUp;
     this.#waits = new WaitPool((deadlineAt, onClose) => this.#openWaitConnection(deadlineAt, onClose));
     // Every connection being opened listens on it, and against a v1 server each pending wait opens one:
     // many listeners at once are the design here, not a leak for Node to warn of.
@@ -72,6 +89,19 @@ export class ClientSession {
 
   set timeoutMs(value: number) {
     this.#timeoutMs = checkTimeoutMs(value, "timeoutMs");
+  }
+
+  get giveUp(): GiveUpRule | undefined {
+    return this.#giveUp;
+  }
+
+  set giveUp(rule: GiveUpRule | undefined) {
+    this.#giveUp = checkGiveUpRule(rule);
+  }
+
+  /** The error every call fails with once the give-up rule found the server gone, else `undefined`. */
+  get gone(): RendezvousStoreGoneError | undefined {
+    return this.#gone;
   }
 
   get hasExtensions(): boolean {
@@ -267,9 +297,7 @@ export class ClientSession {
     const opened = await connectWithRetry(this.#target, () => this.#connectDeadline, {
       probe: this.#target.dialect === "v2",
       signal: this.#lifetime.signal,
-      onAttemptFailed: (err) => {
-        this.#lastConnectError = err;
-      },
+      onAttemptFailed: (err) => this.#attemptFailed(err),
       onClose: (err) => {
         if (conn !== undefined) this.#mainClosed(conn, err);
       },
@@ -281,6 +309,7 @@ export class ClientSession {
     }
     this.#main = conn;
     this.#lastConnectError = undefined;
+    this.#attempted({ kind: "connected" });
     this.#hasExtensions = opened.hasExtensions;
     // Not awaited: the server handles TAGGED_REPLIES before anything sent after it.
     if (opened.hasExtensions && this.#options.asyncWaits) conn.enableTagged().catch(() => {});
@@ -305,18 +334,46 @@ export class ClientSession {
     const opened = await connectWithRetry(this.#target, () => deadlineAt, {
       probe: false,
       signal: this.#lifetime.signal,
-      onAttemptFailed: (err) => {
-        this.#lastConnectError = err;
-      },
+      onAttemptFailed: (err) => this.#attemptFailed(err),
       onClose: () => onClose(conn),
     }).catch((err: unknown) => this.#connectFailed(err));
     conn = opened.conn;
+    this.#attempted({ kind: "connected" });
     return conn;
   }
 
   #connectFailed(err: unknown): never {
     this.#lastConnectError = err;
-    throw this.#closed ? storeClosedError() : err;
+    if (this.#closed) throw storeClosedError();
+    throw this.#gone ?? err;
+  }
+
+  #attemptFailed(err: unknown): void {
+    this.#lastConnectError = err;
+    this.#attempted(classifyConnectFailure(err));
+  }
+
+  /** Feeds an attempt's outcome to the give-up rule; gives up when the rule says so. */
+  #attempted(outcome: ConnectOutcome): void {
+    const now = Date.now();
+    const streak = nextStreak(this.#streak, outcome, now);
+    this.#streak = streak;
+    const rule = this.#giveUp;
+    if (rule === undefined || streak === undefined || !givesUp(rule, streak, now)) return;
+    if (this.#closed || this.#gone !== undefined) return;
+    const gone = goneError(rule, this.peer, streak);
+    this.#gone = gone;
+    this.#options.logger.error("TCPStore server gone; failing every call", {
+      peer: this.peer,
+      error: gone.message,
+    });
+    // Stops every connect in progress (they then fail with `gone`, see #connectFailed) and fails the
+    // calls pending on the connections still open.
+    this.#lifetime.abort(gone);
+    const main = this.#main;
+    this.#main = undefined;
+    main?.destroy(gone);
+    void this.#waits.close(gone);
   }
 
   #connectError(budgetMs: number): RendezvousError {
@@ -328,6 +385,7 @@ export class ClientSession {
 
   #enter(options: CallOptions | undefined): void {
     if (this.#closed) throw storeClosedError();
+    if (this.#gone !== undefined) throw this.#gone;
     throwIfAborted(options?.signal);
   }
 }

@@ -21,16 +21,24 @@
  */
 
 import { EventEmitter } from "node:events";
-import { ErrorCode, InvalidArgumentError, RendezvousError, StoreError } from "../../errors.js";
+import {
+  ErrorCode,
+  InvalidArgumentError,
+  RendezvousError,
+  type RendezvousStoreGoneError,
+  StoreError,
+} from "../../errors.js";
 import { checkKey } from "../bytes.js";
 import { sleep } from "../deadline.js";
 import { checkSameLength, toI64 } from "../memory-store.js";
 import type { CallOptions, QueuePopOptions, QueueStore, StoreValue } from "../store.js";
 import { type ClientConnection, printable, Shape } from "./client-connection.js";
+import type { GiveUpRule } from "./client-give-up.js";
 import { type ResolvedOptions, resolveOptions, type TCPStoreOptions } from "./client-options.js";
 import { ClientSession, waitTimeoutMessage } from "./client-session.js";
 import { CheckResponse, type Dialect, EXTENSION_ACK, type Request } from "./protocol.js";
 
+export type { GiveUpRule, Refusal } from "./client-give-up.js";
 export type { TCPStoreOptions } from "./client-options.js";
 
 /** Events of a `TCPStore`. */
@@ -74,7 +82,9 @@ const isReady = (v: number): boolean => v === 0;
  * timeout) or the connection breaks (every pending call rejects at once; later calls reconnect);
  * `InvalidArgumentError` for a command the dialect lacks; `RendezvousAuthError` (`RDZV_AUTH`, never retried)
  * when the server requires an auth token this client lacks, rejects its token, or its TLS certificate does
- * not verify; `StoreError` with `RDZV_LIMIT_EXCEEDED` for a request over `limits` (not sent). Non-blocking
+ * not verify; `StoreError` with `RDZV_LIMIT_EXCEEDED` for a request over `limits` (not sent);
+ * `RendezvousStoreGoneError` (`RDZV_CONNECTION`), for every call, once option `giveUp` found the server
+ * gone for good (connections refused for its whole budget). Non-blocking
  * calls given a `timeoutMs` or
  * `signal` are bounded by them; without, a main connection that stops answering for `timeoutMs` is
  * dropped.
@@ -105,6 +115,23 @@ export class TCPStore extends EventEmitter<TCPStoreEvents> implements QueueStore
 
   set timeoutMs(value: number) {
     this.#session.timeoutMs = value;
+  }
+
+  /** The give-up rule (option `giveUp`, client-give-up.ts); setting it applies from the next connect attempt. */
+  get giveUp(): GiveUpRule | undefined {
+    return this.#session.giveUp;
+  }
+
+  set giveUp(rule: GiveUpRule | undefined) {
+    this.#session.giveUp = rule;
+  }
+
+  /**
+   * The `RendezvousStoreGoneError` every call fails with once the give-up rule found the server gone (the
+   * store is then as good as closed), else `undefined`.
+   */
+  get gone(): RendezvousStoreGoneError | undefined {
+    return this.#session.gone;
   }
 
   /** True when the server is an rdzv server (it answered the extension probe at the last connect; v2 only). */
