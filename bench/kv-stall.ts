@@ -2,10 +2,10 @@
  * The key table's pauses and throughput: how long one call of the store's `KvEngine` can block the event
  * loop while its key table grows to millions of keys, and what set/get/delete/list cost at 10k and 1M keys.
  *
- *   node dist/bench/kv-stall.js [--keys 2000000] [--reps 3] [--shards 1,256] [--baseline PATH]
+ *   node dist/bench/kv-stall.js [--keys 2000000] [--reps 3] [--shards 1,256] [--baseline [LABEL=]PATH]...
  *
- * Each variant (a shard count of today's engine, and with `--baseline` the `KvEngine` exported by the
- * compiled module at PATH, e.g. an older engine) runs in a fresh process of its own, the variants
+ * Each variant (a shard count of today's engine, and for each `--baseline` the `KvEngine` exported by
+ * the compiled module at PATH, e.g. an older engine) runs in a fresh process of its own, the variants
  * alternated `--reps` times; medians are printed as a Markdown table.
  *
  * 1. Growth: `--keys` keys set one by one, 1000 per event-loop turn (a server handles a socket's read in
@@ -60,8 +60,15 @@ function parseArgs(argv: readonly string[]): Args {
   };
   const shards = (value("--shards") ?? "1,256").split(",").map(Number);
   const variants: Variant[] = shards.map((n) => ({ label: `${n} shard${n === 1 ? "" : "s"}`, shards: n }));
-  const baseline = value("--baseline");
-  if (baseline !== undefined) variants.unshift({ label: "baseline", module: baseline });
+  const baselines = argv.flatMap((a, i) =>
+    a === "--baseline" && argv[i + 1] !== undefined ? [argv[i + 1]!] : [],
+  );
+  variants.unshift(
+    ...baselines.map((b) => {
+      const eq = b.indexOf("=");
+      return eq < 0 ? { label: "baseline", module: b } : { label: b.slice(0, eq), module: b.slice(eq + 1) };
+    }),
+  );
   return { keys: Number(value("--keys") ?? 2_000_000), reps: Number(value("--reps") ?? 3), variants };
 }
 

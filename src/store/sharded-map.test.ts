@@ -39,7 +39,7 @@ describe("ShardedMap", () => {
   it("behaves as a Map under random sets, deletes and listings, across the split", () => {
     fc.assert(
       fc.property(
-        fc.constantFrom(1, 2, 8, 64, 256),
+        fc.constantFrom(1, 2, 3, 64, 256),
         fc.integer({ min: 1, max: 300 }),
         fc.array(opArb, { maxLength: 600, size: "max" }),
         (shards, splitAt, ops) => {
@@ -87,18 +87,21 @@ describe("ShardedMap", () => {
     assert.equal(map.shardCount, 16);
   });
 
-  it("holds many keys, a share in each shard", () => {
+  it("holds many keys, a share in each shard, the shares from 1 to 2", () => {
     const map = new ShardedMap<number>();
     const n = 200_000;
     for (let i = 0; i < n; i++) map.set(`/rdzv/bench-run-${i & 15}/r3/slot/${i}/hb`, i);
     assert.equal(map.size, n);
     assert.equal(map.shardCount, DEFAULT_SHARDS);
+    // Shares from 1 to 2 (see the file comment of sharded-map.ts): the mean times 0.69 to 1.39.
     const sizes = map.shardSizes();
     const mean = n / DEFAULT_SHARDS;
     assert.ok(
-      Math.min(...sizes) > mean * 0.8 && Math.max(...sizes) < mean * 1.2,
+      Math.min(...sizes) > mean * 0.55 && Math.max(...sizes) < mean * 1.7,
       `${Math.min(...sizes)}..${Math.max(...sizes)}`,
     );
+    const ratio = Math.max(...sizes) / Math.min(...sizes);
+    assert.ok(ratio > 1.6 && ratio < 2.6, `largest / smallest shard ${ratio}`);
     for (let i = 0; i < n; i += 997) assert.equal(map.get(`/rdzv/bench-run-${i & 15}/r3/slot/${i}/hb`), i);
     assert.ok(DEFAULT_SPLIT_AT < n);
   });
@@ -139,7 +142,7 @@ describe("ShardedMap", () => {
   });
 
   it("rejects a shard count or splitAt out of range, naming it", () => {
-    for (const shards of [0, 3, 1.5, 2 ** 17, Number.NaN]) {
+    for (const shards of [0, 1.5, 2 ** 12 + 1, Number.NaN]) {
       assert.throws(
         () => new ShardedMap({ shards }),
         (err: unknown) => err instanceof RangeError && err.message.includes(`got ${shards}`),
@@ -148,6 +151,10 @@ describe("ShardedMap", () => {
     for (const splitAt of [0, -1, 2.5]) {
       assert.throws(() => new ShardedMap({ splitAt }), /splitAt must be a positive integer/);
     }
-    assert.equal(new ShardedMap({ shards: 1, splitAt: 1 }).shardCount, 1);
+    const one = new ShardedMap<number>({ shards: 1, splitAt: 1 });
+    one.set("a", 1);
+    one.set("b", 2);
+    assert.equal(one.shardCount, 1, "one shard: never split");
+    assert.equal(new ShardedMap({ shards: 3 }).shardCount, 1);
   });
 });
