@@ -6,14 +6,14 @@
  * table doubles (or falls to a quarter). For the TCP store server's key table that step stalled every
  * client of the server, about 100 ms at 512k keys and 220-330 ms at 1M, once per doubling
  * (bench/kv-stall.ts, bench/RESULTS.md; Redis avoids the same stall by rehashing incrementally). Split
- * 256 ways, each rehash moves 1/256 of the keys; the shards grow at about the same time, but one by one,
- * each in a call of its own. It also lifts V8's limit of 2^24 keys per `Map` 256-fold. Small maps stay
- * one `Map`, so that they do not pay for hashing each key in JavaScript (about 1.3 ns per character).
+ * 256 ways, each rehash moves one shard's keys, 1/185 of them at most. It also lifts V8's limit of 2^24
+ * keys per `Map` about 185-fold. Small maps stay one `Map`, so that they do not pay for hashing each key
+ * in JavaScript (about 1.3 ns per character).
  *
  * Shards of equal shares would all double at about the same total (256 x 2^k keys), several in one turn
- * of the event loop (13 ms for a turn of 1000 sets at 2M keys). So shard i gets a share proportional to
- * 2^(i/256): their shares span a factor of two, and their doublings spread evenly over each doubling of
- * the whole map.
+ * of the event loop (13-15 ms for a turn of 1000 sets at 2M keys). So shard i gets a share proportional
+ * to 2^(i/256): their shares span a factor of two, and their doublings spread evenly over each doubling
+ * of the whole map (7 ms for that turn).
  */
 
 /** Shards of a `ShardedMap` unless told otherwise. */
