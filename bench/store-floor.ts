@@ -96,20 +96,27 @@ export function startFloorServer(host: string): Promise<Server> {
   return new Promise((resolve) => server.listen(0, host, () => resolve(server)));
 }
 
+/** What `storeWorkPerRequest` needs of an engine (an older `KvEngine` included, see bench/kv-stall.ts). */
+export type WorkEngine = Pick<KvEngine, "set" | "get" | "add">;
+
 /**
  * Microseconds of store work per request, without sockets: decoding the frame, running it on a `KvEngine`
- * and encoding the reply, as rdzv's server does for each ADD / GET (median of 5 runs of `n`).
+ * (or `engine`) and encoding the reply, as rdzv's server does for each ADD / GET (median of 5 runs of `n`).
+ * The keys are `/k` and `/n` unless `keySuffix` is appended to both.
  */
-export function storeWorkPerRequest(n = 200_000): { add: number; get: number } {
-  const engine = new KvEngine();
-  engine.set("/k", Buffer.alloc(64, 0x76));
+export function storeWorkPerRequest(
+  n = 200_000,
+  engine: WorkEngine = new KvEngine(),
+  keySuffix = "",
+): { add: number; get: number } {
+  engine.set(`/k${keySuffix}`, Buffer.alloc(64, 0x76));
   const decoder = new RequestDecoder();
   decoder.push(encodeRequest("v2", { type: "validate", magic: VALIDATION_MAGIC }));
   decoder.next();
   const out = new PendingReplies();
   const frames = {
-    add: encodeRequest("v2", { type: "add", key: "/n", delta: 1n }),
-    get: encodeRequest("v2", { type: "get", key: "/k" }),
+    add: encodeRequest("v2", { type: "add", key: `/n${keySuffix}`, delta: 1n }),
+    get: encodeRequest("v2", { type: "get", key: `/k${keySuffix}` }),
   };
   const measure = (f: Buffer): number => {
     const runs: number[] = [];

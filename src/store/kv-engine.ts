@@ -10,6 +10,7 @@
 
 import { ErrorCode, StoreError } from "../errors.js";
 import { bytesEqual, concatBytes } from "./bytes.js";
+import { ShardedMap, type ShardedMapOptions } from "./sharded-map.js";
 
 /** Someone blocked until a set of keys exists. */
 export interface Waiter {
@@ -48,7 +49,8 @@ export type Mutation = KeyMutation | { readonly op: "batch"; readonly mutations:
 /**
  * Called with every mutation before it is applied (and after it was validated): when it throws, the
  * mutation is not applied and the error reaches the caller. A hook that throws because its storage
- * failed (not because of the mutation) throws `StorageFailedError`.
+ * failed (not because of the mutation) throws `StorageFailedError`. It must not call the engine: the
+ * operation that calls it holds its key's shard of the key table, which any call may split.
  */
 export type MutationHook = (mutation: Mutation) => void;
 
@@ -169,14 +171,33 @@ export function wrapI64(n: bigint): bigint {
   return BigInt.asIntN(64, n);
 }
 
-/** The store's data and its waiters. */
+/** Options of a `KvEngine`. */
+export interface KvEngineOptions {
+  /**
+   * How the key table, and the table of keys waited for, split as they grow (see sharded-map.ts;
+   * defaults: 256 shards from 8192 keys). For benchmarks and tests; `{ shards: 1 }` is one plain `Map`.
+   */
+  keyTable?: ShardedMapOptions;
+}
+
+/**
+ * The store's data and its waiters. The key table is split into shards as it grows (see sharded-map.ts),
+ * so that its growth never stalls the caller for long; so keys are listed in no particular order.
+ */
 export class KvEngine {
-  private readonly data = new Map<string, Uint8Array>();
+  private readonly data: ShardedMap<Uint8Array>;
   private readonly queues = new Map<string, Uint8Array[]>();
-  private readonly waitersByKey = new Map<string, Set<Registration>>();
+  /** Waiters by missing key: as big as the key table can be (a WAIT may name 128k keys), so sharded too. */
+  private readonly waitersByKey: ShardedMap<Set<Registration>>;
   private readonly registrations = new Map<Waiter, Registration>();
   private readonly listeners = new Set<KeyChangeListener>();
   private mutationHook: MutationHook | undefined;
+
+  /** Throws `RangeError` for a `keyTable` option out of range. */
+  constructor(options: KvEngineOptions = {}) {
+    this.data = new ShardedMap(options.keyTable);
+    this.waitersByKey = new ShardedMap(options.keyTable);
+  }
 
   /** Number of keys (queues excluded). */
   get size(): number {
@@ -198,8 +219,8 @@ export class KvEngine {
     return this.data.has(key) || (this.queues.get(key)?.length ?? 0) > 0;
   }
 
-  /** Every key, in insertion order. */
-  keys(): IterableIterator<string> {
+  /** Every key at the call, in no particular order (a copy: the engine may change while it is read). */
+  keys(): string[] {
     return this.data.keys();
   }
 
@@ -251,7 +272,8 @@ export class KvEngine {
 
   /** Adds `delta` to the counter at `key` (missing = 0), wrapping at 64 bits; returns the new value. */
   add(key: string, delta: bigint): bigint {
-    const old = this.data.get(key);
+    const shard = this.data.shard(key);
+    const old = shard.get(key);
     // In doubles while everything stays a safe integer (every counter the rendezvous keeps), which is
     // several times cheaper than BigInt arithmetic and its decimal string; the same bytes either way.
     const base = old === undefined ? 0 : parseSmallCounter(old);
@@ -259,46 +281,49 @@ export class KvEngine {
     if (base !== undefined && step >= -SMALL_DELTA && step <= SMALL_DELTA) {
       const sum = base + step;
       if (Number.isSafeInteger(sum)) {
-        this.#storeCounter(key, decimalBytes(sum));
+        this.#storeCounter(shard, key, decimalBytes(sum));
         return BigInt(sum);
       }
     }
     const sum = wrapI64((old === undefined ? 0n : parseCounter(old, key)) + delta);
-    this.#storeCounter(key, Buffer.from(sum.toString(), "latin1"));
+    this.#storeCounter(shard, key, Buffer.from(sum.toString(), "latin1"));
     return sum;
   }
 
-  #storeCounter(key: string, value: Uint8Array): void {
+  #storeCounter(shard: Map<string, Uint8Array>, key: string, value: Uint8Array): void {
     this.mutationHook?.({ op: "set", key, value });
-    this.write(key, value);
+    this.writeTo(shard, key, value);
   }
 
   /** PyTorch compare-set semantics (see `Store.compareSet`). */
   compareSet(key: string, expected: Uint8Array, desired: Uint8Array): Uint8Array {
-    const current = this.data.get(key);
+    const shard = this.data.shard(key);
+    const current = shard.get(key);
     if (current === undefined) {
       if (expected.length !== 0) return expected;
     } else if (!bytesEqual(current, expected)) {
       return current;
     }
     this.mutationHook?.({ op: "set", key, value: desired });
-    this.write(key, desired);
+    this.writeTo(shard, key, desired);
     return desired;
   }
 
   append(key: string, value: Uint8Array): void {
-    const old = this.data.get(key);
+    const shard = this.data.shard(key);
+    const old = shard.get(key);
     this.mutationHook?.({ op: "append", key, value });
-    this.write(key, old === undefined ? value : concatBytes(old, value));
+    this.writeTo(shard, key, old === undefined ? value : concatBytes(old, value));
   }
 
   /** Deletes `key`; true when it existed. Wakes nobody. */
   delete(key: string): boolean {
-    const old = this.data.get(key);
+    const shard = this.data.shard(key);
+    const old = shard.get(key);
     if (old === undefined) return false;
     this.mutationHook?.({ op: "delete", key });
-    if (this.listeners.size === 0) return this.data.delete(key);
-    this.data.delete(key);
+    if (this.listeners.size === 0) return shard.delete(key);
+    shard.delete(key);
     this.notify(key, old, undefined);
     return true;
   }
@@ -365,8 +390,13 @@ export class KvEngine {
 
   /** Stores `value` at `key`, wakes the key's waiters, then tells the listeners. */
   private write(key: string, value: Uint8Array): void {
-    const old = this.listeners.size === 0 ? undefined : this.data.get(key);
-    this.data.set(key, value);
+    this.writeTo(this.data.shard(key), key, value);
+  }
+
+  /** `write`, with the key table's shard of `key` at hand. */
+  private writeTo(shard: Map<string, Uint8Array>, key: string, value: Uint8Array): void {
+    const old = this.listeners.size === 0 ? undefined : shard.get(key);
+    shard.set(key, value);
     this.wakeAll(key);
     if (this.listeners.size !== 0) this.notify(key, old, value);
   }

@@ -144,7 +144,7 @@ export class MemoryStore implements QueueStore {
 
   async listKeys(options?: CallOptions): Promise<string[]> {
     this.enter(options);
-    return [...this.engine.keys()];
+    return this.engine.keys();
   }
 
   async queuePush(key: string, value: StoreValue, options?: CallOptions): Promise<void> {

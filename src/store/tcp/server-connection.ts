@@ -362,7 +362,7 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
         this.#out.i64(BigInt(engine.queueLen(req.key)));
         break;
       case "listKeys":
-        this.reply(encodeKeyListReply(Array.from(engine.keys())));
+        this.reply(encodeKeyListReply(engine.keys()));
         break;
       case "barrier":
         this.barrier(req.key, req.worldSize);
