@@ -184,6 +184,7 @@ describe("run retention on a TCP store server", () => {
       sweepIntervalMs: HOUR_MS,
       now: () => clock,
       maxKeysPerSlice: 3,
+      maxSliceMs: HOUR_MS, // slices by key count only
       logger: { ...silentLogger, warn: (m) => slowLogged.push(m) },
     });
     try {
@@ -220,6 +221,7 @@ describe("run retention on a TCP store server", () => {
       { ttlMs: 1.5 },
       { ttlMs: 10, sweepIntervalMs: 0 },
       { ttlMs: 10, maxKeysPerSlice: -1 },
+      { ttlMs: 10, maxSliceMs: 0 },
     ]) {
       assert.throws(
         () => startRunRetention(server.engine, bad),

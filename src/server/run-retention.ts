@@ -11,12 +11,13 @@
  * keep-alive interval (the default is 24 h) only takes runs whose agents are all gone.
  *
  * Each run's clock is kept from the engine's key changes (run-activity.ts), so a sweep costs one pass over
- * the runs, plus the deletions. A run's keys are deleted through the engine like a client's DELETE (so a
- * data directory's journal records them, waiters stay blocked as after any delete, and the run index,
- * the monitor and the dashboard follow), at most `maxKeysPerSlice` per turn of the event loop, the run's
- * list key (`open`, PyTorch's state key) last: a run whose deletion stops half-way (a key of it written
- * meanwhile, a crash) stays listed, and expires again once idle. A server restarted from its data
- * directory starts every run's clock at the restart.
+ * the runs, plus the deletions; a write counts from the first sweep after it, so a run goes between TTL
+ * and TTL plus one sweep interval after its last write. A run's keys are deleted through the engine like
+ * a client's DELETE (so a data directory's journal records them, waiters stay blocked as after any
+ * delete, and the run index, the monitor and the dashboard follow), at most `maxKeysPerSlice` (or
+ * `maxSliceMs` worth) per turn of the event loop, the run's list key (`open`, PyTorch's state key) last:
+ * a run whose deletion stops half-way (a key of it written meanwhile, a crash) stays listed, and expires
+ * again once idle. A server restarted from its data directory starts every run's clock at the restart.
  */
 
 import { InvalidArgumentError } from "../errors.js";
@@ -33,6 +34,11 @@ export interface RunRetentionOptions {
   sweepIntervalMs?: number;
   /** Most keys deleted per turn of the event loop (default 1000). */
   maxKeysPerSlice?: number;
+  /**
+   * Longest a turn of deletions may take, ms (default 10, by `performance.now`, whatever `now` is): with
+   * `--fsync always` each delete waits for the disk, and 1000 of them held the loop for half a second.
+   */
+  maxSliceMs?: number;
   /** Prefix of user keys in the engine (default "/", as on a TCP store server). */
   keyPrefix?: string;
   /** The engine's keys are UTF-8 bytes as byte strings, as a TCP store server's are (default true). */
@@ -73,8 +79,8 @@ const TORCH = "torch.rendezvous.";
 /**
  * Follows `engine`'s key changes (one pass over the keys it holds now, then each change) and deletes
  * idle runs every sweep interval; see the file comment. The timer does not keep the process alive.
- * Throws `InvalidArgumentError` for a `ttlMs`, `sweepIntervalMs` or `maxKeysPerSlice` that is not a
- * positive integer.
+ * Throws `InvalidArgumentError` for a `ttlMs`, `sweepIntervalMs`, `maxKeysPerSlice` or `maxSliceMs`
+ * that is not a positive integer.
  */
 export function startRunRetention(engine: KvEngine, options: RunRetentionOptions): RunRetention {
   const { ttlMs } = options;
@@ -85,6 +91,8 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
   positive("sweepIntervalMs", intervalMs);
   const perSlice = options.maxKeysPerSlice ?? 1000;
   positive("maxKeysPerSlice", perSlice);
+  const sliceMs = options.maxSliceMs ?? 10;
+  positive("maxSliceMs", sliceMs);
   const logger = options.logger ?? silentLogger;
   const keyPrefix = options.keyPrefix ?? WIRE_KEY_PREFIX;
   const byteKeys = options.byteKeys ?? true;
@@ -104,6 +112,7 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
   let running: Promise<string[]> | undefined;
   let timer: NodeJS.Timeout | undefined;
   let budget = perSlice;
+  let sliceEnd = 0;
 
   /** Deletes `run`'s keys, list key last; false when it stopped (written meanwhile, or closed). */
   const expire = async (run: RunGroup): Promise<boolean> => {
@@ -112,9 +121,10 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
     if (run.listKey !== undefined) keys.push(run.listKey);
     let deleted = 0;
     for (const key of keys) {
-      if (budget === 0) {
-        budget = perSlice;
+      if (budget === 0 || performance.now() > sliceEnd) {
         await new Promise<void>((resolve) => setImmediate(resolve));
+        budget = perSlice;
+        sliceEnd = performance.now() + sliceMs;
         if (closed) return false;
         if (activity.group(run) !== run || run.written) {
           logger.warn("rdzv store: a run was written while it expired; its other keys are kept", {
@@ -145,6 +155,7 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
   const sweepOnce = async (): Promise<string[]> => {
     const gone: string[] = [];
     budget = perSlice;
+    sliceEnd = performance.now() + sliceMs;
     for (const run of activity.idleRuns(ttlMs)) {
       // An earlier run's deletion yielded: this one may have been written (or deleted) since.
       if (closed) break;
