@@ -111,6 +111,13 @@ export {
   type RendezvousMonitorOptions,
 } from "./server/monitor.js";
 export { PickleError } from "./server/pickle.js";
+export { type RunOwner, runOwnerOf } from "./server/run-owner.js";
+export {
+  type RunRetention,
+  type RunRetentionOptions,
+  type RunRetentionStats,
+  startRunRetention,
+} from "./server/run-retention.js";
 export {
   NodeStatus,
   type NodeView,

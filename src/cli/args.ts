@@ -20,3 +20,27 @@ export function intOption(
   }
   return n;
 }
+
+const DURATION_UNITS_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * Parses a duration option: whole seconds (`90`), or a whole number with a unit `s`, `m`, `h` or `d`
+ * (`30m`, `24h`, `7d`); in ms. `0` (any unit) is allowed when `zero` names what it means, e.g. "disables".
+ */
+export function durationOption(
+  name: string,
+  value: string | undefined,
+  fallbackMs: number,
+  zero?: string,
+): number {
+  if (value === undefined) return fallbackMs;
+  const m = /^(\d+)([smhd]?)$/.exec(value.trim());
+  const ms = m === null ? Number.NaN : Number(m[1]) * DURATION_UNITS_MS[m[2] || "s"]!;
+  if (!Number.isSafeInteger(ms) || (ms === 0 && zero === undefined)) {
+    const zeroNote = zero === undefined ? "" : `; 0 ${zero}`;
+    throw new UsageError(
+      `--${name} must be a duration: whole seconds, or a whole number with s, m, h or d (90, 30m, 24h, 7d)${zeroNote}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return ms;
+}

@@ -7,6 +7,7 @@ import type { Logger } from "../log.js";
 import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { createDashboardApp } from "../server/dashboard-app.js";
 import { startHttpServer } from "../server/http-server.js";
+import type { RunRetention } from "../server/run-retention.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import type { TCPStoreServer } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -73,6 +74,7 @@ export function dashboardPort(values: DashboardValues): DashboardAt | undefined 
  * Starts the dashboard of `server` when `--http-port` was given, and prints its URL to `out`
  * (`rdzv dashboard on http://HOST:PORT/`). Beyond loopback, a dashboard of a store with `authToken`
  * requires that token too (HTTP Basic password or Bearer); one without says that anyone may read it.
+ * `retention`'s counters are exported at /metrics.
  */
 export async function startServeDashboard(
   at: DashboardAt | undefined,
@@ -80,6 +82,7 @@ export async function startServeDashboard(
   out: NodeJS.WritableStream,
   logger?: Logger,
   authToken?: string,
+  retention?: RunRetention,
 ): Promise<ServeDashboard> {
   if (at === undefined) return { close: async () => {} };
   const exposed = !isLoopbackHost(at.host);
@@ -90,6 +93,7 @@ export async function startServeDashboard(
     storeAddress: formatHostPort(server.host, server.port),
     ...(logger === undefined ? {} : { logger }),
     ...(token === undefined ? {} : { authToken: token }),
+    ...(retention === undefined ? {} : { retention: () => retention.stats() }),
   });
   let http: Awaited<ReturnType<typeof startHttpServer>>;
   try {

@@ -9,6 +9,7 @@ import { intOption, UsageError } from "./args.js";
 import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
 import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
 import { createServeLogger } from "./serve-log.js";
+import { RETENTION_HELP, RETENTION_OPTIONS, runTtlMs, startServeRetention } from "./serve-retention.js";
 import { SECURITY_HELP, SECURITY_OPTIONS, securityOptions } from "./serve-security.js";
 
 export const SERVE_HELP = `Usage: rdzv serve [options]
@@ -22,7 +23,7 @@ Options:
   --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
-${SECURITY_HELP}${DATA_HELP}${DASHBOARD_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
+${SECURITY_HELP}${DATA_HELP}${RETENTION_HELP}${DASHBOARD_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
   -h, --help               show this help
 `;
 
@@ -44,6 +45,7 @@ export async function serveCommand(
       "log-level": { type: "string" },
       ...SECURITY_OPTIONS,
       ...DATA_OPTIONS,
+      ...RETENTION_OPTIONS,
       ...DASHBOARD_OPTIONS,
       help: { type: "boolean", short: "h" },
     },
@@ -64,6 +66,7 @@ export async function serveCommand(
   if (host.trim() === "") throw new UsageError("--host must not be empty");
   const security = securityOptions(values, process.env, logger);
   const http = dashboardPort(values);
+  const runTtl = runTtlMs(values);
   // Every option is checked before the data directory is opened (and locked).
   const port = intOption("port", values.port, DEFAULT_SERVER_PORT, 0, 65535);
   const limits = {
@@ -142,14 +145,17 @@ export async function serveCommand(
     );
   }
   const token = typeof security.authToken === "string" ? security.authToken : undefined;
-  const dashboard = await startServeDashboard(http, server, out, logger, token).catch(
+  const retention = startServeRetention(server.engine, runTtl, logger);
+  const dashboard = await startServeDashboard(http, server, out, logger, token, retention).catch(
     async (err: unknown) => {
+      retention?.close();
       data.close();
       await server.close();
       throw err;
     },
   );
   const code = await stopped;
+  retention?.close();
   // Before the connections close: the server's own on-disconnect writes at shutdown are not journaled,
   // so a restart does not mark every client gone (they reconnect).
   data.close();

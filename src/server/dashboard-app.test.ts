@@ -292,6 +292,28 @@ describe("dashboard with an auth token", () => {
   });
 });
 
+describe("dashboard run list pushes", () => {
+  it("pushes the run list when a run's keys are deleted (run retention, a client's delete)", async () => {
+    const server = await createTCPStoreServer({ port: 0 });
+    const { engine } = server;
+    const app = createDashboardApp({ engine, processMetrics: false, pushIntervalMs: 20 });
+    const runsOf = (e: Sse): string[] => (e.data.runs ?? []).map((r) => r.runId);
+    try {
+      const sse = new SseReader((await get(app, "/events")).body!);
+      for (const key of ["/rdzv/a/open", "/rdzv/a/r0/hb/0", "/rdzv/b/open"])
+        engine.set(key, Buffer.from("0"));
+      await sse.until((e) => e.event === "runs" && runsOf(e).join() === "a,b", 30_000);
+      engine.delete("/rdzv/a/r0/hb/0");
+      engine.delete("/rdzv/a/open");
+      await sse.until((e) => e.event === "runs" && runsOf(e).join() === "b", 30_000);
+      await sse.cancel();
+    } finally {
+      app.close();
+      await server.close();
+    }
+  });
+});
+
 describe("dashboard event stream cap", () => {
   it("answers 503 past maxEventStreams open streams, and serves again once one closes", async () => {
     const server = await createTCPStoreServer({ port: 0 });

@@ -24,6 +24,7 @@ import { LiveUpdates } from "./live-updates.js";
 import { createServerMetrics, type ServerMetrics } from "./metrics.js";
 import { RendezvousMonitor } from "./monitor.js";
 import { attachRunIndex } from "./run-index.js";
+import type { RunRetentionStats } from "./run-retention.js";
 import type { RunView } from "./run-view.js";
 import { createSseStream, type SseStream, sseBounds } from "./sse.js";
 
@@ -35,6 +36,8 @@ export interface DashboardAppOptions {
   keyPrefix?: string;
   /** The store server's counters, for `/metrics` and `/healthz`. */
   stats?: () => ServerStats;
+  /** Run retention's counters (run-retention.ts), for `/metrics`. */
+  retention?: () => RunRetentionStats;
   /** Shown in the page header, e.g. the store's `host:port`. */
   storeAddress?: string;
   /** Most nodes per round shown in a run's detail (default 5000; more are counted in a note). */
@@ -119,6 +122,7 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   const metrics = createServerMetrics({
     monitor,
     ...(options.stats === undefined ? {} : { stats: options.stats }),
+    ...(options.retention === undefined ? {} : { retention: options.retention }),
     ...(options.processMetrics === undefined ? {} : { processMetrics: options.processMetrics }),
   });
   const reader = engineKeyReader(options.engine, keyPrefix, { runKeys: runIndex.index });

@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics of `rdzv serve` (prom-client, one registry per server): the store's counters, read
- * from `TCPStoreServer.stats()` at scrape time, and the rendezvous' events, counted as the monitor sees
+ * from `TCPStoreServer.stats()` at scrape time, run retention's (`--run-ttl`), also read then, and the rendezvous' events, counted as the monitor sees
  * them (rounds completed, nodes joined and lost, rendezvous latency).
  */
 
@@ -8,12 +8,15 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom
 import { GoneReason } from "../rendezvous/round.js";
 import type { ServerStats } from "../store/tcp/server.js";
 import type { RendezvousMonitor } from "./monitor.js";
+import type { RunRetentionStats } from "./run-retention.js";
 import type { TimelineEvent } from "./run-view.js";
 
 /** Options of `createServerMetrics`. */
 export interface ServerMetricsOptions {
   /** The store's counters (`TCPStoreServer.stats`); without it only rendezvous metrics are exported. */
   stats?: () => ServerStats;
+  /** Run retention's counters (run-retention.ts); without it no retention metrics are exported. */
+  retention?: () => RunRetentionStats;
   /** The monitor whose events are counted. */
   monitor: RendezvousMonitor;
   /** Also export Node's process metrics (CPU, memory, event loop lag; default true). */
@@ -39,6 +42,7 @@ export function createServerMetrics(options: ServerMetricsOptions): ServerMetric
   if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "rdzv_" });
   const { stats } = options;
   if (stats !== undefined) storeMetrics(registry, stats);
+  if (options.retention !== undefined) retentionMetrics(registry, options.retention);
   const joined = new Counter({
     name: "rdzv_rendezvous_nodes_joined_total",
     help: "Nodes that joined a round (tickets published, or new PyTorch participants)",
@@ -105,6 +109,37 @@ function leftReason(text: string | undefined): string {
   return GONE_REASONS.has(text) ? text : "other";
 }
 
+/** Counters over run retention's `stats()`, read at scrape time. */
+function retentionMetrics(registry: Registry, stats: () => RunRetentionStats): void {
+  scrapedCounter(
+    registry,
+    "rdzv_runs_expired_total",
+    "Rendezvous runs deleted by --run-ttl: none of their keys was written for the TTL",
+    () => stats().runsExpired,
+  );
+  scrapedCounter(
+    registry,
+    "rdzv_run_keys_expired_total",
+    "Keys deleted with runs that expired (--run-ttl)",
+    () => stats().keysDeleted,
+  );
+}
+
+/** A counter that follows `read()` at scrape time (advancing by the delta since the last). */
+function scrapedCounter(registry: Registry, name: string, help: string, read: () => number): void {
+  let seen = 0;
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const v = read();
+      if (v > seen) this.inc(v - seen);
+      seen = v;
+    },
+  });
+}
+
 /** Gauges and counters over `stats()`, read at scrape time (counters advance by the delta since the last). */
 function storeMetrics(registry: Registry, stats: () => ServerStats): void {
   const registers = [registry];
@@ -136,19 +171,8 @@ function storeMetrics(registry: Registry, stats: () => ServerStats): void {
     (s) => s.waiters,
   );
   gauge("rdzv_store_keys", "Keys in the store (queues excluded)", (s) => s.keys);
-  const counter = (name: string, help: string, read: (s: ServerStats) => number): void => {
-    let seen = 0;
-    new Counter({
-      name,
-      help,
-      registers,
-      collect() {
-        const v = read(current());
-        if (v > seen) this.inc(v - seen);
-        seen = v;
-      },
-    });
-  };
+  const counter = (name: string, help: string, read: (s: ServerStats) => number): void =>
+    scrapedCounter(registry, name, help, () => read(current()));
   counter("rdzv_store_connections_accepted_total", "Store connections accepted", (s) => s.connectionsTotal);
   counter("rdzv_store_protocol_errors_total", "Connections closed for bad input", (s) => s.protocolErrors);
   counter("rdzv_store_auth_failures_total", "AUTH requests with a wrong token", (s) => s.authFailures);

@@ -32,6 +32,28 @@ function setup() {
 }
 
 describe("RendezvousMonitor", () => {
+  it("says a run changed when its run-list key or a leave marker is deleted, and for no other deletion", () => {
+    const { monitor, create } = setup();
+    const changed: [string, boolean][] = [];
+    monitor.on("changed", (runId, keepAliveOnly) => changed.push([runId, keepAliveOnly]));
+    create("rdzv/a/b/r0/hb/0", enc("1"));
+    changed.length = 0;
+    for (const key of [
+      "rdzv/a/b/r0/hb/0",
+      "rdzv/a/b/r0/gone/1",
+      "rdzv/a/b/open",
+      "torch.rendezvous.t",
+      "user",
+    ]) {
+      monitor.observe(key, enc("1"), undefined);
+    }
+    assert.deepEqual(changed, [
+      ["a/b", false],
+      ["a/b", false],
+      ["t", false],
+    ]);
+  });
+
   it("turns rdzv keys into joined, completed (with latency), nodeLost, left and one closed", () => {
     const { monitor, seen, create } = setup();
     create("rdzv/j/open", enc("0"));

@@ -20,7 +20,7 @@ import { decodeOutcome, memberSlots, type RoundOutcome } from "../rendezvous/rou
 import type { KvEngine } from "../store/kv-engine.js";
 import { userKeyOf, WIRE_KEY_PREFIX } from "./key-reader.js";
 import type { KeepAliveTimes } from "./rdzv-inspect.js";
-import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey } from "./run-keys.js";
+import { MAX_DESCRIPTOR_BYTES, parseRdzvKey, parseTorchKey, type RdzvKey, runListKey } from "./run-keys.js";
 import type { TimelineEvent } from "./run-view.js";
 import { diffTorchStates } from "./torch-diff.js";
 import { readTorchState, type TorchRendezvousState } from "./torch-state.js";
@@ -47,7 +47,10 @@ export interface RendezvousMonitorOptions {
 export interface RendezvousMonitorEvents {
   /** A timeline event of some run. */
   event: [TimelineEvent];
-  /** Some key of run `runId` changed; `keepAliveOnly` when it was a keep-alive counter. */
+  /**
+   * Some key of run `runId` changed (written, or a run-list key deleted: the run or a leave marker went);
+   * `keepAliveOnly` when it was a keep-alive counter.
+   */
   changed: [string, boolean];
 }
 
@@ -152,13 +155,20 @@ export class RendezvousMonitor extends EventEmitter<RendezvousMonitorEvents> imp
 
   /** Feeds one change of user key `key` (`undefined` values: created / deleted). */
   observe(key: string, oldValue: Uint8Array | undefined, newValue: Uint8Array | undefined): void {
+    if (newValue === undefined) {
+      // No event, but the run list changed (a run or a leave marker went: run retention, a client's
+      // delete), and the dashboard pushes it on "changed".
+      const k = runListKey(key);
+      if (k !== undefined) this.emit("changed", k.runId, false);
+      return;
+    }
     if (key.startsWith("rdzv/")) {
       const k = parseRdzvKey(key);
-      if (k !== undefined && newValue !== undefined) this.#rdzv(k, oldValue === undefined, newValue);
+      if (k !== undefined) this.#rdzv(k, oldValue === undefined, newValue);
       return;
     }
     const torchRun = parseTorchKey(key);
-    if (torchRun !== undefined && newValue !== undefined) this.#torchWritten(torchRun, newValue);
+    if (torchRun !== undefined) this.#torchWritten(torchRun, newValue);
   }
 
   /** The timeline of `runId` (oldest first); empty when unseen. */
