@@ -132,10 +132,18 @@ export class StoreError extends RendezvousError {
   }
 }
 
-/** The server refused this client's credentials (token or TLS certificate); retrying cannot help. */
+/**
+ * The server refused this client's credentials (token or TLS certificate); retrying cannot help. Except
+ * when `retryAfterMs` is set: the server's brute-force throttle refused this client's address without
+ * checking its token (too many wrong tokens came from it), for that many ms more.
+ */
 export class RendezvousAuthError extends RendezvousError {
-  constructor(message: string, options?: RendezvousErrorOptions) {
+  /** Set when the address was throttled: ms until it may try again. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(message: string, options?: RendezvousErrorOptions & { retryAfterMs?: number }) {
     super(message, ErrorCode.Auth, options);
+    this.retryAfterMs = options?.retryAfterMs;
   }
 }
 

@@ -167,6 +167,8 @@ export {
 } from "./store/tcp/client.js";
 export { DEFAULT_PROTOCOL_LIMITS, Dialect, type ProtocolLimits } from "./store/tcp/protocol.js";
 export {
+  type AuthThrottle,
+  type AuthThrottleOptions,
   type ConnectionEvent,
   createTCPStoreServer,
   DEFAULT_SERVER_LIMITS,

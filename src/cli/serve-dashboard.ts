@@ -92,7 +92,7 @@ export async function startServeDashboard(
     stats: () => server.stats(),
     storeAddress: formatHostPort(server.host, server.port),
     ...(logger === undefined ? {} : { logger }),
-    ...(token === undefined ? {} : { authToken: token }),
+    ...(token === undefined ? {} : { authToken: token, authThrottle: server.authThrottle }),
     ...(retention === undefined ? {} : { retention: () => retention.stats() }),
   });
   let http: Awaited<ReturnType<typeof startHttpServer>>;

@@ -38,6 +38,15 @@ describe("rdzv serve security options", () => {
     assert.deepEqual(out.timeouts, { incompleteRequestMs: 30_000, idleMs: 0 });
   });
 
+  it("--max-auth-failures: 10 by default, 0 turns the throttle off, anything else is a usage error", () => {
+    assert.deepEqual(securityOptions({}, {}).authThrottle, { maxFailures: 10 });
+    assert.deepEqual(securityOptions({ "max-auth-failures": "0" }, {}).authThrottle, { maxFailures: 0 });
+    assert.throws(
+      () => securityOptions({ "max-auth-failures": "-1" }, {}),
+      /--max-auth-failures must be an integer in 0\.\.1000000, got "-1"/,
+    );
+  });
+
   it("falls back to RDZV_AUTH_TOKEN, and has no token without either", () => {
     assert.equal(securityOptions({}, { RDZV_AUTH_TOKEN: "from-env" }).authToken, "from-env");
     assert.equal(securityOptions({}, {}).authToken, undefined);

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
 import { modeOpenToOthers } from "../file-mode.js";
 import { type Logger, silentLogger } from "../log.js";
+import { DEFAULT_AUTH_THROTTLE } from "../store/tcp/auth-throttle.js";
 import type { ServerTimeouts, TCPStoreServerOptions } from "../store/tcp/server.js";
 import { DEFAULT_SERVER_TIMEOUTS } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
@@ -15,6 +16,7 @@ import { intOption, UsageError } from "./args.js";
 /** parseArgs definitions of the security options. */
 export const SECURITY_OPTIONS = {
   "auth-token-file": { type: "string" },
+  "max-auth-failures": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
   "incomplete-request-timeout-ms": { type: "string" },
@@ -25,6 +27,9 @@ export const SECURITY_OPTIONS = {
 export const SECURITY_HELP = `  --auth-token-file FILE   require every client to present the token in FILE (default: the
                            RDZV_AUTH_TOKEN environment variable, if set). PyTorch clients cannot:
                            with a token only rdzv's clients connect
+  --max-auth-failures N    wrong tokens one address (IPv4, IPv6 /64; loopback too) may present a
+                           minute, on the store and the dashboard together; then its every attempt
+                           is refused unchecked for a minute (default ${DEFAULT_AUTH_THROTTLE.maxFailures}; 0 = no limit)
   --tls-cert FILE          serve TLS with this certificate (PEM; needs --tls-key). PyTorch clients
                            speak plain TCP only
   --tls-key FILE           the certificate's private key (PEM)
@@ -47,8 +52,19 @@ export function securityOptions(
   values: SecurityValues,
   env: NodeJS.ProcessEnv = process.env,
   logger: Logger = silentLogger,
-): Pick<TCPStoreServerOptions, "authToken" | "tls" | "timeouts"> {
-  const out: Pick<TCPStoreServerOptions, "authToken" | "tls" | "timeouts"> = { timeouts: timeouts(values) };
+): Pick<TCPStoreServerOptions, "authToken" | "authThrottle" | "tls" | "timeouts"> {
+  const out: Pick<TCPStoreServerOptions, "authToken" | "authThrottle" | "tls" | "timeouts"> = {
+    timeouts: timeouts(values),
+    authThrottle: {
+      maxFailures: intOption(
+        "max-auth-failures",
+        values["max-auth-failures"],
+        DEFAULT_AUTH_THROTTLE.maxFailures,
+        0,
+        1_000_000,
+      ),
+    },
+  };
   const file = values["auth-token-file"];
   if (file !== undefined) warnIfShared("auth token file", file, logger);
   const token = file === undefined ? env.RDZV_AUTH_TOKEN : readText("auth-token-file", file).trim();

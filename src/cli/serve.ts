@@ -21,6 +21,9 @@ Options:
   --host HOST              address to bind (default 127.0.0.1; use 0.0.0.0 or :: to serve other machines)
   --port PORT              port to bind (default ${DEFAULT_SERVER_PORT}; 0 picks a free port)
   --max-connections N      most open connections (default ${DEFAULT_SERVER_LIMITS.maxConnections})
+  --max-connections-per-address N
+                           most open connections from one address (IPv4, IPv6 /64), loopback not
+                           counted (default ${DEFAULT_SERVER_LIMITS.maxConnectionsPerAddress}; raise it for many nodes behind one NAT)
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
 ${SECURITY_HELP}${DATA_HELP}${RETENTION_HELP}${DASHBOARD_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
@@ -40,6 +43,7 @@ export async function serveCommand(
       host: { type: "string" },
       port: { type: "string" },
       "max-connections": { type: "string" },
+      "max-connections-per-address": { type: "string" },
       "max-key-bytes": { type: "string" },
       "max-value-bytes": { type: "string" },
       "log-level": { type: "string" },
@@ -74,6 +78,13 @@ export async function serveCommand(
       "max-connections",
       values["max-connections"],
       DEFAULT_SERVER_LIMITS.maxConnections,
+      1,
+      1_000_000,
+    ),
+    maxConnectionsPerAddress: intOption(
+      "max-connections-per-address",
+      values["max-connections-per-address"],
+      DEFAULT_SERVER_LIMITS.maxConnectionsPerAddress,
       1,
       1_000_000,
     ),

@@ -12,11 +12,12 @@
  * | `GET /healthz`     | `{ status: "ok", ... }`                                                 |
  */
 
-import { createHash, timingSafeEqual } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { KvEngine } from "../store/kv-engine.js";
+import { type AuthThrottle, createAuthThrottle } from "../store/tcp/auth-throttle.js";
 import type { ServerStats } from "../store/tcp/server.js";
+import { createDashboardAuth, type DashboardAuth } from "./dashboard-auth.js";
 import { DASHBOARD_CSS, DASHBOARD_HTML, DASHBOARD_JS } from "./dashboard-page.js";
 import { inspectRun, MAX_RUNS_LISTED, type RunList, summarizeRuns } from "./inspector.js";
 import { engineKeyReader, WIRE_KEY_PREFIX } from "./key-reader.js";
@@ -76,12 +77,27 @@ export interface DashboardAppOptions {
    * get 401. Default: none.
    */
   authToken?: string;
+  /**
+   * The per-address wrong-token throttle of `authToken` (default: one of the dashboard's own, with the
+   * defaults of `createAuthThrottle`). `rdzv serve` passes its store's (`TCPStoreServer.authThrottle`):
+   * one budget per address for both ports. A locked-out address gets 429 with `Retry-After`.
+   */
+  authThrottle?: AuthThrottle;
+}
+
+/** What the HTTP server knows of a request's client. */
+export interface ClientInfo {
+  /** The peer's IP address (`socket.remoteAddress`). */
+  readonly address?: string | undefined;
 }
 
 /** The dashboard's routes and the state behind them. */
 export interface DashboardApp {
-  /** Answers one request. Never rejects: failures become 500 answers. */
-  fetch(request: Request): Promise<Response>;
+  /**
+   * Answers one request from `client` (its address is what the auth throttle counts; without one, every
+   * such request shares one budget). Never rejects: failures become 500 answers.
+   */
+  fetch(request: Request, client?: ClientInfo): Promise<Response>;
   readonly monitor: RendezvousMonitor;
   readonly metrics: ServerMetrics;
   /** Stops watching the engine and ends every event stream. Idempotent. */
@@ -111,7 +127,6 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   if (options.authToken !== undefined && options.authToken === "") {
     throw new InvalidArgumentError("authToken must not be empty");
   }
-  const authorized = options.authToken === undefined ? undefined : bearerOrBasic(options.authToken);
   const monitor = new RendezvousMonitor(
     options.logger === undefined ? { now } : { now, logger: options.logger },
   );
@@ -125,6 +140,15 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
     ...(options.retention === undefined ? {} : { retention: options.retention }),
     ...(options.processMetrics === undefined ? {} : { processMetrics: options.processMetrics }),
   });
+  const auth =
+    options.authToken === undefined
+      ? undefined
+      : createDashboardAuth(
+          options.authToken,
+          options.authThrottle ?? createAuthThrottle(),
+          metrics.dashboardAuth,
+          options.logger,
+        );
   const reader = engineKeyReader(options.engine, keyPrefix, { runKeys: runIndex.index });
   const inspect = { keepAlives: monitor, maxSlots: options.maxNodesShown ?? 5000 };
   const views = (runId: string, source?: RunView["source"]): Promise<RunView[]> =>
@@ -238,20 +262,10 @@ export function createDashboardApp(options: DashboardAppOptions): DashboardApp {
   return {
     monitor,
     metrics,
-    async fetch(request) {
+    async fetch(request, client) {
       if (closed) return problem(503, "the dashboard is closed");
-      if (authorized !== undefined && !authorized(request)) {
-        const path = new URL(request.url, "http://localhost").pathname;
-        if (path !== "/healthz") {
-          return problem(
-            401,
-            "this dashboard requires the store's auth token (Bearer, or as Basic password)",
-            {
-              "www-authenticate": 'Basic realm="rdzv dashboard", charset="UTF-8"',
-            },
-          );
-        }
-      }
+      const refused = auth === undefined ? undefined : authProblem(auth.check.bind(auth), request, client);
+      if (refused !== undefined) return refused;
       try {
         return await route(request);
       } catch (err) {
@@ -292,30 +306,26 @@ const COMMON_HEADERS = {
   "referrer-policy": "no-referrer",
 };
 
-/**
- * Whether a request presents `token`: `Authorization: Bearer TOKEN`, or `Basic` with TOKEN as password.
- * SHA-256 digests compared with `timingSafeEqual`, so neither the token's bytes nor its length leak.
- */
-function bearerOrBasic(token: string): (request: Request) => boolean {
-  const expected = digest(token);
-  return (request) => {
-    const header = request.headers.get("authorization");
-    if (header === null) return false;
-    const match = /^(bearer|basic)\s+(\S+)\s*$/i.exec(header);
-    if (match === null) return false;
-    let given = match[2]!;
-    if (match[1]!.toLowerCase() === "basic") {
-      const decoded = Buffer.from(given, "base64").toString("utf8");
-      const colon = decoded.indexOf(":");
-      if (colon < 0) return false;
-      given = decoded.slice(colon + 1);
-    }
-    return timingSafeEqual(expected, digest(given));
-  };
-}
-
-function digest(text: string): Buffer {
-  return createHash("sha256").update(text, "utf8").digest();
+/** The answer refusing `request` (401 or 429), or undefined when it may be served. `/healthz` always may. */
+function authProblem(
+  check: DashboardAuth["check"],
+  request: Request,
+  client: ClientInfo | undefined,
+): Response | undefined {
+  if (new URL(request.url, "http://localhost").pathname === "/healthz") return undefined;
+  const verdict = check(request, client?.address);
+  if (verdict.kind === "ok") return undefined;
+  if (verdict.kind === "throttled") {
+    return problem(
+      429,
+      `too many wrong auth tokens came from this address: it is refused for ${verdict.retryAfterS} s more, ` +
+        "whatever token it sends",
+      { "retry-after": String(verdict.retryAfterS) },
+    );
+  }
+  return problem(401, "this dashboard requires the store's auth token (Bearer, or as Basic password)", {
+    "www-authenticate": 'Basic realm="rdzv dashboard", charset="UTF-8"',
+  });
 }
 
 function text(body: string, type: string, headers: Record<string, string> = {}): Response {

@@ -43,8 +43,8 @@ export interface HttpServerOptions {
    * whole request within 30 s or this, whichever is longer. Answers (event streams) are not bounded.
    */
   headersTimeoutMs?: number;
-  /** Answers each request. */
-  fetch(request: Request): Promise<Response>;
+  /** Answers each request; `client.address` is the peer's IP (what per-address throttling counts). */
+  fetch(request: Request, client: { address: string | undefined }): Promise<Response>;
 }
 
 const DEFAULT_MAX_CONNECTIONS = 256;
@@ -171,7 +171,7 @@ function handle(server: Server, host: string, port: number): HttpServer {
 }
 
 async function serve(
-  fetch: (request: Request) => Promise<Response>,
+  fetch: HttpServerOptions["fetch"],
   req: IncomingMessage,
   res: ServerResponse,
   host: string,
@@ -185,7 +185,8 @@ async function serve(
     const headers = new Headers();
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2)
       headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
-    response = await fetch(new Request(url, { method: req.method ?? "GET", headers, signal: abort.signal }));
+    const request = new Request(url, { method: req.method ?? "GET", headers, signal: abort.signal });
+    response = await fetch(request, { address: req.socket.remoteAddress });
   } catch (err) {
     response = new Response(JSON.stringify({ error: String(err) }), { status: 400 });
   }

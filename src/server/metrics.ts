@@ -7,6 +7,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { GoneReason } from "../rendezvous/round.js";
 import type { ServerStats } from "../store/tcp/server.js";
+import type { DashboardAuthCounters } from "./dashboard-auth.js";
 import type { RendezvousMonitor } from "./monitor.js";
 import type { RunRetentionStats } from "./run-retention.js";
 import type { TimelineEvent } from "./run-view.js";
@@ -28,6 +29,8 @@ export interface ServerMetrics {
   readonly registry: Registry;
   /** The exposition text and its content type, for `/metrics`. */
   scrape(): Promise<{ body: string; contentType: string }>;
+  /** Counters of the dashboard's token check (`rdzv_dashboard_auth_failures_total`, `..._throttled_total`). */
+  readonly dashboardAuth: DashboardAuthCounters;
   /** Stops counting the monitor's events. */
   close(): void;
 }
@@ -86,8 +89,19 @@ export function createServerMetrics(options: ServerMetricsOptions): ServerMetric
     }
   };
   options.monitor.on("event", onEvent);
+  const authFailures = new Counter({
+    name: "rdzv_dashboard_auth_failures_total",
+    help: "Dashboard requests with a wrong auth token",
+    registers,
+  });
+  const authThrottled = new Counter({
+    name: "rdzv_dashboard_auth_throttled_total",
+    help: "Dashboard requests refused unchecked (429): too many wrong tokens from their address",
+    registers,
+  });
   return {
     registry,
+    dashboardAuth: { failed: () => authFailures.inc(), throttled: () => authThrottled.inc() },
     async scrape() {
       return { body: await registry.metrics(), contentType: registry.contentType };
     },
@@ -176,6 +190,16 @@ function storeMetrics(registry: Registry, stats: () => ServerStats): void {
   counter("rdzv_store_connections_accepted_total", "Store connections accepted", (s) => s.connectionsTotal);
   counter("rdzv_store_protocol_errors_total", "Connections closed for bad input", (s) => s.protocolErrors);
   counter("rdzv_store_auth_failures_total", "AUTH requests with a wrong token", (s) => s.authFailures);
+  counter(
+    "rdzv_store_auth_throttled_total",
+    "AUTH requests refused unchecked: too many wrong tokens from their address",
+    (s) => s.authThrottled,
+  );
+  counter(
+    "rdzv_store_per_address_rejected_total",
+    "Connections closed at once: their address had maxConnectionsPerAddress open",
+    (s) => s.perAddressRejected,
+  );
   counter("rdzv_store_reaped_connections_total", "Connections closed by a timeout", (s) => s.reaped);
   const seenOps = new Map<string, number>();
   new Counter({

@@ -24,7 +24,7 @@ import {
   type ProtocolLimits,
   VALIDATION_MAGIC,
 } from "./protocol.js";
-import { ReplyDecoder } from "./reply-decoder.js";
+import { type AuthReply, ReplyDecoder } from "./reply-decoder.js";
 import { copyingOnread } from "./server-reads.js";
 
 /** Where and how to connect. */
@@ -254,7 +254,7 @@ async function handshake(
   const auth =
     token === undefined
       ? undefined
-      : conn.request({ type: "auth", token: Buffer.from(token, "utf8") }, Shape.u8);
+      : conn.request({ type: "auth", token: Buffer.from(token, "utf8") }, Shape.auth);
   const ping = conn.request({ type: "ping", nonce }, Shape.u32);
   const check = probe ? conn.request({ type: "check", keys: [EXTENSION_PROBE_KEY] }, Shape.u8) : undefined;
   const authProbe =
@@ -277,8 +277,8 @@ async function handshake(
   return ready === CheckResponse.Ready;
 }
 
-async function checkAuth(conn: ClientConnection, auth: Promise<number>): Promise<void> {
-  let answer: number;
+async function checkAuth(conn: ClientConnection, auth: Promise<AuthReply>): Promise<void> {
+  let answer: AuthReply;
   try {
     answer = await auth;
   } catch (err) {
@@ -289,7 +289,16 @@ async function checkAuth(conn: ClientConnection, auth: Promise<number>): Promise
       { cause: err },
     );
   }
-  if (answer !== AuthResponse.Accepted) {
+  if (answer.response === AuthResponse.Throttled) {
+    const seconds = Math.ceil(answer.retryAfterMs / 1000);
+    throw new RendezvousAuthError(
+      `the TCPStore server at ${conn.peer} refuses authentication from this address for ${seconds} s more ` +
+        "without checking the token: too many wrong auth tokens came from it (its brute-force throttle). " +
+        "Check the token of every client on this machine (authToken, or RDZV_AUTH_TOKEN)",
+      { retryAfterMs: answer.retryAfterMs },
+    );
+  }
+  if (answer.response !== AuthResponse.Accepted) {
     throw new RendezvousAuthError(`the TCPStore server at ${conn.peer} rejected the auth token`);
   }
 }

@@ -38,6 +38,7 @@ export type ReplyValue<K extends ReplyShape["kind"]> = Extract<Reply, { kind: K 
 /** Reply shapes without parameters, allocated once. */
 export const Shape = {
   u8: { kind: "u8" },
+  auth: { kind: "auth" },
   u32: { kind: "u32" },
   i64: { kind: "i64" },
   value: { kind: "value" },

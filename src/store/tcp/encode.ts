@@ -4,7 +4,7 @@
  */
 
 import { RequestWriter } from "./client-encode.js";
-import type { Dialect, Request } from "./protocol.js";
+import { AuthResponse, type Dialect, type Request } from "./protocol.js";
 
 /** Initial buffer of a one-shot `encodeRequest` (it grows for bigger requests). */
 const ONE_SHOT_BYTES = 256;
@@ -75,6 +75,12 @@ export function encodeRequest(dialect: Dialect, req: Request): Buffer {
 /** Reply: one byte (CHECK, WAIT, BARRIER, CANCEL_WAIT, WATCH registration, extension acks). */
 export function encodeU8Reply(v: number): Buffer {
   return Buffer.from([v]);
+}
+
+/** AUTH reply of a throttled address: `AuthResponse.Throttled`, then the ms until it may try again (u32). */
+export function encodeAuthThrottledReply(retryAfterMs: number): Buffer {
+  const ms = Math.min(Math.max(Math.ceil(retryAfterMs), 0), 0xffff_ffff);
+  return Buffer.concat([encodeU8Reply(AuthResponse.Throttled), encodeU32Reply(ms)]);
 }
 
 /** Reply: a signed 64-bit integer (ADD, GETNUMKEYS, DELETE_KEY, QUEUE_LEN). */

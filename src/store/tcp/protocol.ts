@@ -132,8 +132,12 @@ export const EXTENSION_PROBE_KEY = "\u0000rdzv/ext/1";
  */
 export const AUTH_PROBE_KEY = "\u0000rdzv/auth/1";
 
-/** AUTH replies; a rejected connection is closed right after the reply. */
-export const AuthResponse = { Accepted: 0, Rejected: 1 } as const;
+/**
+ * AUTH replies; a connection that is not accepted is closed right after the reply. `Throttled` is followed
+ * by a u32, the ms until this client's address may try again: too many wrong tokens came from it, and
+ * this token was not checked (docs/security.md). rdzv clients older than it read it as a rejection.
+ */
+export const AuthResponse = { Accepted: 0, Rejected: 1, Throttled: 2 } as const;
 
 /** CHECK replies. */
 export const CheckResponse = { Ready: 0, NotReady: 1 } as const;

@@ -8,6 +8,7 @@
 
 import { ByteReader, ProtocolError, StreamBuffer } from "./byte-reader.js";
 import {
+  AuthResponse,
   DEFAULT_PROTOCOL_LIMITS,
   MAX_FAILED_REASON_BYTES,
   type ProtocolLimits,
@@ -17,6 +18,8 @@ import {
 /** The shape of one expected reply. */
 export type ReplyShape =
   | { readonly kind: "u8" }
+  /** AUTH's: a u8 response, and after `Throttled` a u32 (ms until the address may try again). */
+  | { readonly kind: "auth" }
   | { readonly kind: "u32" }
   | { readonly kind: "i64" }
   | { readonly kind: "value" }
@@ -27,6 +30,7 @@ export type ReplyShape =
 /** A decoded reply. */
 export type Reply =
   | { readonly kind: "u8"; readonly value: number }
+  | { readonly kind: "auth"; readonly value: AuthReply }
   | { readonly kind: "u32"; readonly value: number }
   | { readonly kind: "i64"; readonly value: bigint }
   | { readonly kind: "value"; readonly value: Uint8Array }
@@ -39,6 +43,12 @@ export type Reply =
   | { readonly kind: "getDone"; readonly value: number; readonly data: Uint8Array }
   /** Tagged mode only: the expected in-order request failed (and changed nothing) for this reason. */
   | { readonly kind: "failed"; readonly value: string };
+
+/** An AUTH reply: the `AuthResponse`, and for `Throttled` the ms until the address may try again (else 0). */
+export interface AuthReply {
+  readonly response: number;
+  readonly retryAfterMs: number;
+}
 
 /** Decodes a reply stream, one expected shape at a time. */
 export class ReplyDecoder {
@@ -107,6 +117,14 @@ export class ReplyDecoder {
       case "u8": {
         const value = r.u8();
         return value === undefined ? undefined : { kind: "u8", value };
+      }
+      case "auth": {
+        const response = r.u8();
+        if (response !== AuthResponse.Throttled) {
+          return response === undefined ? undefined : { kind: "auth", value: { response, retryAfterMs: 0 } };
+        }
+        const retryAfterMs = r.u32();
+        return retryAfterMs === undefined ? undefined : { kind: "auth", value: { response, retryAfterMs } };
       }
       case "u32": {
         const value = r.u32();

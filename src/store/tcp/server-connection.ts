@@ -11,7 +11,13 @@ import type { Socket } from "node:net";
 import { ErrorCode, RendezvousError } from "../../errors.js";
 import { CounterValueError, StorageFailedError, type Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
-import { encodeKeyListReply, encodeQueuePopReply, encodeU8Reply, encodeU32Reply } from "./encode.js";
+import {
+  encodeAuthThrottledReply,
+  encodeKeyListReply,
+  encodeQueuePopReply,
+  encodeU8Reply,
+  encodeU32Reply,
+} from "./encode.js";
 import {
   AUTH_PROBE_KEY,
   AuthResponse,
@@ -55,6 +61,9 @@ const AUTH_REJECTED = encodeU8Reply(AuthResponse.Rejected);
 const IN_ORDER = encodeU8Reply(ReplyTag.InOrder);
 const ASYNC_CANCELED = encodeU8Reply(CancelAsyncResponse.Canceled);
 const ASYNC_NOT_PENDING = encodeU8Reply(CancelAsyncResponse.NotPending);
+
+/** An AUTH refused unchecked: its address is locked out (auth-throttle.ts). Closes without a bad-input log. */
+class AuthThrottledError extends Error {}
 
 /** Whether a connection that has not authenticated may send `req`: the handshake and the probes only. */
 function allowedBeforeAuth(req: Request): boolean {
@@ -111,10 +120,15 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   readonly #asyncWaits: AsyncWaits;
   readonly #writer: ReplyWriter;
 
-  /** With `directWrites`, replies go to the socket's handle when this Node allows it (server-writes.ts). */
+  /**
+   * `address` is the peer's IP (`socket.remoteAddress`, kept since a closed socket forgets it), `remote`
+   * it with the port, for logs. With `directWrites`, replies go to the socket's handle when this Node
+   * allows it (server-writes.ts).
+   */
   constructor(
     readonly id: number,
     readonly remote: string,
+    readonly address: string | undefined,
     private readonly socket: Socket,
     private readonly state: ServerState,
     protocolLimits: Readonly<ProtocolLimits>,
@@ -410,8 +424,24 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
   }
 
   private authenticate(token: Uint8Array): void {
-    if (!tokenMatches(this.state.security, token)) {
+    const { security } = this.state;
+    const waitMs = security.throttle.retryAfterMs(this.address);
+    if (waitMs > 0) {
+      // Not checked: a locked-out address must not learn whether its guess was right.
+      this.state.authThrottled++;
+      this.reply(encodeAuthThrottledReply(waitMs));
+      throw new AuthThrottledError(`authentication throttled for ${waitMs} ms more`);
+    }
+    if (!tokenMatches(security, token)) {
       this.state.authFailures++;
+      const { key, lockedMs } = security.throttle.failed(this.address);
+      if (lockedMs > 0) {
+        // One line per lockout, so at most one per address and window.
+        this.state.logger.warn(
+          "TCPStore server: too many wrong auth tokens from one address: refusing its AUTH unchecked",
+          { address: key, maxFailures: security.throttle.maxFailures, lockedMs },
+        );
+      }
       this.reply(AUTH_REJECTED);
       throw new ProtocolError("authentication failed: wrong token", ErrorCode.Auth);
     }
@@ -502,7 +532,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
    */
   private fail(err: unknown): void {
     const reason = err instanceof Error ? err.message : String(err);
-    if (err instanceof StorageFailedError) {
+    if (err instanceof AuthThrottledError) {
+      this.#closeReason ??= reason; // counted, and logged when the lockout began
+    } else if (err instanceof StorageFailedError) {
       this.#closeReason ??= `storage failed: ${reason}`;
       this.state.logger.warn("TCPStore server: closing a connection: the store cannot record its write", {
         id: this.id,

@@ -8,6 +8,7 @@ import { createServer as createTlsServer, type TlsOptions } from "node:tls";
 import { InvalidArgumentError } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import { KvEngine } from "../kv-engine.js";
+import { type AuthThrottleOptions, createAuthThrottle } from "./auth-throttle.js";
 import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
 import { type ServerSecurity, tokenDigest } from "./server-state.js";
 
@@ -15,14 +16,25 @@ import { type ServerSecurity, tokenDigest } from "./server-state.js";
 export interface ServerLimits extends ProtocolLimits {
   /** Most open connections; more are accepted and closed at once, with a warning (default 16384). */
   maxConnections: number;
+  /**
+   * Most open connections from one address (an IPv4 address, an IPv6 /64); more are accepted and closed
+   * at once, with a warning at most once a minute per address (default 1024). Loopback clients are not
+   * counted unless `capLoopbackConnections` is set: a single-host job or benchmark opens thousands from
+   * 127.0.0.1. Many nodes behind one NAT share an address: raise it for them.
+   */
+  maxConnectionsPerAddress: number;
   /** Most keys one connection may wait on at once; also bounds its watches and on-disconnect keys (default 128 Ki). */
   maxWaitersPerConnection: number;
 }
 
-/** Default server limits: `DEFAULT_PROTOCOL_LIMITS` plus 16384 connections and 128 Ki waited keys. */
+/**
+ * Default server limits: `DEFAULT_PROTOCOL_LIMITS` plus 16384 connections, 1024 per address and 128 Ki
+ * waited keys.
+ */
 export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = {
   ...DEFAULT_PROTOCOL_LIMITS,
   maxConnections: 16384,
+  maxConnectionsPerAddress: 1024,
   maxWaitersPerConnection: 128 * 1024,
 };
 
@@ -64,6 +76,12 @@ export interface ServerSecurityOptions {
    * handshake. PyTorch clients cannot, so a server with a token serves rdzv's clients only.
    */
   authToken?: string | Uint8Array;
+  /**
+   * The brute-force throttle of AUTH with a token (default: 10 wrong tokens a minute per address, then
+   * that address's AUTH is refused for a minute without checking the token; see `AuthThrottleOptions`
+   * and docs/security.md). Loopback clients are throttled too. `{ maxFailures: 0 }` turns it off.
+   */
+  authThrottle?: AuthThrottleOptions;
   /** Serve TLS only, with this certificate and key (PEM); PyTorch clients speak plain TCP only. */
   tls?: Pick<TlsOptions, "cert" | "key" | "ca" | "passphrase" | "minVersion">;
 }
@@ -82,6 +100,8 @@ export interface TCPStoreServerOptions extends ServerSecurityOptions {
   logger?: Logger;
   /** The engine to serve (default: a new, empty one), e.g. one a journal replayed into. */
   engine?: KvEngine;
+  /** Count loopback clients against `limits.maxConnectionsPerAddress` too (default false). */
+  capLoopbackConnections?: boolean;
 }
 
 /** Validated configuration of a server. */
@@ -91,6 +111,7 @@ export interface ServerConfig {
   readonly security: ServerSecurity;
   readonly tls: boolean;
   readonly engine: KvEngine;
+  readonly capLoopbackConnections: boolean;
 }
 
 /**
@@ -107,9 +128,13 @@ export function resolveServerConfig(options: TCPStoreServerOptions): {
   const config: ServerConfig = {
     limits,
     timeouts: checkTimeouts({ ...DEFAULT_SERVER_TIMEOUTS, ...options.timeouts }),
-    security: { tokenDigest: checkToken(options.authToken, limits.maxKeyBytes) },
+    security: {
+      tokenDigest: checkToken(options.authToken, limits.maxKeyBytes),
+      throttle: createAuthThrottle(options.authThrottle),
+    },
     tls: options.tls !== undefined,
     engine: options.engine ?? new KvEngine(),
+    capLoopbackConnections: options.capLoopbackConnections === true,
   };
   return { host, port, config };
 }

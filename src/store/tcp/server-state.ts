@@ -6,6 +6,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Logger } from "../../log.js";
 import type { KvEngine } from "../kv-engine.js";
+import { type AuthThrottle, createAuthThrottle } from "./auth-throttle.js";
 import { encodeWatchNotification } from "./encode.js";
 import { Command, type Dialect, WatchResponse } from "./protocol.js";
 
@@ -18,6 +19,8 @@ export interface ConnectionLimits {
 export interface ServerSecurity {
   /** SHA-256 of the shared-secret token every connection must present (AUTH), or undefined for none. */
   readonly tokenDigest: Buffer | undefined;
+  /** Wrong tokens per address; an address it locks out gets `AuthResponse.Throttled`. */
+  readonly throttle: AuthThrottle;
 }
 
 /** SHA-256 of a token, so that tokens of any length compare in constant time. */
@@ -68,6 +71,8 @@ export class ServerState {
   barrierWaiters = 0;
   /** AUTH requests with a wrong token since the start (each closed its connection). */
   authFailures = 0;
+  /** AUTH requests refused unchecked because their address was locked out, since the start. */
+  authThrottled = 0;
   /** Connections closed for holding an incomplete request or idling too long, since the start. */
   reaped = 0;
 
@@ -80,7 +85,10 @@ export class ServerState {
     readonly limits: Readonly<ConnectionLimits>,
     readonly logger: Logger,
     private readonly hooks: ServerHooks,
-    readonly security: ServerSecurity = { tokenDigest: undefined },
+    readonly security: ServerSecurity = {
+      tokenDigest: undefined,
+      throttle: createAuthThrottle({ maxFailures: 0 }),
+    },
   ) {}
 
   /** Logs, counts and reports a connection closed for bad input. */

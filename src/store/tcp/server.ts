@@ -9,6 +9,9 @@ import { createServer, type Server, type Socket } from "node:net";
 import { InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
 import { type Logger, silentLogger } from "../../log.js";
 import type { KvEngine } from "../kv-engine.js";
+import { AddressCap } from "./address-cap.js";
+import { addressKey } from "./address-key.js";
+import type { AuthThrottle } from "./auth-throttle.js";
 import { ServerConnection } from "./server-connection.js";
 import {
   resolveServerConfig,
@@ -21,6 +24,7 @@ import {
 import { directReads } from "./server-reads.js";
 import { ServerState } from "./server-state.js";
 
+export type { AuthThrottle, AuthThrottleOptions } from "./auth-throttle.js";
 export {
   DEFAULT_SERVER_LIMITS,
   DEFAULT_SERVER_PORT,
@@ -49,6 +53,13 @@ export interface ServerStats {
   dialects: { v1: number; v2: number };
   /** AUTH requests with a wrong token since the start (each closed its connection). */
   authFailures: number;
+  /**
+   * AUTH requests refused without checking their token since the start, because too many wrong tokens
+   * had come from their address (`authThrottle`; each closed its connection).
+   */
+  authThrottled: number;
+  /** Connections closed at once since the start because their address had `maxConnectionsPerAddress` open. */
+  perAddressRejected: number;
   /** Connections closed by a timeout (incomplete request, unread replies, idle) since the start. */
   reaped: number;
 }
@@ -98,11 +109,18 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   readonly requiresAuth: boolean;
   /** Whether the server speaks TLS. */
   readonly tls: boolean;
+  /**
+   * The per-address wrong-token budgets of AUTH (`authThrottle` option). A dashboard that takes the same
+   * token shares it (src/server/dashboard-app.ts), so the two ports give one address one budget.
+   */
+  readonly authThrottle: AuthThrottle;
   readonly #server: Server;
   readonly #sweeper: NodeJS.Timeout | undefined;
   readonly #state: ServerState;
   readonly #logger: Logger;
   readonly #connections = new Set<ServerConnection>();
+  readonly #perAddress: AddressCap;
+  #perAddressRejected = 0;
   #connectionsTotal = 0;
   #nextId = 1;
   #closing: Promise<void> | undefined;
@@ -123,6 +141,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.timeouts = timeouts;
     this.requiresAuth = security.tokenDigest !== undefined;
     this.tls = tls;
+    this.authThrottle = security.throttle;
     this.#logger = logger;
     this.engine = config.engine;
     const hooks = {
@@ -130,6 +149,11 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
         this.emit("protocolError", { id, remote, reason }),
     };
     this.#state = new ServerState(this.engine, limits, logger, hooks, security);
+    this.#perAddress = new AddressCap(
+      limits.maxConnectionsPerAddress,
+      config.capLoopbackConnections,
+      CAP_LOG_INTERVAL_MS,
+    );
     if (tls) {
       server.on("secureConnection", (socket: Socket) => this.accept(socket));
       server.on("drop", (data) => {
@@ -170,6 +194,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       protocolErrors: this.#state.protocolErrors,
       dialects: { ...this.#state.dialects },
       authFailures: this.#state.authFailures,
+      authThrottled: this.#state.authThrottled,
+      perAddressRejected: this.#perAddressRejected,
       reaped: this.#state.reaped,
     };
   }
@@ -213,6 +239,24 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       socket.destroy();
       return;
     }
+    const address = accepted.remoteAddress;
+    const admission = this.#perAddress.admit(address);
+    if (!admission.admitted) {
+      this.#perAddressRejected++;
+      if (admission.log) {
+        this.#logger.warn("TCPStore server: rejecting a connection", {
+          remote,
+          reason: "maxConnectionsPerAddress reached",
+          address: admission.key,
+          maxConnectionsPerAddress: this.limits.maxConnectionsPerAddress,
+          // Refusals of this address not logged in the minute before this one.
+          unlogged: admission.unlogged,
+        });
+      }
+      socket.on("error", () => {});
+      socket.destroy();
+      return;
+    }
     const id = this.#nextId++;
     const { keepAliveMs } = this.timeouts;
     let conn: ServerConnection | undefined;
@@ -225,6 +269,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     conn = new ServerConnection(
       id,
       remote,
+      address,
       socket,
       this.#state,
       this.limits,
@@ -256,11 +301,15 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
 
   private removed(conn: ServerConnection, reason: string): void {
     if (!this.#connections.delete(conn)) return;
+    this.#perAddress.release(addressKey(conn.address));
     this.#logger.debug("TCPStore server: disconnect", { id: conn.id, remote: conn.remote, reason });
     this.emit("disconnect", { id: conn.id, reason });
     if (this.#connections.size === 0) this.#allClosed?.();
   }
 }
+
+/** A refused address's refusals are logged at most this often. */
+const CAP_LOG_INTERVAL_MS = 60_000;
 
 function formatRemote(socket: Socket): string {
   const address = socket.remoteAddress ?? "unknown";
