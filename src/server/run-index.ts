@@ -20,6 +20,8 @@ export class RunIndex implements RunKeys {
   /** rdzv run id -> round -> slots with a leave marker (runs without an `open` key too: it may come). */
   readonly #gone = new Map<string, Map<number, Set<number>>>();
   #size = 0;
+  /** `runIds()`'s answer until a run id comes or goes: a run list is read far more often than runs change. */
+  #sorted: { rdzv: readonly string[]; pytorch: readonly string[] } | undefined;
 
   /** Keys held (each with a role in the run list): what the index's memory is in proportion to. */
   get size(): number {
@@ -46,8 +48,10 @@ export class RunIndex implements RunKeys {
       return;
     }
     const ids = k.role === "rdzv" ? this.#rdzv : this.#pytorch;
-    if (!ids.has(k.runId)) this.#size++;
+    if (ids.has(k.runId)) return;
+    this.#size++;
     ids.add(k.runId);
+    this.#sorted = undefined;
   }
 
   /** User key `key` was deleted. */
@@ -63,11 +67,14 @@ export class RunIndex implements RunKeys {
       if (rounds!.size === 0) this.#gone.delete(k.runId);
       return;
     }
-    if ((k.role === "rdzv" ? this.#rdzv : this.#pytorch).delete(k.runId)) this.#size--;
+    if (!(k.role === "rdzv" ? this.#rdzv : this.#pytorch).delete(k.runId)) return;
+    this.#size--;
+    this.#sorted = undefined;
   }
 
-  runIds(): { rdzv: string[]; pytorch: string[] } {
-    return { rdzv: [...this.#rdzv].sort(), pytorch: [...this.#pytorch].sort() };
+  runIds(): { rdzv: readonly string[]; pytorch: readonly string[] } {
+    this.#sorted ??= { rdzv: [...this.#rdzv].sort(), pytorch: [...this.#pytorch].sort() };
+    return this.#sorted;
   }
 
   leaveMarkers(runId: string): LeaveMarkers | undefined {

@@ -125,7 +125,7 @@ export type LeaveMarkers = ReadonlyMap<number, readonly number[]>;
  */
 export interface RunKeys {
   /** Every run id, by layout, sorted (by UTF-16 code units). */
-  runIds(): { rdzv: string[]; pytorch: string[] };
+  runIds(): { rdzv: readonly string[]; pytorch: readonly string[] };
   /** The leave markers of rdzv run `runId`; `undefined` when it has none. */
   leaveMarkers(runId: string): LeaveMarkers | undefined;
 }
