@@ -200,6 +200,11 @@ function storeMetrics(registry: Registry, stats: () => ServerStats): void {
     "Connections closed at once: their address had maxConnectionsPerAddress open",
     (s) => s.perAddressRejected,
   );
+  counter(
+    "rdzv_store_rejected_connections_total",
+    "Connections closed at once: maxConnections were open, or the server was closing",
+    (s) => s.rejected,
+  );
   counter("rdzv_store_reaped_connections_total", "Connections closed by a timeout", (s) => s.reaped);
   const seenOps = new Map<string, number>();
   new Counter({

@@ -184,7 +184,7 @@ describe("TCPStoreServer", () => {
     assert.match(String(logger.warnings[0]!.fields?.reason), /unknown v2 opcode 0x7f/);
   });
 
-  it("accepts and immediately closes connections past maxConnections, with a warning", async () => {
+  it("accepts and immediately closes connections past maxConnections, with one warning a minute", async () => {
     const logger = recordingLogger();
     const server = await start({ logger, limits: { maxConnections: 2 } });
     const a = await open(server);
@@ -195,6 +195,10 @@ describe("TCPStoreServer", () => {
     assert.equal(server.stats().connectionsTotal, 2);
     assert.match(logger.warnings[0]!.message, /rejecting/);
     assert.equal(logger.warnings[0]!.fields?.reason, "maxConnections reached");
+    // A flood at the limit is counted, not logged line by line (before: one warning per connection).
+    for (let i = 0; i < 20; i++) await once(await open(server), "close");
+    assert.equal(server.stats().rejected, 21);
+    assert.equal(logger.warnings.length, 1);
     a.destroy();
     await until(() => server.stats().connections === 1);
     const c = await open(server);

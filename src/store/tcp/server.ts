@@ -60,6 +60,8 @@ export interface ServerStats {
   authThrottled: number;
   /** Connections closed at once since the start because their address had `maxConnectionsPerAddress` open. */
   perAddressRejected: number;
+  /** Connections closed at once since the start because `maxConnections` were open (or the server was closing). */
+  rejected: number;
   /** Connections closed by a timeout (incomplete request, unread replies, idle) since the start. */
   reaped: number;
 }
@@ -121,6 +123,9 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   readonly #connections = new Set<ServerConnection>();
   readonly #perAddress: AddressCap;
   #perAddressRejected = 0;
+  #rejected = 0;
+  /** When a `maxConnections` refusal was last logged, and how many were refused since without a line. */
+  #rejectLog = { atMs: Number.NEGATIVE_INFINITY, unlogged: 0 };
   #connectionsTotal = 0;
   #nextId = 1;
   #closing: Promise<void> | undefined;
@@ -157,11 +162,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     if (tls) {
       server.on("secureConnection", (socket: Socket) => this.accept(socket));
       server.on("drop", (data) => {
-        logger.warn("TCPStore server: rejecting a connection", {
-          remote: `${data?.remoteAddress}:${data?.remotePort}`,
-          reason: "maxConnections reached",
-          maxConnections: limits.maxConnections,
-        });
+        this.#reject(`${data?.remoteAddress}:${data?.remotePort}`, "maxConnections reached");
       });
       server.on("tlsClientError", (err: Error, socket: Socket) => {
         logger.warn("TCPStore server: TLS handshake failed", {
@@ -196,6 +197,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       authFailures: this.#state.authFailures,
       authThrottled: this.#state.authThrottled,
       perAddressRejected: this.#perAddressRejected,
+      rejected: this.#rejected,
       reaped: this.#state.reaped,
     };
   }
@@ -226,15 +228,32 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     return this.close();
   }
 
+  /**
+   * Counts a connection refused for `reason` and logs it, at most one line a minute: a flood at the limit
+   * (a reconnect loop, an attack) would otherwise write a line per connection. The line says how many
+   * were refused since the last one without a line of their own.
+   */
+  #reject(remote: string, reason: string): void {
+    this.#rejected++;
+    const now = performance.now();
+    if (now - this.#rejectLog.atMs < CAP_LOG_INTERVAL_MS) {
+      this.#rejectLog.unlogged++;
+      return;
+    }
+    this.#logger.warn("TCPStore server: rejecting a connection", {
+      remote,
+      reason,
+      maxConnections: this.limits.maxConnections,
+      unlogged: this.#rejectLog.unlogged,
+    });
+    this.#rejectLog = { atMs: now, unlogged: 0 };
+  }
+
   private accept(accepted: Socket): void {
     let socket = accepted;
     const remote = formatRemote(socket);
     if (this.#closing !== undefined || this.#connections.size >= this.limits.maxConnections) {
-      this.#logger.warn("TCPStore server: rejecting a connection", {
-        remote,
-        reason: this.#closing === undefined ? "maxConnections reached" : "server closing",
-        maxConnections: this.limits.maxConnections,
-      });
+      this.#reject(remote, this.#closing === undefined ? "maxConnections reached" : "server closing");
       socket.on("error", () => {});
       socket.destroy();
       return;
