@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { RENDEZVOUS_CONFIG_KEYS } from "../src/rendezvous/parameters.js";
+import { RENDEZVOUS_CONFIG_KEYS } from "../src/rendezvous/config-keys.js";
 import { REPO_ROOT } from "./helpers/torch.js";
 
 /** The keys a source file reads through the config helpers (`configString(raw, "key")`, `seconds("x")`). */

@@ -11,14 +11,10 @@ import { type AgentResult, describeExit, exitCodeOf, formatFailure } from "../ag
 import { formatStatus, StatusLine } from "../agent/status-line.js";
 import { createConsoleLogger, LogLevel } from "../log.js";
 import { registerBuiltinRendezvousHandlers } from "../rendezvous/builtins.js";
+import { formatUnreadConfigKey, unreadConfigKeys } from "../rendezvous/config-keys.js";
 import { DynamicRendezvousHandler, pytorchAgentsNote } from "../rendezvous/dynamic-handler.js";
 import { formatEndpoint, parseRendezvousEndpoint } from "../rendezvous/endpoint.js";
-import {
-  formatUnreadConfigKey,
-  parseRendezvousConfig,
-  resolveRendezvousSettings,
-  unreadConfigKeys,
-} from "../rendezvous/parameters.js";
+import { parseRendezvousConfig, resolveRendezvousSettings } from "../rendezvous/parameters.js";
 import { createRendezvousHandler } from "../rendezvous/registry.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
