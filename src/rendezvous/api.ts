@@ -75,7 +75,8 @@ export type RendezvousConfigValue = string | number | boolean;
  * Parameters of a rendezvous (PyTorch `RendezvousParameters`). `config` takes PyTorch's keys
  * (`join_timeout`, `last_call_timeout`, `close_timeout`, `heartbeat`, `keep_alive_interval`,
  * `keep_alive_max_attempt`, `is_host`, `read_timeout`, `local_addr`, `sticky_ranks`, ...): see
- * `rendezvous/parameters.ts` for the full list, defaults and units.
+ * `rendezvous/parameters.ts` for defaults and units, `rendezvous/config-keys.ts` for every key each
+ * built-in backend reads.
  */
 export interface RendezvousParameters {
   /** Backend name: "c10d", "static", "etcd", "redis" or a registered one. */
