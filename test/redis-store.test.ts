@@ -293,6 +293,19 @@ describe("connectRedisStore: credentials, database and TLS", () => {
   });
 });
 
+describe("connectRedisStore: TLS to a plain-text Redis", () => {
+  it("says that TLS may be the cause when the server never answers the handshake", async () => {
+    await assert.rejects(
+      connectRedisStore({ endpoint: redis.endpoint, tls: {}, connectTimeoutMs: 500 }),
+      (err: { code?: string; message?: string }) => {
+        assert.equal(err.code, ErrorCode.Connection, String(err.message));
+        assert.match(String(err.message), /did not answer within 500 ms \(TLS is on: .*plain text/);
+        return true;
+      },
+    );
+  });
+});
+
 describe("RedisStore while its server is away", () => {
   it("fails blocked waits with RDZV_CONNECTION once the server stays away past the grace, not at their timeout", async () => {
     const server = await RedisTestServer.start();

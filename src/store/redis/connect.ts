@@ -156,7 +156,12 @@ export async function connectRedisStore(options: ConnectRedisOptions): Promise<R
           () =>
             reject(
               new RendezvousConnectionError(
-                `Redis at ${address} did not answer within ${connectTimeoutMs} ms`,
+                `Redis at ${address} did not answer within ${connectTimeoutMs} ms` +
+                  // A plain-text Redis reads a TLS handshake as the start of a command and waits for the
+                  // rest: it never answers, and nothing else says why.
+                  (clientOptions.tls === undefined
+                    ? ""
+                    : " (TLS is on: a Redis that serves plain text on that port never answers the TLS handshake; check the port, or drop protocol=rediss / tls)"),
               ),
             ),
           connectTimeoutMs,
