@@ -39,3 +39,27 @@ export function createConsoleLogger(
     error: (m, f) => emit("error", m, f),
   };
 }
+
+/**
+ * At most one log line per `intervalMs` for a recurring event (a refused connection): `take` says whether
+ * this occurrence gets its line, and how many occurrences went without one (those held back since the
+ * last line when it does; the running count when it does not).
+ */
+export class LogRateLimit {
+  readonly intervalMs: number;
+  #loggedAtMs = Number.NEGATIVE_INFINITY;
+  #unlogged = 0;
+
+  constructor(intervalMs: number) {
+    this.intervalMs = intervalMs;
+  }
+
+  /** An occurrence at `nowMs` (any clock, the same for every call). */
+  take(nowMs: number): { readonly log: boolean; readonly unlogged: number } {
+    if (nowMs - this.#loggedAtMs < this.intervalMs) return { log: false, unlogged: ++this.#unlogged };
+    const unlogged = this.#unlogged;
+    this.#loggedAtMs = nowMs;
+    this.#unlogged = 0;
+    return { log: true, unlogged };
+  }
+}

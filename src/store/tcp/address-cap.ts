@@ -4,6 +4,7 @@
  * bookkeeping with an injectable clock; the server refuses, logs and counts.
  */
 
+import { LogRateLimit } from "../../log.js";
 import { addressKey, isLoopbackKey } from "./address-key.js";
 
 /** What `AddressCap.admit` decided. */
@@ -20,8 +21,8 @@ export type Admission =
 
 interface Entry {
   open: number;
-  loggedAt: number;
-  unlogged: number;
+  /** The address's refusals, logged at most once per `logIntervalMs`. */
+  readonly refusals: LogRateLimit;
 }
 
 /**
@@ -55,22 +56,14 @@ export class AddressCap {
     if (!this.capLoopback && isLoopbackKey(key)) return { admitted: true, key };
     let entry = this.#entries.get(key);
     if (entry === undefined) {
-      entry = { open: 0, loggedAt: Number.NEGATIVE_INFINITY, unlogged: 0 };
+      entry = { open: 0, refusals: new LogRateLimit(this.logIntervalMs) };
       this.#entries.set(key, entry);
     }
     if (entry.open < this.max) {
       entry.open++;
       return { admitted: true, key };
     }
-    const now = this.now();
-    if (now - entry.loggedAt < this.logIntervalMs) {
-      entry.unlogged++;
-      return { admitted: false, key, log: false, unlogged: entry.unlogged };
-    }
-    const unlogged = entry.unlogged;
-    entry.loggedAt = now;
-    entry.unlogged = 0;
-    return { admitted: false, key, log: true, unlogged };
+    return { admitted: false, key, ...entry.refusals.take(this.now()) };
   }
 
   /** A connection that `admit` admitted under `key` closed. */

@@ -7,7 +7,7 @@
 import { EventEmitter } from "node:events";
 import { createServer, type Server, type Socket } from "node:net";
 import { InvalidArgumentError, RendezvousConnectionError } from "../../errors.js";
-import { type Logger, silentLogger } from "../../log.js";
+import { type Logger, LogRateLimit, silentLogger } from "../../log.js";
 import type { KvEngine } from "../kv-engine.js";
 import { AddressCap } from "./address-cap.js";
 import { addressKey } from "./address-key.js";
@@ -124,8 +124,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   readonly #perAddress: AddressCap;
   #perAddressRejected = 0;
   #rejected = 0;
-  /** When a `maxConnections` refusal was last logged, and how many were refused since without a line. */
-  #rejectLog = { atMs: Number.NEGATIVE_INFINITY, unlogged: 0 };
+  /** Refusals at `maxConnections`, logged at most once per `CAP_LOG_INTERVAL_MS`. */
+  readonly #rejectLog = new LogRateLimit(CAP_LOG_INTERVAL_MS);
   #connectionsTotal = 0;
   #nextId = 1;
   #closing: Promise<void> | undefined;
@@ -235,18 +235,14 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
    */
   #reject(remote: string, reason: string): void {
     this.#rejected++;
-    const now = performance.now();
-    if (now - this.#rejectLog.atMs < CAP_LOG_INTERVAL_MS) {
-      this.#rejectLog.unlogged++;
-      return;
-    }
+    const { log, unlogged } = this.#rejectLog.take(performance.now());
+    if (!log) return;
     this.#logger.warn("TCPStore server: rejecting a connection", {
       remote,
       reason,
       maxConnections: this.limits.maxConnections,
-      unlogged: this.#rejectLog.unlogged,
+      unlogged,
     });
-    this.#rejectLog = { atMs: now, unlogged: 0 };
   }
 
   private accept(accepted: Socket): void {
