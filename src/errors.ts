@@ -91,8 +91,15 @@ export class RendezvousStoreGoneError extends RendezvousConnectionError {}
  * may wrap it), else `undefined`.
  */
 export function findStoreGone(err: unknown): RendezvousStoreGoneError | undefined {
+  return findCause(err, (e) => e instanceof RendezvousStoreGoneError);
+}
+
+/** The first of `err` and its `cause` chain (8 deep at most) that `test` accepts, else `undefined`. */
+export function findCause<T extends Error>(err: unknown, test: (e: Error) => e is T): T | undefined;
+export function findCause(err: unknown, test: (e: Error) => boolean): Error | undefined;
+export function findCause(err: unknown, test: (e: Error) => boolean): Error | undefined {
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (e instanceof RendezvousStoreGoneError) return e;
+    if (test(e)) return e;
   }
   return undefined;
 }

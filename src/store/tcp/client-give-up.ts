@@ -7,7 +7,7 @@
  * the session (client-session.ts) feeds it the outcome of each attempt and the time.
  */
 
-import { InvalidArgumentError, RendezvousStoreGoneError } from "../../errors.js";
+import { findCause, InvalidArgumentError, RendezvousStoreGoneError } from "../../errors.js";
 
 /** A streak of refused connects that a give-up rule judges. */
 export interface Refusal {
@@ -52,11 +52,10 @@ const NOTHING_THERE = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH"]);
  * Node's socket errors), carries one of the "nothing there" codes; else `other`.
  */
 export function classifyConnectFailure(err: unknown): ConnectOutcome {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (typeof code === "string" && NOTHING_THERE.has(code)) return { kind: "refused", code };
-  }
-  return { kind: "other" };
+  const refused = findCause(err, (e) => NOTHING_THERE.has(String((e as NodeJS.ErrnoException).code)));
+  return refused === undefined
+    ? { kind: "other" }
+    : { kind: "refused", code: String((refused as NodeJS.ErrnoException).code) };
 }
 
 /** The streak after an attempt with `outcome` at `nowMs`: refusals extend it, anything else ends it. */
