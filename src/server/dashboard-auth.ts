@@ -3,9 +3,10 @@
  * behind the per-address brute-force throttle it shares with the store's AUTH (auth-throttle.ts).
  */
 
-import { createHash, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import type { Logger } from "../log.js";
 import type { AuthThrottle } from "../store/tcp/auth-throttle.js";
+import { tokenDigest } from "../store/tcp/server-state.js";
 
 /** What `DashboardAuth.check` decided about one request. */
 export type AuthVerdict =
@@ -84,6 +85,7 @@ function presentedToken(request: Request): string | undefined {
   return colon < 0 ? "" : decoded.slice(colon + 1);
 }
 
+/** The digest the store's AUTH compares (server-state.ts), of a token as UTF-8. */
 function digest(text: string): Buffer {
-  return createHash("sha256").update(text, "utf8").digest();
+  return tokenDigest(Buffer.from(text, "utf8"));
 }
