@@ -8,10 +8,10 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, it } from "node:test";
+import { recordingLogger } from "../../../test/helpers/recording-logger.js";
 import { HOST, TcpFixtures } from "../../../test/helpers/tcp-fixtures.js";
 import { waitFor } from "../../../test/helpers/wait-for.js";
 import { ErrorCode, RendezvousAuthError } from "../../errors.js";
-import type { Logger } from "../../log.js";
 import { connectTCPStore } from "./client.js";
 import { encodeRequest } from "./encode.js";
 import { type Request, VALIDATION_MAGIC } from "./protocol.js";
@@ -21,18 +21,6 @@ const TOKEN = "correct horse battery staple";
 const VALIDATE: Request = { type: "validate", magic: VALIDATION_MAGIC };
 const fx = new TcpFixtures();
 afterEach(() => fx.cleanup());
-
-/** A logger keeping its warnings. */
-function recordingLogger(): Logger & { warnings: { message: string; fields?: Record<string, unknown> }[] } {
-  const warnings: { message: string; fields?: Record<string, unknown> }[] = [];
-  return {
-    warnings,
-    debug() {},
-    info() {},
-    warn: (message, fields) => void warnings.push(fields === undefined ? { message } : { message, fields }),
-    error() {},
-  };
-}
 
 function fakeClock(): { now: () => number; advance: (ms: number) => void } {
   let t = Date.now();

@@ -5,8 +5,8 @@ import { once } from "node:events";
 import { connect, createServer, type Socket } from "node:net";
 import { afterEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
+import { recordingLogger } from "../../../test/helpers/recording-logger.js";
 import { ErrorCode } from "../../errors.js";
-import type { Logger } from "../../log.js";
 import { encodeRequest } from "./encode.js";
 import { type Request, VALIDATION_MAGIC } from "./protocol.js";
 import { createTCPStoreServer, type TCPStoreServer, type TCPStoreServerOptions } from "./server.js";
@@ -47,17 +47,6 @@ const text = (v: Uint8Array | undefined): string | undefined =>
 async function until(cond: () => boolean): Promise<void> {
   for (let i = 0; i < 1000 && !cond(); i++) await delay(2);
   assert.ok(cond());
-}
-
-function recordingLogger(): Logger & { warnings: { message: string; fields?: Record<string, unknown> }[] } {
-  const warnings: { message: string; fields?: Record<string, unknown> }[] = [];
-  return {
-    warnings,
-    debug() {},
-    info() {},
-    warn: (message, fields) => warnings.push(fields === undefined ? { message } : { message, fields }),
-    error() {},
-  };
 }
 
 afterEach(async () => {
