@@ -26,6 +26,7 @@ import { spawn } from "node:child_process";
 import { PerformanceObserver, performance } from "node:perf_hooks";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { KvEngine } from "../src/store/kv-engine.js";
+import { median } from "./stats.js";
 import { storeWorkPerRequest, type WorkEngine } from "./store-floor.js";
 
 /** What a variant needs of an engine (an older `KvEngine` included). */
@@ -283,12 +284,6 @@ function runChild(variant: Variant, n: number): Promise<Record<string, number>> 
     });
   });
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);

@@ -17,7 +17,8 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { REPO_ROOT } from "./rendezvous-procs.js";
-import { median, replaceSection } from "./rendezvous-report.js";
+import { replaceSection } from "./rendezvous-report.js";
+import { median } from "./stats.js";
 
 const CLI = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const WORKER = fileURLToPath(new URL("./launcher-worker.js", import.meta.url));

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Args } from "./rendezvous.js";
 import { REPO_ROOT } from "./rendezvous-procs.js";
 import type { OurRun, RecoveryRun, TorchRun } from "./rendezvous-runs.js";
+import { median } from "./stats.js";
 
 export interface ReportInput {
   args: Args;
@@ -30,13 +31,6 @@ const TARGETS_MS = new Map([
   [10_000, 5000],
 ]);
 const RECOVERY_TARGET_MS = 2000;
-
-export function median(xs: readonly number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return Number.NaN;
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 const ms = (x: number): string => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : "—");
 const secs = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${ms(x)} ms`);

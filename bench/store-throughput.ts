@@ -33,6 +33,7 @@ import {
   startTorchServer,
   type TorchPython,
 } from "../test/helpers/torch.js";
+import { median } from "./stats.js";
 import { startFloorServer, storeWorkPerRequest } from "./store-floor.js";
 
 const HOST = "127.0.0.1";
@@ -76,12 +77,6 @@ function record(runs: Record<string, number[]>, key: string, value: number): voi
   if (list === undefined) runs[key] = [value];
   else list.push(value);
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 // --- our server, in a child process -------------------------------------------------------------------------
 
