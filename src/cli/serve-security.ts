@@ -27,8 +27,9 @@ export const SECURITY_OPTIONS = {
 export const SECURITY_HELP = `  --auth-token-file FILE   require every client to present the token in FILE (default: the
                            RDZV_AUTH_TOKEN environment variable, if set). PyTorch clients cannot:
                            with a token only rdzv's clients connect
-  --max-auth-failures N    wrong tokens one address (IPv4, IPv6 /64; loopback too) may present a
-                           minute, on the store and the dashboard together; then its every attempt
+  --max-auth-failures N    distinct wrong tokens one address (IPv4, IPv6 /64; loopback too) may
+                           present a minute, on the store and the dashboard together (a stale token
+                           retried counts once); then its every attempt
                            is refused unchecked for a minute (default ${DEFAULT_AUTH_THROTTLE.maxFailures}; 0 = no limit)
   --tls-cert FILE          serve TLS with this certificate (PEM; needs --tls-key). PyTorch clients
                            speak plain TCP only

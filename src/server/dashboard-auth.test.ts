@@ -51,6 +51,9 @@ describe("dashboard wrong-token throttle", () => {
       const body = (await app.metrics.scrape()).body;
       assert.match(body, /^rdzv_dashboard_auth_failures_total 3$/m);
       assert.match(body, /^rdzv_dashboard_auth_throttled_total 2$/m);
+      // One stale token, however often presented, is one wrong token.
+      for (let i = 0; i < 20; i++) assert.equal((await call("10.0.0.3", "Bearer old")).status, 401);
+      assert.equal((await call("10.0.0.3", `Bearer ${TOKEN}`)).status, 200);
     } finally {
       app.close();
       await server.close();
@@ -75,7 +78,12 @@ describe("dashboard wrong-token throttle", () => {
       assert.equal(ok.status, 200);
       for (let i = 0; i < 2; i++) {
         await assert.rejects(
-          connectTCPStore({ host: "127.0.0.1", port: server.port, timeoutMs: 60_000, authToken: "guess" }),
+          connectTCPStore({
+            host: "127.0.0.1",
+            port: server.port,
+            timeoutMs: 60_000,
+            authToken: `guess ${i}`,
+          }),
           (err: Error & { code?: string }) => err.code === ErrorCode.Auth,
         );
       }

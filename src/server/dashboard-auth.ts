@@ -54,9 +54,10 @@ export function createDashboardAuth(
       }
       const given = presentedToken(request);
       if (given === undefined) return { kind: "unauthorized" };
-      if (timingSafeEqual(expected, digest(given))) return { kind: "ok" };
+      const givenDigest = digest(given);
+      if (timingSafeEqual(expected, givenDigest)) return { kind: "ok" };
       counters.failed();
-      const { key, lockedMs } = throttle.failed(address);
+      const { key, lockedMs } = throttle.failed(address, givenDigest);
       if (lockedMs > 0) {
         logger?.warn("dashboard: too many wrong auth tokens from one address: refusing it unchecked", {
           address: key,

@@ -63,9 +63,9 @@ async function rawAuth(server: TCPStoreServer, localAddress: string, token: stri
   return c.replies();
 }
 
-const wrongToken = (server: TCPStoreServer) =>
+const wrongToken = (server: TCPStoreServer, guess: string) =>
   assert.rejects(
-    connectTCPStore({ host: HOST, port: server.port, timeoutMs: 60_000, authToken: "guess" }),
+    connectTCPStore({ host: HOST, port: server.port, timeoutMs: 60_000, authToken: guess }),
     (err: Error & { code?: string }) =>
       err.code === ErrorCode.Auth && /rejected the auth token/.test(err.message),
   );
@@ -80,7 +80,7 @@ describe("TCPStore wrong-token throttle", () => {
       logger,
     });
     const before = await fx.client(server, { authToken: TOKEN });
-    for (let i = 0; i < 3; i++) await wrongToken(server);
+    for (let i = 0; i < 3; i++) await wrongToken(server, `guess ${i}`);
     // 127.0.0.1 is locked out: rdzv's client says so, for how long, with RDZV_AUTH and no retrying.
     const err = await connectTCPStore({
       host: HOST,
@@ -131,6 +131,31 @@ describe("TCPStore wrong-token throttle", () => {
     }
     assert.equal(server.stats().authFailures, 2);
     assert.equal(server.stats().authThrottled, 2);
+  });
+
+  it("counts one stale token once: a job retrying it does not lock out its address, a new guess still counts", async () => {
+    const c = fakeClock();
+    const logger = recordingLogger();
+    const server = await fx.server({
+      authToken: TOKEN,
+      authThrottle: { maxFailures: 3, windowMs: 60_000, now: c.now },
+      logger,
+    });
+    // 30 processes of one job (one address: a NAT, a host) with last week's token.
+    for (let i = 0; i < 30; i++) await wrongToken(server, "last week's token");
+    // A neighbour at that address with the right token is served.
+    assert.deepEqual(await rawAuth(server, "127.0.0.1", TOKEN), Buffer.from([0]));
+    assert.equal(server.stats().authFailures, 30, "every wrong token is refused and counted as a failure");
+    assert.equal(server.stats().authThrottled, 0);
+    // Two new guesses use up the budget of 3 (the stale token was the first).
+    await wrongToken(server, "guess 1");
+    assert.deepEqual(await rawAuth(server, "127.0.0.1", "guess 2"), Buffer.from([1]));
+    assert.equal((await rawAuth(server, "127.0.0.1", TOKEN))[0], 2, "locked out");
+    assert.equal(logger.warnings.filter((w) => /too many wrong auth tokens/.test(w.message)).length, 1);
+    // After the window, the stale token counts again (once).
+    c.advance(60_000);
+    for (let i = 0; i < 5; i++) await wrongToken(server, "last week's token");
+    assert.deepEqual(await rawAuth(server, "127.0.0.1", TOKEN), Buffer.from([0]));
   });
 
   it("with maxFailures 0, never throttles", async () => {

@@ -1,6 +1,7 @@
 /** The per-address wrong-token throttle, its address keys and the per-address connection cap (pure, fake clock). */
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import { AddressCap } from "./address-cap.js";
 import { addressKey, isLoopbackKey } from "./address-key.js";
@@ -15,6 +16,8 @@ function clock(start = 1_000_000): { now: () => number; advance: (ms: number) =>
     },
   };
 }
+
+const digestOf = (token: string): Buffer => createHash("sha256").update(token).digest();
 
 describe("addressKey", () => {
   it("keeps IPv4, unmaps IPv4-mapped IPv6, and keys other IPv6 addresses by their /64", () => {
@@ -46,7 +49,7 @@ describe("AuthThrottle", () => {
     assert.equal(throttle.failed("10.0.0.1").lockedMs, 0);
     assert.equal(throttle.failed("10.0.0.1").lockedMs, 0);
     assert.equal(throttle.retryAfterMs("10.0.0.1"), 0);
-    assert.deepEqual(throttle.failed("10.0.0.1"), { key: "10.0.0.1", lockedMs: 60_000 });
+    assert.deepEqual(throttle.failed("10.0.0.1"), { key: "10.0.0.1", lockedMs: 60_000, repeated: false });
     assert.equal(throttle.retryAfterMs("10.0.0.1"), 60_000);
     assert.equal(throttle.retryAfterMs("10.0.0.2"), 0, "another address is not affected");
     c.advance(59_999);
@@ -106,6 +109,47 @@ describe("AuthThrottle", () => {
     c.advance(1000);
     throttle.failed("192.0.2.1");
     assert.equal(throttle.tracked, 1, "lockouts over and budgets refilled: forgotten");
+  });
+
+  it("counts a wrong token an address presented within windowMs once; distinct ones each count", () => {
+    const c = clock();
+    const throttle = createAuthThrottle({ maxFailures: 3, windowMs: 60_000, now: c.now });
+    const stale = digestOf("stale");
+    assert.deepEqual(throttle.failed("10.0.0.1", stale), { key: "10.0.0.1", lockedMs: 0, repeated: false });
+    for (let i = 0; i < 100; i++) {
+      assert.deepEqual(throttle.failed("10.0.0.1", stale), { key: "10.0.0.1", lockedMs: 0, repeated: true });
+      c.advance(100);
+    }
+    assert.equal(throttle.retryAfterMs("10.0.0.1"), 0);
+    // The same token from another address is that address's first.
+    assert.equal(throttle.failed("10.0.0.2", stale).repeated, false);
+    // New guesses count: two more empty the budget of 3.
+    assert.equal(throttle.failed("10.0.0.1", digestOf("a")).lockedMs, 0);
+    assert.equal(throttle.failed("10.0.0.1", digestOf("b")).lockedMs, 60_000);
+    // A call without a digest always counts (every one a new token, as far as the throttle knows).
+    const plain = createAuthThrottle({ maxFailures: 2, now: c.now });
+    plain.failed("10.0.0.1");
+    assert.equal(plain.failed("10.0.0.1").lockedMs, 60_000);
+  });
+
+  it("counts a repeated wrong token again once windowMs passed since it was counted", () => {
+    const c = clock();
+    const throttle = createAuthThrottle({ maxFailures: 10, windowMs: 60_000, now: c.now });
+    const stale = digestOf("stale");
+    throttle.failed("10.0.0.1", stale);
+    c.advance(59_999);
+    assert.equal(throttle.failed("10.0.0.1", stale).repeated, true);
+    c.advance(1);
+    assert.equal(throttle.failed("10.0.0.1", stale).repeated, false);
+  });
+
+  it("remembers a bounded number of digests per address; a forgotten one counts again", () => {
+    const c = clock();
+    const throttle = createAuthThrottle({ maxFailures: 1000, windowMs: 60_000, now: c.now });
+    for (let i = 0; i < 100; i++)
+      assert.equal(throttle.failed("10.0.0.1", digestOf(`g${i}`)).repeated, false);
+    assert.equal(throttle.failed("10.0.0.1", digestOf("g99")).repeated, true, "the latest are kept");
+    assert.equal(throttle.failed("10.0.0.1", digestOf("g0")).repeated, false, "the oldest were forgotten");
   });
 
   it("does nothing with maxFailures 0, and checks its options", () => {

@@ -7,6 +7,11 @@
  * that refills at `maxFailures` per `windowMs`. A wrong token that empties it locks the address out for
  * `windowMs`: every attempt from it is refused then, without looking at the token, so a right guess
  * cannot be told from a wrong one. A brute force gets about `maxFailures` guesses per `windowMs` at best.
+ *
+ * Only distinct wrong tokens count: one that the address already presented within `windowMs` (told by its
+ * digest) is not counted again. A guess has to be new to be worth anything, so this gives a brute force
+ * nothing, while a job that retries with one stale token (many processes behind one NAT or on one host)
+ * spends one wrong token, not one per process, and does not lock out its neighbours at that address.
  */
 
 import { InvalidArgumentError } from "../../errors.js";
@@ -40,7 +45,16 @@ export interface FailureOutcome {
   readonly key: string;
   /** When this failure locked the address out: the lockout's length in ms; else 0. */
   readonly lockedMs: number;
+  /** The address had presented this wrong token within `windowMs`: not counted again. */
+  readonly repeated: boolean;
 }
+
+/**
+ * Most wrong-token digests remembered per address. Within a window an address presents at most about
+ * 2 x `maxFailures` distinct wrong tokens before its lockout; past this bound the oldest is forgotten, and
+ * a forgotten one counts again if it comes back (stricter, never looser).
+ */
+const MAX_DIGESTS_PER_ADDRESS = 32;
 
 interface Entry {
   /** Wrong tokens not yet refilled, as of `at`. */
@@ -49,6 +63,8 @@ interface Entry {
   at: number;
   /** The end of the lockout (epoch ms); 0 for none. */
   until: number;
+  /** Wrong tokens counted within `windowMs` (by digest, base64) and when each was counted, oldest first. */
+  readonly digests: Map<string, number>;
 }
 
 /** Per-address wrong-token budgets. Create with `createAuthThrottle`. */
@@ -82,15 +98,24 @@ export class AuthThrottle {
     return Math.max(entry.until - this.#now(), 0);
   }
 
-  /** Counts a wrong token from `address`; says whether it locked the address out. */
-  failed(address: string | undefined): FailureOutcome {
+  /**
+   * Counts a wrong token from `address`, unless the address presented the same one (`digest`, the
+   * token's SHA-256) within `windowMs`; says whether it locked the address out. Without `digest` every
+   * call counts.
+   */
+  failed(address: string | undefined, digest?: Uint8Array): FailureOutcome {
     const key = addressKey(address);
-    if (this.maxFailures === 0) return { key, lockedMs: 0 };
+    if (this.maxFailures === 0) return { key, lockedMs: 0, repeated: false };
     const now = this.#now();
     this.prune(now);
     let entry = this.#entries.get(key);
+    const seen = digest === undefined ? undefined : Buffer.from(digest).toString("base64");
+    if (entry !== undefined && seen !== undefined) {
+      forgetOlder(entry.digests, now - this.windowMs);
+      if (entry.digests.has(seen)) return { key, lockedMs: 0, repeated: true };
+    }
     if (entry === undefined) {
-      entry = { used: 0, at: now, until: 0 };
+      entry = { used: 0, at: now, until: 0, digests: new Map() };
     } else {
       // Refilled since the last wrong token, at maxFailures per windowMs.
       const refilled = ((now - entry.at) * this.maxFailures) / this.windowMs;
@@ -99,6 +124,11 @@ export class AuthThrottle {
       this.#entries.delete(key); // re-inserted last: the table stays in order of `at`
     }
     entry.used++;
+    if (seen !== undefined) {
+      entry.digests.set(seen, now);
+      if (entry.digests.size > MAX_DIGESTS_PER_ADDRESS)
+        entry.digests.delete(entry.digests.keys().next().value!);
+    }
     let lockedMs = 0;
     // Less than one wrong token left (the refill is continuous: a burst a few ms long leaves a fraction).
     if (this.maxFailures - entry.used < 1 && entry.until <= now) {
@@ -110,7 +140,7 @@ export class AuthThrottle {
     while (this.#entries.size > this.maxAddresses) {
       this.#entries.delete(this.#entries.keys().next().value!);
     }
-    return { key, lockedMs };
+    return { key, lockedMs, repeated: false };
   }
 
   /**
@@ -122,6 +152,14 @@ export class AuthThrottle {
       if (now - entry.at < this.windowMs || entry.until > now) return;
       this.#entries.delete(key);
     }
+  }
+}
+
+/** Drops the digests counted before `since` (the map is in order of counting). */
+function forgetOlder(digests: Map<string, number>, since: number): void {
+  for (const [digest, at] of digests) {
+    if (at > since) return;
+    digests.delete(digest);
   }
 }
 

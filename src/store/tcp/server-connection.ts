@@ -37,7 +37,13 @@ import { AsyncWaits, encodeFailed, encodeGetDone, encodeWaitDone } from "./serve
 import { ConnectionRegistrations, checkWaiterLimit } from "./server-registrations.js";
 import { PendingReplies } from "./server-replies.js";
 import { StallClock } from "./server-stall.js";
-import { type BarrierParty, type KeyWatcher, type ServerState, tokenMatches } from "./server-state.js";
+import {
+  type BarrierParty,
+  type KeyWatcher,
+  type ServerState,
+  tokenDigest,
+  tokenMatches,
+} from "./server-state.js";
 import { directWriter, type ReplyWriter, streamWriter } from "./server-writes.js";
 
 type PendingWait =
@@ -432,9 +438,10 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
       this.reply(encodeAuthThrottledReply(waitMs));
       throw new AuthThrottledError(`authentication throttled for ${waitMs} ms more`);
     }
-    if (!tokenMatches(security, token)) {
+    const given = tokenDigest(token);
+    if (!tokenMatches(security, given)) {
       this.state.authFailures++;
-      const { key, lockedMs } = security.throttle.failed(this.address);
+      const { key, lockedMs } = security.throttle.failed(this.address, given);
       if (lockedMs > 0) {
         // One line per lockout, so at most one per address and window.
         this.state.logger.warn(

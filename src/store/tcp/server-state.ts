@@ -28,10 +28,13 @@ export function tokenDigest(token: Uint8Array): Buffer {
   return createHash("sha256").update(token).digest();
 }
 
-/** Whether `token` is the server's token (constant time). True when the server requires none. */
-export function tokenMatches(security: ServerSecurity, token: Uint8Array): boolean {
+/**
+ * Whether a token whose `tokenDigest` is `digest` is the server's token (constant time). True when the
+ * server requires none.
+ */
+export function tokenMatches(security: ServerSecurity, digest: Buffer): boolean {
   const expected = security.tokenDigest;
-  return expected === undefined || timingSafeEqual(expected, tokenDigest(token));
+  return expected === undefined || timingSafeEqual(expected, digest);
 }
 
 /** A connection parked in a BARRIER until the count is reached. */
