@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { userKeyOf } from "./key-reader.js";
-import { RunActivity } from "./run-activity.js";
+import { MAX_ENDED_RUNS, RunActivity } from "./run-activity.js";
 
 function clocked(userKey?: (key: string) => string | undefined): {
   activity: RunActivity;
@@ -103,14 +103,62 @@ describe("RunActivity", () => {
     activity.note("rdzv/a/open", "deleted");
     assert.equal(group.listKey, undefined);
     assert.equal(activity.runCount, 0);
-    assert.deepEqual(ids(activity, 99), []);
+    // A run no more, with a key left: a remnant, on the run's clock.
+    assert.equal(group.remnant, true);
+    assert.equal(activity.remnantCount, 1);
+    assert.deepEqual(ids(activity, 99), ["rdzv:a"]);
     activity.note("rdzv/a/r0/hb/0", "deleted");
+    assert.equal(activity.remnantCount, 0);
     assert.equal(activity.group({ layout: "rdzv", runId: "a" }), undefined);
     assert.equal(activity.groupCount, 0);
     // Back again: a new group, its clock from now.
     write(activity, "rdzv/a/open");
     assert.notEqual(activity.group({ layout: "rdzv", runId: "a" }), group);
     assert.deepEqual(ids(activity, 0), []);
+  });
+
+  it("keys that come back to an ended run make a remnant, aged like a run until the run id is a run again", () => {
+    const { activity, advance } = clocked();
+    write(activity, "rdzv/a/open", "rdzv/a/r0/hb/0", "torch.rendezvous.t", "torch.rendezvous.t.0/x");
+    for (const k of ["rdzv/a/r0/hb/0", "rdzv/a/open", "torch.rendezvous.t.0/x", "torch.rendezvous.t"]) {
+      activity.note(k, "deleted");
+    }
+    assert.equal(activity.groupCount, 0);
+    // A stalled agent resumes: its keep-alive (and a torchrun agent's round key) come back, no list key.
+    write(activity, "rdzv/a/r0/hb/0", "torch.rendezvous.t.0/x");
+    // Keys of a run id that never was a run here are no remnant (a run in the making, or look-alikes).
+    write(activity, "rdzv/b/r0/hb/0", "torch.rendezvous.u.0/x");
+    assert.equal(activity.remnantCount, 2);
+    const remnant = activity.group({ layout: "rdzv", runId: "a" })!;
+    assert.equal(remnant.remnant, true);
+    assert.equal(remnant.listKey, undefined);
+    assert.equal(activity.group({ layout: "rdzv", runId: "b" })?.remnant, false);
+    advance(50);
+    write(activity, "torch.rendezvous.t.0/x");
+    assert.deepEqual(ids(activity, 10), ["rdzv:a"]);
+    advance(51);
+    assert.deepEqual(ids(activity, 50), ["rdzv:a", "pytorch:t"]);
+    // The run starts again under that id: a run, its clock from now, no remnant.
+    write(activity, "rdzv/a/open");
+    assert.equal(remnant.remnant, false);
+    assert.equal(activity.remnantCount, 1);
+    assert.deepEqual(ids(activity, 50), ["pytorch:t"]);
+    // Once that run is deleted too, the id is an ended run again.
+    activity.note("rdzv/a/open", "deleted");
+    activity.note("rdzv/a/r0/hb/0", "deleted");
+    write(activity, "rdzv/a/r1/hb/0");
+    assert.equal(activity.group({ layout: "rdzv", runId: "a" })?.remnant, true);
+  });
+
+  it("remembers at most MAX_ENDED_RUNS ended runs, forgetting the oldest", () => {
+    const { activity } = clocked();
+    for (let i = 0; i <= MAX_ENDED_RUNS; i++) {
+      write(activity, `torch.rendezvous.r${i}`);
+      activity.note(`torch.rendezvous.r${i}`, "deleted");
+    }
+    write(activity, "torch.rendezvous.r0.0/x", "torch.rendezvous.r1.0/x");
+    assert.equal(activity.group({ layout: "pytorch", runId: "r0" })?.remnant, false, "forgotten");
+    assert.equal(activity.group({ layout: "pytorch", runId: "r1" })?.remnant, true);
   });
 
   it("keeps the engine's key names apart from the user keys that place them", () => {

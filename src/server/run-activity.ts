@@ -7,6 +7,14 @@
  * dashboard's run list has it (run-keys.ts `runListKey`). A creation or an overwrite of any key of a group
  * is a write; deletions are not (the backends' own round cleaning comes with writes anyway).
  *
+ * A group that was a run and is no more, its list key gone while keys of it remain, is a *remnant*: so is
+ * a group of a run id whose run ended while followed here (all its keys deleted, as retention deletes
+ * them) that keys come back to, such as the keep-alive of an agent that stalled through its run's expiry.
+ * Nothing lists a remnant and nothing of the run reads it again, so it ages like a run (`idleRuns`). A
+ * group that never was a run (keys of a run id without its list key, from before a restart too) is not
+ * one: it may be a run in the making, or keys that only look like a run's. The ended run ids are
+ * remembered up to `MAX_ENDED_RUNS`, the oldest forgotten first.
+ *
  * A write costs a map lookup and a flag (keep-alives are most of a store's writes, and reading a clock
  * or the key's layout each time would cost more than the rest of the write): `idleRuns` turns the flags
  * into times when it passes over the runs. So a run's idle time counts from the first pass after its last
@@ -26,6 +34,8 @@ export interface RunGroup extends RunOwner {
   readonly written: boolean;
   /** Clock time of the last pass that found a write, of the first sighting, or of becoming a run. */
   readonly lastWriteMs: number;
+  /** A remnant of an ended run (see the file comment): no list key, yet aged like a run. */
+  readonly remnant: boolean;
 }
 
 interface Group extends RunGroup {
@@ -33,7 +43,11 @@ interface Group extends RunGroup {
   listKey: string | undefined;
   written: boolean;
   lastWriteMs: number;
+  remnant: boolean;
 }
+
+/** Ended runs remembered, so that keys coming back to one make a remnant (see the file comment). */
+export const MAX_ENDED_RUNS = 100_000;
 
 /**
  * A key change as `RunActivity.note` takes it: created or overwritten, deleted, or "held": found in the
@@ -51,6 +65,10 @@ export class RunActivity {
   readonly #groups = { rdzv: new Map<string, Group>(), pytorch: new Map<string, Group>() };
   /** The groups holding their run-list key. */
   readonly #runs = new Set<Group>();
+  /** The remnants of ended runs. */
+  readonly #remnants = new Set<Group>();
+  /** Runs that ended while followed (`layout` NUL `runId`), oldest first; bounded by `MAX_ENDED_RUNS`. */
+  readonly #ended = new Set<string>();
 
   /**
    * `now`: the clock, in ms (monotonic is best: a wall clock stepped forward would age every run).
@@ -65,6 +83,11 @@ export class RunActivity {
   /** Runs known (groups holding their run-list key). */
   get runCount(): number {
     return this.#runs.size;
+  }
+
+  /** Remnants of ended runs known (see the file comment). */
+  get remnantCount(): number {
+    return this.#remnants.size;
   }
 
   /** Groups known, runs or not. */
@@ -87,8 +110,17 @@ export class RunActivity {
     const groups = this.#groups[owner.layout];
     let group = groups.get(owner.runId);
     if (group === undefined) {
-      group = { ...owner, keys: new Set(), listKey: undefined, written: false, lastWriteMs: this.#now() };
+      const remnant = this.#ended.has(endedKey(owner));
+      group = {
+        ...owner,
+        keys: new Set(),
+        listKey: undefined,
+        written: false,
+        lastWriteMs: this.#now(),
+        remnant,
+      };
       groups.set(owner.runId, group);
+      if (remnant) this.#remnants.add(group);
     } else if (change === "written") group.written = true;
     group.keys.add(key);
     this.#byKey.set(key, group);
@@ -97,6 +129,12 @@ export class RunActivity {
       group.written = false;
       group.lastWriteMs = this.#now();
       this.#runs.add(group);
+      if (group.remnant) {
+        // The run id is a run again: neither remnant nor ended.
+        group.remnant = false;
+        this.#remnants.delete(group);
+        this.#ended.delete(endedKey(group));
+      }
     }
   }
 
@@ -106,8 +144,24 @@ export class RunActivity {
     if (group.listKey === key) {
       group.listKey = undefined;
       this.#runs.delete(group);
+      group.remnant = true;
+      this.#remnants.add(group);
     }
-    if (group.keys.size === 0) this.#groups[group.layout].delete(group.runId);
+    if (group.keys.size === 0) {
+      this.#groups[group.layout].delete(group.runId);
+      if (group.remnant) {
+        this.#remnants.delete(group);
+        this.#endRun(group);
+      }
+    }
+  }
+
+  /** Remembers that `owner`'s run ended, as its newest entry; forgets the oldest past the bound. */
+  #endRun(owner: RunOwner): void {
+    const key = endedKey(owner);
+    this.#ended.delete(key);
+    this.#ended.add(key);
+    if (this.#ended.size > MAX_ENDED_RUNS) this.#ended.delete(this.#ended.values().next().value!);
   }
 
   /** The group of `owner`, if it holds any key. */
@@ -116,17 +170,19 @@ export class RunActivity {
   }
 
   /**
-   * Passes over the runs (a run written since the last pass was written now) and returns those not
-   * written for more than `ttlMs`, the longest idle first.
+   * Passes over the runs and the remnants of ended runs (one written since the last pass was written
+   * now) and returns those not written for more than `ttlMs`, the longest idle first.
    */
   idleRuns(ttlMs: number): RunGroup[] {
     const now = this.#now();
     const out: Group[] = [];
-    for (const run of this.#runs) {
-      if (run.written) {
-        run.written = false;
-        run.lastWriteMs = now;
-      } else if (now - run.lastWriteMs > ttlMs) out.push(run);
+    for (const groups of [this.#runs, this.#remnants]) {
+      for (const run of groups) {
+        if (run.written) {
+          run.written = false;
+          run.lastWriteMs = now;
+        } else if (now - run.lastWriteMs > ttlMs) out.push(run);
+      }
     }
     return out.sort((a, b) => a.lastWriteMs - b.lastWriteMs);
   }
@@ -135,4 +191,8 @@ export class RunActivity {
   idleMs(group: RunGroup): number {
     return group.written ? 0 : this.#now() - group.lastWriteMs;
   }
+}
+
+function endedKey(owner: RunOwner): string {
+  return `${owner.layout}\0${owner.runId}`;
 }

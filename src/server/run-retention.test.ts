@@ -215,6 +215,39 @@ describe("run retention on a TCP store server", () => {
     }
   });
 
+  it("deletes keys that come back to an expired run once idle for the TTL, counted as keys only; keys of no ended run stay", async () => {
+    // Agents of the runs deleted above stalled through the expiry and resume: their keys come back.
+    await client.add("rdzv/done/r0/hb/1", 1);
+    await client.set("torch.rendezvous.tjob.0/torchelastic/agent/terminal_state1", "1");
+    const back = ["rdzv/done/r0/hb/1", "torch.rendezvous.tjob.0/torchelastic/agent/terminal_state1"];
+    const before = retention.stats();
+    assert.deepEqual(await retention.sweep(), []);
+    clock += TTL_MS / 2;
+    await beatLiveRuns();
+    assert.deepEqual(await retention.sweep(), []);
+    for (const k of back) assert.equal(await client.check([k]), true, `${k}: kept for the TTL`);
+    clock += TTL_MS / 2 + 1;
+    await beatLiveRuns();
+    assert.deepEqual(await retention.sweep(), [], "no run was deleted");
+    for (const k of back) assert.equal(await client.check([k]), false, k);
+    for (const k of ["torch.rendezvous.orphan.0/MASTER_ADDR", "rdzv/done/notes", "rdzv/done/r01/outcome"]) {
+      assert.equal(await client.check([k]), true, `${k}: no run's`);
+    }
+    assert.deepEqual(await runIds(), ["pytorch:ttrain", "rdzv:done/sub", "rdzv:live"]);
+    assert.deepEqual(retention.stats(), {
+      runsExpired: before.runsExpired,
+      keysDeleted: before.keysDeleted + 2,
+    });
+    const lines = logged.filter((l) => l.message.includes("keys of an ended run"));
+    assert.deepEqual(
+      lines.map((l) => [l.fields?.runId, l.fields?.layout, l.fields?.keys, l.fields?.idleS]),
+      [
+        ["done", "rdzv", 1, 60],
+        ["tjob", "pytorch", 1, 60],
+      ],
+    );
+  });
+
   it("rejects a TTL, sweep interval or slice that is not a positive integer", () => {
     for (const bad of [
       { ttlMs: 0 },

@@ -18,6 +18,11 @@
  * `maxSliceMs` worth) per turn of the event loop, the run's list key (`open`, PyTorch's state key) last:
  * a run whose deletion stops half-way (a key of it written meanwhile, a crash) stays listed, and expires
  * again once idle. A server restarted from its data directory starts every run's clock at the restart.
+ *
+ * Keys that come back to a run after it ended (the keep-alive of an agent that stalled through the TTL,
+ * then resumed) or that a run's deletion left (its list key deleted by a client) are a remnant
+ * (run-activity.ts): no run lists them, so they are deleted once idle for the TTL too, and counted as keys
+ * only (`keysDeleted`, not `runsExpired`).
  */
 
 import { InvalidArgumentError } from "../errors.js";
@@ -63,7 +68,8 @@ export interface RunRetention extends Disposable {
   /** Counters since the start (a copy). */
   stats(): RunRetentionStats;
   /**
-   * Sweeps now (or joins the sweep in progress); resolves with the ids of the runs it deleted. Rejects
+   * Sweeps now (or joins the sweep in progress); resolves with the ids of the runs it deleted (not of the
+   * remnants: see the file comment). Rejects
    * when a delete failed (the engine's mutation hook threw: a data directory that cannot record it).
    */
   sweep(): Promise<string[]>;
@@ -114,11 +120,15 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
   let budget = perSlice;
   let sliceEnd = 0;
 
-  /** Deletes `run`'s keys, list key last; false when it stopped (written meanwhile, or closed). */
+  /**
+   * Deletes `run`'s keys (a run's or a remnant's), list key last; false when it stopped (written
+   * meanwhile, a run again or no more, or closed).
+   */
   const expire = async (run: RunGroup): Promise<boolean> => {
     const idleMs = activity.idleMs(run);
-    const keys = [...run.keys].filter((k) => k !== run.listKey);
-    if (run.listKey !== undefined) keys.push(run.listKey);
+    const { listKey } = run;
+    const keys = [...run.keys].filter((k) => k !== listKey);
+    if (listKey !== undefined) keys.push(listKey);
     let deleted = 0;
     for (const key of keys) {
       if (budget === 0 || performance.now() > sliceEnd) {
@@ -126,7 +136,7 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
         budget = perSlice;
         sliceEnd = performance.now() + sliceMs;
         if (closed) return false;
-        if (activity.group(run) !== run || run.written) {
+        if (activity.group(run) !== run || run.written || run.listKey !== listKey) {
           logger.warn("rdzv store: a run was written while it expired; its other keys are kept", {
             runId: shown(run.runId),
             layout: run.layout,
@@ -141,14 +151,25 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
         stats.keysDeleted++;
       }
     }
-    stats.runsExpired++;
-    logger.info("rdzv store: run expired (no key of it written for longer than the run TTL): keys deleted", {
+    const fields = {
       runId: shown(run.runId),
       layout: run.layout,
       keys: deleted,
       idleS: Math.round(idleMs / 1000),
       ttlS: ttlMs / 1000,
-    });
+    };
+    if (listKey === undefined) {
+      logger.info(
+        "rdzv store: keys of an ended run (no run-list key) not written for longer than the run TTL: deleted",
+        fields,
+      );
+    } else {
+      stats.runsExpired++;
+      logger.info(
+        "rdzv store: run expired (no key of it written for longer than the run TTL): keys deleted",
+        fields,
+      );
+    }
     return true;
   };
 
@@ -159,8 +180,11 @@ export function startRunRetention(engine: KvEngine, options: RunRetentionOptions
     for (const run of activity.idleRuns(ttlMs)) {
       // An earlier run's deletion yielded: this one may have been written (or deleted) since.
       if (closed) break;
-      if (activity.group(run) !== run || run.listKey === undefined || run.written) continue;
-      if (await expire(run)) gone.push(run.runId);
+      // A remnant that became a run again since (its list key written) has its clock from then.
+      if (activity.group(run) !== run || run.written || activity.idleMs(run) <= ttlMs) continue;
+      if (run.listKey === undefined && !run.remnant) continue;
+      const wasRun = run.listKey !== undefined;
+      if ((await expire(run)) && wasRun) gone.push(run.runId);
     }
     return gone;
   };
