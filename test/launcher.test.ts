@@ -9,11 +9,13 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, afterEach, describe, it } from "node:test";
+import { after, afterEach, describe, it, type TestContext } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { pickFreePort } from "../src/rendezvous/free-port.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
+import { EtcdTestCluster } from "./helpers/etcd.js";
+import { RedisTestServer } from "./helpers/redis.js";
 import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
 import { waitFor } from "./helpers/wait-for.js";
 
@@ -366,32 +368,73 @@ describe("rdzv run", () => {
     assert.doesNotMatch(o.stderr, /restarting the workers/);
   });
 
-  it("a store that stops for good (rdzv serve, torchrun's): the node stops its workers and fails after store_unreachable_timeout", async (t) => {
-    const server = await storeServer();
-    const dir = tempDir();
-    const conf = `${FAST},store_unreachable_timeout=2,read_timeout=1`;
-    const agent = run(
-      ["--rdzv-endpoint", `127.0.0.1:${server.port}`, "--rdzv-id", "store-stops", "--rdzv-conf", conf].concat(
-        ["--stop-timeout", "2", "--", "node", PROBE],
-      ),
-      { PROBE_DIR: dir, PROBE_MODE: "sleep" },
-    );
-    const [probe] = await waitFor("the worker", () => (probes(dir).length === 1 ? probes(dir) : undefined));
-    const stoppedAt = Date.now();
-    await server.close();
-    // Before: the agent warned "watching the round failed; retrying" for good (killed here after 30 s).
-    const r = await agent.done;
-    const tookMs = Date.now() - stoppedAt;
-    assert.equal(r.code, 1, r.stderr);
-    assert.match(
-      r.stderr,
-      /could not reach the rendezvous store \(c10d at 127\.0\.0\.1:\d+\) for [\d.]+ s \(since .*\), longer than store_unreachable_timeout \(2 s\)/,
-    );
-    assert.match(r.stderr, /raise store_unreachable_timeout \(seconds\) in --rdzv-conf/);
-    assert.equal(alive(pidOf(probe!)), false);
-    // Within the bound plus stopping the worker and leaving: measured, not asserted (a noisy machine).
-    t.diagnostic(`store stopped for good: rdzv run exited ${tookMs} ms later (bound 2000 ms)`);
-  });
+  /** A store of each backend that a test can stop for good: where it is, and how to stop it. */
+  const stoppableStores: Record<
+    string,
+    (t: TestContext) => Promise<{ args: string[]; shown: RegExp; stop: () => Promise<void> }>
+  > = {
+    c10d: async () => {
+      const server = await storeServer();
+      return {
+        args: ["--rdzv-endpoint", `127.0.0.1:${server.port}`],
+        shown: /c10d at 127\.0\.0\.1:\d+/,
+        stop: () => server.close(),
+      };
+    },
+    etcd: async (t) => {
+      const etcd = await EtcdTestCluster.start();
+      t.after(() => etcd.stop());
+      return {
+        args: ["--rdzv-backend", "etcd", "--rdzv-endpoint", etcd.endpoints],
+        shown: /etcd at 127\.0\.0\.1:\d+/,
+        stop: () => etcd.kill(0),
+      };
+    },
+    redis: async (t) => {
+      const redis = await RedisTestServer.start();
+      t.after(() => redis.stop());
+      return {
+        args: ["--rdzv-backend", "redis", "--rdzv-endpoint", redis.endpoint],
+        shown: /redis at 127\.0\.0\.1:\d+/,
+        stop: () => redis.kill(),
+      };
+    },
+  };
+
+  for (const [backend, start] of Object.entries(stoppableStores)) {
+    it(`a store that stops for good (${backend}): the node stops its workers and fails after store_unreachable_timeout`, async (t) => {
+      const store = await start(t);
+      const dir = tempDir();
+      const conf = `${FAST},store_unreachable_timeout=2,read_timeout=1`;
+      const agent = run(
+        [...store.args, "--rdzv-id", "store-stops", "--rdzv-conf", conf].concat([
+          "--stop-timeout",
+          "2",
+          "--",
+          "node",
+          PROBE,
+        ]),
+        { PROBE_DIR: dir, PROBE_MODE: "sleep" },
+      );
+      const [probe] = await waitFor("the worker", () => (probes(dir).length === 1 ? probes(dir) : undefined));
+      const stoppedAt = Date.now();
+      await store.stop();
+      // Before: the agent warned "watching the round failed; retrying" for good (killed here after 30 s).
+      const r = await agent.done;
+      const tookMs = Date.now() - stoppedAt;
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `could not reach the rendezvous store \\(${store.shown.source}\\) for [\\d.]+ s \\(since .*\\), longer than store_unreachable_timeout \\(2 s\\)`,
+        ),
+      );
+      assert.match(r.stderr, /raise store_unreachable_timeout \(seconds\) in --rdzv-conf/);
+      assert.equal(alive(pidOf(probe!)), false);
+      // Within the bound plus stopping the worker and leaving: measured, not asserted (a noisy machine).
+      t.diagnostic(`${backend} store stopped for good: rdzv run exited ${tookMs} ms later (bound 2000 ms)`);
+    });
+  }
 
   it("a node that joins late is admitted by a restart (--nnodes 1:2)", async () => {
     const server = await storeServer();
