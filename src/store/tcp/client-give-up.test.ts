@@ -173,7 +173,13 @@ describe("give-up rule (sockets)", () => {
     await stop(server, plain, ruled);
     const err = await rejectsConnection(plain.set("a", "1", { timeoutMs: 600 }));
     assert.ok(!(err instanceof RendezvousStoreGoneError), err.message);
-    assert.match(err.message, /could not connect to the TCPStore server at .* within 600ms/);
+    // The call's budget and the connect loop's deadline are the same instant: which reports it first (the
+    // budget's timer, or the loop after an attempt refused at that instant) depends on the timers' order
+    // (this assertion failed once, beside other tests, when it took only the first).
+    assert.match(
+      err.message,
+      /could not connect to the TCPStore server at .* (within 600ms|\(\d+ attempts?\)): /,
+    );
     assert.equal(plain.gone, undefined);
     await goneFrom(ruled.set("a", "1", { timeoutMs: 20_000 }));
   });
