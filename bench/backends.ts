@@ -31,7 +31,9 @@ import type { Store } from "../src/store/store.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { EtcdTestCluster } from "../test/helpers/etcd.js";
 import { RedisTestServer } from "../test/helpers/redis.js";
+import { intFlag, intListFlag, stringFlag } from "./args.js";
 import { REPO_ROOT } from "./rendezvous-procs.js";
+import { upperMedian } from "./stats.js";
 
 interface Service {
   readonly label: string;
@@ -117,18 +119,8 @@ async function runOnce(service: Service, n: number, runId: string): Promise<numb
   }
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : process.argv[i + 1]!;
-}
-
-const sizes = arg("--sizes", "64,256,1000").split(",").map(Number);
-const reps = Number(arg("--reps", "3"));
+const sizes = intListFlag("--sizes", [64, 256, 1000]);
+const reps = intFlag("--reps", 3);
 const makers: Record<string, () => Promise<Service>> = {
   c10d: c10dService,
   etcd1: () => etcdService(1),
@@ -137,7 +129,7 @@ const makers: Record<string, () => Promise<Service>> = {
 };
 const rows: string[] = [];
 const load = loadavg()[0]!.toFixed(1);
-for (const name of arg("--backends", "c10d,etcd1,etcd3,redis").split(",")) {
+for (const name of stringFlag("--backends", "c10d,etcd1,etcd3,redis").split(",")) {
   const make = makers[name];
   if (make === undefined)
     throw new Error(`unknown backend ${name}; known: ${Object.keys(makers).join(", ")}`);
@@ -148,7 +140,7 @@ for (const name of arg("--backends", "c10d,etcd1,etcd3,redis").split(",")) {
       const times: number[] = [];
       for (let r = 0; r < reps; r++) times.push(await runOnce(service, n, `bench-${n}-${r}`));
       console.log(`${service.label} N=${n}: ${times.join(", ")} ms`);
-      cells.push(`${median(times)} ms`);
+      cells.push(`${upperMedian(times)} ms`);
     }
     rows.push(`| ${service.label} | ${cells.join(" | ")} |`);
   } finally {

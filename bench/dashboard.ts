@@ -27,19 +27,16 @@ import { RendezvousMonitor } from "../src/server/monitor.js";
 import { KvEngine } from "../src/store/kv-engine.js";
 import { connectTCPStore } from "../src/store/tcp/client.js";
 import { startServe } from "../test/helpers/serve-process.js";
+import { intFlag } from "./args.js";
 import { replaceSection } from "./rendezvous-report.js";
+import { upperMedian } from "./stats.js";
 
 registerBuiltinRendezvousHandlers();
 
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : Number(process.argv[i + 1]);
-};
-const REPS = arg("--reps", 5);
-const OPS = arg("--ops", 100_000);
-const NODES = arg("--nodes", 500);
-const SLOTS = arg("--slots", 10_000);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const REPS = intFlag("--reps", 5);
+const OPS = intFlag("--ops", 100_000);
+const NODES = intFlag("--nodes", 500);
+const SLOTS = intFlag("--slots", 10_000);
 
 async function withServe<T>(dashboard: boolean, fn: (port: number, url?: string) => Promise<T>): Promise<T> {
   const serve = await startServe(dashboard ? ["--http-port", "0"] : []);
@@ -127,7 +124,7 @@ async function inspectorAlone(): Promise<{ ms: number; bytes: number }> {
     bytes = JSON.stringify(views).length;
     runs.push(performance.now() - start);
   }
-  return { ms: median(runs), bytes };
+  return { ms: upperMedian(runs), bytes };
 }
 
 /** Nanoseconds per `engine.set` over 5000 rotating keys, with or without a monitor attached. */
@@ -157,7 +154,7 @@ for (const [name, keys] of [
     off.push(nsPerSet(keys, false));
     on.push(nsPerSet(keys, true));
   }
-  micro[name] = [median(off), median(on)];
+  micro[name] = [upperMedian(off), upperMedian(on)];
 }
 const tp: Record<"off" | "on", number[]> = { off: [], on: [] };
 const rdzv: Record<"off" | "on", number[]> = { off: [], on: [] };
@@ -191,8 +188,8 @@ from the start), runs interleaved, medians of ${REPS}.
 
 | measure | without dashboard | with dashboard | change |
 | --- | --- | --- | --- |
-| pipelined sets/s (TS client, 64 B, batches of 1000) | ${Math.round(median(tp.off))} | ${Math.round(median(tp.on))} | ${ratio(median(tp.on), median(tp.off))} |
-| rendezvous of ${NODES} nodes (one process), ms | ${Math.round(median(rdzv.off))} | ${Math.round(median(rdzv.on))} | ${ratio(median(rdzv.on), median(rdzv.off))} |
+| pipelined sets/s (TS client, 64 B, batches of 1000) | ${Math.round(upperMedian(tp.off))} | ${Math.round(upperMedian(tp.on))} | ${ratio(upperMedian(tp.on), upperMedian(tp.off))} |
+| rendezvous of ${NODES} nodes (one process), ms | ${Math.round(upperMedian(rdzv.off))} | ${Math.round(upperMedian(rdzv.on))} | ${ratio(upperMedian(rdzv.on), upperMedian(rdzv.off))} |
 | in-process \`KvEngine.set\`, plain keys, ns | ${micro.plain[0]!.toFixed(0)} | ${micro.plain[1]!.toFixed(0)} | +${(micro.plain[1]! - micro.plain[0]!).toFixed(0)} ns |
 | in-process \`KvEngine.set\`, keep-alive keys (\`rdzv/<id>/r0/hb/<slot>\`), ns | ${micro.hb[0]!.toFixed(0)} | ${micro.hb[1]!.toFixed(0)} | +${(micro.hb[1]! - micro.hb[0]!).toFixed(0)} ns |
 

@@ -14,6 +14,7 @@
 import { createInterface } from "node:readline";
 import type { Logger } from "../src/log.js";
 import { createTCPStoreServer } from "../src/store/tcp/server.js";
+import { intFlag } from "./args.js";
 
 /** What the server saw of one round of one run. */
 export interface RoundTimeline {
@@ -58,11 +59,6 @@ function observe(timeline: Map<string, RoundTimeline>, key: string, value: Uint8
   }
 }
 
-function flag(name: string, fallback: number): number {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : Number(process.argv[i + 1]);
-}
-
 async function main(): Promise<void> {
   // Warnings and errors (rejected connections, accept failures such as EMFILE) are counted, and the first
   // few printed to stderr.
@@ -75,7 +71,7 @@ async function main(): Promise<void> {
   const server = await createTCPStoreServer({
     host: "127.0.0.1",
     port: 0,
-    limits: { maxConnections: flag("--max-connections", 65_536) },
+    limits: { maxConnections: intFlag("--max-connections", 65_536) },
     logger,
   });
   let open = 0;

@@ -13,15 +13,12 @@
 import { encodeOutcome } from "../src/rendezvous/round.js";
 import { createDashboardApp } from "../src/server/dashboard-app.js";
 import { KvEngine } from "../src/store/kv-engine.js";
+import { intFlag } from "./args.js";
+import { upperMedian } from "./stats.js";
 
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : Number(process.argv[i + 1]);
-};
-const REPS = arg("--reps", 15);
-const RUNS = arg("--runs", 1000);
-const EXTRA = arg("--extra", 300_000);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const REPS = intFlag("--reps", 15);
+const RUNS = intFlag("--runs", 1000);
+const EXTRA = intFlag("--extra", 300_000, 0);
 
 function fill(engine: KvEngine, extra: number): void {
   const set = (key: string, value: string) => engine.set(`/${key}`, Buffer.from(value));
@@ -63,7 +60,7 @@ async function measure(extra: number): Promise<{ startMs: number; listMs: number
   } finally {
     app.close();
   }
-  return { startMs, listMs: median(times), keys: engine.size };
+  return { startMs, listMs: upperMedian(times), keys: engine.size };
 }
 
 for (const extra of [0, EXTRA]) {

@@ -13,15 +13,12 @@
 
 import { startRunRetention } from "../src/server/run-retention.js";
 import { KvEngine } from "../src/store/kv-engine.js";
+import { intFlag } from "./args.js";
+import { upperMedian } from "./stats.js";
 
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i < 0 ? fallback : Number(process.argv[i + 1]);
-};
-const WRITES = arg("--writes", 1_000_000);
-const RUNS = arg("--runs", 10_000);
-const EXTRA = arg("--extra", 300_000);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const WRITES = intFlag("--writes", 1_000_000);
+const RUNS = intFlag("--runs", 10_000);
+const EXTRA = intFlag("--extra", 300_000, 0);
 
 function nsPerWrite(retention: boolean, key: string): number {
   const engine = new KvEngine();
@@ -89,7 +86,7 @@ for (const [label, key] of rows) {
     withR.push(nsPerWrite(true, key));
   }
   console.log(
-    `${label}: ${median(without).toFixed(0)} ns per ADD without retention, ${median(withR).toFixed(0)} ns with`,
+    `${label}: ${upperMedian(without).toFixed(0)} ns per ADD without retention, ${upperMedian(withR).toFixed(0)} ns with`,
   );
 }
 await sweep();
