@@ -740,11 +740,15 @@ describe("rdzv run", () => {
     );
   });
 
-  it("exits 2 with the help for bad arguments", async () => {
+  it("exits 2 for bad arguments: the error, the usage line and where the options are, not the whole help", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);
-    assert.match(stderr, /--nnodes must be N or MIN:MAX/);
-    assert.match(stderr, /Usage: rdzv run/);
+    assert.equal(
+      stderr,
+      'rdzv run: --nnodes must be N or MIN:MAX with 1 <= MIN <= MAX, got "3:1"\n' +
+        "Usage: rdzv run [options] -- COMMAND [ARGS...]\n" +
+        "Run 'rdzv run --help' for its options.\n",
+    );
   });
 
   it("--nproc-per-node gpu without a GPU is a usage error; auto falls back to one worker per CPU", async (t) => {

@@ -60,6 +60,12 @@ function stopWriting(stream: NodeJS.WriteStream): void {
   stream.emit("drain");
 }
 
+/** A command's help up to its first blank line (its usage lines), ending in a newline. */
+function synopsis(help: string): string {
+  const end = help.indexOf("\n\n");
+  return `${end < 0 ? help : help.slice(0, end)}\n`;
+}
+
 async function main(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
   handleBrokenPipes(name);
@@ -85,7 +91,8 @@ async function main(argv: readonly string[]): Promise<number> {
     const message = err instanceof Error ? err.message : String(err);
     process.stderr.write(`rdzv ${name}: ${message}\n`);
     if (usage) {
-      process.stderr.write(`\n${command.help}`);
+      // The synopsis and where the rest is, not the whole help: that would scroll the error away.
+      process.stderr.write(`${synopsis(command.help)}Run 'rdzv ${name} --help' for its options.\n`);
       return 2;
     }
     return err instanceof RendezvousError ? 1 : 70;
