@@ -740,6 +740,27 @@ describe("rdzv run", () => {
     );
   });
 
+  it("says so while the store does not answer yet, then fails naming it (c10d, the hosting node absent)", async () => {
+    const port = await pickFreePort("127.0.0.1");
+    const r = await run([
+      "--rdzv-endpoint",
+      `127.0.0.1:${port}`,
+      "--rdzv-conf",
+      "is_host=false,read_timeout=2",
+      "--",
+      "true",
+    ]).done;
+    assert.equal(r.code, 1, r.stderr);
+    const lines = r.stderr.trimEnd().split("\n");
+    assert.match(lines[0]!, /^rdzv run: joining run "none" \(c10d at 127\.0\.0\.1:\d+, 1:1 nodes\)$/);
+    assert.equal(
+      lines[1],
+      `rdzv run: still connecting to the rendezvous store (c10d at 127.0.0.1:${port}) after 0.5 s: waiting for ` +
+        "rdzv serve, or the node that hosts the store, to listen there (giving up after read_timeout, 2 s)",
+    );
+    assert.match(lines[2]!, /could not connect to the TCPStore server at 127\.0\.0\.1:\d+ within 2000ms/);
+  });
+
   it("exits 2 for bad arguments: the error, the usage line and where the options are, not the whole help", async () => {
     const { code, stderr } = await run(["--nnodes", "3:1", "--", "true"]).done;
     assert.equal(code, 2);

@@ -392,7 +392,21 @@ async function launch(
     ...(a.localAddr === undefined ? {} : { localAddr: a.localAddr }),
     config,
   };
-  const handler = await createRendezvousHandler(params);
+  const settings = resolveRendezvousSettings(params);
+  const storeName = `${a.backend} at ${endpoint || "localhost"}`;
+  const handler = await withConnectNotice(
+    createRendezvousHandler(params),
+    settings.readTimeoutMs,
+    (afterMs) =>
+      say(
+        "info",
+        `still connecting to the rendezvous store (${storeName}) after ${afterMs / 1000} s` +
+          (a.backend === "c10d"
+            ? ": waiting for rdzv serve, or the node that hosts the store, to listen there"
+            : "") +
+          ` (giving up after read_timeout, ${settings.readTimeoutMs / 1000} s)`,
+      ),
+  );
   const stop = new AbortController();
   const logger = createConsoleLogger(a.logLevel, (line) => {
     status.hide();
@@ -408,8 +422,8 @@ async function launch(
     monitorIntervalMs: a.monitorIntervalMs,
     stopTimeoutMs: a.stopTimeoutMs,
     exitBarrierTimeoutMs: a.exitBarrierTimeoutMs,
-    storeUnreachableTimeoutMs: resolveRendezvousSettings(params).storeUnreachableTimeoutMs,
-    storeName: `${a.backend} at ${endpoint || "localhost"}`,
+    storeUnreachableTimeoutMs: settings.storeUnreachableTimeoutMs,
+    storeName,
     role: a.role,
     closeOnExit: a.closeOnExit,
     ...(tcpBackend ? { storeEndpoint: parseRendezvousEndpoint(endpoint) } : {}),
@@ -451,6 +465,27 @@ async function launch(
     for (const s of signals) process.off(s, onSignal);
   }
 }
+
+/**
+ * `connecting`, saying once (`notice`) that it still runs after a quarter of its budget `budgetMs`, at
+ * most 10 s: an endpoint that nothing answers at (a node that hosts the store and has not started yet, a
+ * mistyped host) would otherwise leave the user looking at "joining run" for the whole budget.
+ */
+export async function withConnectNotice<T>(
+  connecting: Promise<T>,
+  budgetMs: number,
+  notice: (afterMs: number) => void,
+): Promise<T> {
+  const afterMs = Math.min(CONNECT_NOTICE_MAX_MS, Math.round(budgetMs / 4));
+  const timer = setTimeout(() => notice(afterMs), afterMs);
+  try {
+    return await connecting;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const CONNECT_NOTICE_MAX_MS = 10_000;
 
 function reportProgress(
   agent: ElasticAgent,
