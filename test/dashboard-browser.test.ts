@@ -121,6 +121,43 @@ describe("dashboard in Chromium", () => {
     await page.close();
   });
 
+  it("shows every column of the run list on a 1280 px screen, the run below it, and the two side by side on a 1920 px one", async () => {
+    const engine = new KvEngine();
+    const set = (key: string, value: string) => engine.set(`/${key}`, Buffer.from(value));
+    const longId = `job-${"0123456789abcdef".repeat(6)}`;
+    for (const id of ["short", longId]) set(`rdzv/${id}/open`, "0");
+    const app = createDashboardApp({ engine, processMetrics: false });
+    const http = await startHttpServer({ port: 0, fetch: app.fetch });
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    /** Whether a pane's content is wider than the pane (a column cut off, to scroll to). */
+    const overflows = (selector: string) =>
+      page.locator(selector).evaluate((e) => e.scrollWidth > e.clientWidth);
+    try {
+      await page.goto(`${http.url}#run=short&source=rdzv`);
+      await page.locator("#runs tbody tr", { hasText: "short" }).waitFor({ timeout: 30_000 });
+      // Before: the run list took a quarter of the width and cut off "nodes" and "waiting".
+      assert.equal(await overflows("#runs-pane"), false, "the run list fits at 1280 px");
+      const long = page.locator("#runs td.run-id", { hasText: "job-" });
+      assert.equal(
+        await long.getAttribute("title"),
+        longId,
+        "a long run id is shortened; its title holds it whole",
+      );
+      const panes = async () =>
+        Promise.all(["#runs-pane", "#run-pane"].map(async (sel) => (await page.locator(sel).boundingBox())!));
+      let [runs, run] = await panes();
+      assert.ok(run!.y >= runs!.y + runs!.height, "the run below the run list");
+      await page.setViewportSize({ width: 1920, height: 900 });
+      [runs, run] = await panes();
+      assert.ok(run!.x >= runs!.x + runs!.width, "the run beside the run list");
+      assert.equal(await overflows("#runs-pane"), false, "the run list fits at 1920 px");
+    } finally {
+      await page.close();
+      app.close();
+      await http.close();
+    }
+  });
+
   it("says when the run list and a run's node lists are capped", async () => {
     const engine = new KvEngine();
     const set = (key: string, value: string) => engine.set(`/${key}`, Buffer.from(value));

@@ -47,13 +47,15 @@ header h1 { font-size: 1.2em; margin: 0; }
 #store { color: #b8c0d0; font-family: monospace; }
 .conn { margin-left: auto; font-size: .85em; padding: .1em .6em; border-radius: 1em; }
 .conn.on { background: #2e7d32; } .conn.off { background: #9e2a2a; }
-main { display: grid; grid-template-columns: minmax(18em, 1fr) 3fr; gap: 1em; padding: 1em; }
+main { display: grid; grid-template-columns: minmax(0, 1fr); gap: 1em; padding: 1em; }
+#runs-pane { max-height: 40vh; }
 section { background: #fff; border-radius: 6px; padding: .8em 1em; box-shadow: 0 1px 2px #0002; overflow: auto; }
 h2, h3 { margin: .2em 0 .5em; font-size: 1.05em; }
 table { border-collapse: collapse; width: 100%; margin-bottom: .8em; }
 th, td { text-align: left; padding: .2em .5em; border-bottom: 1px solid #e3e6ec; white-space: nowrap; }
 th { font-weight: 600; color: #555; font-size: .9em; }
 #runs tbody tr { cursor: pointer; } #runs tbody tr.selected { background: #e7efff; }
+#runs td.run-id { max-width: 32em; overflow: hidden; text-overflow: ellipsis; }
 .state { display: inline-block; padding: 0 .5em; border-radius: .8em; font-size: .85em; background: #ddd; }
 .state-joining { background: #fff1c2; } .state-last-call { background: #ffd59e; } .state-complete { background: #c9efcf; }
 .state-closed { background: #d6d6d6; } .state-unknown { background: #f4c7c7; }
@@ -63,6 +65,12 @@ th { font-weight: 600; color: #555; font-size: .9em; }
 .muted { color: #888; }
 #timeline { font-family: monospace; font-size: .9em; padding-left: 2.5em; max-height: 40em; overflow: auto; }
 #timeline li.ev-nodeLost { color: #b00020; } #timeline li.ev-completed { color: #2e7d32; } #timeline li.ev-closed { color: #555; }
+/* Side by side only where both tables fit; else the run list above the run (a wide table scrolls in its pane). */
+@media (min-width: 120em) {
+  main { grid-template-columns: fit-content(35%) minmax(0, 1fr); align-items: start; }
+  #runs-pane { max-height: none; }
+  #runs td.run-id { max-width: 16em; }
+}
 `;
 
 /** The script (plain ES2017, no template literals so that it can live in this string). */
@@ -108,7 +116,7 @@ export const DASHBOARD_JS = String.raw`(function () {
     capped.textContent = "Showing " + st.runs.length + " of " + st.total + " runs (capped): the most recently changed first, then by id; ids past 1024 characters are not listed.";
     st.runs.forEach(function (r) {
       var tr = el("tr", { "data-run": r.runId, "data-source": r.source }, [
-        el("td", { text: r.runId }), el("td", { text: r.source }), el("td", {}, [stateBadge(r.state)]),
+        el("td", { cls: "run-id", title: r.runId, text: r.runId }), el("td", { text: r.source }), el("td", {}, [stateBadge(r.state)]),
         el("td", { text: String(r.round) }), el("td", { text: String(r.participants) }), el("td", { text: String(r.waiting) })
       ]);
       if (r.runId === st.selected && (!st.source || st.source === r.source)) tr.className = "selected";
