@@ -200,7 +200,11 @@ describe("rdzv run", () => {
       "examples/allreduce.mjs",
     ];
     const results = await Promise.all([run(args).done, run(args).done]);
-    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    for (const r of results) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /workers succeeded; waiting for the other nodes\n/);
+      assert.match(r.stderr, /all workers succeeded \(round 0, 0 restarts\)\n/);
+    }
     assert.deepEqual(
       sums(results.map((r) => r.stdout).join("")),
       [0, 1, 2, 3].map((r) => `rank ${r}/4: sum = 10`),
@@ -217,6 +221,9 @@ describe("rdzv run", () => {
     const { code, stderr } = await agent.done;
     assert.equal(code, 0, stderr);
     assert.match(stderr, /rank 1 \(local rank 1, pid \d+\) failed: exit code 3/);
+    assert.match(stderr, /all workers succeeded \(round 1, 1 restart\)\n/);
+    // One node: no other node to wait for, and no line saying so.
+    assert.doesNotMatch(stderr, /waiting for the other nodes/);
     const second = probes(dir).filter((p) => p.RDZV_ROUND === "1");
     assert.equal(second.length, 2);
     for (const p of second) assert.equal(p.TORCHELASTIC_RESTART_COUNT, "1");

@@ -77,7 +77,7 @@ export interface AgentEvents {
     { round: number; exit: WorkerExit; stderrTail: string[]; error?: WorkerError; errorFileNote?: string },
   ];
   restarting: [{ reason: RestartReason; round: number; restarts: number }];
-  finishing: [{ round: number }];
+  finishing: [{ round: number; nodes: number }];
 }
 
 /** An elastic agent; create with `createElasticAgent`, then `run()` once. */
@@ -353,7 +353,7 @@ export class ElasticAgent extends EventEmitter<AgentEvents> {
     attempt: string,
   ): Promise<AgentResult | undefined> {
     await group.stop(this.#stopTimeoutMs);
-    this.emit("finishing", { round: info.round });
+    this.emit("finishing", { round: info.round, nodes: info.worldSize });
     const done = new AbortController();
     const signal = AbortSignal.any([done.signal, this.#signal]);
     // The whole barrier, arrival included, takes at most its timeout. It cannot turn workers that

@@ -548,8 +548,9 @@ function reportProgress(
     say("info", `restarting the workers: ${why}`);
     status.set(formatStatus({ ...base, phase: "restarting", reason: why, restarts }));
   });
-  agent.on("finishing", ({ round }) => {
-    say("info", "workers succeeded; waiting for the other nodes");
+  agent.on("finishing", ({ round, nodes }) => {
+    // Alone in the round, there is no one to wait for: the result line follows at once.
+    if (nodes > 1) say("info", "workers succeeded; waiting for the other nodes");
     status.set(formatStatus({ ...base, phase: "finishing", round, restarts: 0 }));
   });
   return () => clearTimeout(waiting);
@@ -567,7 +568,10 @@ const RESTART_REASONS = {
 function report(result: AgentResult, runId: string, say: (level: LogLevel, text: string) => void): void {
   switch (result.kind) {
     case "succeeded":
-      say("info", `all workers succeeded (round ${result.round}, ${result.restarts} restarts)`);
+      say(
+        "info",
+        `all workers succeeded (round ${result.round}, ${result.restarts} restart${result.restarts === 1 ? "" : "s"})`,
+      );
       return;
     case "failed":
       say("error", formatFailure(result.summary) + (result.local ? "" : "\n  (reported by another node)"));
