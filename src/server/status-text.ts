@@ -88,11 +88,16 @@ function table(nodes: NodeView[], now: number, withRank: boolean, indent: string
   return [line(head), ...rows.map(line)];
 }
 
+/** "1 participant", "2 participants". */
+function counted(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 /** One run as text. */
 export function formatRun(view: RunView, now: number, timeline: TimelineEvent[] = []): string {
-  const counts = [`${view.participants.length} participants`];
+  const counts = [counted(view.participants.length, "participant")];
   if (view.waiting.length > 0) counts.push(`${view.waiting.length} waiting`);
-  if (view.redundant.length > 0) counts.push(`${view.redundant.length} spares`);
+  if (view.redundant.length > 0) counts.push(counted(view.redundant.length, "spare"));
   if (view.capped === true) counts.push("capped: see the notes");
   const head = [`run ${view.runId} (${view.source})`, view.state, `round ${view.round}`, counts.join(", ")];
   if (view.coordinator !== undefined) head.push(`coordinator slot ${view.coordinator}`);
