@@ -134,7 +134,7 @@ function retentionMetrics(registry: Registry, stats: () => RunRetentionStats): v
   scrapedCounter(
     registry,
     "rdzv_run_keys_expired_total",
-    "Keys deleted with runs that expired (--run-ttl)",
+    "Keys deleted by --run-ttl: those of runs that expired, and keys that came back to an ended run",
     () => stats().keysDeleted,
   );
 }
