@@ -466,12 +466,14 @@ async function launch(
   }
 }
 
+const CONNECT_NOTICE_MAX_MS = 10_000;
+
 /**
  * `connecting`, saying once (`notice`) that it still runs after a quarter of its budget `budgetMs`, at
  * most 10 s: an endpoint that nothing answers at (a node that hosts the store and has not started yet, a
  * mistyped host) would otherwise leave the user looking at "joining run" for the whole budget.
  */
-export async function withConnectNotice<T>(
+async function withConnectNotice<T>(
   connecting: Promise<T>,
   budgetMs: number,
   notice: (afterMs: number) => void,
@@ -484,8 +486,6 @@ export async function withConnectNotice<T>(
     clearTimeout(timer);
   }
 }
-
-const CONNECT_NOTICE_MAX_MS = 10_000;
 
 function reportProgress(
   agent: ElasticAgent,
