@@ -179,6 +179,15 @@ export function split(bytes: Buffer, fractions: readonly number[]): Buffer[] {
   return out;
 }
 
+/** A fuzz run's seed: `fixed`, unless `RDZV_FUZZ_SEED` gives another (to explore on demand). */
+export function fuzzSeed(fixed: number): number {
+  const given = process.env.RDZV_FUZZ_SEED;
+  if (given === undefined || given === "") return fixed;
+  const seed = Number(given);
+  if (!Number.isSafeInteger(seed)) throw new Error(`RDZV_FUZZ_SEED must be an integer, got ${given}`);
+  return seed;
+}
+
 /** Scales a fuzz run count by `RDZV_FUZZ_SCALE` (default 1), for long runs on demand. */
 export function fuzzRuns(base: number): number {
   const scale = Number(process.env.RDZV_FUZZ_SCALE ?? "1");
