@@ -175,6 +175,7 @@ export {
   DEFAULT_SERVER_PORT,
   DEFAULT_SERVER_TIMEOUTS,
   type DisconnectEvent,
+  type OpenFileRoom,
   type ProtocolErrorEvent,
   type ServerLimits,
   type ServerSecurityOptions,

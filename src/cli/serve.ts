@@ -4,6 +4,7 @@ import { parseArgs } from "node:util";
 import { LogLevel } from "../log.js";
 import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
+import { countOpenFiles, openFileAdvice, readOpenFileLimit } from "../store/tcp/open-files.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
 import { intOption, UsageError } from "./args.js";
 import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
@@ -141,6 +142,13 @@ export async function serveCommand(
     });
   });
   out.write(`rdzv store listening on ${formatHostPort(server.host, server.port)}\n`);
+  const fileLimit = readOpenFileLimit();
+  const inUse = countOpenFiles();
+  const advice =
+    fileLimit === undefined || inUse === undefined
+      ? undefined
+      : openFileAdvice(fileLimit, inUse, limits.maxConnections);
+  if (advice !== undefined) logger.warn(`rdzv store: ${advice}`);
   if (!server.requiresAuth && !isLoopbackHost(server.host)) {
     // PyTorch's clients cannot send a token, so serving them unauthenticated is allowed, but never silently.
     logger.warn(

@@ -31,19 +31,29 @@ export interface ServeProcess extends AsyncDisposable {
 }
 
 /**
- * Starts `rdzv serve --port PORT ARGS` (port 0 by default: a free one; `env` over this process's) and
- * resolves once it listens.
+ * Starts `rdzv serve --port PORT ARGS` (port 0 by default: a free one; `env` over this process's; with
+ * `openFileLimit`, under that `ulimit -n`) and resolves once it listens.
  * Rejects with its output when it exits first or does not listen within `startTimeoutMs`.
  */
 export async function startServe(
   args: readonly string[] = [],
-  options: { port?: number; startTimeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  options: { port?: number; startTimeoutMs?: number; env?: NodeJS.ProcessEnv; openFileLimit?: number } = {},
 ): Promise<ServeProcess> {
-  const child = spawn(
-    process.execPath,
-    [RDZV_MAIN, "serve", "--port", String(options.port ?? 0), "--log-level", "warn", ...args],
-    { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...options.env } },
-  );
+  const command = [RDZV_MAIN, "serve", "--port", String(options.port ?? 0), "--log-level", "warn", ...args];
+  const spawnOptions = {
+    cwd: REPO_ROOT,
+    stdio: ["pipe", "pipe", "pipe"] as ["pipe", "pipe", "pipe"],
+    env: { ...process.env, ...options.env },
+  };
+  // With an open-file limit: through bash's ulimit, which then execs the server (same pid).
+  const child =
+    options.openFileLimit === undefined
+      ? spawn(process.execPath, command, spawnOptions)
+      : spawn(
+          "bash",
+          ["-c", `ulimit -n ${options.openFileLimit} && exec "$0" "$@"`, process.execPath, ...command],
+          spawnOptions,
+        );
   live.add(child);
   let text = "";
   const exited = new Promise<number | string>((resolve) => {

@@ -9,6 +9,7 @@ import { InvalidArgumentError } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import { KvEngine } from "../kv-engine.js";
 import { type AuthThrottleOptions, createAuthThrottle } from "./auth-throttle.js";
+import { type OpenFileRoom, readOpenFileRoom } from "./open-files.js";
 import { DEFAULT_PROTOCOL_LIMITS, type ProtocolLimits } from "./protocol.js";
 import { type ServerSecurity, tokenDigest } from "./server-state.js";
 
@@ -102,6 +103,12 @@ export interface TCPStoreServerOptions extends ServerSecurityOptions {
   engine?: KvEngine;
   /** Count loopback clients against `limits.maxConnectionsPerAddress` too (default false). */
   capLoopbackConnections?: boolean;
+  /**
+   * The open-file limit the connections are watched against (open-files.ts): a warning at most once a
+   * minute once they come close, as connections past it are dropped without a word. Default: this
+   * process's, read from /proc at the start (not watched where /proc does not say); `false`: not watched.
+   */
+  openFiles?: OpenFileRoom | false;
 }
 
 /** Validated configuration of a server. */
@@ -112,6 +119,7 @@ export interface ServerConfig {
   readonly tls: boolean;
   readonly engine: KvEngine;
   readonly capLoopbackConnections: boolean;
+  readonly openFiles: OpenFileRoom | undefined;
 }
 
 /**
@@ -135,6 +143,7 @@ export function resolveServerConfig(options: TCPStoreServerOptions): {
     tls: options.tls !== undefined,
     engine: options.engine ?? new KvEngine(),
     capLoopbackConnections: options.capLoopbackConnections === true,
+    openFiles: options.openFiles === false ? undefined : (options.openFiles ?? readOpenFileRoom()),
   };
   return { host, port, config };
 }

@@ -12,6 +12,7 @@ import type { KvEngine } from "../kv-engine.js";
 import { AddressCap } from "./address-cap.js";
 import { addressKey } from "./address-key.js";
 import type { AuthThrottle } from "./auth-throttle.js";
+import { type OpenFileRoom, warnAtConnections } from "./open-files.js";
 import { ServerConnection } from "./server-connection.js";
 import {
   resolveServerConfig,
@@ -25,6 +26,7 @@ import { directReads } from "./server-reads.js";
 import { ServerState } from "./server-state.js";
 
 export type { AuthThrottle, AuthThrottleOptions } from "./auth-throttle.js";
+export type { OpenFileRoom } from "./open-files.js";
 export {
   DEFAULT_SERVER_LIMITS,
   DEFAULT_SERVER_PORT,
@@ -126,6 +128,10 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
   #rejected = 0;
   /** Refusals at `maxConnections`, logged at most once per `CAP_LOG_INTERVAL_MS`. */
   readonly #rejectLog = new LogRateLimit(CAP_LOG_INTERVAL_MS);
+  /** The open-file limit watched (`openFiles` option), and the connections at which it is near. */
+  readonly #openFiles: OpenFileRoom | undefined;
+  readonly #openFilesWarnAt: number;
+  readonly #openFilesLog = new LogRateLimit(CAP_LOG_INTERVAL_MS);
   #connectionsTotal = 0;
   #nextId = 1;
   #closing: Promise<void> | undefined;
@@ -149,6 +155,9 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.authThrottle = security.throttle;
     this.#logger = logger;
     this.engine = config.engine;
+    this.#openFiles = config.openFiles;
+    this.#openFilesWarnAt =
+      config.openFiles === undefined ? Number.POSITIVE_INFINITY : warnAtConnections(config.openFiles);
     const hooks = {
       protocolError: (id: number, remote: string, reason: string) =>
         this.emit("protocolError", { id, remote, reason }),
@@ -245,6 +254,28 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     });
   }
 
+  /**
+   * Warns, at most once a minute, that the connections come close to the open-file limit: past it the
+   * process cannot accept, and the connections it could not are closed unseen (open-files.ts).
+   */
+  #nearOpenFileLimit(): void {
+    const { log, unlogged } = this.#openFilesLog.take(performance.now());
+    if (!log || this.#openFiles === undefined) return;
+    this.#logger.warn(
+      "TCPStore server: connections are close to the process's open-file limit: past it, new connections " +
+        "are closed before the server sees them, with no line in this log. Raise the limit above " +
+        "maxConnections before starting the server (ulimit -n; systemd: LimitNOFILE=)",
+      {
+        connections: this.#connections.size,
+        openFileLimit: this.#openFiles.limit,
+        inUseAtStart: this.#openFiles.inUse,
+        maxConnections: this.limits.maxConnections,
+        // Connections past the warning point not logged in the minute before this line.
+        unlogged,
+      },
+    );
+  }
+
   private accept(accepted: Socket): void {
     let socket = accepted;
     const remote = formatRemote(socket);
@@ -294,6 +325,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     );
     this.#connections.add(conn);
     this.#connectionsTotal++;
+    if (this.#connections.size >= this.#openFilesWarnAt) this.#nearOpenFileLimit();
     this.#logger.debug("TCPStore server: connection", { id, remote });
     this.emit("connection", { id, remote });
   }
