@@ -34,6 +34,7 @@ export type {
   RendezvousConfigValue,
   RendezvousHandler,
   RendezvousHandlerCreator,
+  RendezvousHandlerOptions,
   RendezvousInfo,
   RendezvousParameters,
   RendezvousStoreInfo,

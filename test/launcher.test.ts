@@ -16,6 +16,7 @@ import { connectTCPStore } from "../src/store/tcp/client.js";
 import { createTCPStoreServer, type TCPStoreServer } from "../src/store/tcp/server.js";
 import { EtcdTestCluster } from "./helpers/etcd.js";
 import { RedisTestServer } from "./helpers/redis.js";
+import { startServe } from "./helpers/serve-process.js";
 import { findTorch1, REPO_ROOT } from "./helpers/torch.js";
 import { waitFor } from "./helpers/wait-for.js";
 
@@ -745,6 +746,31 @@ describe("rdzv run", () => {
       ],
       stderr,
     );
+  });
+
+  it("rides out a rdzv serve --data-dir restart under a running job, and says that it lost the connection", async () => {
+    const dataDir = tempDir();
+    const first = await startServe(["--data-dir", dataDir]);
+    const dir = tempDir();
+    const agent = run(
+      ["--rdzv-endpoint", `127.0.0.1:${first.port}`, "--rdzv-id", "serve-restart", "--", "node", PROBE],
+      {
+        PROBE_DIR: dir,
+        PROBE_MODE: "delay",
+        PROBE_DELAY_MS: "4000",
+      },
+    );
+    await waitFor("the worker", () => probes(dir).length === 1 || undefined);
+    await first.kill("SIGTERM");
+    await using second = await startServe(["--data-dir", dataDir], { port: first.port });
+    const r = await agent.done;
+    assert.equal(r.code, 0, r.stderr);
+    // The store client's warning, through rdzv run's handler logger (before: nothing showed the outage).
+    assert.match(
+      r.stderr,
+      /WARN TCPStore connection lost \{"peer":"127\.0\.0\.1:\d+","error":"the TCPStore server at .* closed the connection/,
+    );
+    assert.match(r.stderr, /all workers succeeded \(round 0, 0 restarts\)/);
   });
 
   it("says so while the store does not answer yet, then fails naming it (c10d, the hosting node absent)", async () => {

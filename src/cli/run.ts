@@ -59,7 +59,8 @@ Workers:
 Output:
   --[no-]prefix-output       prefix worker lines with [rank<N>]: (default: on when stdout is a terminal)
   --[no-]status              live status line on a terminal (default on; never drawn elsewhere)
-  --log-level LEVEL          debug, info, warn or error (default info)
+  --log-level LEVEL          debug, info, warn or error (default info); the rendezvous backend's and
+                             its store client's own lines show from warn, all of them at debug
   -h, --help                 show this help
 
 Error files: as torchrun, each worker gets TORCHELASTIC_ERROR_FILE, a file of its own in a private
@@ -394,8 +395,19 @@ async function launch(
   };
   const settings = resolveRendezvousSettings(params);
   const storeName = `${a.backend} at ${endpoint || "localhost"}`;
+  const writeLine = (line: string): void => {
+    status.hide();
+    process.stderr.write(`${line}\n`);
+  };
+  // The handler's, its backend's and its store client's lines: warnings and errors (a lost store
+  // connection, a lost etcd lease, a coordinator taken over), everything with --log-level debug. Their
+  // info lines (a round completed) would repeat what rdzv run says itself.
+  const handlerLogger = createConsoleLogger(
+    a.logLevel === "debug" ? "debug" : moreSevere(a.logLevel, "warn"),
+    writeLine,
+  );
   const handler = await withConnectNotice(
-    createRendezvousHandler(params),
+    createRendezvousHandler(params, { logger: handlerLogger }),
     settings.readTimeoutMs,
     (afterMs) =>
       say(
@@ -408,10 +420,7 @@ async function launch(
       ),
   );
   const stop = new AbortController();
-  const logger = createConsoleLogger(a.logLevel, (line) => {
-    status.hide();
-    process.stderr.write(`${line}\n`);
-  });
+  const logger = createConsoleLogger(a.logLevel, writeLine);
   const tcpBackend = a.backend === "c10d" || a.backend === "static";
   const agent = createElasticAgent({
     handler,
@@ -467,6 +476,11 @@ async function launch(
 }
 
 const CONNECT_NOTICE_MAX_MS = 10_000;
+
+/** The more severe of two log levels. */
+function moreSevere(a: LogLevel, b: LogLevel): LogLevel {
+  return LEVEL_ORDER[a]! >= LEVEL_ORDER[b]! ? a : b;
+}
 
 /**
  * `connecting`, saying once (`notice`) that it still runs after a quarter of its budget `budgetMs`, at

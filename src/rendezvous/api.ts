@@ -3,6 +3,7 @@
  * Mirrors PyTorch's `torch.distributed.elastic.rendezvous.api` in TypeScript idiom.
  */
 
+import type { Logger } from "../log.js";
 import type { Store } from "../store/store.js";
 
 /** Where the members of a round can reach the bootstrap store (PyTorch `RendezvousStoreInfo`). */
@@ -65,8 +66,17 @@ export interface RendezvousHandler {
   shutdown(): Promise<boolean>;
 }
 
-/** Creates a handler from parameters (PyTorch `RendezvousHandlerCreator`). */
-export type RendezvousHandlerCreator = (params: RendezvousParameters) => Promise<RendezvousHandler>;
+/** What a handler's creator gets beside the parameters (rdzv's; PyTorch's creators take parameters only). */
+export interface RendezvousHandlerOptions {
+  /** Where the handler, its backend and its store client log (default: nowhere). */
+  logger?: Logger;
+}
+
+/** Creates a handler from parameters (PyTorch `RendezvousHandlerCreator`), with rdzv's `options`. */
+export type RendezvousHandlerCreator = (
+  params: RendezvousParameters,
+  options?: RendezvousHandlerOptions,
+) => Promise<RendezvousHandler>;
 
 /** Config values as given on a command line or in code. */
 export type RendezvousConfigValue = string | number | boolean;

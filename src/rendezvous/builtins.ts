@@ -4,7 +4,7 @@
  */
 
 import { createC10dRendezvousHandler } from "../backends/c10d.js";
-import type { RendezvousParameters } from "./api.js";
+import type { RendezvousHandlerOptions, RendezvousParameters } from "./api.js";
 import { registerRendezvousHandler } from "./registry.js";
 import { createStaticRendezvousHandler } from "./static-handler.js";
 
@@ -14,16 +14,16 @@ let registered = false;
 export function registerBuiltinRendezvousHandlers(): void {
   if (registered) return;
   registered = true;
-  registerRendezvousHandler("c10d", (params) => createC10dRendezvousHandler(params));
+  registerRendezvousHandler("c10d", (params, options) => createC10dRendezvousHandler(params, options));
   // Loaded on first use: the etcd (gRPC) and Redis clients cost start-up time that other backends need not pay.
-  const etcd = async (params: RendezvousParameters) =>
-    (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params);
+  const etcd = async (params: RendezvousParameters, options?: RendezvousHandlerOptions) =>
+    (await import("../backends/etcd.js")).createEtcdRendezvousHandler(params, options);
   registerRendezvousHandler("etcd", etcd);
   // PyTorch's name for its dynamic handler over etcd (its `etcd` is the older, non-dynamic one), so that
   // torchrun's `--rdzv-backend etcd-v2` works as given. Both are rdzv's etcd v3 backend.
   registerRendezvousHandler("etcd-v2", etcd);
-  registerRendezvousHandler("redis", async (params) =>
-    (await import("../backends/redis.js")).createRedisRendezvousHandler(params),
+  registerRendezvousHandler("redis", async (params, options) =>
+    (await import("../backends/redis.js")).createRedisRendezvousHandler(params, options),
   );
-  registerRendezvousHandler("static", (params) => createStaticRendezvousHandler(params));
+  registerRendezvousHandler("static", (params, options) => createStaticRendezvousHandler(params, options));
 }

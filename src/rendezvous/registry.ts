@@ -5,7 +5,12 @@
  */
 
 import { InvalidArgumentError, RendezvousError } from "../errors.js";
-import type { RendezvousHandler, RendezvousHandlerCreator, RendezvousParameters } from "./api.js";
+import type {
+  RendezvousHandler,
+  RendezvousHandlerCreator,
+  RendezvousHandlerOptions,
+  RendezvousParameters,
+} from "./api.js";
 import { validateRendezvousParameters } from "./parameters.js";
 
 /** A set of named handler creators. Most code uses the process-wide `rendezvousHandlerRegistry`. */
@@ -60,7 +65,10 @@ export class RendezvousHandlerRegistry {
    * message lists the registered ones), whatever the creator throws, and a `RendezvousError` when the
    * handler's `getBackend()` is not `params.backend` (PyTorch's sanity check; the handler is shut down).
    */
-  async create(params: RendezvousParameters): Promise<RendezvousHandler> {
+  async create(
+    params: RendezvousParameters,
+    options: RendezvousHandlerOptions = {},
+  ): Promise<RendezvousHandler> {
     const valid = validateRendezvousParameters(params);
     const creator = this.#creators.get(valid.backend);
     if (creator === undefined) {
@@ -70,7 +78,7 @@ export class RendezvousHandlerRegistry {
           `${known.length === 0 ? "none" : known.join(", ")}. Did you forget to call registerRendezvousHandler?`,
       );
     }
-    const handler = await creator(valid);
+    const handler = await creator(valid, options);
     const actual = handler.getBackend();
     if (actual !== valid.backend) {
       await handler.shutdown().catch(() => false);
@@ -98,8 +106,11 @@ export function registerRendezvousHandler(backend: string, creator: RendezvousHa
  * Creates a handler from the process-wide registry (PyTorch `get_rendezvous_handler`); see
  * `RendezvousHandlerRegistry.create`.
  */
-export function createRendezvousHandler(params: RendezvousParameters): Promise<RendezvousHandler> {
-  return rendezvousHandlerRegistry.create(params);
+export function createRendezvousHandler(
+  params: RendezvousParameters,
+  options: RendezvousHandlerOptions = {},
+): Promise<RendezvousHandler> {
+  return rendezvousHandlerRegistry.create(params, options);
 }
 
 /** The backends registered in the process-wide registry, sorted. */

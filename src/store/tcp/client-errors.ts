@@ -50,11 +50,14 @@ export function closedByServer(peer: string, head: Request | undefined, asyncWai
   if (head !== undefined) message += ` while a reply to ${describeRequest(head)} was pending`;
   else if (asyncWaits > 0) message += ` while ${asyncWaits} wait(s) were pending`;
   if (head?.type === "add") message += " (likely because the stored value is not an integer)";
-  else if (head !== undefined || asyncWaits > 0) {
+  else if (head !== undefined) {
     message +=
-      " (a server closes a connection whose request breaks its limits: key or value size, keys per request," +
-      " waiters per connection; an rdzv server also closes one whose write its data directory could not" +
-      " record; it logs which)";
+      " (the server stopped or restarted, or it closed the connection for a request that broke its limits:" +
+      " key or value size, keys per request, waiters per connection, or on an rdzv server a write its data" +
+      " directory could not record; it logs which)";
+  } else if (asyncWaits > 0) {
+    // Waits already registered break no limit: the server went.
+    message += " (the server stopped or restarted)";
   }
   return new RendezvousConnectionError(message);
 }
