@@ -771,6 +771,7 @@ describe("rdzv run", () => {
       /WARN TCPStore connection lost \{"peer":"127\.0\.0\.1:\d+","error":"the TCPStore server at .* closed the connection/,
     );
     assert.match(r.stderr, /all workers succeeded \(round 0, 0 restarts\)/);
+    assert.doesNotMatch(second.output(), /ERROR/);
   });
 
   it("says so while the store does not answer yet, then fails naming it (c10d, the hosting node absent)", async () => {
