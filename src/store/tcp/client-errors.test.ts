@@ -20,10 +20,12 @@ describe("closedByServer", () => {
       get.message,
       /\(the server stopped or restarted, or it closed the connection for a request that broke its limits: .*; it logs which\)$/,
     );
-    // Only waits registered earlier were pending: those broke no limit, so the server went.
+    // Only async waits were pending: the server went, or the last wait broke a limit.
     assert.equal(
       closedByServer(peer, undefined, 2).message,
-      "the TCPStore server at 10.0.0.1:29400 closed the connection while 2 wait(s) were pending (the server stopped or restarted)",
+      "the TCPStore server at 10.0.0.1:29400 closed the connection while 2 wait(s) were pending (the server " +
+        "stopped or restarted, or it closed the connection for a wait that broke its limits: keys per request, " +
+        "waiters per connection; it logs which)",
     );
     assert.equal(
       closedByServer(peer, undefined).message,

@@ -56,8 +56,10 @@ export function closedByServer(peer: string, head: Request | undefined, asyncWai
       " key or value size, keys per request, waiters per connection, or on an rdzv server a write its data" +
       " directory could not record; it logs which)";
   } else if (asyncWaits > 0) {
-    // Waits already registered break no limit: the server went.
-    message += " (the server stopped or restarted)";
+    // A wait is registered by its request: the one just sent may have broken a limit.
+    message +=
+      " (the server stopped or restarted, or it closed the connection for a wait that broke its limits:" +
+      " keys per request, waiters per connection; it logs which)";
   }
   return new RendezvousConnectionError(message);
 }
