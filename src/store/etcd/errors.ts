@@ -27,7 +27,9 @@ import {
  */
 export function mapEtcdError(err: unknown, what: string, hosts: readonly string[]): RendezvousError {
   if (err instanceof RendezvousError) return err;
-  const message = err instanceof Error ? err.message : String(err);
+  // gRPC ends a failed connect's message with "Resolution note: " and nothing after it when name
+  // resolution had nothing to say: dropped, so the message does not end in a dangling label.
+  const message = (err instanceof Error ? err.message : String(err)).replace(/\s*Resolution note:\s*$/, "");
   const where = `etcd at ${hosts.join(",")}`;
   if (err instanceof GRPCDeadlineExceededError) {
     return new RendezvousTimeoutError(`${what}: ${where} did not answer in time`, { cause: err });

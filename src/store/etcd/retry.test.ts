@@ -125,6 +125,14 @@ describe("EtcdStore: which calls run again", () => {
     assert.equal(isUnsent(new BrokenCircuitError()), true);
     assert.equal(isUnsent(leaderChanged()), false);
     assert.equal(mapEtcdError(new BrokenCircuitError(), "get", ["h:1"]).code, ErrorCode.Connection);
+    // gRPC's empty "Resolution note: " tail is dropped.
+    const refused = new GRPCUnavailableError(
+      "14 UNAVAILABLE: No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: ",
+    );
+    assert.match(
+      mapEtcdError(refused, "connect", ["127.0.0.1:1"]).message,
+      /connect ECONNREFUSED 127\.0\.0\.1:1\.$/,
+    );
   });
 });
 
