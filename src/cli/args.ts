@@ -44,3 +44,22 @@ export function durationOption(
   }
   return ms;
 }
+
+const SIZE_UNITS: Record<string, number> = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+
+/**
+ * Parses a size option: bytes (`1048576`), or a whole number with a binary unit `K`, `M`, `G` or `T`,
+ * optionally followed by `iB` or `B` (`512M`, `2GiB`, `64KB`: all powers of 1024); 0 is allowed (the caller
+ * says what it means).
+ */
+export function sizeOption(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const m = /^(\d+)\s*(?:([kmgt])(?:i?b)?)?$/i.exec(value.trim());
+  const bytes = m === null ? Number.NaN : Number(m[1]) * SIZE_UNITS[(m[2] ?? "").toLowerCase()]!;
+  if (!Number.isSafeInteger(bytes)) {
+    throw new UsageError(
+      `--${name} must be a size in bytes, or with a unit K, M, G or T (powers of 1024: 512M, 2GiB), got ${JSON.stringify(value)}`,
+    );
+  }
+  return bytes;
+}

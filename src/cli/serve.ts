@@ -6,7 +6,7 @@ import { isLoopbackHost } from "../rendezvous/endpoint.js";
 import { formatHostPort } from "../store/tcp/address.js";
 import { countOpenFiles, openFileAdvice, readOpenFileLimit } from "../store/tcp/open-files.js";
 import { createTCPStoreServer, DEFAULT_SERVER_LIMITS, DEFAULT_SERVER_PORT } from "../store/tcp/server.js";
-import { intOption, UsageError } from "./args.js";
+import { intOption, sizeOption, UsageError } from "./args.js";
 import { DASHBOARD_HELP, DASHBOARD_OPTIONS, dashboardPort, startServeDashboard } from "./serve-dashboard.js";
 import { DATA_HELP, DATA_OPTIONS, openServeData } from "./serve-data.js";
 import { createServeLogger } from "./serve-log.js";
@@ -27,6 +27,9 @@ Options:
                            counted (default ${DEFAULT_SERVER_LIMITS.maxConnectionsPerAddress}; raise it for many nodes behind one NAT)
   --max-key-bytes N        largest key (default ${DEFAULT_SERVER_LIMITS.maxKeyBytes})
   --max-value-bytes N      largest value (default ${DEFAULT_SERVER_LIMITS.maxValueBytes})
+  --max-store-bytes SIZE   most bytes all keys and values may take together (512M, 2G, ...); a write
+                           past it is refused and its connection closed; deletes and writes that
+                           shrink the data still pass (default 0: no limit, as Redis's maxmemory)
 ${SECURITY_HELP}${DATA_HELP}${RETENTION_HELP}${DASHBOARD_HELP}  --log-level LEVEL        debug, info, warn or error (default info)
   -h, --help               show this help
 `;
@@ -47,6 +50,7 @@ export async function serveCommand(
       "max-connections-per-address": { type: "string" },
       "max-key-bytes": { type: "string" },
       "max-value-bytes": { type: "string" },
+      "max-store-bytes": { type: "string" },
       "log-level": { type: "string" },
       ...SECURITY_OPTIONS,
       ...DATA_OPTIONS,
@@ -102,6 +106,11 @@ export async function serveCommand(
       DEFAULT_SERVER_LIMITS.maxValueBytes,
       0,
       2 ** 31,
+    ),
+    maxStoreBytes: sizeOption(
+      "max-store-bytes",
+      values["max-store-bytes"],
+      DEFAULT_SERVER_LIMITS.maxStoreBytes,
     ),
   };
   const data = openServeData(values, logger, out);

@@ -206,6 +206,16 @@ function storeMetrics(registry: Registry, stats: () => ServerStats): void {
     (s) => s.rejected,
   );
   counter("rdzv_store_reaped_connections_total", "Connections closed by a timeout", (s) => s.reaped);
+  counter(
+    "rdzv_store_full_refusals_total",
+    "Writes refused because the store was full (--max-store-bytes); each closed its connection",
+    (s) => s.storeFull,
+  );
+  gauge(
+    "rdzv_store_bytes",
+    "Bytes of the store's keys and values as --max-store-bytes counts them (0 without that limit)",
+    (s) => s.storeBytes ?? 0,
+  );
   const seenOps = new Map<string, number>();
   new Counter({
     name: "rdzv_store_operations_total",

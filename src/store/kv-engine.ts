@@ -69,6 +69,24 @@ export class StorageFailedError extends StoreError {
 }
 
 /**
+ * A write that would take the engine's data past its byte limit (`KvEngine.limitBytes`); it changed
+ * nothing. `RDZV_LIMIT_EXCEEDED`.
+ */
+export class StoreFullError extends StoreError {
+  constructor(
+    readonly key: string,
+    readonly bytes: number,
+    readonly maxBytes: number,
+  ) {
+    super(
+      `store full: writing ${JSON.stringify(key.length > 200 ? `${key.slice(0, 200)}...` : key)} would take ` +
+        `the data to ${bytes} bytes, past its limit of ${maxBytes}`,
+      ErrorCode.LimitExceeded,
+    );
+  }
+}
+
+/**
  * `add` found a value at `key` that is not a 64-bit integer; the add changed nothing. `reason` is the
  * message without the key: rdzv's TCP server sends it to rdzv's client (tag `Failed`), which names the
  * key as its user wrote it.
@@ -192,6 +210,12 @@ export class KvEngine {
   private readonly registrations = new Map<Waiter, Registration>();
   private readonly listeners = new Set<KeyChangeListener>();
   private mutationHook: MutationHook | undefined;
+  /** The byte limit (`limitBytes`), or undefined for none: then `#bytes` is not kept. */
+  #maxBytes: number | undefined;
+  /** Bytes of keys and values, queue items included, while a limit is on. */
+  #bytes = 0;
+  /** Writes pass the limit (`unlimited`): the server's own on-disconnect markers. */
+  #bypass = 0;
 
   /** Throws `RangeError` for a `keyTable` option out of range. */
   constructor(options: KvEngineOptions = {}) {
@@ -240,12 +264,80 @@ export class KvEngine {
     };
   }
 
+  /**
+   * From now on, refuses with `StoreFullError` any write that would take the data past `maxBytes`: the
+   * lengths of the keys (UTF-16 code units; bytes on a TCP store server, whose keys are byte strings) and
+   * of the values, queue items included. Writes that shrink the data or keep its size pass, so data already
+   * past the limit (a lowered limit, a restart) stays readable, and deletable. `undefined` lifts the limit.
+   * Counts the data once (one pass over it). Throws `RangeError` for a `maxBytes` that is not a positive
+   * safe integer.
+   */
+  limitBytes(maxBytes: number | undefined): void {
+    if (maxBytes === undefined) {
+      this.#maxBytes = undefined;
+      this.#bytes = 0;
+      return;
+    }
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
+      throw new RangeError(`maxBytes must be a positive integer, got ${String(maxBytes)}`);
+    }
+    let bytes = 0;
+    for (const key of this.data.keys()) bytes += key.length + this.data.get(key)!.length;
+    for (const [key, queue] of this.queues) {
+      bytes += key.length;
+      for (const item of queue) bytes += item.length;
+    }
+    this.#maxBytes = maxBytes;
+    this.#bytes = bytes;
+  }
+
+  /** The data's bytes as the limit counts them, while one is on (`limitBytes`); else undefined. */
+  get bytes(): number | undefined {
+    return this.#maxBytes === undefined ? undefined : this.#bytes;
+  }
+
+  /** The byte limit (`limitBytes`), or undefined. */
+  get maxBytes(): number | undefined {
+    return this.#maxBytes;
+  }
+
+  /** Runs `fn` with the byte limit lifted for its writes (which are still counted). */
+  unlimited<T>(fn: () => T): T {
+    this.#bypass++;
+    try {
+      return fn();
+    } finally {
+      this.#bypass--;
+    }
+  }
+
+  /** Throws `StoreFullError` when growing the data by `growth` bytes (for `key`) would pass the limit. */
+  #reserve(key: string, growth: number): void {
+    if (growth <= 0 || this.#bypass > 0) return;
+    const bytes = this.#bytes + growth;
+    if (bytes > this.#maxBytes!) throw new StoreFullError(key, bytes, this.#maxBytes!);
+  }
+
+  /** The growth of writing `value` at `key` over `old`. */
+  static #growth(key: string, old: Uint8Array | undefined, value: Uint8Array): number {
+    return old === undefined ? key.length + value.length : value.length - old.length;
+  }
+
   /** Installs (or with `undefined` removes) the one mutation hook, e.g. a journal. */
   setMutationHook(hook: MutationHook | undefined): void {
     this.mutationHook = hook;
   }
 
   set(key: string, value: Uint8Array): void {
+    if (this.#maxBytes !== undefined) {
+      const shard = this.data.shard(key);
+      const growth = KvEngine.#growth(key, shard.get(key), value);
+      this.#reserve(key, growth);
+      this.mutationHook?.({ op: "set", key, value });
+      this.writeTo(shard, key, value);
+      this.#bytes += growth;
+      return;
+    }
     this.mutationHook?.({ op: "set", key, value });
     this.write(key, value);
   }
@@ -262,12 +354,28 @@ export class KvEngine {
         ErrorCode.InvalidArgument,
       );
     }
+    const growth = this.#maxBytes === undefined ? 0 : this.#multiSetGrowth(keys, values);
     if (keys.length === 1) this.mutationHook?.({ op: "set", key: keys[0]!, value: values[0]! });
     else if (keys.length > 1 && this.mutationHook !== undefined) {
       const mutations = keys.map((key, i): KeyMutation => ({ op: "set", key, value: values[i]! }));
       this.mutationHook({ op: "batch", mutations });
     }
     for (let i = 0; i < keys.length; i++) this.write(keys[i]!, values[i]!);
+    this.#bytes += growth;
+  }
+
+  /** The growth of a multi-set (a key named twice counts as written twice, in order); reserved. */
+  #multiSetGrowth(keys: readonly string[], values: readonly Uint8Array[]): number {
+    const sizes = new Map<string, Uint8Array | undefined>();
+    let growth = 0;
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const old = sizes.has(key) ? sizes.get(key) : this.data.get(key);
+      growth += KvEngine.#growth(key, old, values[i]!);
+      sizes.set(key, values[i]!);
+    }
+    this.#reserve(keys[0] ?? "", growth);
+    return growth;
   }
 
   /** Adds `delta` to the counter at `key` (missing = 0), wrapping at 64 bits; returns the new value. */
@@ -291,6 +399,14 @@ export class KvEngine {
   }
 
   #storeCounter(shard: Map<string, Uint8Array>, key: string, value: Uint8Array): void {
+    if (this.#maxBytes !== undefined) {
+      const growth = KvEngine.#growth(key, shard.get(key), value);
+      this.#reserve(key, growth);
+      this.mutationHook?.({ op: "set", key, value });
+      this.writeTo(shard, key, value);
+      this.#bytes += growth;
+      return;
+    }
     this.mutationHook?.({ op: "set", key, value });
     this.writeTo(shard, key, value);
   }
@@ -304,16 +420,22 @@ export class KvEngine {
     } else if (!bytesEqual(current, expected)) {
       return current;
     }
+    const growth = this.#maxBytes === undefined ? 0 : KvEngine.#growth(key, current, desired);
+    if (growth > 0) this.#reserve(key, growth);
     this.mutationHook?.({ op: "set", key, value: desired });
     this.writeTo(shard, key, desired);
+    this.#bytes += growth;
     return desired;
   }
 
   append(key: string, value: Uint8Array): void {
     const shard = this.data.shard(key);
     const old = shard.get(key);
+    const growth = this.#maxBytes === undefined ? 0 : (old === undefined ? key.length : 0) + value.length;
+    if (growth > 0) this.#reserve(key, growth);
     this.mutationHook?.({ op: "append", key, value });
     this.writeTo(shard, key, old === undefined ? value : concatBytes(old, value));
+    this.#bytes += growth;
   }
 
   /** Deletes `key`; true when it existed. Wakes nobody. */
@@ -322,6 +444,7 @@ export class KvEngine {
     const old = shard.get(key);
     if (old === undefined) return false;
     this.mutationHook?.({ op: "delete", key });
+    if (this.#maxBytes !== undefined) this.#bytes -= key.length + old.length;
     if (this.listeners.size === 0) return shard.delete(key);
     shard.delete(key);
     this.notify(key, old, undefined);
@@ -329,7 +452,10 @@ export class KvEngine {
   }
 
   queuePush(key: string, value: Uint8Array): void {
+    const growth = this.#maxBytes === undefined ? 0 : (this.queues.has(key) ? 0 : key.length) + value.length;
+    if (growth > 0) this.#reserve(key, growth);
     this.mutationHook?.({ op: "push", key, value });
+    this.#bytes += growth;
     let queue = this.queues.get(key);
     if (queue === undefined) {
       queue = [];
@@ -344,7 +470,11 @@ export class KvEngine {
     const queue = this.queues.get(key);
     if (queue !== undefined && queue.length > 0) this.mutationHook?.({ op: "pop", key });
     const value = queue?.shift();
-    if (queue !== undefined && queue.length === 0) this.queues.delete(key);
+    if (this.#maxBytes !== undefined && value !== undefined) this.#bytes -= value.length;
+    if (queue !== undefined && queue.length === 0) {
+      this.queues.delete(key);
+      if (this.#maxBytes !== undefined) this.#bytes -= key.length;
+    }
     return value;
   }
 

@@ -53,8 +53,8 @@ export function closedByServer(peer: string, head: Request | undefined, asyncWai
   else if (head !== undefined) {
     message +=
       " (the server stopped or restarted, or it closed the connection for a request that broke its limits:" +
-      " key or value size, keys per request, waiters per connection, or on an rdzv server a write its data" +
-      " directory could not record; it logs which)";
+      " key or value size, keys per request, waiters per connection, or on an rdzv server the store's total" +
+      " size or a write its data directory could not record; it logs which)";
   } else if (asyncWaits > 0) {
     // A wait is registered by its request: the one just sent may have broken a limit.
     message +=

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
+import { recordingLogger } from "../../../test/helpers/recording-logger.js";
 import { TcpFixtures } from "../../../test/helpers/tcp-fixtures.js";
 import { ErrorCode } from "../../errors.js";
 
@@ -59,5 +60,40 @@ describe("TCPStore limits", () => {
     assert.deepEqual(reasons, ["WAIT keys: 3 exceeds maxWaitersPerConnection (2)"]);
     await other.set("a", "1");
     assert.equal(Buffer.from(await store.get("a")).toString(), "1", "the client reconnects");
+  });
+
+  it("a full store (maxStoreBytes) refuses a write that grows it and closes that connection, logging once; the rest goes on", async () => {
+    const logger = recordingLogger();
+    const server = await fx.server({ limits: { maxStoreBytes: 300 }, logger });
+    const store = await fx.client(server);
+    const other = await fx.client(server);
+    await store.set("a", "x".repeat(100)); // "/a": 2 + 100 bytes
+    assert.equal(server.stats().storeBytes, 102);
+    // The marker a closing connection leaves is the server's own write: a full store still takes it.
+    const watcher = await fx.client(server);
+    await watcher.setOnDisconnect("gone/watcher", "1");
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(
+        store.set("b", "y".repeat(250)),
+        rejectsWith(ErrorCode.Connection, /closed the connection .*the store's total size/),
+      );
+    }
+    assert.equal(await store.check(["b"]), false, "nothing of the refused write was stored");
+    assert.equal(server.stats().storeFull, 3);
+    assert.deepEqual(
+      logger.warnings.filter((w) => /the store is full/.test(w.message)).map((w) => w.fields?.reason),
+      ['store full: writing "/b" would take the data to 354 bytes, past its limit of 300'],
+    );
+    // Writes that fit still pass.
+    await other.set("c", "z".repeat(150)); // 254
+    await watcher.close();
+    await other.wait(["gone/watcher"], { timeoutMs: 5000 });
+    assert.equal(server.stats().storeBytes, 254 + 14, "the marker is stored past the limit's check");
+    // Deletes free room; reads and shrinking writes go on.
+    assert.equal(Buffer.from(await other.get("a")).toString(), "x".repeat(100));
+    await other.set("c", "z");
+    await other.deleteKey("a");
+    await store.set("b", "y".repeat(250));
+    assert.equal(server.stats().storeBytes, 3 + 14 + 252);
   });
 });

@@ -9,7 +9,7 @@
 
 import type { Socket } from "node:net";
 import { ErrorCode, RendezvousError } from "../../errors.js";
-import { CounterValueError, StorageFailedError, type Waiter } from "../kv-engine.js";
+import { CounterValueError, StorageFailedError, StoreFullError, type Waiter } from "../kv-engine.js";
 import { ProtocolError } from "./byte-reader.js";
 import {
   encodeAuthThrottledReply,
@@ -541,6 +541,9 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     const reason = err instanceof Error ? err.message : String(err);
     if (err instanceof AuthThrottledError) {
       this.#closeReason ??= reason; // counted, and logged when the lockout began
+    } else if (err instanceof StoreFullError) {
+      this.#closeReason ??= reason;
+      this.state.storeFullRefused(this.id, this.remote, reason);
     } else if (err instanceof StorageFailedError) {
       this.#closeReason ??= `storage failed: ${reason}`;
       this.state.logger.warn("TCPStore server: closing a connection: the store cannot record its write", {
@@ -569,7 +572,8 @@ export class ServerConnection implements BarrierParty, KeyWatcher {
     if (this.#dialect !== undefined) this.state.dialects[this.#dialect]--;
     let sets = 0;
     try {
-      sets = this.#registrations.release();
+      // The server's own markers: a full store still takes them (the others must learn of this close).
+      sets = this.state.engine.unlimited(() => this.#registrations.release());
     } catch (err) {
       // The store stops recording for good (fail-stop): the markers cannot be written either.
       if (!(err instanceof StorageFailedError)) throw err;

@@ -26,6 +26,14 @@ export interface ServerLimits extends ProtocolLimits {
   maxConnectionsPerAddress: number;
   /** Most keys one connection may wait on at once; also bounds its watches and on-disconnect keys (default 128 Ki). */
   maxWaitersPerConnection: number;
+  /**
+   * Most bytes the store's keys and values (queue items included) may take together; 0 (the default):
+   * no limit, as Redis's `maxmemory`. A write that would pass it is refused and its connection closed,
+   * with a warning at most once a minute; writes that shrink the data, and deletes, still pass, so data
+   * already past it (a lowered limit, a restart) stays readable. On-disconnect markers are not refused.
+   * Sets the limit on the server's engine (`KvEngine.limitBytes`).
+   */
+  maxStoreBytes: number;
 }
 
 /**
@@ -37,6 +45,7 @@ export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = {
   maxConnections: 16384,
   maxConnectionsPerAddress: 1024,
   maxWaitersPerConnection: 128 * 1024,
+  maxStoreBytes: 0,
 };
 
 /** Default port, as torchrun's c10d rendezvous endpoint. */
@@ -208,8 +217,11 @@ function checkPort(port: number): number {
 
 function checkLimits(limits: ServerLimits): ServerLimits {
   for (const [name, value] of Object.entries(limits)) {
-    if (!Number.isSafeInteger(value) || value < 1) {
-      throw new InvalidArgumentError(`limits.${name} must be a positive integer, got ${String(value)}`);
+    // maxStoreBytes 0: no limit.
+    const least = name === "maxStoreBytes" ? 0 : 1;
+    if (!Number.isSafeInteger(value) || value < least) {
+      const what = least === 0 ? "a non-negative" : "a positive";
+      throw new InvalidArgumentError(`limits.${name} must be ${what} integer, got ${String(value)}`);
     }
   }
   return limits;

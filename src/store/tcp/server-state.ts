@@ -4,7 +4,7 @@
  */
 
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Logger } from "../../log.js";
+import { type Logger, LogRateLimit } from "../../log.js";
 import type { KvEngine } from "../kv-engine.js";
 import { type AuthThrottle, createAuthThrottle } from "./auth-throttle.js";
 import { encodeWatchNotification } from "./encode.js";
@@ -78,6 +78,9 @@ export class ServerState {
   authThrottled = 0;
   /** Connections closed for holding an incomplete request or idling too long, since the start. */
   reaped = 0;
+  /** Writes refused because the store was full (each closed its connection), since the start. */
+  storeFull = 0;
+  readonly #storeFullLog = new LogRateLimit(60_000);
 
   readonly #barriers = new Map<string, Set<BarrierParty>>();
   readonly #watchers = new Map<string, Set<KeyWatcher>>();
@@ -93,6 +96,26 @@ export class ServerState {
       throttle: createAuthThrottle({ maxFailures: 0 }),
     },
   ) {}
+
+  /**
+   * Counts a write refused because the store is full (its connection closes), and logs it at most once a
+   * minute: a client that reconnects and writes again would otherwise write a line per attempt.
+   */
+  storeFullRefused(id: number, remote: string, reason: string): void {
+    this.storeFull++;
+    const { log, unlogged } = this.#storeFullLog.take(performance.now());
+    if (!log) return;
+    this.logger.warn(
+      "TCPStore server: the store is full (maxStoreBytes): closing the connection of a write that would grow it",
+      {
+        id,
+        remote,
+        reason,
+        // Refusals in the minute before this line, not logged.
+        unlogged,
+      },
+    );
+  }
 
   /** Logs, counts and reports a connection closed for bad input. */
   badInput(id: number, remote: string, reason: string, code: string): void {

@@ -66,6 +66,10 @@ export interface ServerStats {
   rejected: number;
   /** Connections closed by a timeout (incomplete request, unread replies, idle) since the start. */
   reaped: number;
+  /** Writes refused since the start because the store was full (`limits.maxStoreBytes`; each closed its connection). */
+  storeFull: number;
+  /** Bytes of the store's keys and values as `limits.maxStoreBytes` counts them; undefined without that limit. */
+  storeBytes: number | undefined;
 }
 
 /** Payload of the `connection` event. */
@@ -156,6 +160,7 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
     this.#logger = logger;
     this.engine = config.engine;
     this.#openFiles = config.openFiles;
+    if (limits.maxStoreBytes > 0) this.engine.limitBytes(limits.maxStoreBytes);
     this.#openFilesWarnAt =
       config.openFiles === undefined ? Number.POSITIVE_INFINITY : warnAtConnections(config.openFiles);
     const hooks = {
@@ -206,6 +211,8 @@ export class TCPStoreServer extends EventEmitter<TCPStoreServerEvents> implement
       authFailures: this.#state.authFailures,
       authThrottled: this.#state.authThrottled,
       perAddressRejected: this.#perAddressRejected,
+      storeFull: this.#state.storeFull,
+      storeBytes: this.engine.bytes,
       rejected: this.#rejected,
       reaped: this.#state.reaped,
     };
