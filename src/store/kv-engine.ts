@@ -329,17 +329,7 @@ export class KvEngine {
   }
 
   set(key: string, value: Uint8Array): void {
-    if (this.#maxBytes !== undefined) {
-      const shard = this.data.shard(key);
-      const growth = KvEngine.#growth(key, shard.get(key), value);
-      this.#reserve(key, growth);
-      this.mutationHook?.({ op: "set", key, value });
-      this.writeTo(shard, key, value);
-      this.#bytes += growth;
-      return;
-    }
-    this.mutationHook?.({ op: "set", key, value });
-    this.write(key, value);
+    this.#setIn(this.data.shard(key), key, value);
   }
 
   /**
@@ -389,16 +379,17 @@ export class KvEngine {
     if (base !== undefined && step >= -SMALL_DELTA && step <= SMALL_DELTA) {
       const sum = base + step;
       if (Number.isSafeInteger(sum)) {
-        this.#storeCounter(shard, key, decimalBytes(sum));
+        this.#setIn(shard, key, decimalBytes(sum));
         return BigInt(sum);
       }
     }
     const sum = wrapI64((old === undefined ? 0n : parseCounter(old, key)) + delta);
-    this.#storeCounter(shard, key, Buffer.from(sum.toString(), "latin1"));
+    this.#setIn(shard, key, Buffer.from(sum.toString(), "latin1"));
     return sum;
   }
 
-  #storeCounter(shard: Map<string, Uint8Array>, key: string, value: Uint8Array): void {
+  /** `set` (and an add's new counter), with the key table's shard of `key` at hand. */
+  #setIn(shard: Map<string, Uint8Array>, key: string, value: Uint8Array): void {
     if (this.#maxBytes !== undefined) {
       const growth = KvEngine.#growth(key, shard.get(key), value);
       this.#reserve(key, growth);
